@@ -1,0 +1,1 @@
+"""The Slack app, the local Slack emulator and the ``threadtune`` command line."""

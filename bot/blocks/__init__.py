@@ -1,0 +1,1 @@
+"""Pure Block Kit builders (slack_sdk.models.blocks); tested without mocks."""

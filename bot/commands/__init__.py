@@ -1,0 +1,1 @@
+"""Slash-command handlers: parse → call a service → render; errors become ephemeral sentences."""

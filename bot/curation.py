@@ -1,0 +1,227 @@
+"""Curation: emoji on Slack answers become stored examples (DESIGN.md step 1).
+
+The listeners call these methods after acknowledging; Slack reads happen outside any database
+transaction, and each event is claimed and applied in one short transaction, so a retried or
+duplicated event is applied once and a failure applies nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.engine import Engine
+
+from bot.payloads import MessageChange, Reaction
+from bot.slack_api import explain, fetch_thread
+from engine.curation import ExampleDraft, Refusal, SlackMessage, build_example
+from storage import curation as q
+from storage.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurationRules:
+    curators: frozenset[str]
+    curate_emoji: str
+    reject_emoji: str
+    ack_emoji: str
+    min_answer_chars: int
+
+
+def default_redactor() -> Callable:
+    from engine.redact import redact
+
+    return redact
+
+
+class CurationService:
+    def __init__(self, db: Engine, client: WebClient, rules: CurationRules, redact: Callable | None = None):
+        self.db = db
+        self.client = client
+        self.rules = rules
+        self.redact = redact or default_redactor()
+        # Events about one channel are applied in order of arrival; channels run in parallel.
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def _lock(self, channel: str) -> threading.Lock:
+        return self._locks[zlib.crc32(channel.encode()) % len(self._locks)]
+
+    # -- reactions ---------------------------------------------------------------------------
+
+    def reaction_added(self, reaction: Reaction) -> str:
+        """Apply a reaction; returns what happened (for logs and tests)."""
+        if reaction.name not in (self.rules.curate_emoji, self.rules.reject_emoji):
+            return "ignored:emoji"
+        if reaction.user not in self.rules.curators:
+            return "ignored:not_curator"
+        with self._lock(reaction.channel):
+            try:
+                thread_ts, thread = fetch_thread(self.client, reaction.channel, reaction.ts)
+            except SlackApiError as exc:
+                return self._slack_failure(reaction, exc)
+            if reaction.name == self.rules.reject_emoji:
+                return self._reject(reaction, thread_ts or reaction.ts)
+            return self._curate(reaction, thread_ts, thread)
+
+    def _curate(self, reaction: Reaction, thread_ts: str | None, thread: list[SlackMessage]) -> str:
+        try:
+            if thread_ts is None:
+                raise Refusal("not_in_thread", "That message isn't in a thread: I learn from answers given as thread replies.")
+            draft = build_example(
+                reaction.channel, thread, reaction.ts,
+                min_answer_chars=self.rules.min_answer_chars, redact=self.redact,
+            )
+        except Refusal as refusal:
+            return self._refuse(reaction, refusal, thread_ts)
+        with session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+                return "duplicate_event"
+            if q.is_excluded(session=session, channel=reaction.channel, thread_ts=draft.thread_ts):
+                refusal = Refusal("excluded", "That thread was excluded by a curator with the reject emoji, so it can't become an example.")
+            elif dup := q.find_duplicate(session=session, content_hash=draft.content_hash,
+                                         channel=draft.channel, message_ts=draft.message_ts):
+                refusal = Refusal("duplicate", f"This conversation is already an example (from the thread {dup.channel}/{dup.thread_ts}).")
+            else:
+                refusal = None
+                example, created = q.save_example(session=session, fields=self._fields(draft), curator=reaction.user)
+                example_id = example.id
+        if refusal is not None:
+            return self._refuse(reaction, refusal, thread_ts)
+        if created:
+            self._react(reaction.channel, reaction.ts, add=True)
+        log.info("curated example %s from %s/%s by %s", example_id, reaction.channel, reaction.ts, reaction.user)
+        return "accepted" if created else "curator_added"
+
+    def _reject(self, reaction: Reaction, thread_ts: str) -> str:
+        with session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+                return "duplicate_event"
+            removed = q.exclude_thread(session=session, channel=reaction.channel, thread_ts=thread_ts, user=reaction.user)
+            removed_ts = [e.message_ts for e in removed if e.status == "active"]
+        for ts in removed_ts:
+            self._react(reaction.channel, ts, add=False)
+        note = f" and removed {len(removed)} example(s) taken from it" if removed else ""
+        self._ephemeral(reaction, f"Thread excluded for good{note}: it will never be used for training.", thread_ts)
+        return "excluded"
+
+    def reaction_removed(self, reaction: Reaction) -> str:
+        if reaction.name != self.rules.curate_emoji or reaction.user not in self.rules.curators:
+            return "ignored"
+        with self._lock(reaction.channel), session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_removed"):
+                return "duplicate_event"
+            example = q.get_example(session=session, channel=reaction.channel, message_ts=reaction.ts)
+            if example is None:
+                return "no_example"
+            remaining = q.remove_curator(session=session, example_id=example.id, user_id=reaction.user)
+            withdrawn = remaining == 0 and example.status == "active"
+            if withdrawn:
+                q.withdraw(session=session, example=example, reason="the last curator removed the emoji")
+        if withdrawn:
+            self._react(reaction.channel, reaction.ts, add=False)
+            return "withdrawn"
+        return "curator_removed"
+
+    # -- edits and deletions -----------------------------------------------------------------
+
+    def message_changed(self, change: MessageChange) -> str:
+        thread_ts = change.thread_ts or change.ts
+        with self._lock(change.channel):
+            with session_scope(self.db) as session:
+                affected = q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts)
+                if not affected:
+                    q.claim_event(session=session, event_id=change.event_id, kind=change.kind)
+                    return "no_example"
+            if change.kind == "deleted" and change.ts == thread_ts:
+                return self._delete(change, thread_ts, every=True)
+            if change.kind == "deleted" and any(e.message_ts == change.ts for e in affected):
+                return self._delete(change, thread_ts, every=False)
+            try:
+                _, thread = fetch_thread(self.client, change.channel, thread_ts)
+            except SlackApiError as exc:
+                log.warning("could not re-read thread %s/%s after an edit: %s", change.channel, thread_ts, explain(exc))
+                return "slack_error"
+            return self._rederive(change, thread)
+
+    def _delete(self, change: MessageChange, thread_ts: str, *, every: bool) -> str:
+        with session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
+                return "duplicate_event"
+            for example in q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts):
+                if every or example.message_ts == change.ts:
+                    session.delete(example)
+        return "deleted"
+
+    def _rederive(self, change: MessageChange, thread: list[SlackMessage]) -> str:
+        outcome = "updated"
+        with session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
+                return "duplicate_event"
+            thread_ts = change.thread_ts or change.ts
+            for example in q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts):
+                try:
+                    draft = build_example(change.channel, thread, example.message_ts,
+                                          min_answer_chars=self.rules.min_answer_chars, redact=self.redact)
+                except Refusal as refusal:
+                    q.withdraw(session=session, example=example, reason=f"after an edit: {refusal}")
+                    outcome = "withdrawn"
+                    continue
+                if example.status == "active" or example.status_reason.startswith("after an edit"):
+                    for key, value in self._fields(draft).items():
+                        setattr(example, key, value)
+                    if example.status_reason.startswith("after an edit") and q.curators_of(session=session, example_id=example.id):
+                        example.status, example.status_reason = "active", ""
+                    session.add(example)
+        return outcome
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _fields(draft: ExampleDraft) -> dict:
+        return {
+            "channel": draft.channel,
+            "thread_ts": draft.thread_ts,
+            "message_ts": draft.message_ts,
+            "answer_user": draft.answer_user,
+            "messages": draft.messages,
+            "redactions": draft.redactions,
+            "content_hash": draft.content_hash,
+        }
+
+    def _refuse(self, reaction: Reaction, refusal: Refusal, thread_ts: str | None) -> str:
+        with session_scope(self.db) as session:
+            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+                return "duplicate_event"
+        self._ephemeral(reaction, f"I didn't save that answer as an example: {refusal}", thread_ts)
+        return f"refused:{refusal.code}"
+
+    def _slack_failure(self, reaction: Reaction, exc: SlackApiError) -> str:
+        log.warning("could not read the thread of %s/%s: %s", reaction.channel, reaction.ts, explain(exc))
+        self._ephemeral(reaction, f"I couldn't read that thread, so nothing was saved: {explain(exc)} "
+                        "Remove the emoji and add it again to retry.", None)
+        return "slack_error"
+
+    def _ephemeral(self, reaction: Reaction, text: str, thread_ts: str | None) -> None:
+        try:
+            kwargs = {"thread_ts": thread_ts} if thread_ts else {}
+            self.client.chat_postEphemeral(channel=reaction.channel, user=reaction.user, text=text, **kwargs)
+        except SlackApiError as exc:
+            log.warning("could not tell %s in %s: %s", reaction.user, reaction.channel, explain(exc))
+
+    def _react(self, channel: str, ts: str, *, add: bool) -> None:
+        try:
+            if add:
+                self.client.reactions_add(channel=channel, timestamp=ts, name=self.rules.ack_emoji)
+            else:
+                self.client.reactions_remove(channel=channel, timestamp=ts, name=self.rules.ack_emoji)
+        except SlackApiError as exc:
+            if exc.response.get("error") not in ("already_reacted", "no_reaction", "message_not_found"):
+                log.warning("could not %s the acknowledgement on %s/%s: %s",
+                            "add" if add else "remove", channel, ts, explain(exc))

@@ -1,0 +1,1 @@
+"""Action, callback and block ids: one place, so builders and listeners agree."""

@@ -1,0 +1,12 @@
+"""Every listener, wired explicitly. ``tests/test_manifest.py`` checks manifest.yml against this."""
+
+from slack_bolt import App
+
+from . import actions, commands, events, views
+
+SURFACES = (events, commands, actions, views)
+
+
+def register(app: App) -> None:
+    for surface in SURFACES:
+        surface.register(app)

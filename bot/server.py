@@ -1,0 +1,68 @@
+"""Serving the Bolt app: HTTP (``/slack/events`` + ``/healthz``) or Socket Mode."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from slack_bolt import App, BoltRequest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1_000_000  # Slack's payloads are far smaller; anything bigger is not Slack
+
+
+def http_app(bolt: App, db: Engine) -> Starlette:
+    async def events(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        try:
+            decoded = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "request body is not UTF-8"}, status_code=400)
+        bolt_request = BoltRequest(body=decoded, query=request.query_params, headers=request.headers)
+        # dispatch acks in milliseconds; a thread keeps the event loop free for other requests
+        response = await run_in_threadpool(bolt.dispatch, bolt_request)
+        return Response(status_code=response.status, content=response.body,
+                        headers=response.first_headers_without_set_cookie())
+
+    async def healthz(_: Request) -> Response:
+        def check() -> None:
+            with db.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(check)
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"ok": False, "error": f"database unreachable: {type(exc).__name__}"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/slack/events", events, methods=["POST"]),
+                             Route("/healthz", healthz, methods=["GET"])])
+
+
+def serve_http(bolt: App, db: Engine, *, host: str, port: int, stop: threading.Event | None = None) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(http_app(bolt, db), host=host, port=port, log_level="warning",
+                            access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
+    log.info("threadtune listening on http://%s:%d/slack/events", host, port)
+    server.run()
+
+
+def serve_socket_mode(bolt: App, app_token: str) -> None:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    log.info("threadtune connecting to Slack in Socket Mode")
+    SocketModeHandler(bolt, app_token).start()

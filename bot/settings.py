@@ -1,0 +1,117 @@
+"""Settings from the environment or a ``.env`` file. Built only by entry points and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+PLACEHOLDER_MARKERS = ("changeme", "change-me", "placeholder", "your-", "your_", "<", "todo", "xxx")
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it in a sentence."""
+
+
+def _split_ids(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v).strip() for v in value]  # type: ignore[union-attr]
+
+
+def looks_like_placeholder(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"", "xoxb-", "xapp-", "secret", "token", "none", "null"}:
+        return True
+    return any(marker in lowered for marker in PLACEHOLDER_MARKERS)
+
+
+class Settings(BaseSettings):
+    """Every setting threadtune reads. Names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    slack_bot_token: str = Field("", description="Bot token (xoxb-…).")
+    slack_app_token: str = Field("", description="App-level token (xapp-…); set = Socket Mode.")
+    slack_signing_secret: str = Field("", description="Signing secret for HTTP mode.")
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL.")
+    threadtune_home: Path = Field(Path(".threadtune"), description="Data directory.")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite in THREADTUNE_HOME.")
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="Base model: the embedded SmolLM2-135M-Instruct, a local path or a cached hub id.")
+    curators: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Slack user IDs allowed to curate.")
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Slack user IDs allowed to run admin commands.")
+    curate_emoji: str = Field("white_check_mark", description="Emoji that curates an answer.")
+    reject_emoji: str = Field("x", description="Emoji that excludes a thread.")
+    ack_emoji: str = Field("inbox_tray", description="Emoji the bot adds to an accepted answer.")
+    min_answer_chars: int = Field(20, description="Shortest answer accepted as an example.")
+    vllm_url: str = Field("", description="OpenAI-compatible vLLM server; unset = serve in-process.")
+    ray_address: str = Field("", description="Ray cluster address; set = train through Ray Jobs.")
+    threadtune_encryption_key: str = Field("", description="Key for adapters at rest (base64, 32 bytes).")
+
+    @field_validator("curators", "admins", mode="before")
+    @classmethod
+    def _ids(cls, value: object) -> list[str]:
+        return _split_ids(value)
+
+    @field_validator("curate_emoji", "reject_emoji", "ack_emoji", mode="after")
+    @classmethod
+    def _emoji(cls, value: str) -> str:
+        return value.strip().strip(":")
+
+    @field_validator("slack_api_url", mode="after")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def home(self) -> Path:
+        return Path(self.threadtune_home).expanduser()
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'threadtune.db').resolve()}"
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.slack_app_token)
+
+    def require_slack(self) -> None:
+        """Fail with a sentence naming the first missing or placeholder secret ``serve`` needs."""
+        needed = {"SLACK_BOT_TOKEN": self.slack_bot_token}
+        if self.socket_mode:
+            needed["SLACK_APP_TOKEN"] = self.slack_app_token
+        else:
+            needed["SLACK_SIGNING_SECRET"] = self.slack_signing_secret
+        for name, value in needed.items():
+            if not value:
+                raise ConfigError(f"{name} is not set: set it in the environment or in .env (see the README, 'Install in a workspace').")
+            if looks_like_placeholder(value):
+                raise ConfigError(f"{name} still holds a placeholder value: replace it with the real one from your Slack app's settings.")
+        if not self.slack_bot_token.startswith("xoxb-"):
+            raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with 'xoxb-'.")
+        if self.socket_mode and not self.slack_app_token.startswith("xapp-"):
+            raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with 'xapp-'.")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings; an invalid value becomes a ConfigError naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first.get("loc") else "a setting"
+        raise ConfigError(f"{name} is invalid: {first['msg']}.") from exc
+    except Exception as exc:  # pydantic-settings' own parse errors
+        raise ConfigError(f"A setting could not be read: {exc}.") from exc
+
+
+__all__ = ["ConfigError", "Settings", "load_settings", "looks_like_placeholder"]

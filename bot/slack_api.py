@@ -1,0 +1,83 @@
+"""Small helpers over slack_sdk's WebClient for what the bot reads from Slack."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from engine.curation import SlackMessage
+
+log = logging.getLogger(__name__)
+
+SLACK_ERRORS = {
+    "channel_not_found": "I can't see that channel: invite me to it with /invite.",
+    "not_in_channel": "I'm not a member of that channel: invite me to it with /invite.",
+    "thread_not_found": "That thread no longer exists.",
+    "message_not_found": "That message no longer exists.",
+    "ratelimited": "Slack is rate-limiting me right now; please try again in a minute.",
+    "missing_scope": "I lack a permission for this; an admin should reinstall the app from manifest.yml.",
+    "invalid_auth": "My Slack token is invalid; an admin should check SLACK_BOT_TOKEN.",
+    "not_authed": "My Slack token is missing; an admin should check SLACK_BOT_TOKEN.",
+}
+
+
+def make_client(token: str, base_url: str, *, retries: int = 3) -> WebClient:
+    """A WebClient that honours Retry-After on 429 and retries server and connection errors."""
+    client = WebClient(token=token, base_url=base_url, timeout=15)
+    client.retry_handlers.extend(
+        [
+            RateLimitErrorRetryHandler(max_retry_count=retries),
+            ServerErrorRetryHandler(max_retry_count=retries),
+            ConnectionErrorRetryHandler(max_retry_count=retries),
+        ]
+    )
+    return client
+
+
+def explain(error: SlackApiError | Exception) -> str:
+    """A sentence for a Slack API failure."""
+    if isinstance(error, SlackApiError):
+        code = str(error.response.get("error", "")) if error.response is not None else ""
+        return SLACK_ERRORS.get(code, f"Slack answered with an error ({code or error.response.status_code}).")
+    return f"I couldn't reach Slack ({type(error).__name__})."
+
+
+def fetch_thread(client: WebClient, channel: str, ts: str) -> tuple[str | None, list[SlackMessage]]:
+    """The thread that ``ts`` belongs to, parent first, all pages.
+
+    ``conversations.replies`` with a reply's ts answers with that reply alone (carrying its
+    ``thread_ts``), so a second call with the parent's ts fetches the whole thread. Returns
+    ``(None, [message])`` for a message that is not in a thread.
+    """
+    first = client.conversations_replies(channel=channel, ts=ts, limit=200)
+    messages = first.get("messages") or []
+    if not messages:
+        return None, []
+    head = messages[0]
+    thread_ts = head.get("thread_ts")
+    if not thread_ts:
+        return None, [SlackMessage.from_api(head)]
+    if thread_ts == ts and not first.get("has_more"):
+        raw = list(messages)
+    else:
+        raw = []
+        cursor = None
+        while True:
+            page = client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+            raw.extend(page.get("messages") or [])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not page.get("has_more") or not cursor:
+                break
+    seen: dict[str, SlackMessage] = {}
+    for item in raw:
+        message = SlackMessage.from_api(item)
+        seen.setdefault(message.ts, message)
+    ordered = sorted(seen.values(), key=lambda m: (m.ts != thread_ts, float(m.ts)))
+    return thread_ts, ordered

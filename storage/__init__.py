@@ -1,0 +1,1 @@
+"""Persistence: sqlmodel tables, sessions, queries and Alembic migrations. Imports nothing of ours."""

@@ -1,0 +1,138 @@
+"""Tables. Alembic migrations in ``storage/migrations`` are the only source of the schema;
+these classes describe it for queries and must be kept in step with them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, **kw))
+
+
+class Example(SQLModel, table=True):
+    """One curated training example: a Slack thread turned into chat messages, redacted."""
+
+    __tablename__ = "example"
+    __table_args__ = (UniqueConstraint("channel", "message_ts", name="uq_example_message"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(default="slack", max_length=16)  # slack | import
+    team_id: str = Field(default="", max_length=32)
+    channel: str = Field(max_length=32, index=True)
+    thread_ts: str = Field(max_length=32, index=True)
+    message_ts: str = Field(max_length=32)  # the reacted (final assistant) message
+    answer_user: str = Field(default="", max_length=32)
+    messages: list[dict[str, str]] = Field(sa_column=Column(JSON, nullable=False))
+    redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    content_hash: str = Field(max_length=64, index=True)
+    status: str = Field(default="active", max_length=16, index=True)  # active | withdrawn
+    status_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class ExampleCurator(SQLModel, table=True):
+    """Who put the curate emoji on an example's answer; one row per curator."""
+
+    __tablename__ = "example_curator"
+    __table_args__ = (UniqueConstraint("example_id", "user_id", name="uq_example_curator"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    example_id: int = Field(foreign_key="example.id", ondelete="CASCADE", index=True)
+    user_id: str = Field(max_length=32)
+    created_at: datetime = _ts()
+
+
+class ExcludedThread(SQLModel, table=True):
+    """A thread a curator rejected: it never becomes an example."""
+
+    __tablename__ = "excluded_thread"
+    __table_args__ = (UniqueConstraint("channel", "thread_ts", name="uq_excluded_thread"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    thread_ts: str = Field(max_length=32)
+    excluded_by: str = Field(max_length=32)
+    created_at: datetime = _ts()
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Slack event ids already applied, so that retries are applied once."""
+
+    __tablename__ = "processed_event"
+
+    event_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(default="", max_length=64)
+    created_at: datetime = _ts()
+
+
+class DatasetSnapshot(SQLModel, table=True):
+    """An immutable, numbered dataset build under THREADTUNE_HOME/datasets/<id>/."""
+
+    __tablename__ = "dataset_snapshot"
+
+    id: int | None = Field(default=None, primary_key=True)
+    content_hash: str = Field(max_length=64, unique=True)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(default="", max_length=32)
+    created_at: datetime = _ts()
+
+
+class SnapshotExample(SQLModel, table=True):
+    """Which example sits in which split of a snapshot (traceability from model to thread)."""
+
+    __tablename__ = "snapshot_example"
+    __table_args__ = (UniqueConstraint("snapshot_id", "example_id", name="uq_snapshot_example"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="dataset_snapshot.id", ondelete="CASCADE", index=True)
+    example_id: int | None = Field(default=None, foreign_key="example.id", ondelete="SET NULL")
+    split: str = Field(max_length=16)  # train | validation | test
+    line: int = Field(default=0)
+
+
+class Job(SQLModel, table=True):
+    """A training job. States: validating → queued → running → succeeded | failed | cancelled."""
+
+    __tablename__ = "job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    state: str = Field(default="validating", max_length=16, index=True)
+    method: str = Field(default="qlora", max_length=16)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    snapshot_id: int | None = Field(default=None, foreign_key="dataset_snapshot.id")
+    request_key: str | None = Field(default=None, max_length=128, unique=True)
+    requested_by: str = Field(default="", max_length=32)
+    channel: str = Field(default="", max_length=32)
+    status_ts: str = Field(default="", max_length=32)  # the message kept up to date
+    run_dir: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    attempts: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class JobEvent(SQLModel, table=True):
+    """One line of a job's event log."""
+
+    __tablename__ = "job_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", ondelete="CASCADE", index=True)
+    level: str = Field(default="info", max_length=16)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()

@@ -1,0 +1,78 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), free ports, settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_SERVER = os.environ.get("THREADTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _admin_connect():
+    import psycopg
+
+    return psycopg.connect(PG_SERVER + "/postgres", autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (dropped afterwards)."""
+    name = f"tt_test_{uuid.uuid4().hex[:10]}"
+    with _admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG_SERVER}/{name}"
+    with _admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _fresh_pg(base_url: str) -> str:
+    name = f"tt_{uuid.uuid4().hex[:12]}"
+    with _admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_SERVER}/{name}"
+
+
+def _drop_pg(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with _admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A migrated, empty database: SQLite in a temp dir, or a fresh PostgreSQL database."""
+    from storage.db import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'threadtune.db'}"
+        upgrade(url)
+        yield url
+    else:
+        url = _fresh_pg(PG_SERVER)
+        try:
+            upgrade(url)
+            yield url
+        finally:
+            _drop_pg(url)
+
+
+@pytest.fixture
+def db(db_url):
+    from storage.db import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
