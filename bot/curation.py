@@ -93,7 +93,7 @@ class CurationService:
                 example, created = q.save_example(session=session, fields=self._fields(draft), curator=reaction.user)
                 example_id = example.id
         if refusal is not None:
-            return self._refuse(reaction, refusal, thread_ts)
+            return self._refuse(reaction, refusal, thread_ts, claimed=True)
         if created:
             self._react(reaction.channel, reaction.ts, add=True)
         log.info("curated example %s from %s/%s by %s", example_id, reaction.channel, reaction.ts, reaction.user)
@@ -195,10 +195,11 @@ class CurationService:
             "content_hash": draft.content_hash,
         }
 
-    def _refuse(self, reaction: Reaction, refusal: Refusal, thread_ts: str | None) -> str:
-        with session_scope(self.db) as session:
-            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
-                return "duplicate_event"
+    def _refuse(self, reaction: Reaction, refusal: Refusal, thread_ts: str | None, *, claimed: bool = False) -> str:
+        if not claimed:
+            with session_scope(self.db) as session:
+                if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+                    return "duplicate_event"
         self._ephemeral(reaction, f"I didn't save that answer as an example: {refusal}", thread_ts)
         return f"refused:{refusal.code}"
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from urllib.parse import parse_qs
 
 from slack_bolt import App, BoltRequest
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
@@ -19,15 +22,44 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000  # Slack's payloads are far smaller; anything bigger is not Slack
 
 
-def http_app(bolt: App, db: Engine) -> Starlette:
+def malformed(body: str, content_type: str) -> str | None:
+    """Why a (correctly signed) body is not a Slack payload, or None when it is one."""
+    try:
+        if "application/x-www-form-urlencoded" in content_type:
+            form = parse_qs(body, keep_blank_values=True)
+            if "payload" in form:
+                parsed = json.loads(form["payload"][0])
+            else:
+                return None if form else "the form body is empty"
+        else:
+            parsed = json.loads(body)
+    except ValueError as exc:
+        return f"the body is not valid JSON ({exc.msg} at position {exc.pos})"
+    if not isinstance(parsed, dict):
+        return "the body is not a JSON object"
+    if "event" in parsed and not isinstance(parsed["event"], dict):
+        return "'event' is not an object"
+    return None
+
+
+def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
+    verifier = SignatureVerifier(signing_secret)
+
     async def events(request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_BODY:
             return JSONResponse({"error": "request body too large"}, status_code=413)
+        # signature first: an unsigned request learns nothing about what we accept
+        if not verifier.is_valid_request(body, dict(request.headers)):
+            return JSONResponse({"error": "invalid or stale request signature"}, status_code=401)
         try:
             decoded = body.decode("utf-8")
         except UnicodeDecodeError:
             return JSONResponse({"error": "request body is not UTF-8"}, status_code=400)
+        problem = malformed(decoded, request.headers.get("content-type", ""))
+        if problem:
+            log.warning("rejected a signed but malformed request: %s", problem)
+            return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
         bolt_request = BoltRequest(body=decoded, query=request.query_params, headers=request.headers)
         # dispatch acks in milliseconds; a thread keeps the event loop free for other requests
         response = await run_in_threadpool(bolt.dispatch, bolt_request)
@@ -49,10 +81,11 @@ def http_app(bolt: App, db: Engine) -> Starlette:
                              Route("/healthz", healthz, methods=["GET"])])
 
 
-def serve_http(bolt: App, db: Engine, *, host: str, port: int, stop: threading.Event | None = None) -> None:
+def serve_http(bolt: App, db: Engine, *, signing_secret: str, host: str, port: int,
+               stop: threading.Event | None = None) -> None:
     import uvicorn
 
-    config = uvicorn.Config(http_app(bolt, db), host=host, port=port, log_level="warning",
+    config = uvicorn.Config(http_app(bolt, db, signing_secret), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     if stop is not None:

@@ -43,5 +43,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.socket_mode:
         serve_socket_mode(bolt, settings.slack_app_token)
     else:
-        serve_http(bolt, services.db, host=args.host, port=args.port)
+        serve_http(bolt, services.db, signing_secret=settings.slack_signing_secret,
+                   host=args.host, port=args.port)
     return 0

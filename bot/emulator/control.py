@@ -1,0 +1,501 @@
+"""What simulated people do, and what a test can look at or break.
+
+:class:`Controller` is the emulator's control surface: each public method is also served as
+``POST /_emulator/<name>`` with JSON arguments, which is how :class:`bot.emulator.Emulator`
+drives it. Actions by simulated people change the workspace and deliver the matching event to
+the app synchronously, so the caller gets the app's HTTP status and ack time back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .delivery import Deliverer
+from .state import JSON, SlackError, Workspace
+from .webapi import changed_event, deleted_event, reaction_event
+
+RESPONSE_URL_USES = 5  # Slack accepts five posts to one response_url (for 30 minutes)
+
+
+@dataclass
+class Fault:
+    """One injected failure for the next call of a Web API method."""
+
+    error: str
+    status: int | None
+    retry_after: int
+
+
+@dataclass
+class ResponseUrl:
+    channel: str
+    user: str
+    message_ts: str | None = None  # set for interactivity on a message
+    uses: int = 0
+
+
+class Controller:
+    """Simulated users, injected faults and inspection of an emulated workspace."""
+
+    # the public methods served at /_emulator/<name>
+    ACTIONS = (
+        "add_user", "add_channel", "post", "edit", "delete", "react", "unreact", "slash",
+        "click", "submit_view", "open_home", "deliver", "deliver_event", "fail_next",
+        "clear_faults", "wait_idle", "messages", "ephemerals", "reactions", "bot_posts",
+        "calls", "home_view", "view", "uploaded_files", "events", "deliveries", "info",
+    )  # fmt: skip
+
+    def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
+        self.ws = workspace
+        self.deliverer = deliverer
+        self._base_url = base_url  # callable: the server's http://host:port
+        self.lock = threading.Lock()
+        self.faults: dict[str, deque[Fault]] = {}
+        self.transcript: list[JSON] = []
+        self.response_urls: dict[str, ResponseUrl] = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def info(self) -> JSON:
+        """Who the app is in this workspace, and where things are served."""
+        ws = self.ws
+        return {
+            "team_id": ws.team_id,
+            "app_id": ws.app_id,
+            "bot_user_id": ws.bot.id,
+            "bot_id": ws.bot.bot_id,
+            "bot_token": ws.bot_token,
+            "api_url": f"{self._base_url()}/api/",
+            "events_url": self.deliverer.events_url,
+        }
+
+    def add_user(
+        self,
+        user_id: str | None = None,
+        name: str | None = None,
+        real_name: str = "",
+        is_bot: bool = False,
+        is_admin: bool = False,
+    ) -> JSON:
+        user = self.ws.add_user(
+            user_id, name, real_name=real_name, is_bot=is_bot, is_admin=is_admin
+        )
+        return user.to_api(self.ws.team_id)
+
+    def add_channel(
+        self,
+        channel_id: str | None = None,
+        name: str | None = None,
+        is_private: bool = False,
+        bot_member: bool = True,
+    ) -> JSON:
+        channel = self.ws.add_channel(
+            channel_id, name, is_private=is_private, bot_member=bot_member
+        )
+        return channel.to_api(self.ws.bot.id)
+
+    # -- people acting -------------------------------------------------------------------------
+
+    def _emit(self, channel_id: str | None, event: JSON) -> JSON | None:
+        """Deliver an event now, if the app would get it (it must be in the channel)."""
+        if channel_id and not self.ws.bot_is_member(channel_id):
+            return None
+        delivery = self.deliverer.send_event(self.deliverer.envelope(event))
+        return delivery.to_dict() if delivery else None
+
+    def echo(self, channel_id: str, event: JSON) -> None:
+        """Queue an event caused by the app's own API call (see ``Deliverer.enqueue``)."""
+        if self.ws.bot_is_member(channel_id):
+            self.deliverer.enqueue(self.deliverer.envelope(event))
+
+    def _ensure(self, user: str, channel: str) -> None:
+        self.ws.add_user(user)
+        if channel not in self.ws.channels:
+            self.ws.add_channel(channel)
+
+    def post(
+        self,
+        user: str,
+        channel: str,
+        text: str,
+        thread_ts: str | None = None,
+        blocks: list[JSON] | None = None,
+    ) -> JSON:
+        """``user`` posts ``text`` (a reply when ``thread_ts``); unknown ids are created."""
+        self._ensure(user, channel)
+        message = self.ws.post(channel, user, text, blocks=blocks, thread_ts=thread_ts)
+        delivery = self._emit(channel, self.ws.message_event(message))
+        return {"ts": message.ts, "delivery": delivery}
+
+    def edit(self, user: str, channel: str, ts: str, text: str) -> JSON:
+        if self.ws.find_message(channel, ts).user != user:
+            raise SlackError("cant_update_message")
+        previous, current = self.ws.edit(channel, ts, user, text)
+        return {"delivery": self._emit(channel, changed_event(self.ws, channel, previous, current))}
+
+    def delete(self, channel: str, ts: str) -> JSON:
+        previous = self.ws.delete(channel, ts)
+        return {"delivery": self._emit(channel, deleted_event(self.ws, channel, previous))}
+
+    def react(self, user: str, channel: str, ts: str, name: str) -> JSON:
+        self.ws.add_user(user)
+        message = self.ws.react(channel, ts, user, name)
+        event = reaction_event(self.ws, "reaction_added", user, message, name)
+        return {"delivery": self._emit(channel, event)}
+
+    def unreact(self, user: str, channel: str, ts: str, name: str) -> JSON:
+        message = self.ws.unreact(channel, ts, user, name)
+        event = reaction_event(self.ws, "reaction_removed", user, message, name)
+        return {"delivery": self._emit(channel, event)}
+
+    def open_home(self, user: str) -> JSON:
+        """``user`` opens the app's Home tab: ``app_home_opened`` (with the view, if published)."""
+        self.ws.add_user(user)
+        event: JSON = {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": self.ws.im_channel(user).id,
+            "tab": "home",
+            "event_ts": self.ws.new_ts(),
+        }
+        view_id = self.ws.home_views.get(user)
+        if view_id:
+            event["view"] = self.ws.views[view_id]
+        return {"delivery": self._emit(None, event)}
+
+    def _response_url(
+        self, channel: str, user: str, message_ts: str | None = None
+    ) -> tuple[str, ResponseUrl]:
+        token = secrets.token_urlsafe(12)
+        target = ResponseUrl(channel, user, message_ts)
+        with self.lock:
+            self.response_urls[token] = target
+        return f"{self._base_url()}/_response/{token}", target
+
+    def slash(self, user: str, channel: str, command: str, text: str = "") -> JSON:
+        """``user`` types ``/command text`` in ``channel``; the form Slack sends, signed."""
+        self._ensure(user, channel)
+        ws = self.ws
+        response_url, target = self._response_url(channel, user)
+        form = {
+            "token": self.deliverer.verification_token,
+            "team_id": ws.team_id,
+            "team_domain": ws.domain,
+            "channel_id": channel,
+            "channel_name": ws.channels[channel].name,
+            "user_id": user,
+            "user_name": ws.users[user].name,
+            "command": command if command.startswith("/") else f"/{command}",
+            "text": text,
+            "api_app_id": ws.app_id,
+            "is_enterprise_install": "false",
+            "response_url": response_url,
+            "trigger_id": ws.new_trigger_id(),
+        }
+        delivery = self.deliverer.send_form(self.deliverer.commands_url, form)
+        if delivery is not None and delivery.ok and delivery.body.strip():
+            # what ack() returns is shown to the user at once, like a response_url post
+            body = delivery.json()
+            body = body if isinstance(body, dict) else {"text": delivery.body}
+            self._record_response(target, body, source="ack")
+        return {
+            "delivery": delivery.to_dict() if delivery else None,
+            "response_url": response_url,
+            "trigger_id": form["trigger_id"],
+        }
+
+    def click(
+        self,
+        user: str,
+        channel: str,
+        message_ts: str,
+        action_id: str,
+        value: str | None = None,
+        block_id: str | None = None,
+    ) -> JSON:
+        """``user`` clicks the button ``action_id`` on a message: a ``block_actions`` payload."""
+        self.ws.add_user(user)
+        ws = self.ws
+        message = ws.message_json(ws.find_message(channel, message_ts))
+        element, found_block = _find_element(message.get("blocks") or [], action_id, block_id)
+        if element is None:
+            raise SlackError("action_not_found", needed=action_id)
+        action = {
+            "action_id": action_id,
+            "block_id": block_id or found_block or "",
+            "text": element.get("text", {"type": "plain_text", "text": action_id}),
+            "value": value if value is not None else element.get("value"),
+            "type": element.get("type", "button"),
+            "action_ts": ws.new_ts(),
+        }
+        payload = {
+            "type": "block_actions",
+            "user": _user_ref(ws, user),
+            "api_app_id": ws.app_id,
+            "token": self.deliverer.verification_token,
+            "container": {
+                "type": "message",
+                "message_ts": message_ts,
+                "channel_id": channel,
+                "is_ephemeral": False,
+            },
+            "trigger_id": ws.new_trigger_id(),
+            "team": {"id": ws.team_id, "domain": ws.domain},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": ws.channels[channel].name},
+            "message": message,
+            "state": {"values": {}},
+            "response_url": self._response_url(channel, user, message_ts)[0],
+            "actions": [action],
+        }
+        return self._interact(payload)
+
+    def submit_view(
+        self, user: str, view_id: str, values: dict[str, dict[str, Any]] | None = None
+    ) -> JSON:
+        """``user`` submits the modal ``view_id``; ``values`` is {block_id: {action_id: value}}."""
+        ws = self.ws
+        view = dict(ws.view_by(view_id=view_id))
+        view["state"] = {
+            "values": {
+                block: {
+                    action: value if isinstance(value, dict)
+                    else {"type": "plain_text_input", "value": value}
+                    for action, value in actions.items()
+                }
+                for block, actions in (values or {}).items()
+            }
+        }  # fmt: skip
+        view.pop("user_id", None)
+        payload = {
+            "type": "view_submission",
+            "team": {"id": ws.team_id, "domain": ws.domain},
+            "user": _user_ref(ws, user),
+            "api_app_id": ws.app_id,
+            "token": self.deliverer.verification_token,
+            "trigger_id": ws.new_trigger_id(),
+            "view": view,
+            "response_urls": [],
+        }
+        return self._interact(payload)
+
+    def _interact(self, payload: JSON) -> JSON:
+        form = {"payload": json.dumps(payload)}
+        delivery = self.deliverer.send_form(self.deliverer.interactivity_url, form)
+        return {"delivery": delivery.to_dict() if delivery else None, "payload": payload}
+
+    # -- response_url --------------------------------------------------------------------------
+
+    def respond(self, token: str, body: JSON) -> tuple[int, str]:
+        """A post from the app to a response_url we handed out: (HTTP status, body)."""
+        with self.lock:
+            target = self.response_urls.get(token)
+            if target is None:
+                return 404, "invalid_url"
+            if target.uses >= RESPONSE_URL_USES:
+                return 404, "used_url"
+            target.uses += 1
+        try:
+            self._record_response(target, body, source="response_url")
+        except SlackError as exc:
+            return 404, exc.code
+        return 200, "ok"
+
+    def _record_response(self, target: ResponseUrl, body: JSON, *, source: str) -> None:
+        ws = self.ws
+        text, blocks = str(body.get("text") or ""), body.get("blocks")
+        if target.message_ts and body.get("delete_original"):
+            previous = ws.delete(target.channel, target.message_ts)
+            self.echo(target.channel, deleted_event(ws, target.channel, previous))
+        elif target.message_ts and body.get("replace_original"):
+            previous, current = ws.edit(target.channel, target.message_ts, ws.bot.id, text, blocks)
+            self.echo(target.channel, changed_event(ws, target.channel, previous, current))
+        elif body.get("response_type") == "in_channel":
+            message = ws.post(
+                target.channel, ws.bot.id, text, blocks=blocks, thread_ts=body.get("thread_ts")
+            )
+            self.echo(target.channel, ws.message_event(message))
+        elif text or blocks:
+            ws.add_ephemeral(
+                target.channel, target.user, text, blocks, body.get("thread_ts"), source
+            )
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    def deliver(
+        self,
+        event_id: str,
+        retry_num: int | None = None,
+        retry_reason: str = "http_timeout",
+        timestamp: int | None = None,
+        signing_secret: str | None = None,
+    ) -> JSON | None:
+        """Send an event delivered before again (a retry when ``retry_num``), or with a
+        different timestamp or secret to check the app's signature check."""
+        envelope = self.deliverer.envelopes.get(event_id)
+        if envelope is None:
+            raise SlackError("event_not_found")
+        delivery = self.deliverer.send_event(
+            envelope,
+            retry_num=retry_num,
+            retry_reason=retry_reason,
+            timestamp=timestamp,
+            signing_secret=signing_secret,
+        )
+        return delivery.to_dict() if delivery else None
+
+    def deliver_event(self, event: JSON) -> JSON:
+        """Wrap any inner event in a fresh envelope and deliver it."""
+        envelope = self.deliverer.envelope(event)
+        delivery = self.deliverer.send_event(envelope)
+        return {
+            "event_id": envelope["event_id"],
+            "delivery": delivery.to_dict() if delivery else None,
+        }
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        return self.deliverer.wait_idle(timeout_s)
+
+    def events(self, type: str | None = None, subtype: str | None = None) -> list[JSON]:
+        """Every envelope sent to the app so far (first delivery order)."""
+        with self.deliverer.lock:
+            envelopes = list(self.deliverer.envelopes.values())
+        return [
+            e
+            for e in envelopes
+            if (type is None or e["event"].get("type") == type)
+            and (subtype is None or e["event"].get("subtype") == subtype)
+        ]
+
+    def deliveries(self) -> list[JSON]:
+        with self.deliverer.lock:
+            return [d.to_dict() for d in self.deliverer.deliveries]
+
+    # -- faults and the transcript -------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        error: str = "ratelimited",
+        retry_after: int = 1,
+        count: int = 1,
+        status: int | None = None,
+    ) -> JSON:
+        """Make the next ``count`` calls of ``method`` (``"*"``: any method) fail."""
+        with self.lock:
+            queue = self.faults.setdefault(method, deque())
+            queue.extend(Fault(error, status, retry_after) for _ in range(count))
+        return {"pending": len(queue)}
+
+    def clear_faults(self) -> JSON:
+        with self.lock:
+            self.faults.clear()
+        return {}
+
+    def take_fault(self, method: str) -> Fault | None:
+        with self.lock:
+            for key in (method, "*"):
+                if self.faults.get(key):
+                    return self.faults[key].popleft()
+        return None
+
+    def record_call(self, method: str, args: JSON) -> JSON:
+        entry = {"method": method, "args": args, "time": time.time(), "status": None}
+        with self.lock:
+            self.transcript.append(entry)
+        return entry
+
+    def calls(self, method: str | None = None) -> list[JSON]:
+        """Every Web API call the app made: method, args (no token), time, status, error."""
+        with self.lock:
+            return [dict(c) for c in self.transcript if method is None or c["method"] == method]
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def messages(self, channel: str, thread_ts: str | None = None) -> list[JSON]:
+        """A channel's top-level messages (or one thread, parent first), oldest first."""
+        ws = self.ws
+        with ws.lock:
+            ch = ws.channel(channel)
+            if thread_ts:
+                ts_list = [thread_ts, *ch.threads.get(thread_ts, [])]
+            else:
+                ts_list = list(ch.timeline)
+            return [ws.message_json(ch.messages[ts]) for ts in ts_list if ts in ch.messages]
+
+    def ephemerals(self, user: str | None = None, channel: str | None = None) -> list[JSON]:
+        with self.ws.lock:
+            return [
+                {
+                    "channel": e.channel, "user": e.user, "text": e.text, "blocks": e.blocks,
+                    "thread_ts": e.thread_ts, "ts": e.ts, "source": e.source,
+                }
+                for e in self.ws.ephemerals
+                if (user is None or e.user == user) and (channel is None or e.channel == channel)
+            ]  # fmt: skip
+
+    def reactions(self, channel: str, ts: str) -> dict[str, list[str]]:
+        with self.ws.lock:
+            return {k: list(v) for k, v in self.ws.find_message(channel, ts).reactions.items()}
+
+    def bot_posts(self) -> list[JSON]:
+        """Every message the app has in the workspace now, with its channel, oldest first."""
+        ws = self.ws
+        with ws.lock:
+            posts = [
+                {**ws.message_json(m), "channel": ch.id}
+                for ch in ws.channels.values()
+                for m in ch.messages.values()
+                if m.user == ws.bot.id
+            ]
+        return sorted(posts, key=lambda m: (int(m["ts"].split(".")[0]), m["ts"]))
+
+    def home_view(self, user: str) -> JSON | None:
+        with self.ws.lock:
+            view_id = self.ws.home_views.get(user)
+            return dict(self.ws.views[view_id]) if view_id else None
+
+    def view(self, view_id: str) -> JSON:
+        return dict(self.ws.view_by(view_id=view_id))
+
+    def uploaded_files(self) -> list[JSON]:
+        with self.ws.lock:
+            return [
+                {
+                    "id": f.id, "filename": f.filename, "title": f.title, "channel": f.channel,
+                    "thread_ts": f.thread_ts, "initial_comment": f.initial_comment,
+                    "size": len(f.content or b""),
+                    "content_b64": base64.b64encode(f.content or b"").decode(),
+                }
+                for f in self.ws.files.values()
+                if f.completed
+            ]  # fmt: skip
+
+
+def _user_ref(ws: Workspace, user_id: str) -> JSON:
+    user = ws.users[user_id]
+    return {"id": user.id, "username": user.name, "name": user.name, "team_id": ws.team_id}
+
+
+def _find_element(
+    blocks: list[JSON], action_id: str, block_id: str | None
+) -> tuple[JSON | None, str | None]:
+    """The interactive element with ``action_id`` (in ``block_id`` when given)."""
+    for block in blocks:
+        if block_id and block.get("block_id") != block_id:
+            continue
+        elements = list(block.get("elements") or [])
+        if block.get("accessory"):
+            elements.append(block["accessory"])
+        for element in elements:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return element, block.get("block_id")
+    return None, None

@@ -1,0 +1,92 @@
+"""Run a real ``threadtune serve`` process against a real emulator, for HTTP tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from bot.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNING_SECRET = "test-signing-secret-8c1f"
+CURATORS = ("UCUR1", "UCUR2")
+ADMINS = ("UADMIN",)
+PEOPLE = ("UASK", "UEXP", "UOTH", *CURATORS, *ADMINS)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"threadtune serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"threadtune serve did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_extra: str):
+    """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log path)."""
+    log = home / "serve.log"
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": emulator.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": emulator.api_url,
+        "SLACK_APP_TOKEN": "",
+        "DATABASE_URL": db_url,
+        "THREADTUNE_HOME": str(home),
+        "CURATORS": ",".join(CURATORS),
+        "ADMINS": ",".join(ADMINS),
+        "PYTHONUNBUFFERED": "1",
+        **env_extra,
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "-v", "serve", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextmanager
+def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
+    """An emulated workspace with people and a channel, and the bot serving it."""
+    port = free_port()
+    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events",
+                        signing_secret=SIGNING_SECRET) as slack:
+        for user in PEOPLE:
+            slack.add_user(user, user.lower())
+        slack.add_channel("CHELP", "help")
+        with running_bot(slack, port, tmp, db_url, **env_extra) as (proc, log):
+            yield slack, proc, log, port
