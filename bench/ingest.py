@@ -1,0 +1,237 @@
+"""Ingest benchmark: signed ``reaction_added`` events at a set rate into ``threadtune serve``.
+
+Prints acknowledgement latency (p50/p99), examples stored per second, lost and duplicated
+examples, and the same latency figures for a bare Bolt app that only acknowledges, served by the
+same HTTP stack and measured in the same run (the ratio is threadtune's overhead).
+
+    .venv/bin/python bench/ingest.py [--events 1000] [--rate 100]
+
+Target: p99 ack under 50 ms at 100 events/s on a 2-core machine, none lost, none duplicated.
+The last line is one JSON object with the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from slack_sdk.signature import SignatureVerifier  # noqa: E402
+
+SECRET = "bench-signing-secret-5d2a"
+CURATOR = "UCUR1"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bare_server(port: int) -> None:
+    """A Bolt app that only acknowledges, behind the same Starlette + uvicorn stack."""
+    from slack_bolt import App
+    from slack_bolt.authorization import AuthorizeResult
+    from sqlalchemy import create_engine
+
+    from bot.server import serve_http
+
+    app = App(signing_secret=SECRET, authorize=lambda **_: AuthorizeResult(
+        enterprise_id=None, team_id="T111", bot_token="xoxb-bare", bot_user_id="U0BOT", bot_id="B0BOT"))
+    app.event("reaction_added")(lambda: None)
+    serve_http(app, create_engine("sqlite://"), signing_secret=SECRET, host="127.0.0.1", port=port)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not become healthy")
+
+
+def event_body(i: int, channel: str, ts: str) -> bytes:
+    return json.dumps({
+        "token": "bench", "team_id": "T111", "api_app_id": "A111", "type": "event_callback",
+        "event_id": f"EvBench{i:07d}", "event_time": int(time.time()),
+        "event": {"type": "reaction_added", "user": CURATOR, "reaction": "white_check_mark",
+                  "item": {"type": "message", "channel": channel, "ts": ts}, "item_user": "UEXP",
+                  "event_ts": f"{time.time():.6f}"},
+        "authorizations": [{"team_id": "T111", "user_id": "U0BOT", "is_bot": True}],
+    }).encode()
+
+
+def send_at_rate(port: int, bodies: list[bytes], rate: float, workers: int = 16,
+                 retry_every: int = 0) -> tuple[list[float], int]:
+    """Open-loop sender: request i leaves at t0 + i/rate. Returns ack latencies (ms) and errors."""
+    verifier = SignatureVerifier(SECRET)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    next_index = iter(range(len(bodies)))
+    t0 = time.monotonic() + 0.2
+
+    def worker() -> None:
+        nonlocal errors
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                break
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sends = [None] + ([1] if retry_every and i % retry_every == 0 else [])
+            for retry in sends:
+                stamp = str(int(time.time()))
+                body = bodies[i]
+                headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
+                           "X-Slack-Signature": verifier.generate_signature(timestamp=stamp, body=body.decode())}
+                if retry:
+                    headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+                start = time.perf_counter()
+                try:
+                    conn.request("POST", "/slack/events", body=body, headers=headers)
+                    response = conn.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                except OSError:
+                    ok = False
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                elapsed = (time.perf_counter() - start) * 1000
+                with lock:
+                    if ok and retry is None:
+                        latencies.append(elapsed)
+                    elif not ok:
+                        errors += 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return latencies, errors
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second")
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from bot.emulator import Emulator
+    from storage.db import make_engine, session_scope
+    from storage.models import Example, ExampleCurator
+
+    console = Console(stderr=True)
+    home = Path(tempfile.mkdtemp(prefix="tt-bench-ingest-"))
+    db_url = f"sqlite:///{home / 'threadtune.db'}"
+    bot_port, bare_port = free_port(), free_port()
+    with Emulator.start(events_url=None, signing_secret=SECRET) as slack:
+        for user in ("UASK", "UEXP", CURATOR):
+            slack.add_user(user, user.lower())
+        slack.add_channel("CBENCH", "bench")
+        console.print(f"Seeding {args.events} threads in the emulator…")
+        answers = []
+        for i in range(args.events):
+            q = slack.post("UASK", "CBENCH", f"Benchmark question number {i}: how do I do thing {i}?")
+            answers.append(slack.post("UEXP", "CBENCH", f"For thing {i}, run the step-{i} script and check the output.", thread_ts=q))
+        env = {**os.environ, "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+               "SLACK_API_URL": slack.api_url, "SLACK_APP_TOKEN": "", "DATABASE_URL": db_url,
+               "THREADTUNE_HOME": str(home), "CURATORS": CURATOR}
+        log = (home / "serve.log").open("w")
+        bot = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(bot_port)], cwd=ROOT,
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_healthy(bot_port, bot)
+            wait_healthy(bare_port, bare)
+            bodies = [event_body(i, "CBENCH", ts) for i, ts in enumerate(answers)]
+            console.print(f"Bare Bolt app: {args.events} events at {args.rate:g}/s…")
+            bare_lat, bare_err = send_at_rate(bare_port, bodies, args.rate)
+            console.print(f"threadtune serve: {args.events} events at {args.rate:g}/s (every 10th also retried)…")
+            engine = make_engine(db_url)
+            start = time.monotonic()
+            lat, err = send_at_rate(bot_port, bodies, args.rate, retry_every=10)
+            deadline = time.monotonic() + 120
+            stored = 0
+            while time.monotonic() < deadline:
+                with session_scope(engine) as s:
+                    stored = s.exec(select(func.count()).select_from(Example)).one()
+                if stored >= args.events:
+                    break
+                time.sleep(0.1)
+            elapsed = time.monotonic() - start
+            time.sleep(1.0)  # let retried duplicates land, if any would
+            with session_scope(engine) as s:
+                stored = s.exec(select(func.count()).select_from(Example)).one()
+                curator_rows = s.exec(select(func.count()).select_from(ExampleCurator)).one()
+            acks = [c for c in slack.calls("reactions.add")]
+            duplicated = (curator_rows - stored) + max(0, len(acks) - len({c["args"]["timestamp"] for c in acks}))
+        finally:
+            for proc in (bot, bare):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=15)
+
+    figures = {
+        "events": args.events, "rate_per_s": args.rate,
+        "ack_p50_ms": round(pct(lat, 0.50), 2), "ack_p99_ms": round(pct(lat, 0.99), 2),
+        "bare_ack_p50_ms": round(pct(bare_lat, 0.50), 2), "bare_ack_p99_ms": round(pct(bare_lat, 0.99), 2),
+        "p99_overhead_ratio": round(pct(lat, 0.99) / pct(bare_lat, 0.99), 2),
+        "examples_per_s": round(stored / elapsed, 1), "stored": int(stored),
+        "lost": int(args.events - stored), "duplicated": int(duplicated),
+        "http_errors": err + bare_err, "target_p99_ms": 50,
+    }
+    table = Table(title=f"Ingest: {args.events} reaction_added events at {args.rate:g}/s")
+    table.add_column("figure")
+    table.add_column("threadtune serve", justify="right")
+    table.add_column("bare Bolt (ack only)", justify="right")
+    table.add_row("ack p50 (ms)", str(figures["ack_p50_ms"]), str(figures["bare_ack_p50_ms"]))
+    table.add_row("ack p99 (ms)", str(figures["ack_p99_ms"]), str(figures["bare_ack_p99_ms"]))
+    table.add_row("p99 ratio", str(figures["p99_overhead_ratio"]), "1.0")
+    table.add_row("examples stored / s", str(figures["examples_per_s"]), "—")
+    table.add_row("lost / duplicated", f"{figures['lost']} / {figures['duplicated']}", "—")
+    table.add_row("HTTP errors", str(err), str(bare_err))
+    Console().print(table)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
