@@ -136,3 +136,89 @@ class JobEvent(SQLModel, table=True):
     message: str = Field(sa_column=Column(Text, nullable=False))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts()
+
+
+# --- A/B rounds (issue 6) ------------------------------------------------------------------------
+
+from sqlalchemy.types import TypeDecorator  # noqa: E402 — appended section, kept self-contained
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware timestamp that always reads back aware and in UTC — SQLite stores no zone,
+    so plain ``DateTime(timezone=True)`` returns naive values there. Naive values are refused."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ABRound(SQLModel, table=True):
+    """A blind A/B round: the candidate against the opponent (deployed or base model), open until
+    its deadline or until decided. ``result`` holds the statistics once closed."""
+
+    __tablename__ = "ab_round"
+
+    id: int | None = Field(default=None, primary_key=True)
+    candidate: str = Field(max_length=255)
+    opponent: str = Field(max_length=255)
+    job_id: int | None = Field(default=None, foreign_key="job.id", ondelete="SET NULL")
+    channel: str = Field(max_length=32)
+    message_ts: str = Field(default="", max_length=32)  # the round's own message, if any
+    status: str = Field(default="open", max_length=16, index=True)  # open | closed
+    deadline: datetime = Field(sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    created_by: str = Field(default="", max_length=32)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
+    closed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ABPair(SQLModel, table=True):
+    """One blind pair: a prompt and two answers. ``answer_a`` is ``model_a``'s; ``left`` ("a" or
+    "b") says which model was shown as "Answer A" — random per pair."""
+
+    __tablename__ = "ab_pair"
+    __table_args__ = (UniqueConstraint("round_id", "position", name="uq_ab_pair_position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="ab_round.id", ondelete="CASCADE")
+    position: int
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    answer_a: str = Field(sa_column=Column(Text, nullable=False))
+    answer_b: str = Field(sa_column=Column(Text, nullable=False))
+    model_a: str = Field(max_length=255)
+    model_b: str = Field(max_length=255)
+    left: str = Field(max_length=1)
+    message_ts: str = Field(default="", max_length=32)
+
+
+class ABVote(SQLModel, table=True):
+    """One person's vote on one pair; a later click replaces it (unique per pair and voter).
+    ``choice`` is in model terms: "a" = model_a's answer was better, "tie", "both_bad"."""
+
+    __tablename__ = "ab_vote"
+    __table_args__ = (UniqueConstraint("pair_id", "voter", name="uq_ab_vote_voter"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pair_id: int = Field(foreign_key="ab_pair.id", ondelete="CASCADE")
+    voter: str = Field(max_length=32)
+    choice: str = Field(max_length=16)  # a | b | tie | both_bad
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
