@@ -222,3 +222,69 @@ class ABVote(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
     )
+
+
+class Model(SQLModel, table=True):
+    """A trained adapter in the registry. Status: candidate → deployed → retired."""
+
+    __tablename__ = "model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)  # version name shown in Slack, e.g. "tt-3"
+    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    snapshot_id: int | None = Field(default=None, foreign_key="dataset_snapshot.id")
+    base_model: str = Field(sa_column=Column(Text, nullable=False))
+    adapter_path: str = Field(sa_column=Column(Text, nullable=False))
+    checksum: str = Field(max_length=64)  # sha256 over the adapter's plaintext files
+    rank: int = Field(default=0)
+    encrypted: bool = Field(default=False)
+    eval_verdict: str = Field(default="", max_length=16)  # promote | needs_ab | reject
+    eval_report: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    ab_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="candidate", max_length=16, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    deployed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+
+
+class Deployment(SQLModel, table=True):
+    """Every deploy, rollback and refused deploy, newest last: the history rollback walks."""
+
+    __tablename__ = "deployment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int | None = Field(default=None, foreign_key="model.id")
+    action: str = Field(max_length=16)  # deploy | rollback | refused
+    by_user: str = Field(default="", max_length=32)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+
+
+class AskLog(SQLModel, table=True):
+    """Audit log of /ask: who asked what, which model answered, how fast."""
+
+    __tablename__ = "ask_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user: str = Field(max_length=32, index=True)
+    channel: str = Field(default="", max_length=32)
+    question: str = Field(sa_column=Column(Text, nullable=False))  # redacted
+    answer: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    model_name: str = Field(default="", max_length=64)
+    message_ts: str = Field(default="", max_length=32)
+    cached: bool = Field(default=False)
+    latency_ms: int = Field(default=0)
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+
+
+class AskFeedback(SQLModel, table=True):
+    """👍/👎 on an /ask answer, one per person per answer (a later click replaces)."""
+
+    __tablename__ = "ask_feedback"
+    __table_args__ = (UniqueConstraint("ask_id", "user", name="uq_ask_feedback"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ask_id: int = Field(foreign_key="ask_log.id", ondelete="CASCADE", index=True)
+    user: str = Field(max_length=32)
+    value: str = Field(max_length=8)  # up | down
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))

@@ -1,0 +1,1 @@
+"""The model registry: adapters at rest (encrypted when a key is set) and their checks."""

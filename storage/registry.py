@@ -1,0 +1,122 @@
+"""Queries for the model registry, deployments and the /ask audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from storage.models import AskFeedback, AskLog, Deployment, Model, utcnow
+
+
+def next_model_name(*, session: Session, prefix: str = "tt") -> str:
+    count = session.exec(select(func.count()).select_from(Model)).one()
+    return f"{prefix}-{int(count) + 1}"
+
+
+def add_model(*, session: Session, **fields: Any) -> Model:
+    fields.setdefault("name", next_model_name(session=session))
+    model = Model(**fields)
+    session.add(model)
+    session.flush()
+    return model
+
+
+def get_model(*, session: Session, ref: str | int) -> Model | None:
+    """A model by name (``tt-3``), id, or job id written as ``job-7``/``#7``."""
+    text = str(ref).strip().lstrip("#")
+    if text.startswith("job-") and text[4:].isdigit():
+        return session.exec(select(Model).where(Model.job_id == int(text[4:])).order_by(Model.id.desc())).first()
+    model = session.exec(select(Model).where(Model.name == text)).first()
+    if model is None and text.isdigit():
+        model = session.get(Model, int(text))
+    return model
+
+
+def model_for_job(*, session: Session, job_id: int) -> Model | None:
+    return session.exec(select(Model).where(Model.job_id == job_id).order_by(Model.id.desc())).first()
+
+
+def list_models(*, session: Session, limit: int = 20) -> list[Model]:
+    return list(session.exec(select(Model).order_by(Model.id.desc()).limit(limit)).all())
+
+
+def deployed_model(*, session: Session) -> Model | None:
+    return session.exec(select(Model).where(Model.status == "deployed")).first()
+
+
+def mark_deployed(*, session: Session, model: Model, by_user: str, action: str = "deploy", detail: str = "") -> Model | None:
+    """Make ``model`` the deployed one; the previous one is retired. Returns the previous model."""
+    previous = deployed_model(session=session)
+    if previous is not None and previous.id != model.id:
+        previous.status = "retired"
+        session.add(previous)
+    model.status = "deployed"
+    model.deployed_at = utcnow()
+    session.add(model)
+    session.add(Deployment(model_id=model.id, action=action, by_user=by_user, detail=detail))
+    session.flush()
+    return previous if previous is None or previous.id != model.id else None
+
+
+def record_refusal(*, session: Session, model: Model, by_user: str, detail: str) -> None:
+    session.add(Deployment(model_id=model.id, action="refused", by_user=by_user, detail=detail))
+
+
+def previous_deployed(*, session: Session) -> Model | None:
+    """The model deployed before the current one (what /tune rollback goes back to)."""
+    current = deployed_model(session=session)
+    rows = session.exec(
+        select(Deployment).where(Deployment.action.in_(["deploy", "rollback"])).order_by(Deployment.id.desc())  # type: ignore[attr-defined]
+    ).all()
+    for row in rows:
+        if current is None or row.model_id != current.id:
+            return session.get(Model, row.model_id) if row.model_id else None
+    return None
+
+
+def undeploy(*, session: Session, by_user: str, detail: str) -> None:
+    """Back to the base model: nothing deployed."""
+    current = deployed_model(session=session)
+    if current is not None:
+        current.status = "retired"
+        session.add(current)
+        session.add(Deployment(model_id=None, action="rollback", by_user=by_user, detail=detail))
+
+
+def log_ask(*, session: Session, **fields: Any) -> AskLog:
+    row = AskLog(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_ask(*, session: Session, ask_id: int, **fields: Any) -> None:
+    row = session.get(AskLog, ask_id)
+    if row is not None:
+        for key, value in fields.items():
+            setattr(row, key, value)
+        session.add(row)
+
+
+def asks_since(*, session: Session, user: str, since) -> int:  # noqa: ANN001
+    stmt = select(func.count()).select_from(AskLog).where(AskLog.user == user, AskLog.created_at >= since)
+    return int(session.exec(stmt).one())
+
+
+def record_feedback(*, session: Session, ask_id: int, user: str, value: str) -> bool:
+    """Store 👍/👎; returns True when it replaced an earlier click by the same person."""
+    existing = session.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id, AskFeedback.user == user)).first()
+    if existing is not None:
+        existing.value = value
+        session.add(existing)
+        return True
+    try:
+        with session.begin_nested():
+            session.add(AskFeedback(ask_id=ask_id, user=user, value=value))
+            session.flush()
+    except IntegrityError:
+        return record_feedback(session=session, ask_id=ask_id, user=user, value=value)
+    return False
