@@ -373,3 +373,14 @@ def test_tune_dataset_reports_counts_and_readiness(env):
     assert reply.status == 200
     text = reply.body
     assert f"{active}/500" in text and "<#CHELP>" in text and "UCUR2" in text
+
+
+# -- App Home -------------------------------------------------------------------------------------
+
+def test_home_tab_is_published_on_open(env):
+    env.slack.open_home("UASK")
+    view = _wait(lambda: env.slack.home_view("UASK"), 15)
+    text = json.dumps(view)
+    with session_scope(env.db) as s:
+        active = len(s.exec(select(Example).where(Example.status == "active")).all())
+    assert f"{active}/500" in text and "the base model" in text

@@ -1,14 +1,16 @@
 from slack_bolt import App
 
+from .app_home_opened import app_home_opened
 from .message import message, message_changed, message_deleted
 from .reaction_added import reaction_added
 from .reaction_removed import reaction_removed
 
 #: The bot events this module subscribes to (manifest.yml must declare exactly these).
-EVENTS = ("reaction_added", "reaction_removed", "message.channels", "message.groups")
+EVENTS = ("reaction_added", "reaction_removed", "message.channels", "message.groups", "app_home_opened")
 
 
 def register(app: App) -> None:
+    app.event("app_home_opened")(app_home_opened)
     app.event("reaction_added")(reaction_added)
     app.event("reaction_removed")(reaction_removed)
     app.event({"type": "message", "subtype": "message_changed"})(message_changed)

@@ -1,0 +1,65 @@
+"""Gathers what the Home tab shows and publishes it (on open, and after jobs, deploys, rounds)."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk.errors import SlackApiError
+
+from bot.blocks.home import HomeData, home_view
+from bot.slack_api import explain
+from storage.curation import curation_stats
+from storage.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def gather(db) -> HomeData:  # noqa: ANN001
+    from sqlmodel import select
+
+    from storage.models import DatasetSnapshot, Job
+    from storage.registry import deployed_model
+
+    with session_scope(db) as session:
+        data = HomeData(stats=curation_stats(session=session))
+        snapshot = session.exec(select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc())).first()
+        if snapshot is not None:
+            counts = snapshot.counts or {}
+            data.snapshot = {"id": snapshot.id, "counts": counts.get("splits", counts)}
+            data.findings = [f.get("message", str(f)) if isinstance(f, dict) else str(f)
+                             for f in counts.get("findings", [])][:50]
+        for job in session.exec(select(Job).order_by(Job.id.desc()).limit(8)).all():
+            progress = (job.config or {}).get("_progress", {})
+            data.jobs.append({"id": job.id, "state": job.state, "method": job.method,
+                              "step": progress.get("step"), "total": progress.get("total_steps")})
+        model = deployed_model(session=session)
+        if model is not None:
+            data.deployed = {"name": model.name, "eval_verdict": model.eval_verdict, "ab_result": model.ab_result}
+    data.leaderboard = _leaderboard(db)
+    return data
+
+
+def _leaderboard(db) -> list[dict]:  # noqa: ANN001
+    try:
+        from engine.ab.stats import Battle, leaderboard
+        from storage.ab import all_battles
+    except ImportError:
+        return []
+    with session_scope(db) as session:
+        rows = all_battles(session=session)
+    battles = [Battle(r.model_a, r.model_b, r.outcome, left=r.left, pair=r.pair_id) for r in rows]
+    if not battles:
+        return []
+    try:
+        board = leaderboard(battles, anchor="base", n_resamples=200)
+    except Exception:  # noqa: BLE001 — a leaderboard that can't be fitted yet is left out
+        log.exception("could not compute the leaderboard")
+        return []
+    return [{"model": r.model, "rating": r.rating, "lo": r.low, "hi": r.high, "votes": r.votes} for r in board]
+
+
+def publish(client, db, user: str) -> None:  # noqa: ANN001
+    try:
+        client.views_publish(user_id=user, view=home_view(gather(db)))
+    except SlackApiError as exc:
+        log.warning("could not publish the Home tab for %s: %s", user, explain(exc))

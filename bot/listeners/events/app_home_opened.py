@@ -1,0 +1,8 @@
+from bot.home import publish
+
+
+def app_home_opened(event, context) -> None:  # noqa: ANN001
+    """Someone opened the Home tab: render it fresh for them."""
+    if event.get("tab", "home") == "home":
+        services = context["services"]
+        publish(services.client, services.db, event["user"])
