@@ -1,0 +1,85 @@
+"""TrainConfig: validation messages, key=value overrides, and the auto rules for lr/epochs/steps."""
+
+import math
+
+import pytest
+
+from engine.train.config import TrainConfig, TrainConfigError
+
+SMOLLM2_PARAMS = 134_515_008
+LLAMA_8B_PARAMS = 8_030_261_248
+
+
+def test_defaults_follow_published_qlora_practice():
+    config = TrainConfig()
+    assert (config.method, config.lora_r, config.lora_alpha, config.target_modules) == ("qlora", 16, 32, "all-linear")
+    assert config.packing and config.gradient_checkpointing
+    assert config.learning_rate is None and config.epochs is None  # auto until resolved
+    assert all(text for text in TrainConfig.help().values()), "every field documents itself"
+
+
+def test_rank_above_serving_limit_is_refused_in_words():
+    with pytest.raises(TrainConfigError, match=r"lora_r=128 is above the rank serving allows \(max_lora_rank=64\)"):
+        TrainConfig.from_overrides({}, {"lora_r": "128"})
+    assert TrainConfig.from_overrides({}, {"lora_r": "128", "max_lora_rank": "128"}).lora_r == 128
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lora_rank": "8"}, r"Unknown training setting 'lora_rank' \(did you mean 'lora_r'\?\)"),
+        ({"lernig_rate": "1e-4"}, r"did you mean 'learning_rate'"),
+        ({"lora_dropout": "2"}, r"lora_dropout must be at most 0.9, not 2.0"),
+        ({"batch_size": "0"}, r"batch_size must be at least 1, not 0"),
+        ({"batch_size": "four"}, r"batch_size must be a whole number, not 'four'"),
+        ({"epochs": "nan"}, r"epochs must be a number"),
+        ({"packing": "maybe"}, r"packing must be true/false"),
+        ({"method": "dora"}, r"method must be one of qlora, lora, full, not 'dora'"),
+        ({"eval_steps": "10", "save_steps": "15"}, r"save_steps \(15\) must be a multiple of eval_steps \(10\)"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(overrides, message):
+    with pytest.raises(TrainConfigError, match=message):
+        TrainConfig.from_overrides({}, overrides)
+
+
+def test_overrides_are_typed_and_sit_on_top_of_the_base():
+    config = TrainConfig.from_overrides(
+        {"lora_r": 8, "learning_rate": 1e-4, "base_model": "/m"},
+        {"learning_rate": "auto", "epochs": "2.5", "packing": "off", "lora_r": "32", "max_steps": "7"},
+    )
+    assert config.learning_rate is None and config.epochs == 2.5 and config.packing is False
+    assert config.lora_r == 32 and config.max_steps == 7 and config.base_model == "/m"
+    assert TrainConfig.from_dict(config.to_dict()) == config  # what run_info.json stores reloads
+
+
+def test_auto_learning_rate_scales_with_model_size_and_method():
+    small = TrainConfig().resolve(100, SMOLLM2_PARAMS).learning_rate
+    large = TrainConfig().resolve(100, LLAMA_8B_PARAMS).learning_rate
+    full = TrainConfig(method="full").resolve(100, SMOLLM2_PARAMS).learning_rate
+    assert 5e-4 <= small <= 1e-3, "a 135M model needs well above the textbook 1e-4"
+    assert 1e-4 <= large <= 2.5e-4
+    assert full == pytest.approx(small / 10, rel=0.1)
+    assert TrainConfig(learning_rate=3e-5).resolve(100, SMOLLM2_PARAMS).learning_rate == 3e-5  # explicit wins
+
+
+def test_auto_epochs_shrink_as_the_dataset_grows_but_keep_a_minimum_of_steps():
+    epochs = {n: TrainConfig(min_steps=1).resolve(n, SMOLLM2_PARAMS).epochs for n in (25, 100, 400, 5000)}
+    assert epochs[100] == 6 and epochs[25] > epochs[100] > epochs[400] >= epochs[5000] >= 2
+    # 100 examples packed into 15 sequences: 6 epochs alone would be 48 steps at batch 2; ask for 80
+    resolved = TrainConfig(min_steps=80).resolve(100, SMOLLM2_PARAMS, n_train_sequences=15)
+    assert resolved.total_steps(15) >= 80 and resolved.epochs <= resolved.max_epochs
+    # ...but never past max_epochs: early stopping, not endless epochs, guards a tiny set
+    capped = TrainConfig(min_steps=10_000).resolve(100, SMOLLM2_PARAMS, n_train_sequences=15)
+    assert capped.epochs == capped.max_epochs
+
+
+def test_resolve_fills_a_consistent_schedule():
+    resolved = TrainConfig().resolve(200, SMOLLM2_PARAMS, n_train_sequences=30)
+    total = resolved.total_steps(30)
+    assert total == math.ceil(30 / 2) * resolved.epochs
+    assert resolved.eval_steps >= 1 and resolved.save_steps % resolved.eval_steps == 0
+    assert resolved.warmup_steps == math.ceil(0.05 * total)
+    assert TrainConfig(max_steps=5).resolve(200, SMOLLM2_PARAMS).total_steps(30) == 5
+    with pytest.raises(TrainConfigError, match="training split is empty"):
+        TrainConfig().resolve(0, SMOLLM2_PARAMS)
