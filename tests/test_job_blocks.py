@@ -1,0 +1,27 @@
+from slack_sdk.models.blocks import Block
+
+from bot.blocks.jobs import JobProgress, format_duration, job_blocks, progress_bar
+
+
+def render(p):
+    blocks = job_blocks(p)
+    for b in blocks:
+        b.validate_json()
+    return str([b.to_dict() for b in blocks])
+
+
+def test_running_job_shows_step_loss_and_eta():
+    text = render(JobProgress(7, "running", step=30, total_steps=120, loss=1.23456, eval_loss=1.5, eta_s=125, snapshot_id=3))
+    assert "step 30/120 (25%)" in text and "loss 1.2346" in text and "validation loss 1.5000" in text
+    assert "ETA 2m 05s" in text and "snapshot #3" in text
+
+
+def test_failed_job_says_why():
+    text = render(JobProgress(8, "failed", error="loss diverged: NaN at step 12"))
+    assert "Why it stopped:* loss diverged: NaN at step 12" in text and "ETA" not in text
+
+
+def test_helpers():
+    assert progress_bar(5, 10, 10) == "█████░░░░░" and progress_bar(0, 0, 4) == "░░░░"
+    assert format_duration(None) == "estimating…" and format_duration(3725) == "1h 02m" and format_duration(9) == "9s"
+    assert isinstance(job_blocks(JobProgress(1, "queued"))[0], Block)
