@@ -1,0 +1,551 @@
+"""One evaluation run: the base model (or a baseline adapter) against a candidate adapter on the
+held-out test split, general-ability probes and safety checks, ending in a verdict.
+
+Every check has a written rule and is either *hard* (a failure rejects the candidate) or *soft*
+(a failure means people should judge: A/B). The verdict is ``reject`` if any hard check fails,
+``needs_ab`` if only soft checks fail, ``promote`` if all pass. :func:`build_checks` and
+:func:`decide` are pure so the rules can be tested with constructed numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.evaluate import metrics as M
+from engine.evaluate.safety import canary_leak, find_pii
+from engine.serving.base import ScoringBackend, split_answer
+
+PROBES_PATH = Path(__file__).with_name("probes.jsonl")
+VERDICTS = ("promote", "needs_ab", "reject")
+
+
+@dataclass
+class EvalConfig:
+    """Thresholds and limits of an evaluation run. Differences are absolute (ROUGE-L and probe
+    accuracy on a 0–1 scale, loss in nats per token)."""
+
+    max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Token limit of each test answer; an answer that reaches it did not stop."
+        },
+    )
+    probe_max_new_tokens: int = field(
+        default=48, metadata={"help": "Token limit of each probe answer (probe answers are short)."}
+    )
+    min_rouge_gain: float = field(
+        default=0.02,
+        metadata={
+            "help": "Promote only if the candidate's ROUGE-L beats the base's by at least this much (soft)."
+        },
+    )
+    max_rouge_drop: float = field(
+        default=0.02,
+        metadata={
+            "help": "Reject if the candidate's ROUGE-L is below the base's by more than this (hard)."
+        },
+    )
+    max_loss_increase: float = field(
+        default=0.0,
+        metadata={
+            "help": "Reject if the candidate's mean test loss exceeds the base's by more than this (hard)."
+        },
+    )
+    max_probe_drop: float = field(
+        default=0.10,
+        metadata={
+            "help": "Reject if the share of probes answered correctly drops by more than this: the model forgot general knowledge (hard)."
+        },
+    )
+    min_finished_share: float = field(
+        default=0.9,
+        metadata={
+            "help": "Share of candidate answers that must end with end-of-turn, unless the base stops no more often (hard)."
+        },
+    )
+    min_length_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "Lowest accepted median answer length / median reference length, in words (soft)."
+        },
+    )
+    max_length_ratio: float = field(
+        default=2.0,
+        metadata={
+            "help": "Highest accepted median answer length / median reference length, in words (soft)."
+        },
+    )
+    max_pii_findings: int = field(
+        default=0,
+        metadata={
+            "help": "PII or secrets (e-mail, phone, card, IP, keys, tokens, passwords) allowed in candidate answers (hard)."
+        },
+    )
+    max_canary_leaks: int = field(
+        default=0,
+        metadata={"help": "Canaries the candidate may complete from their prefix (hard)."},
+    )
+    exact_match_max_words: int = field(
+        default=8,
+        metadata={
+            "help": "Exact match is computed on test rows whose reference has at most this many words (it means little on long answers)."
+        },
+    )
+    n_samples: int = field(
+        default=3, metadata={"help": "Test prompts shown in the report with both answers."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed that picks the sample prompts."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "probe_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("min_rouge_gain", "max_rouge_drop", "max_loss_increase", "max_probe_drop"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number of 0 or more, got {value}.")
+        if not 0 <= self.min_finished_share <= 1:
+            raise ValueError(
+                f"min_finished_share must be between 0 and 1, got {self.min_finished_share}."
+            )
+        if not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
+            raise ValueError(
+                f"Need 0 < min_length_ratio <= 1 <= max_length_ratio, got {self.min_length_ratio} and {self.max_length_ratio}."
+            )
+        for name in ("max_pii_findings", "max_canary_leaks", "exact_match_max_words", "n_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A general question with its accepted short answers (any one counts)."""
+
+    id: str
+    category: str
+    question: str
+    answers: tuple[str, ...]
+
+
+def load_probes(path: Path | str = PROBES_PATH) -> list[Probe]:
+    """The probes shipped with threadtune (or another JSONL file of the same shape)."""
+    probes = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not row.get("question") or not row.get("answers"):
+            raise ValueError(f"{path} line {n}: a probe needs a question and at least one answer.")
+        probes.append(
+            Probe(row["id"], row.get("category", ""), row["question"], tuple(row["answers"]))
+        )
+    return probes
+
+
+@dataclass
+class ModelScores:
+    """Everything measured for one side (base or candidate). ``None`` where not measured."""
+
+    name: str
+    rouge_l: float
+    bleu: float
+    token_f1: float
+    exact_match: float | None
+    loss: float | None
+    perplexity: float | None
+    probe_accuracy: float | None
+    probe_f1: float | None
+    finished_share: float
+    length_ratio: float | None
+    answer_words: list[int]
+    pii_findings: int
+    pii_kinds: dict[str, int]
+    canary_leaks: int | None = None
+
+
+@dataclass
+class Check:
+    """One pass/fail rule. ``status`` is ``pass``, ``fail`` or ``skip`` (not measurable here)."""
+
+    name: str
+    status: str
+    hard: bool
+    value: str
+    rule: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+@dataclass
+class Sample:
+    """A test prompt with the reference and both answers, for people to read."""
+
+    prompt: str
+    reference: str
+    base_answer: str
+    candidate_answer: str
+
+
+@dataclass
+class EvalReport:
+    """The result of :func:`evaluate`; stored as JSON with the run."""
+
+    candidate: ModelScores
+    base: ModelScores
+    checks: list[Check]
+    verdict: str
+    reasons: list[str]
+    samples: list[Sample]
+    n_test: int
+    n_probes: int
+    n_short_answers: int
+    n_canaries: int
+    reference_words: list[int]
+    train_curve: dict[str, list[list[float]]] | None
+    config: dict
+    elapsed_s: float
+    created_at: str
+
+    def check(self, name: str) -> Check:
+        """The check called ``name``."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalReport:
+        data = json.loads(text)
+        data["candidate"] = ModelScores(**data["candidate"])
+        data["base"] = ModelScores(**data["base"])
+        data["checks"] = [Check(**c) for c in data["checks"]]
+        data["samples"] = [Sample(**s) for s in data["samples"]]
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_train_metrics(path: Path | str) -> dict[str, list[list[float]]]:
+    """Loss curves from a training run's ``metrics.jsonl``: ``{"train": [[step, loss]...],
+    "eval": [[step, eval_loss]...]}``. Lines that are not JSON objects with a numeric ``step`` and
+    ``loss`` / ``eval_loss`` are ignored (the file also holds other events)."""
+    curve: dict[str, list[list[float]]] = {"train": [], "eval": []}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int | float):
+            continue
+        for key, series in (("loss", "train"), ("eval_loss", "eval")):
+            value = row.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                curve[series].append([float(row["step"]), float(value)])
+    return curve
+
+
+def _median(values: Sequence[int]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> list[Check]:
+    """The pass/fail checks of a run, from the two sides' scores."""
+
+    def check(name: str, ok: bool | None, hard: bool, value: str, rule: str) -> Check:
+        return Check(name, "skip" if ok is None else ("pass" if ok else "fail"), hard, value, rule)
+
+    gain = cand.rouge_l - base.rouge_l
+    checks = [
+        check(
+            "quality_gain",
+            gain >= config.min_rouge_gain,
+            False,
+            f"ROUGE-L {base.rouge_l:.3f} → {cand.rouge_l:.3f} ({gain:+.3f})",
+            f"candidate ROUGE-L at least {config.min_rouge_gain:.3f} above the base",
+        ),
+        check(
+            "no_regression",
+            gain >= -config.max_rouge_drop,
+            True,
+            f"ROUGE-L change {gain:+.3f}",
+            f"candidate ROUGE-L no more than {config.max_rouge_drop:.3f} below the base",
+        ),
+    ]
+    if cand.loss is None or base.loss is None:
+        checks.append(
+            check(
+                "loss",
+                None,
+                True,
+                "not measured (the backend cannot score answers)",
+                "candidate test loss not above the base's",
+            )
+        )
+    else:
+        checks.append(
+            check(
+                "loss",
+                cand.loss <= base.loss + config.max_loss_increase,
+                True,
+                f"loss {base.loss:.3f} → {cand.loss:.3f} (perplexity {_fmt(base.perplexity, 1)} → {_fmt(cand.perplexity, 1)})",
+                f"candidate test loss at most {config.max_loss_increase:.3f} above the base's",
+            )
+        )
+    if cand.probe_accuracy is None or base.probe_accuracy is None:
+        checks.append(
+            check(
+                "general_ability", None, True, "no probes were run", "probe accuracy does not drop"
+            )
+        )
+    else:
+        drop = base.probe_accuracy - cand.probe_accuracy
+        checks.append(
+            check(
+                "general_ability",
+                drop <= config.max_probe_drop + 1e-12,
+                True,
+                f"probes correct {base.probe_accuracy:.0%} → {cand.probe_accuracy:.0%}",
+                f"share of general probes answered correctly drops by at most {config.max_probe_drop:.0%}",
+            )
+        )
+    kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(cand.pii_kinds.items())) or "none"
+    checks.append(
+        check(
+            "pii",
+            cand.pii_findings <= config.max_pii_findings,
+            True,
+            f"{cand.pii_findings} in candidate answers ({kinds}); base {base.pii_findings}",
+            f"at most {config.max_pii_findings} PII or secret findings in candidate answers",
+        )
+    )
+    if cand.canary_leaks is None:
+        checks.append(
+            check(
+                "canaries",
+                None,
+                True,
+                "no canaries were planted",
+                "no canary completed from its prefix",
+            )
+        )
+    else:
+        checks.append(
+            check(
+                "canaries",
+                cand.canary_leaks <= config.max_canary_leaks,
+                True,
+                f"{cand.canary_leaks} completed",
+                f"at most {config.max_canary_leaks} canaries completed from their prefix (memorisation)",
+            )
+        )
+    stops = (
+        cand.finished_share >= config.min_finished_share
+        or cand.finished_share >= base.finished_share
+    )
+    checks.append(
+        check(
+            "stops",
+            stops,
+            True,
+            f"{cand.finished_share:.0%} of answers stop (base {base.finished_share:.0%})",
+            f"at least {config.min_finished_share:.0%} of candidate answers end with end-of-turn, or no fewer than the base's",
+        )
+    )
+    ratio = cand.length_ratio
+    checks.append(
+        check(
+            "length",
+            None if ratio is None else config.min_length_ratio <= ratio <= config.max_length_ratio,
+            False,
+            "no reference lengths"
+            if ratio is None
+            else f"median answer / reference length {ratio:.2f} (base {_fmt(base.length_ratio, 2)})",
+            f"median candidate answer between {config.min_length_ratio:g}× and {config.max_length_ratio:g}× the median reference length",
+        )
+    )
+    return checks
+
+
+def decide(checks: Sequence[Check]) -> tuple[str, list[str]]:
+    """The verdict and its reasons: ``reject`` on any failed hard check, ``needs_ab`` on failed
+    soft checks only, ``promote`` when nothing failed."""
+    hard = [c for c in checks if c.failed and c.hard]
+    soft = [c for c in checks if c.failed and not c.hard]
+    if hard:
+        return "reject", [f"{c.name} failed: {c.value} (rule: {c.rule})" for c in hard + soft]
+    if soft:
+        return "needs_ab", [f"{c.name} failed: {c.value} (rule: {c.rule})" for c in soft]
+    passed = ", ".join(c.name for c in checks if c.status == "pass")
+    return "promote", [f"every check passed ({passed})"]
+
+
+def _score_side(
+    backend,
+    adapter: str | None,
+    label: str,
+    prompts,
+    references,
+    short,
+    probes,
+    config: EvalConfig,
+    rows,
+) -> tuple[ModelScores, list[str]]:
+    answers = backend.generate(prompts, max_new_tokens=config.max_new_tokens, adapter=adapter)
+    texts = [a.text for a in answers]
+    loss = None
+    if isinstance(backend, ScoringBackend):
+        losses = backend.loss(rows, adapter=adapter)
+        loss = sum(losses) / len(losses)
+    probe_acc = probe_f1 = None
+    probe_texts: list[str] = []
+    if probes:
+        probe_answers = backend.generate(
+            [[{"role": "user", "content": p.question}] for p in probes],
+            max_new_tokens=config.probe_max_new_tokens,
+            adapter=adapter,
+        )
+        probe_texts = [a.text for a in probe_answers]
+        probe_acc = sum(
+            M.contains_answer(t, p.answers) for t, p in zip(probe_texts, probes, strict=True)
+        ) / len(probes)
+        probe_f1 = M.token_f1(probe_texts, [p.answers[0] for p in probes])
+    findings = find_pii(texts + probe_texts)
+    words = [M.word_count(t) for t in texts]
+    ref_median = _median([M.word_count(r) for r in references])
+    scores = ModelScores(
+        name=label,
+        rouge_l=M.rouge_l(texts, references),
+        bleu=M.bleu(texts, references),
+        token_f1=M.token_f1(texts, references),
+        exact_match=M.exact_match([texts[i] for i in short], [references[i] for i in short])
+        if short
+        else None,
+        loss=loss,
+        perplexity=None if loss is None else M.perplexity([loss]),
+        probe_accuracy=probe_acc,
+        probe_f1=probe_f1,
+        finished_share=sum(a.finished for a in answers) / len(answers),
+        length_ratio=_median(words) / ref_median if ref_median else None,
+        answer_words=words,
+        pii_findings=len(findings),
+        pii_kinds=dict(Counter(f.kind for f in findings)),
+    )
+    return scores, texts
+
+
+def evaluate(
+    backend,
+    test_rows: Sequence[Mapping],
+    *,
+    adapter_name: str,
+    base_name: str | None = None,
+    probes: Sequence[Probe] | None = None,
+    canaries: Sequence[str] = (),
+    train_metrics_path: Path | str | None = None,
+    config: EvalConfig | None = None,
+) -> EvalReport:
+    """Compare ``adapter_name`` with the base model (``base_name=None``) or with another loaded
+    adapter (``base_name``) on ``test_rows`` (``{"messages": [...]}`` ending with the reference
+    answer).
+
+    ``probes=None`` uses the shipped probes (:func:`load_probes`); pass ``[]`` to skip them.
+    ``canaries`` are the strings planted in the candidate's training data, if any.
+    ``train_metrics_path`` is the run's ``metrics.jsonl``, kept for the loss-curve chart.
+    """
+    config = config or EvalConfig()
+    if not test_rows:
+        raise ValueError("The test split is empty: there is nothing to evaluate on.")
+    started = time.monotonic()
+    probes = load_probes() if probes is None else list(probes)
+    pairs = [split_answer(r) for r in test_rows]
+    prompts = [before for before, _ in pairs]
+    references = [answer for _, answer in pairs]
+    ref_words = [M.word_count(r) for r in references]
+    short = [i for i, n in enumerate(ref_words) if n <= config.exact_match_max_words]
+
+    base, base_texts = _score_side(
+        backend,
+        base_name,
+        base_name or "base",
+        prompts,
+        references,
+        short,
+        probes,
+        config,
+        test_rows,
+    )
+    cand, cand_texts = _score_side(
+        backend, adapter_name, adapter_name, prompts, references, short, probes, config, test_rows
+    )
+    if canaries:
+        cand.canary_leaks = sum(r.leaked for r in canary_leak(backend, canaries, adapter_name))
+
+    checks = build_checks(base, cand, config)
+    verdict, reasons = decide(checks)
+    picked = sorted(
+        random.Random(config.seed).sample(range(len(pairs)), min(config.n_samples, len(pairs)))
+    )
+    samples = [
+        Sample(
+            prompt=next(
+                (m["content"] for m in reversed(prompts[i]) if m.get("role") == "user"), ""
+            ),
+            reference=references[i],
+            base_answer=base_texts[i],
+            candidate_answer=cand_texts[i],
+        )
+        for i in picked
+    ]
+    return EvalReport(
+        candidate=cand,
+        base=base,
+        checks=checks,
+        verdict=verdict,
+        reasons=reasons,
+        samples=samples,
+        n_test=len(test_rows),
+        n_probes=len(probes),
+        n_short_answers=len(short),
+        n_canaries=len(canaries),
+        reference_words=ref_words,
+        train_curve=read_train_metrics(train_metrics_path)
+        if train_metrics_path and Path(train_metrics_path).is_file()
+        else None,
+        config=asdict(config),
+        elapsed_s=round(time.monotonic() - started, 2),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+__all__ = [
+    "PROBES_PATH",
+    "VERDICTS",
+    "Check",
+    "EvalConfig",
+    "EvalReport",
+    "ModelScores",
+    "Probe",
+    "Sample",
+    "build_checks",
+    "decide",
+    "evaluate",
+    "load_probes",
+    "read_train_metrics",
+]

@@ -1,0 +1,246 @@
+"""The in-process backend: transformers + peft on this machine (the embedded default).
+
+Adapters are loaded unmerged on top of one base model and switched per call with peft's
+``set_adapter`` (``adapter=None`` runs inside ``disable_adapter()``), so the base and every
+candidate share one copy of the base weights. Unmerged because merging into a quantised base
+degrades quality, and because the deploy probe must compare exactly what vLLM serves (an unmerged
+adapter on the same base).
+
+Generation is greedy and batched: prompts are sorted by length, padded on the left (a decoder
+continues from the right end of every row) and generated ``batch_size`` at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from engine.serving.base import BackendError, Generation, Message, conversation, split_answer
+
+END_OF_TURN = "<|im_end|>"
+
+
+class InProcessBackend:
+    """Serves ``base_model_path`` (a Hugging Face folder) and the LoRA adapters in ``adapters``
+    (name → adapter folder) from this process.
+
+    ``dtype`` defaults to bfloat16 on a GPU and float32 on the CPU (CPU bf16 matmuls are slow on
+    most machines and fp32 keeps greedy decoding stable). Calls are serialised by a lock: the
+    active adapter is state shared by the whole model.
+    """
+
+    def __init__(
+        self,
+        base_model_path: str | Path,
+        adapters: Mapping[str, str | Path] | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 8,
+        name: str = "inprocess",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        path = Path(base_model_path)
+        if not (path / "config.json").is_file():
+            raise BackendError(f"{path} is not a Hugging Face model folder (no config.json).")
+        self.name = name
+        self.base_model_path = path
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = (
+            getattr(torch, dtype)
+            if dtype
+            else (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        )
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        stop = {self.tokenizer.eos_token_id}
+        end_id = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        if isinstance(end_id, int) and end_id != self.tokenizer.unk_token_id:
+            stop.add(end_id)
+        self._stop_ids = sorted(i for i in stop if i is not None)
+        # The token appended to a scored answer: the one the chat template closes a turn with.
+        self._end_of_turn_id = end_id if end_id in self._stop_ids else self.tokenizer.eos_token_id
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(
+            self.device
+        )
+        self.model.eval()
+        self._peft = False
+        self._lock = threading.Lock()
+        for adapter_name, adapter_path in (adapters or {}).items():
+            self.load_adapter(adapter_name, adapter_path)
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded adapters."""
+        return sorted(self.model.peft_config) if self._peft else []
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter folder under ``name`` (unmerged, inference only)."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise BackendError(f"{path} is not a LoRA adapter folder (no adapter_config.json).")
+        with self._lock:
+            if name in self.adapters:
+                raise BackendError(f"An adapter named {name!r} is already loaded.")
+            if not self._peft:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(path), adapter_name=name, is_trainable=False
+                )
+                self._peft = True
+            else:
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            self.model.eval()
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop a loaded adapter (the base and the other adapters stay)."""
+        with self._lock:
+            self._check_adapter(name)
+            self.model.delete_adapter(name)
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters:
+            known = ", ".join(self.adapters) or "none"
+            raise BackendError(f"No adapter named {adapter!r} is loaded (loaded: {known}).")
+
+    @contextmanager
+    def _using(self, adapter: str | None) -> Iterator[None]:
+        """Run the body with ``adapter`` active, or with every adapter disabled for the base."""
+        self._check_adapter(adapter)
+        if adapter is None:
+            with self.model.disable_adapter() if self._peft else nullcontext():
+                yield
+        else:
+            self.model.set_adapter(adapter)
+            yield
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        # The template already writes its special tokens; adding BOS again would change the prompt.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _left_pad(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]],
+        *,
+        max_new_tokens: int = 256,
+        adapter: str | None = None,
+    ) -> list[Generation]:
+        """Greedy answers, one per conversation, in the order given (see ``ModelBackend``)."""
+        import torch
+        from transformers import GenerationConfig
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        encoded = [self._prompt_ids(conversation(p)) for p in prompts]
+        # Sorting by length keeps rows of one batch alike, so little compute goes to padding.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        results: list[Generation | None] = [None] * len(encoded)
+        with self._lock, torch.inference_mode(), self._using(adapter):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                ids, mask = self._left_pad([encoded[i] for i in chunk])
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=config
+                )
+                for row, index in zip(out[:, ids.shape[1] :].tolist(), chunk, strict=True):
+                    results[index] = self._decode(row)
+        return results  # type: ignore[return-value]
+
+    def _decode(self, new_ids: list[int]) -> Generation:
+        stops = set(self._stop_ids)
+        end = next((i for i, t in enumerate(new_ids) if t in stops), None)
+        if end is None:
+            text_ids, finished, n = new_ids, False, len(new_ids)
+        else:
+            text_ids, finished, n = new_ids[:end], True, end + 1
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        return Generation(text=text, finished=finished, n_tokens=n)
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def loss(
+        self,
+        examples: Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]],
+        *,
+        adapter: str | None = None,
+    ) -> list[float]:
+        """Mean token NLL of each final assistant answer plus end-of-turn (see ``ScoringBackend``).
+
+        Rows are left-padded so every answer ends at the right edge; only the logits of the
+        answer positions are computed (``logits_to_keep``), which keeps memory small — evaluation
+        runs out of memory on full-vocabulary logits more often than training does.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        rows: list[tuple[list[int], int]] = []
+        for example in examples:
+            before, answer = split_answer(example)
+            prompt = self._prompt_ids(before)
+            target = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [
+                self._end_of_turn_id
+            ]
+            ids = prompt + target
+            if limit and len(ids) > limit:  # keep the answer, drop the oldest context
+                ids = ids[-limit:]
+            rows.append((ids, min(len(target), len(ids) - 1)))
+
+        losses: list[float] = [0.0] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        with self._lock, torch.inference_mode(), self._using(adapter):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                ids, mask = self._left_pad([rows[i][0] for i in chunk])
+                keep = max(rows[i][1] for i in chunk) + 1
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, logits_to_keep=keep
+                ).logits.float()
+                # logits[:, j] predicts ids[:, width - keep + j + 1].
+                predicted = logits[:, :-1]
+                targets = ids[:, ids.shape[1] - keep + 1 :]
+                nll = F.cross_entropy(predicted.transpose(1, 2), targets, reduction="none")
+                for row, index in enumerate(chunk):
+                    n = rows[index][1]
+                    losses[index] = float(nll[row, -n:].mean())
+        return losses
+
+
+__all__ = ["END_OF_TURN", "InProcessBackend"]
