@@ -1,1 +1,16 @@
 """Action, callback and block ids: one place, so builders and listeners agree."""
+
+# -- A/B rounds (bot/ab_rounds.py, bot/blocks/ab.py) ----------------------------------------------
+#: the four vote buttons of a pair message; each button's value is the pair id
+AB_VOTE_A = "ab_vote_a"
+AB_VOTE_B = "ab_vote_b"
+AB_VOTE_TIE = "ab_vote_tie"
+AB_VOTE_BOTH_BAD = "ab_vote_both_bad"
+AB_VOTES = (AB_VOTE_A, AB_VOTE_B, AB_VOTE_TIE, AB_VOTE_BOTH_BAD)
+#: button → what the voter clicked, in position terms (engine.ab.stats.model_choice's input)
+AB_CLICKED = {AB_VOTE_A: "A", AB_VOTE_B: "B", AB_VOTE_TIE: "tie", AB_VOTE_BOTH_BAD: "both_bad"}
+#: the "why?" button (opens the comment modal) and the modal itself
+AB_WHY = "ab_why"
+AB_WHY_MODAL = "ab_why_modal"
+AB_WHY_BLOCK = "ab_why_comment"
+AB_WHY_INPUT = "ab_why_text"

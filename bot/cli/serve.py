@@ -29,6 +29,9 @@ def build_runtime(settings: Settings):  # noqa: ANN201
     db = make_engine(settings.db_url)
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
     services = Services.build(settings, db, client)
+    from bot.ab_rounds import install as install_ab_rounds
+
+    install_ab_rounds(services)  # A/B round service + scheduler: re-arms deadlines, closes overdue rounds
     if not settings.curators:
         log.warning("CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs")
     return services, create_app(services)

@@ -63,3 +63,6 @@ def _status(command: Command, services: Services, ack: Callable, respond: Callab
     with session_scope(services.db) as session:
         stats = curation_stats(session=session)
     ack(text=f"threadtune is running: {stats['examples']} curated examples.", blocks=dataset_blocks(stats))
+
+
+from bot.commands import tune_ab  # noqa: E402, F401 — registers /tune ab

@@ -1,5 +1,12 @@
 from slack_bolt import App
 
+from bot import ids
+
+from .ab_why_submit import ab_why_submit
+
+#: The modal callback ids this surface handles.
+VIEWS = (ids.AB_WHY_MODAL,)
+
 
 def register(app: App) -> None:
-    """Nothing on this surface yet."""
+    app.view(ids.AB_WHY_MODAL)(ab_why_submit)

@@ -1,0 +1,299 @@
+"""``threadtune dataset build|validate|import|export``: dataset snapshots from the command line.
+
+``add_dataset_subcommands`` adds these to an existing ``dataset`` parser; ``register`` creates the
+parser and also wires ``dataset stats`` from :mod:`bot.cli.curated` when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bot.settings import Settings
+
+SHOWN_FINDINGS = 20
+SHOWN_PER_RULE = 5
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dataset = subparsers.add_parser("dataset", help="build, validate, import and export dataset snapshots")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
+    add_dataset_subcommands(dataset_sub)
+    try:
+        from bot.cli.curated import add_curated_subcommands
+    except ImportError:  # the curated-examples commands are optional here
+        return
+    add_curated_subcommands(dataset_sub)
+
+
+def add_dataset_subcommands(dataset_sub: argparse._SubParsersAction) -> None:
+    build = dataset_sub.add_parser("build", help="build a numbered snapshot of the curated examples")
+    _config_arguments(build)
+    build.add_argument("--created-by", default="", help="who asked for the build (recorded with the snapshot)")
+    build.set_defaults(func=run_build)
+
+    validate = dataset_sub.add_parser("validate", help="check the curated examples (or a JSONL file / datasets folder) without building")
+    validate.add_argument("file", nargs="?", type=Path, help="a chat JSONL file or Hugging Face datasets folder to check instead")
+    _config_arguments(validate)
+    validate.set_defaults(func=run_validate)
+
+    imp = dataset_sub.add_parser("import", help="import a chat JSONL file or Hugging Face datasets folder (all or nothing)")
+    imp.add_argument("file", type=Path, help="OpenAI chat JSONL file or a folder written by datasets' save_to_disk")
+    imp.add_argument("--all", action="store_true", help="list every finding, not only the first ones")
+    imp.set_defaults(func=run_import)
+
+    export = dataset_sub.add_parser("export", help="write a snapshot (--snapshot N) or the current curated examples as chat JSONL")
+    export.add_argument("--snapshot", type=int, metavar="N", help="the snapshot to export; without it, the current curated examples")
+    export.add_argument("--split", choices=("all", "train", "validation", "test"), default="all", help="which split of the snapshot (default all)")
+    try:
+        from bot.cli.curated import add_export_arguments
+    except ImportError:
+        export.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    else:
+        add_export_arguments(export)
+    export.set_defaults(func=run_export)
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-length", type=int, help="tokens per training sequence (default 1024)")
+    parser.add_argument("--near-dup-threshold", type=float, help="Jaccard similarity from which two examples are near duplicates (default 0.8)")
+    parser.add_argument("--min-examples", type=int, help="fewest usable examples training accepts (default 10)")
+    parser.add_argument("--seed", type=int, help="salt of the split hash (default 0)")
+    parser.add_argument("--workspace-url", default="", help="https://<team>.slack.com, so findings link to their threads")
+    parser.add_argument("--all", action="store_true", help="list every finding, not only the first ones")
+
+
+def _config(args: argparse.Namespace):
+    from engine.dataset import DatasetConfig
+
+    overrides: dict[str, Any] = {}
+    for name in ("max_length", "near_dup_threshold", "min_examples", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "workspace_url", ""):
+        overrides["workspace_url"] = args.workspace_url
+    if "min_examples" in overrides:
+        overrides["target_examples"] = max(overrides["min_examples"], DatasetConfig.target_examples)
+    return DatasetConfig(**overrides)
+
+
+def _open_db(settings: Settings):  # noqa: ANN202
+    from storage.db import make_engine, upgrade
+
+    settings.home.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
+    upgrade(settings.db_url)
+    return make_engine(settings.db_url)
+
+
+def _fail(message: str) -> int:
+    print(f"threadtune: {message}", file=sys.stderr)
+    return 1
+
+
+def _tokenizer(settings: Settings):  # noqa: ANN202
+    from engine.basemodel import ensure_base_model, load_tokenizer
+
+    path = ensure_base_model(settings.home, settings.base_model)
+    return path, load_tokenizer(path)
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def print_findings(console, findings: list, *, show_all: bool = False) -> None:
+    """A count per rule, then the findings themselves (errors first), each with its thread."""
+    from rich.table import Table
+
+    if not findings:
+        console.print("No findings.")
+        return
+    by_rule = Counter((f.level, f.rule) for f in findings)
+    table = Table(title="Findings by rule")
+    table.add_column("Level")
+    table.add_column("Rule")
+    table.add_column("Examples", justify="right")
+    for (level, rule), n in sorted(by_rule.items(), key=lambda kv: (kv[0][0] != "error", -kv[1], kv[0][1])):
+        table.add_row(f"[red]{level}[/red]" if level == "error" else f"[yellow]{level}[/yellow]", rule, str(n))
+    console.print(table)
+    ordered = sorted(findings, key=lambda f: f.level != "error")
+    if show_all:
+        shown = ordered
+    else:  # a few of each rule, errors first, so one common warning cannot hide the rest
+        per_rule: Counter = Counter()
+        shown = []
+        for f in ordered:
+            if per_rule[f.rule] < SHOWN_PER_RULE and len(shown) < SHOWN_FINDINGS:
+                per_rule[f.rule] += 1
+                shown.append(f)
+    for f in shown:
+        colour = "red" if f.level == "error" else "yellow"
+        console.print(f"[{colour}]{f.level}[/{colour}] {f.where}: {f.message} [dim]({f.rule})[/dim]", soft_wrap=True, markup=True, highlight=False)
+    if len(shown) < len(findings):
+        console.print(f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them all).")
+
+
+def print_analysis(console, analysis, *, show_all: bool = False) -> None:
+    from rich.table import Table
+
+    counts = analysis.counts()
+    table = Table(title="Dataset")
+    table.add_column("Figure")
+    table.add_column("Value", justify="right")
+    rows = [
+        ("examples read", counts["examples"]), ("excluded by errors", counts["excluded"]),
+        ("duplicates collapsed", counts["duplicates"]), ("train", counts["train"]),
+        ("validation", counts["validation"]), ("test", counts["test"]),
+        ("tokens p50 / p95 / max", f"{analysis.tokens.p50} / {analysis.tokens.p95} / {analysis.tokens.max}"),
+        (f"over max_length {analysis.tokens.max_length}", f"{analysis.tokens.share_over_max_length:.1%}"),
+        ("refusal-like answers", f"{analysis.balance['refusal_like_share']:.1%}"),
+        ("answer chars p10 / p50 / p90", "{p10} / {p50} / {p90}".format(**analysis.balance["answer_chars"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    for title, key in (("Channel", "by_channel"), ("Curator", "by_curator")):
+        figures = analysis.balance[key]
+        if figures:
+            t = Table(title=f"By {title.lower()}")
+            t.add_column(title)
+            t.add_column("Examples", justify="right")
+            for name, n in list(figures.items())[:15]:
+                t.add_row(str(name), str(n))
+            console.print(t)
+    print_findings(console, analysis.findings, show_all=show_all)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def run_build(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from engine.basemodel import BaseModelError
+    from engine.dataset import DatasetConfigError
+    from engine.dataset.build import build_snapshot
+    from engine.dataset.validate import DatasetError
+    from storage.db import session_scope
+
+    console = Console()
+    try:
+        config = _config(args)
+        engine = _open_db(settings)
+        path, tokenizer = _tokenizer(settings)
+        with session_scope(engine) as session:
+            result = build_snapshot(session, settings.home, base_model_path=path, config=config,
+                                    tokenizer=tokenizer, created_by=args.created_by)
+    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
+        return _fail(str(exc))
+    if result.analysis is not None:
+        print_analysis(console, result.analysis, show_all=args.all)
+    counts = result.counts
+    if result.created:
+        console.print(f"[bold green]Built snapshot {result.snapshot_id}[/bold green] at {result.path}: "
+                      f"{counts['train']} train, {counts['validation']} validation, {counts['test']} test "
+                      f"(content hash {result.content_hash[:12]}).")
+    else:
+        console.print(f"[bold]No new snapshot:[/bold] the content is the same as snapshot {result.snapshot_id} "
+                      f"({result.path}, content hash {result.content_hash[:12]}).")
+    ready = result.analysis.readiness if result.analysis else {"ready": counts.get("ready", True)}
+    if not ready["ready"]:
+        console.print("[red]Not ready to train yet[/red]: see the readiness finding above.")
+    return 0
+
+
+def run_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from engine.basemodel import BaseModelError
+    from engine.dataset import DatasetConfigError
+    from engine.dataset.build import analyse, entries_from_storage
+    from engine.dataset.importer import parse_source
+    from engine.dataset.validate import DatasetError
+    from storage import datasets as q
+    from storage.db import session_scope
+
+    console = Console()
+    try:
+        config = _config(args)
+        _, tokenizer = _tokenizer(settings)
+        if args.file is not None:
+            parsed = parse_source(args.file, config=config)
+            analysis = analyse(parsed.entries, tokenizer, config=config, check_format=False)
+            analysis.findings[:0] = parsed.findings
+            analysis.excluded += len({f.example for f in parsed.errors})
+            source = f"{args.file} ({parsed.rows} rows)"
+        else:
+            with session_scope(_open_db(settings)) as session:
+                entries = entries_from_storage(q.active_examples_with_curators(session=session))
+            analysis = analyse(entries, tokenizer, config=config)
+            source = "the curated examples"
+    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
+        return _fail(str(exc))
+    console.print(f"Checked {source}.")
+    print_analysis(console, analysis, show_all=args.all)
+    errors = len(analysis.errors)
+    console.print(f"{errors} error(s): those examples would be left out of a snapshot." if errors else "No errors.")
+    return 1 if errors else 0
+
+
+def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from engine.dataset.importer import import_examples
+    from engine.dataset.validate import DatasetError
+    from storage.db import session_scope
+
+    console = Console()
+    try:
+        with session_scope(_open_db(settings)) as session:
+            result = import_examples(session, args.file)
+    except DatasetError as exc:
+        return _fail(str(exc))
+    if not result.ok:
+        errors = [f for f in result.findings if f.level == "error"]
+        bad_lines = len({f.where for f in errors})
+        print_findings(console, errors, show_all=args.all)
+        console.print(f"[red]Nothing was imported:[/red] {bad_lines} of {result.rows} rows of {result.name} have errors; fix them and import again.")
+        return 1
+    console.print(f"Imported {result.imported} examples from {result.name} "
+                  f"({result.skipped} skipped: already stored or repeated in the file).")
+    warnings = [f for f in result.findings if f.level == "warning" and f.rule != "format.no_system"]
+    if warnings:
+        print_findings(console, warnings, show_all=args.all)
+    return 0
+
+
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
+    if args.snapshot is None:
+        try:
+            from bot.cli.curated import export_current
+        except ImportError:
+            return _fail("give --snapshot N to export a snapshot.")
+        return export_current(settings, args.output)
+
+    from engine.dataset.build import read_split
+    from engine.dataset.split import SPLITS
+    from storage import datasets as q
+    from storage.db import session_scope
+
+    with session_scope(_open_db(settings)) as session:
+        snapshot = q.get_snapshot(session=session, snapshot_id=args.snapshot)
+    if snapshot is None or not Path(snapshot.path).is_dir():
+        return _fail(f"There is no snapshot {args.snapshot}; `threadtune dataset build` makes one.")
+    splits = SPLITS if args.split == "all" else (args.split,)
+    records = [record for name in splits for record in read_split(snapshot.path, name)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.output)
+        print(f"Wrote {len(records)} examples of snapshot {snapshot.id} ({args.split}) to {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,13 @@
+from bot.ab_rounds import rounds
+from bot.payloads_ab import BlockAction
+
+
+def ab_why(ack, body, respond, client, context) -> None:  # noqa: ANN001
+    """*why?* on an A/B pair: open the comment modal (or say why not)."""
+    ack()
+    click = BlockAction.parse(body)
+    modal = rounds(context["services"]).why(click.user, click.int_value())
+    if isinstance(modal, str):
+        respond(text=modal, response_type="ephemeral", replace_original=False)
+    else:
+        client.views_open(trigger_id=click.trigger_id, view=modal)
