@@ -25,9 +25,8 @@ def gather(db) -> HomeData:  # noqa: ANN001
         snapshot = session.exec(select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc())).first()
         if snapshot is not None:
             counts = snapshot.counts or {}
-            data.snapshot = {"id": snapshot.id, "counts": counts.get("splits", counts)}
-            data.findings = [f.get("message", str(f)) if isinstance(f, dict) else str(f)
-                             for f in counts.get("findings", [])][:50]
+            data.snapshot = {"id": snapshot.id, "counts": counts}
+            snapshot_path = snapshot.path
         for job in session.exec(select(Job).order_by(Job.id.desc()).limit(8)).all():
             progress = (job.config or {}).get("_progress", {})
             data.jobs.append({"id": job.id, "state": job.state, "method": job.method,
@@ -35,6 +34,13 @@ def gather(db) -> HomeData:  # noqa: ANN001
         model = deployed_model(session=session)
         if model is not None:
             data.deployed = {"name": model.name, "eval_verdict": model.eval_verdict, "ab_result": model.ab_result}
+        if snapshot is None:
+            snapshot_path = None
+    if snapshot_path:
+        from engine.dataset.build import read_manifest
+
+        findings = sorted(read_manifest(snapshot_path).get("findings", []), key=lambda f: f.get("level") != "error")
+        data.findings = [f"{f.get('where', '')}: {f.get('message', '')}" for f in findings[:50]]
     data.leaderboard = _leaderboard(db)
     return data
 

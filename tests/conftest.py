@@ -76,3 +76,15 @@ def db(db_url):
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def base_model_path():
+    """The embedded SmolLM2-135M-Instruct as safetensors, converted once and kept between runs
+    (``.test-models/``, ignored by git)."""
+    from pathlib import Path
+
+    from engine.basemodel import ensure_base_model
+
+    home = Path(os.environ.get("THREADTUNE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".test-models"))
+    return ensure_base_model(home)

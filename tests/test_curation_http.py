@@ -23,11 +23,11 @@ ANSWER = "Run `vault write -f database/rotate-root/staging`, then restart the ap
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def env(request, tmp_path_factory):
+def env(request, tmp_path_factory, base_model_path):
     tmp = tmp_path_factory.mktemp(f"bot-{request.param}")
     url = f"sqlite:///{tmp / 'threadtune.db'}" if request.param == "sqlite" else _fresh_pg("")
     try:
-        with workspace_with_bot(tmp, url) as (slack, proc, log, port):
+        with workspace_with_bot(tmp, url, BASE_MODEL=str(base_model_path)) as (slack, proc, log, port):
             engine = make_engine(url)
             yield type("Env", (), dict(slack=slack, proc=proc, log=log, port=port, db=engine,
                                        url=url, tmp=tmp, kind=request.param))
@@ -373,6 +373,20 @@ def test_tune_dataset_reports_counts_and_readiness(env):
     assert reply.status == 200
     text = reply.body
     assert f"{active}/500" in text and "<#CHELP>" in text and "UCUR2" in text
+
+
+def test_tune_dataset_build_is_for_admins_and_reports_the_snapshot(env):
+    refused = env.slack.slash("UASK", "CHELP", "/tune", "dataset build")
+    assert "Only admins" in refused.body
+    reply = env.slack.slash("UADMIN", "CHELP", "/tune", "dataset build")
+    assert reply.status == 200 and "Building a dataset snapshot" in reply.body
+    built = ephemeral_for(env, "UADMIN", "snapshot #")[0]["text"]
+    assert "Built snapshot #1." in built and "train /" in built
+    again = env.slack.slash("UADMIN", "CHELP", "/tune", "dataset build")
+    assert again.status == 200
+    _wait(lambda: [e for e in env.slack.ephemerals(user="UADMIN") if "no new snapshot was made" in e.get("text", "")], 60)
+    shown = env.slack.slash("UASK", "CHELP", "/tune", "dataset").body
+    assert "Snapshot #1:" in shown
 
 
 # -- App Home -------------------------------------------------------------------------------------

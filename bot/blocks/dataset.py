@@ -31,3 +31,26 @@ def dataset_blocks(stats: dict[str, Any], *, target: int = TARGET, extra: list[s
     blocks: list[Block] = [HeaderBlock(text="Dataset"), *sections("\n".join(lines)), DividerBlock()]
     blocks.append(context(f"{stats['withdrawn']} withdrawn · {stats['excluded_threads']} threads excluded"))
     return blocks
+
+
+def snapshot_lines(snapshot_id: int, manifest: dict[str, Any], *, limit: int = 8) -> list[str]:
+    """The latest snapshot in a few lines: splits, duplicates, errors first, then warnings."""
+    counts = manifest.get("counts", {})
+    lines = [f"*Snapshot #{snapshot_id}:* {counts.get('train', 0)} train / {counts.get('validation', 0)} validation / "
+             f"{counts.get('test', 0)} test · {counts.get('duplicates', 0)} duplicates collapsed · "
+             f"{counts.get('errors', 0)} errors · {counts.get('warnings', 0)} warnings"]
+    findings = sorted(manifest.get("findings", []), key=lambda f: f.get("level") != "error")
+    seen_rules: dict[str, int] = {}
+    shown = 0
+    for f in findings:
+        rule = f.get("rule", "")
+        seen_rules[rule] = seen_rules.get(rule, 0) + 1
+        if seen_rules[rule] > 2 or shown >= limit:
+            continue
+        icon = "⛔" if f.get("level") == "error" else "⚠️"
+        lines.append(f"{icon} {f.get('where', '')}: {f.get('message', '')}")
+        shown += 1
+    hidden = len(findings) - shown
+    if hidden > 0:
+        lines.append(f"…and {hidden} more findings (`threadtune dataset validate --all`).")
+    return lines

@@ -51,13 +51,6 @@ def _help(command: Command, services: Services, ack: Callable, respond: Callable
     ack(text="threadtune help", blocks=help_blocks(s.curate_emoji, s.reject_emoji))
 
 
-@handler("dataset")
-def _dataset(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
-    with session_scope(services.db) as session:
-        stats = curation_stats(session=session)
-    ack(text=f"{stats['examples']} curated examples", blocks=dataset_blocks(stats))
-
-
 @handler("status")
 def _status(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     with session_scope(services.db) as session:
@@ -65,4 +58,7 @@ def _status(command: Command, services: Services, ack: Callable, respond: Callab
     ack(text=f"threadtune is running: {stats['examples']} curated examples.", blocks=dataset_blocks(stats))
 
 
-from bot.commands import tune_ab  # noqa: E402, F401 — registers /tune ab
+from bot.commands import (
+    tune_ab,  # noqa: E402, F401 — registers /tune ab
+    tune_dataset,  # noqa: E402, F401 — registers /tune dataset
+)

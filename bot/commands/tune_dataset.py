@@ -1,0 +1,69 @@
+"""``/tune dataset`` (figures and the latest snapshot's findings) and ``/tune dataset build``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from bot.blocks.dataset import dataset_blocks, snapshot_lines
+from bot.commands.tune import handler
+from bot.payloads import Command
+from bot.services import Services
+from storage.curation import curation_stats
+from storage.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def latest_snapshot_summary(services: Services) -> list[str]:
+    from engine.dataset.build import read_manifest
+    from storage.datasets import latest_snapshot
+
+    with session_scope(services.db) as session:
+        snapshot = latest_snapshot(session=session)
+    if snapshot is None:
+        return ["No snapshot yet: an admin runs `/tune dataset build`."]
+    return snapshot_lines(snapshot.id, read_manifest(snapshot.path))
+
+
+@handler("dataset")
+def dataset(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+    words = command.words[1:]
+    if words and words[0] == "build":
+        if not services.is_admin(command.user):
+            ack(text="Only admins can run `/tune dataset build`; ask one of the people listed in ADMINS.")
+            return
+        ack(text="Building a dataset snapshot… I'll post the result here.")
+        threading.Thread(target=_build, args=(command, services, respond), daemon=True,
+                         name="dataset-build").start()
+        return
+    with session_scope(services.db) as session:
+        stats = curation_stats(session=session)
+    ack(text=f"{stats['examples']} curated examples",
+        blocks=dataset_blocks(stats, extra=latest_snapshot_summary(services)))
+
+
+def build_snapshot_for(services: Services, created_by: str):  # noqa: ANN201
+    """Build (or find again) the snapshot of the current curated examples."""
+    from engine.basemodel import ensure_base_model
+    from engine.dataset.build import build_snapshot
+
+    base = ensure_base_model(services.settings.home, services.settings.base_model)
+    with session_scope(services.db) as session:
+        return build_snapshot(session, services.settings.home, base_model_path=base, created_by=created_by)
+
+
+def _build(command: Command, services: Services, respond: Callable) -> None:
+    from engine.dataset.build import read_manifest
+
+    try:
+        result = build_snapshot_for(services, command.user)
+    except Exception as exc:  # noqa: BLE001 — the admin gets a sentence, the log the trace
+        log.exception("dataset build failed")
+        respond(text=f"The snapshot could not be built: {exc}", response_type="ephemeral")
+        return
+    head = (f"Built snapshot #{result.snapshot_id}." if result.created
+            else f"Nothing changed since snapshot #{result.snapshot_id}; no new snapshot was made.")
+    lines = [head, *snapshot_lines(result.snapshot_id, result.manifest or read_manifest(result.path))]
+    respond(text="\n".join(lines), response_type="ephemeral")

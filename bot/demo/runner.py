@@ -1,0 +1,223 @@
+"""``threadtune demo``: the loop on this machine with no Slack account.
+
+A local Slack emulator with a seeded help channel, the bot serving it over real HTTP, simulated
+people asking and curators reacting; each step is narrated, and a transcript of every Slack call
+the bot made lands in ``demo-out/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bot.settings import Settings
+
+SIGNING_SECRET = "demo-signing-secret-3e9b"
+CURATE, REJECT = "white_check_mark", "x"
+
+
+@dataclass
+class DemoResult:
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0
+    examples: int = 0
+    steps: list[str] = field(default_factory=list)
+
+
+class Demo:
+    """One run of the demo; ``run()`` returns 0 when every step did what it should."""
+
+    def __init__(self, settings: Settings, out: Path, *, quick: bool, console: Console | None = None):
+        self.settings = settings
+        self.out = out
+        self.quick = quick
+        self.console = console or Console()
+        self.result = DemoResult()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from bot.demo.content import load_workspace
+
+        from bot.cli.serve import build_runtime
+        from bot.emulator import Emulator
+        from bot.server import serve_http
+
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        home = self.out / "home"
+        home.mkdir(parents=True)
+        logging.basicConfig(filename=self.out / "bot.log", level=logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        workspace = load_workspace()
+        port = _free_port()
+        c = self.console
+        c.rule("[bold]threadtune demo")
+        c.print("A local Slack workspace (the emulator), the bot on HTTP, SQLite, "
+                "SmolLM2-135M-Instruct — nothing leaves this machine.\n")
+        with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events",
+                            signing_secret=SIGNING_SECRET) as slack:
+            curators = [u.id for u in workspace.users if u.role == "curator"]
+            admins = [u.id for u in workspace.users if u.role == "admin"]
+            settings = self.settings.model_copy(update={
+                "slack_bot_token": slack.bot_token, "slack_signing_secret": SIGNING_SECRET,
+                "slack_app_token": "", "slack_api_url": slack.api_url,
+                "threadtune_home": home, "database_url": f"sqlite:///{home / 'threadtune.db'}",
+                "curators": curators, "admins": admins,
+            })
+            from bot.logs import install_redaction
+
+            install_redaction()
+            services, bolt = build_runtime(settings)
+            stop = threading.Event()
+            server = threading.Thread(target=serve_http, args=(bolt, services.db),
+                                      kwargs=dict(signing_secret=SIGNING_SECRET, host="127.0.0.1",
+                                                  port=port, stop=stop), daemon=True)
+            server.start()
+            _wait_healthy(port)
+            try:
+                self._seed(slack, workspace)
+                self._curate(slack, workspace, services)
+                self._dataset_stats(slack, workspace, admins[0] if admins else curators[0])
+            finally:
+                slack.wait_idle()
+                self._write_transcript(slack)
+                stop.set()
+                server.join(timeout=10)
+        c.rule("[bold green]demo finished")
+        c.print(f"Transcript, log and outputs: [bold]{self.out}/[/bold]")
+        return 0 if self.result.examples > 0 else 1
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _seed(self, slack, workspace) -> None:  # noqa: ANN001
+        from rich.progress import track
+
+        c = self.console
+        c.print("[bold]1. A help channel full of threads[/bold]")
+        for user in workspace.users:
+            if user.role != "bot":
+                slack.add_user(user.id, user.name, real_name=user.real_name)
+            else:
+                slack.add_user(user.id, user.name, real_name=user.real_name, is_bot=True)
+        for channel in workspace.channels:
+            slack.add_channel(channel.id, channel.name)
+        self.posted: dict[str, list[str]] = {}
+        threads = workspace.threads[:20] if self.quick else workspace.threads
+        for thread in track(threads, description="people asking and answering", console=c):
+            ts_list: list[str] = []
+            for i, message in enumerate(thread.messages):
+                parent = ts_list[0] if (i > 0 and not thread.top_level) else None
+                ts_list.append(slack.post(message.user, thread.channel, message.text, thread_ts=parent))
+            self.posted[thread.id] = ts_list
+        self.threads = threads
+        c.print(f"   {len(threads)} threads posted in "
+                + ", ".join(f"#{ch.name}" for ch in workspace.channels) + "\n")
+
+    def _curate(self, slack, workspace, services) -> None:  # noqa: ANN001
+        from rich.progress import track
+        from sqlmodel import select
+
+        from storage.db import session_scope
+        from storage.models import Example
+
+        c = self.console
+        c.print("[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a thread)")
+        for thread in track(self.threads, description="curators reacting", console=c):
+            ts_list = self.posted[thread.id]
+            for mark in thread.curate:
+                slack.react(mark.curator, thread.channel, ts_list[mark.message_index], CURATE)
+            if thread.reject:
+                slack.react(thread.reject, thread.channel, ts_list[0], REJECT)
+        slack.wait_idle()
+        expected_accept = {t.id for t in self.threads if t.expect == "accepted"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with session_scope(services.db) as s:
+                stored = {e.message_ts for e in s.exec(select(Example).where(Example.status == "active")).all()}
+            done = all(self.posted[t][next(m.message_index for m in th.curate)] in stored
+                       for th in self.threads for t in [th.id] if th.id in expected_accept and th.curate)
+            if done:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
+        refusals: dict[str, int] = {}
+        for e in slack.ephemerals():
+            text = e.get("text", "")
+            if "didn't save" in text:
+                reason = text.split(": ", 1)[1] if ": " in text else text
+                refusals[reason] = refusals.get(reason, 0) + 1
+            elif "Thread excluded" in text:
+                self.result.excluded += 1
+        with session_scope(services.db) as s:
+            examples = s.exec(select(Example).where(Example.status == "active")).all()
+            redacted = sum(sum(e.redactions.values()) for e in examples)
+        self.result.examples = len(examples)
+        self.result.refused = refusals
+        table = Table(title="What the bot did")
+        table.add_column("outcome")
+        table.add_column("count", justify="right")
+        table.add_row("examples saved (bot reacted :inbox_tray:)", str(len(examples)))
+        table.add_row("threads excluded with :x:", str(self.result.excluded))
+        for reason, n in sorted(refusals.items(), key=lambda kv: -kv[1]):
+            table.add_row(f"refused — {reason[:70]}", str(n))
+        table.add_row("PII / secrets redacted before storage", str(redacted))
+        c.print(table)
+
+    def _dataset_stats(self, slack, workspace, user: str) -> None:  # noqa: ANN001
+        c = self.console
+        c.print("\n[bold]3. /tune dataset[/bold]")
+        channel = workspace.channels[0].id
+        reply = slack.slash(user, channel, "/tune", "dataset")
+        try:
+            body = json.loads(reply.body)
+        except ValueError:
+            body = {"text": reply.body}
+        for block in body.get("blocks", []):
+            text = (block.get("text") or {}).get("text") if isinstance(block.get("text"), dict) else None
+            if text:
+                c.print("   " + text.replace("\n", "\n   "))
+
+    def _write_transcript(self, slack) -> None:  # noqa: ANN001
+        calls = slack.calls()
+        with (self.out / "transcript.jsonl").open("w") as f:
+            for call in calls:
+                f.write(json.dumps(call, ensure_ascii=False, default=str) + "\n")
+        lines = ["# Slack transcript (every Web API call the bot made)", ""]
+        for call in calls:
+            args = call.get("args") or {}
+            text = args.get("text") or ""
+            where = args.get("channel", "")
+            lines.append(f"- `{call.get('method')}` {where} {('— ' + text[:300].replace(chr(10), ' ')) if text else ''}"
+                         f"{'' if call.get('ok', True) else ' (error: ' + str(call.get('error')) + ')'}")
+        (self.out / "transcript.md").write_text("\n".join(lines) + "\n")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the bot did not start")
