@@ -58,7 +58,6 @@ def _status(command: Command, services: Services, ack: Callable, respond: Callab
     ack(text=f"threadtune is running: {stats['examples']} curated examples.", blocks=dataset_blocks(stats))
 
 
-from bot.commands import (
-    tune_ab,  # noqa: E402, F401 — registers /tune ab
-    tune_dataset,  # noqa: E402, F401 — registers /tune dataset
-)
+# each module registers its subcommands with @handler
+from bot.commands import tune_ab  # noqa: E402, F401, I001
+from bot.commands import tune_dataset  # noqa: E402, F401, I001
