@@ -7,7 +7,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware timestamp that always reads back aware and in UTC — SQLite stores no zone,
+    so plain ``DateTime(timezone=True)`` returns naive values there. Naive values are refused."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -15,7 +36,7 @@ def utcnow() -> datetime:
 
 
 def _ts(**kw: Any) -> Any:
-    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, **kw))
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False, **kw))
 
 
 class Example(SQLModel, table=True):
@@ -118,11 +139,11 @@ class Job(SQLModel, table=True):
     run_dir: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     attempts: int = Field(default=0)
     lease_owner: str | None = Field(default=None, max_length=128)
-    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
     error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime = _ts()
-    started_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-    finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
 
 
 class JobEvent(SQLModel, table=True):
@@ -139,29 +160,6 @@ class JobEvent(SQLModel, table=True):
 
 
 # --- A/B rounds (issue 6) ------------------------------------------------------------------------
-
-from sqlalchemy.types import TypeDecorator  # noqa: E402 — appended section, kept self-contained
-
-
-class UTCDateTime(TypeDecorator):
-    """A timezone-aware timestamp that always reads back aware and in UTC — SQLite stores no zone,
-    so plain ``DateTime(timezone=True)`` returns naive values there. Naive values are refused."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 class ABRound(SQLModel, table=True):
     """A blind A/B round: the candidate against the opponent (deployed or base model), open until

@@ -32,6 +32,9 @@ def build_runtime(settings: Settings):  # noqa: ANN201
     from bot.ab_rounds import install as install_ab_rounds
 
     install_ab_rounds(services)  # A/B round service + scheduler: re-arms deadlines, closes overdue rounds
+    from bot.cli.jobs import make_observer
+
+    services.extras["job_observer"] = make_observer(settings, db)
     if not settings.curators:
         log.warning("CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs")
     return services, create_app(services)

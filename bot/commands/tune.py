@@ -61,3 +61,4 @@ def _status(command: Command, services: Services, ack: Callable, respond: Callab
 # each module registers its subcommands with @handler
 from bot.commands import tune_ab  # noqa: E402, F401, I001
 from bot.commands import tune_dataset  # noqa: E402, F401, I001
+from bot.commands import tune_train  # noqa: E402, F401, I001

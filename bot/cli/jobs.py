@@ -1,0 +1,160 @@
+"""``threadtune worker``, ``threadtune train``, ``threadtune jobs [show|cancel] ID``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from bot.settings import ConfigError, Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="claim and run training jobs")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.add_argument("--lease", type=int, default=60, help="lease seconds (renewed while running)")
+    worker.set_defaults(func=run_worker)
+
+    train = sub.add_parser("train", help="queue a training job on the latest (or a given) snapshot")
+    train.add_argument("--snapshot", type=int, help="snapshot number (default: build one now)")
+    train.add_argument("settings", nargs="*", metavar="key=value", help="training settings, e.g. lora_r=8 epochs=3")
+    train.set_defaults(func=run_train)
+
+    jobs = sub.add_parser("jobs", help="list training jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command")
+    show = jobs_sub.add_parser("show", help="one job with its event log")
+    show.add_argument("job", type=int)
+    show.set_defaults(func=run_show)
+    cancel = jobs_sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job", type=int)
+    cancel.set_defaults(func=run_cancel)
+    jobs.set_defaults(func=run_list)
+
+
+def _db(settings: Settings):  # noqa: ANN202
+    from storage.db import make_engine, upgrade
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    return make_engine(settings.db_url)
+
+
+def make_observer(settings: Settings, db):  # noqa: ANN001, ANN201
+    """Slack progress when a bot token is set; none otherwise (the CLI prints instead)."""
+    if not settings.slack_bot_token:
+        return None
+    from bot.slack_api import make_client
+    from bot.training import SlackJobObserver
+
+    client = make_client(settings.slack_bot_token, settings.slack_api_url)
+
+    def after_success(job_id: int) -> None:
+        try:
+            from bot.evaluation import evaluate_finished_job
+        except ImportError:
+            return
+        evaluate_finished_job(settings, db, client, job_id)
+
+    return SlackJobObserver(client, on_succeeded=after_success)
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.jobs.runners import runner_for
+    from engine.jobs.worker import Worker
+
+    db = _db(settings)
+    worker = Worker(db, settings.home, runner_for(settings.ray_address or None), lease_seconds=args.lease,
+                    observer=make_observer(settings, db))
+    if args.once:
+        ran = worker.run_once()
+        print("Ran one job." if ran else "No job was queued.")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        worker.run_forever(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.basemodel import ensure_base_model
+    from engine.dataset.build import build_snapshot
+    from engine.jobs.submit import SubmitError, describe, parse_overrides, submit_training
+    from storage.db import session_scope
+    from storage.models import DatasetSnapshot
+
+    db = _db(settings)
+    base = ensure_base_model(settings.home, settings.base_model)
+    try:
+        overrides = parse_overrides(args.settings)
+        with session_scope(db) as session:
+            snapshot_id = args.snapshot or build_snapshot(session, settings.home, base_model_path=base).snapshot_id
+        with session_scope(db) as session:
+            snapshot = session.get(DatasetSnapshot, snapshot_id)
+            if snapshot is None:
+                raise SubmitError(f"There is no snapshot #{snapshot_id}.")
+            job, _ = submit_training(session, snapshot=snapshot, base_model_path=str(base),
+                                     overrides=overrides, requested_by="cli")
+    except SubmitError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(f"Job {job.id} queued on snapshot #{snapshot_id} ({describe(job.config)}). "
+          "Run `threadtune worker` to train it.")
+    return 0
+
+
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from storage.db import session_scope
+    from storage.jobs import list_jobs
+
+    with session_scope(_db(settings)) as session:
+        rows = list_jobs(session=session, limit=30)
+    table = Table(title="Training jobs")
+    for column in ("job", "state", "method", "snapshot", "attempts", "progress", "error"):
+        table.add_column(column)
+    for job in rows:
+        p = (job.config or {}).get("_progress", {})
+        table.add_row(str(job.id), job.state, job.method, str(job.snapshot_id), str(job.attempts),
+                      f"{p.get('step', '')}/{p.get('total_steps', '')}" if p.get("total_steps") else "", job.error[:60])
+    Console().print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.db import session_scope
+    from storage.jobs import get_job, list_events
+
+    with session_scope(_db(settings)) as session:
+        job = get_job(session=session, job_id=args.job)
+        if job is None:
+            raise ConfigError(f"There is no job {args.job}.")
+        print(f"Job {job.id}: {job.state} ({job.method}, snapshot #{job.snapshot_id}, attempts {job.attempts})")
+        if job.run_dir:
+            print(f"Run folder: {job.run_dir}")
+        if job.error:
+            print(f"Error: {job.error}")
+        for event in list_events(session=session, job_id=job.id):
+            print(f"  {event.created_at:%H:%M:%S} {event.level:7} {event.message}")
+    return 0
+
+
+def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.db import session_scope
+    from storage.jobs import TransitionError, get_job, request_cancel
+
+    with session_scope(_db(settings)) as session:
+        job = get_job(session=session, job_id=args.job)
+        if job is None:
+            raise ConfigError(f"There is no job {args.job}.")
+        try:
+            request_cancel(session=session, job=job)
+        except TransitionError as exc:
+            print(f"Nothing to cancel: {exc}.", file=sys.stderr)
+            return 1
+    print(f"Job {args.job} cancelled.")
+    return 0

@@ -1,0 +1,1 @@
+"""Training jobs: runners that launch the training program, and the worker loop."""
