@@ -46,9 +46,8 @@ class Demo:
     # -- set-up ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from bot.demo.content import load_workspace
-
         from bot.cli.serve import build_runtime
+        from bot.demo.content import load_workspace
         from bot.emulator import Emulator
         from bot.server import serve_http
 

@@ -1,0 +1,1 @@
+"""`threadtune demo`: the whole loop on one machine, with a seeded local Slack workspace."""
