@@ -38,8 +38,12 @@ def _slack_thread(thread: Thread) -> list[SlackMessage]:
     """The thread as conversations.replies would return it (parent first, increasing ts)."""
     parent_ts = "1726000000.000100"
     return [
-        SlackMessage(ts=f"{1726000000 + i}.000100", user=m.user, text=m.text,
-                     thread_ts=None if thread.top_level else parent_ts)
+        SlackMessage(
+            ts=f"{1726000000 + i}.000100",
+            user=m.user,
+            text=m.text,
+            thread_ts=None if thread.top_level else parent_ts,
+        )
         for i, m in enumerate(thread.messages)
     ]
 
@@ -54,8 +58,13 @@ def _outcome(thread: Thread, stored: dict[str, ExampleDraft]) -> tuple[str, Exam
     messages = _slack_thread(thread)
     min_chars = Settings.model_fields["min_answer_chars"].default
     try:
-        draft = build_example(thread.channel, messages, messages[thread.curate[0].message_index].ts,
-                              min_answer_chars=min_chars, redact=redact)
+        draft = build_example(
+            thread.channel,
+            messages,
+            messages[thread.curate[0].message_index].ts,
+            min_answer_chars=min_chars,
+            redact=redact,
+        )
     except Refusal as refusal:
         return f"refused:{refusal.code}", None
     if draft.content_hash in stored:
@@ -96,12 +105,19 @@ def test_every_reference_resolves(ws: DemoWorkspace) -> None:
             assert users[t.reject].role == "curator", t.id
         if t.duplicate_of:
             assert t.duplicate_of in {o.id for o in ws.threads[: ws.threads.index(t)]}, t.id
-    mentioned = {m for t in ws.threads for msg in t.messages for m in re.findall(r"<@([UW][A-Z0-9]+)>", msg.text)}
+    mentioned = {
+        m
+        for t in ws.threads
+        for msg in t.messages
+        for m in re.findall(r"<@([UW][A-Z0-9]+)>", msg.text)
+    }
     assert mentioned and mentioned <= users.keys()
 
 
 def test_every_expectation_is_what_the_curation_rules_do(ws, outcomes) -> None:
-    wrong = {t.id: (t.expect, outcomes[t.id][0]) for t in ws.threads if outcomes[t.id][0] != t.expect}
+    wrong = {
+        t.id: (t.expect, outcomes[t.id][0]) for t in ws.threads if outcomes[t.id][0] != t.expect
+    }
     assert wrong == {}
 
 
@@ -140,7 +156,7 @@ def test_multi_turn_threads_keep_the_conversation_and_drop_bystanders(ws, outcom
 def test_pii_threads_hold_real_pii_that_redaction_removes(ws, outcomes) -> None:
     kinds: Counter[str] = Counter()
     for t in _tagged(ws, "pii"):
-        found = [(f.kind, m.text[f.start:f.end]) for m in t.messages for f in find(m.text)]
+        found = [(f.kind, m.text[f.start : f.end]) for m in t.messages for f in find(m.text)]
         assert found, f"{t.id} is tagged pii but has none"
         kinds.update(kind for kind, _ in found)
         _, draft = outcomes[t.id]
@@ -154,8 +170,11 @@ def test_pii_threads_hold_real_pii_that_redaction_removes(ws, outcomes) -> None:
 
 def test_threads_without_the_pii_tag_have_none(ws: DemoWorkspace) -> None:
     # So the demo's "redacted" count is exactly the PII threads, and nothing else gets mangled.
-    leaks = {t.id: [m.text[f.start:f.end] for m in t.messages for f in find(m.text)]
-             for t in ws.threads if "pii" not in t.tags}
+    leaks = {
+        t.id: [m.text[f.start : f.end] for m in t.messages for f in find(m.text)]
+        for t in ws.threads
+        if "pii" not in t.tags
+    }
     assert {k: v for k, v in leaks.items() if v} == {}
 
 
@@ -215,7 +234,9 @@ def test_quick_sample_shows_every_case(ws: DemoWorkspace) -> None:
     sample = ws.threads[:QUICK_THREADS]
     ids = {t.id for t in sample}
     assert {t.expect for t in sample} == set(EXPECTATIONS)
-    assert {"multi_turn", "pii", "bad_answer", "duplicate"} <= {tag for t in sample for tag in t.tags}
+    assert {"multi_turn", "pii", "bad_answer", "duplicate"} <= {
+        tag for t in sample for tag in t.tags
+    }
     assert all(t.duplicate_of in ids for t in sample if t.duplicate_of)
 
 
@@ -226,9 +247,16 @@ def test_quick_sample_shows_every_case(ws: DemoWorkspace) -> None:
         (lambda d: d["threads"][0]["messages"][0].update(user="UNOBODY00"), "unknown user"),
         (lambda d: d["threads"][1].update(id=d["threads"][0]["id"]), "Duplicate thread ids"),
         (lambda d: d["threads"][0].update(expect="accepted?"), "is not one of"),
-        (lambda d: d["threads"][0]["curate"][0].update(curator=d["threads"][0]["messages"][0]["user"]),
-         "is not a curator"),
-        (lambda d: d["threads"][0].update(duplicate_of=d["threads"][-1]["id"]), "must be an earlier thread"),
+        (
+            lambda d: d["threads"][0]["curate"][0].update(
+                curator=d["threads"][0]["messages"][0]["user"]
+            ),
+            "is not a curator",
+        ),
+        (
+            lambda d: d["threads"][0].update(duplicate_of=d["threads"][-1]["id"]),
+            "must be an earlier thread",
+        ),
         (lambda d: d["threads"][0]["messages"][0].update(text="x" * MAX_TEXT_CHARS), "characters"),
     ],
 )

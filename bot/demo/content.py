@@ -157,7 +157,9 @@ def load_workspace(path: Path | str | None = None) -> DemoWorkspace:
     try:
         workspace = _parse(raw)
     except (KeyError, TypeError) as exc:
-        raise DemoContentError(f"The demo workspace {source} is missing a field or has a wrong type: {exc!r}") from exc
+        raise DemoContentError(
+            f"The demo workspace {source} is missing a field or has a wrong type: {exc!r}"
+        ) from exc
     _check(workspace)
     return workspace
 
@@ -172,7 +174,9 @@ def _parse(raw: dict[str, Any]) -> DemoWorkspace:
                 id=t["id"],
                 channel=t["channel"],
                 messages=tuple(Message(m["user"], m["text"]) for m in t["messages"]),
-                curate=tuple(CurateMark(c["curator"], int(c["message_index"])) for c in t.get("curate", [])),
+                curate=tuple(
+                    CurateMark(c["curator"], int(c["message_index"])) for c in t.get("curate", [])
+                ),
                 reject=t.get("reject"),
                 expect=t["expect"],
                 tags=tuple(t.get("tags", [])),
@@ -182,7 +186,8 @@ def _parse(raw: dict[str, Any]) -> DemoWorkspace:
             for t in raw["threads"]
         ),
         held_out=tuple(
-            HeldOutQuestion(h["channel"], h["question"], h["reference"]) for h in raw.get("held_out", [])
+            HeldOutQuestion(h["channel"], h["question"], h["reference"])
+            for h in raw.get("held_out", [])
         ),
     )
 
@@ -193,8 +198,11 @@ def _check(ws: DemoWorkspace) -> None:
 
     users = {u.id: u for u in ws.users}
     channels = {c.id for c in ws.channels}
-    for kind, ids in (("user", [u.id for u in ws.users]), ("channel", [c.id for c in ws.channels]),
-                      ("thread", [t.id for t in ws.threads])):
+    for kind, ids in (
+        ("user", [u.id for u in ws.users]),
+        ("channel", [c.id for c in ws.channels]),
+        ("thread", [t.id for t in ws.threads]),
+    ):
         if len(ids) != len(set(ids)):
             fail(f"Duplicate {kind} ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     for user in ws.users:
@@ -217,8 +225,10 @@ def _check(ws: DemoWorkspace) -> None:
                 fail(f"{where}, message {i}: text must be 1–{MAX_TEXT_CHARS - 1} characters.")
         for mark in t.curate:
             if not 0 <= mark.message_index < len(t.messages):
-                fail(f"{where}: curate mark points at message {mark.message_index}, "
-                     f"but the thread has {len(t.messages)}.")
+                fail(
+                    f"{where}: curate mark points at message {mark.message_index}, "
+                    f"but the thread has {len(t.messages)}."
+                )
         for curator in [m.curator for m in t.curate] + ([t.reject] if t.reject else []):
             if curator not in users or users[curator].role != "curator":
                 fail(f"{where}: {curator!r} reacts but is not a curator.")
