@@ -675,7 +675,9 @@ def install(services: Services, *, answers: AnswerSource | None = None, start_sc
     with _install_lock:
         if "ab" in services.extras:
             return services.extras["ab"]
-        service = ABRoundService(services.db, services.client, answers or default_answers(services.settings))
+        from bot.backends import ab_answers  # one model per process, shared with /ask and deploys
+
+        service = ABRoundService(services.db, services.client, answers or ab_answers(services))
         services.extras["ab"] = service
         if start_scheduler:
             scheduler = services.extras.get("scheduler") or BotScheduler()

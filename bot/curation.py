@@ -62,6 +62,13 @@ class CurationService:
         if reaction.user not in self.rules.curators:
             return "ignored:not_curator"
         with self._lock(reaction.channel):
+            if reaction.name == self.rules.curate_emoji:
+                try:
+                    draft = self._ask_answer(reaction)
+                except Refusal as refusal:
+                    return self._refuse(reaction, refusal, None)
+                if draft is not None:
+                    return self._store(reaction, draft, draft.thread_ts)
             try:
                 thread_ts, thread = fetch_thread(self.client, reaction.channel, reaction.ts)
             except SlackApiError as exc:
@@ -80,6 +87,29 @@ class CurationService:
             )
         except Refusal as refusal:
             return self._refuse(reaction, refusal, thread_ts)
+        return self._store(reaction, draft, thread_ts)
+
+    def _ask_answer(self, reaction: Reaction) -> ExampleDraft | None:
+        """The one exception to "only people's answers are curated": the bot's own ``/ask``
+        answer, recognised by its audit row (channel + message ts, written only by the bot). The
+        message quotes the question, so it stands alone as an example: the asked question as the
+        ``user`` turn, the answer as the ``assistant`` turn, both as redacted in the audit log.
+        Failed or empty answers stay refused like any bot message."""
+        from storage.registry import ask_for_message
+
+        with session_scope(self.db) as session:
+            row = ask_for_message(session=session, channel=reaction.channel, message_ts=reaction.ts)
+            if row is None or row.error or not row.answer.strip() or not row.question.strip():
+                return None
+            messages = [{"role": "user", "content": row.question}, {"role": "assistant", "content": row.answer}]
+            model = row.model_name
+        if len(row.answer.strip()) < self.rules.min_answer_chars:
+            raise Refusal("too_short", f"That answer is too short to teach anything ({len(row.answer.strip())} "
+                                       f"characters; at least {self.rules.min_answer_chars} are needed).")
+        return ExampleDraft(channel=reaction.channel, thread_ts=reaction.ts, message_ts=reaction.ts,
+                            answer_user=f"model:{model}"[:32], messages=messages)
+
+    def _store(self, reaction: Reaction, draft: ExampleDraft, thread_ts: str | None) -> str:
         with session_scope(self.db) as session:
             if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
                 return "duplicate_event"

@@ -14,3 +14,9 @@ AB_WHY = "ab_why"
 AB_WHY_MODAL = "ab_why_modal"
 AB_WHY_BLOCK = "ab_why_comment"
 AB_WHY_INPUT = "ab_why_text"
+
+# -- /ask (bot/ask.py, bot/blocks/ask.py) ---------------------------------------------------------
+#: the 👍/👎 buttons under an answer; each button's value is the answer's ask_log id
+ASK_UP = "ask_feedback_up"
+ASK_DOWN = "ask_feedback_down"
+ASK_FEEDBACK = {ASK_UP: "up", ASK_DOWN: "down"}

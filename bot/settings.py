@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     vllm_url: str = Field("", description="OpenAI-compatible vLLM server; unset = serve in-process.")
     ray_address: str = Field("", description="Ray cluster address; set = train through Ray Jobs.")
     threadtune_encryption_key: str = Field("", description="Key for adapters at rest (base64, 32 bytes).")
+    ask_rate_limit: int = Field(10, description="/ask questions per user per minute.")
+    ask_max_new_tokens: int = Field(512, description="Longest /ask answer, in tokens.")
+    probe_threshold: float = Field(0.9, description="Deploy probe: agreement needed between served and in-process answers.")
+    vllm_max_lora_rank: int | None = Field(None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16).")
 
     @field_validator("curators", "admins", mode="before")
     @classmethod

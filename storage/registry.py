@@ -120,3 +120,26 @@ def record_feedback(*, session: Session, ask_id: int, user: str, value: str) -> 
     except IntegrityError:
         return record_feedback(session=session, ask_id=ask_id, user=user, value=value)
     return False
+
+
+def deployment_epoch(*, session: Session) -> int:
+    """The id of the latest deploy or rollback (0 before any): it changes whenever what /ask
+    serves changes, so answers cached under an older epoch are never served again."""
+    stmt = select(func.max(Deployment.id)).where(Deployment.action.in_(["deploy", "rollback"]))  # type: ignore[attr-defined]
+    return int(session.exec(stmt).one() or 0)
+
+
+def get_ask(*, session: Session, ask_id: int) -> AskLog | None:
+    return session.get(AskLog, ask_id)
+
+
+def ask_for_message(*, session: Session, channel: str, message_ts: str) -> AskLog | None:
+    """The /ask whose answer the bot posted as message ``message_ts`` in ``channel``."""
+    stmt = select(AskLog).where(AskLog.channel == channel, AskLog.message_ts == message_ts)
+    return session.exec(stmt).first()
+
+
+def feedback_of(*, session: Session, ask_id: int) -> dict[str, str]:
+    """Who clicked what on an answer: user → "up" | "down"."""
+    rows = session.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id)).all()
+    return {row.user: row.value for row in rows}

@@ -35,6 +35,8 @@ def build_runtime(settings: Settings):  # noqa: ANN201
     from bot.cli.jobs import make_observer
 
     services.extras["job_observer"] = make_observer(settings, db)
+    if not settings.threadtune_encryption_key:
+        log.warning("THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear")
     if not settings.curators:
         log.warning("CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs")
     return services, create_app(services)

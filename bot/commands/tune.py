@@ -62,3 +62,5 @@ def _status(command: Command, services: Services, ack: Callable, respond: Callab
 from bot.commands import tune_ab  # noqa: E402, F401, I001
 from bot.commands import tune_dataset  # noqa: E402, F401, I001
 from bot.commands import tune_train  # noqa: E402, F401, I001
+from bot.commands import tune_eval  # noqa: E402, F401, I001
+from bot.commands import tune_deploy  # noqa: E402, F401, I001

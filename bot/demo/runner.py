@@ -31,6 +31,7 @@ class DemoResult:
     excluded: int = 0
     examples: int = 0
     steps: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 class Demo:
@@ -84,9 +85,13 @@ class Demo:
             server.start()
             _wait_healthy(port)
             try:
+                admin = admins[0] if admins else curators[0]
                 self._seed(slack, workspace)
                 self._curate(slack, workspace, services)
-                self._dataset_stats(slack, workspace, admins[0] if admins else curators[0])
+                self._dataset_stats(slack, workspace, admin)
+                from bot.demo.loop import Loop
+
+                Loop(self, slack, workspace, services, admin).run()
             finally:
                 slack.wait_idle()
                 self._write_transcript(slack)
@@ -94,7 +99,13 @@ class Demo:
                 server.join(timeout=10)
         c.rule("[bold green]demo finished")
         c.print(f"Transcript, log and outputs: [bold]{self.out}/[/bold]")
-        return 0 if self.result.examples > 0 else 1
+        ok = self.result.examples > 0 and all(self.result.checks.values())
+        for name, passed in self.result.checks.items():
+            c.print(f"  {'✅' if passed else '❌'} {name}")
+        (self.out / "summary.json").write_text(json.dumps({"examples": self.result.examples,
+                                                          "checks": self.result.checks,
+                                                          "steps": self.result.steps}, indent=2))
+        return 0 if ok else 1
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -1,0 +1,184 @@
+"""The model backends of a running bot (or CLI command), built once and shared.
+
+One :class:`Serving` per process answers ``/ask``, A/B rounds and the deploy probe, so the base
+model is loaded once: with ``VLLM_URL`` set the serving backend is the vLLM client and an
+in-process backend is built only when the probe needs its reference answers; without it the
+in-process backend serves everything (and the probe's agreement check is by construction).
+
+``/tune deploy`` and ``/tune rollback`` go through :meth:`Serving.deploy` / :meth:`Serving.rollback`
+(one at a time); listeners registered with :meth:`Serving.on_change` — the /ask answer cache — hear
+about every change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+
+from storage import registry
+from storage.db import session_scope
+
+if TYPE_CHECKING:
+    from bot.ab_rounds import BackendAnswers
+    from bot.services import Services
+    from engine.serving.base import ModelBackend
+    from engine.serving.deploy import DeployOutcome
+
+log = logging.getLogger(__name__)
+
+BASE_NAME = "base"  # what /ask's context line and the audit log call the bare base model
+
+
+class Serving:
+    """Backends, the adapter key and deploys for one process (see the module docstring)."""
+
+    def __init__(self, settings: Any, db: Engine) -> None:
+        self.settings = settings
+        self.db = db
+        self.key: bytes | None = None
+        if settings.threadtune_encryption_key:
+            from engine.registry.crypto import parse_key
+
+            self.key = parse_key(settings.threadtune_encryption_key)
+        self.threshold = float(getattr(settings, "probe_threshold", 0.9))
+        self.max_lora_rank: int | None = getattr(settings, "vllm_max_lora_rank", None)
+        self._serving: ModelBackend | None = None
+        self._inprocess: Any = None
+        self._base_path: Path | None = None
+        self._build_lock = threading.Lock()
+        self._adapter_lock = threading.Lock()
+        self._deploy_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- backends ---------------------------------------------------------------------------------
+
+    @property
+    def uses_vllm(self) -> bool:
+        return bool(self.settings.vllm_url)
+
+    def base_model_path(self) -> Path:
+        with self._build_lock:
+            if self._base_path is None:
+                from engine.basemodel import ensure_base_model
+
+                self._base_path = ensure_base_model(self.settings.home, self.settings.base_model)
+            return self._base_path
+
+    def inprocess(self) -> Any:
+        """The in-process backend on BASE_MODEL (built on first use: loading takes seconds)."""
+        base = self.base_model_path()
+        with self._build_lock:
+            if self._inprocess is None:
+                from engine.serving.inprocess import InProcessBackend
+
+                self._inprocess = InProcessBackend(base, name="inprocess")
+            return self._inprocess
+
+    def serving(self) -> ModelBackend:
+        """What /ask and A/B rounds generate with: vLLM when VLLM_URL is set, else in-process."""
+        if not self.uses_vllm:
+            return self.inprocess()
+        with self._build_lock:
+            if self._serving is None:
+                from engine.serving.vllm import VLLMBackend
+
+                self._serving = VLLMBackend(self.settings.vllm_url)
+            return self._serving
+
+    def adapter_for(self, model: Any) -> str | None:
+        """The adapter name to generate with for registry ``model`` (None: the base model),
+        loading it into the serving backend first when this process has not (the deploy may have
+        run in another process, or the server restarted)."""
+        if model is None:
+            return None
+        backend = self.serving()
+        with self._adapter_lock:
+            if model.name not in (getattr(backend, "adapters", None) or []):
+                from engine.registry.crypto import opened_adapter
+
+                with opened_adapter(Path(model.adapter_path), self.key, model.checksum or None) as plain:
+                    backend.load_adapter(model.name, plain)
+                log.info("loaded the deployed adapter %s into %s", model.name, getattr(backend, "name", "?"))
+        return model.name
+
+    # -- deploys ----------------------------------------------------------------------------------
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a deploy listener failed")
+
+    def busy(self) -> bool:
+        return self._deploy_lock.locked()
+
+    def deploy(self, ref: str, *, by_user: str) -> DeployOutcome:
+        """Check, load, probe and deploy registry model ``ref`` (see engine.serving.deploy)."""
+        from engine.serving.deploy import DeployOutcome, deploy, probe_prompts
+
+        with self._deploy_lock:
+            try:
+                serving, reference, base = self.serving(), self.inprocess(), self.base_model_path()
+            except Exception as exc:
+                return DeployOutcome(False, f"I couldn't start the model backend: {_sentence(exc)}")
+            with session_scope(self.db) as s:
+                model = registry.get_model(session=s, ref=ref)
+                if model is None:
+                    return DeployOutcome(False, f"I don't know a model called `{ref}`; `/tune models` lists them.")
+                outcome = deploy(s, model, serving_backend=serving, inprocess_backend=reference,
+                                 base_model_path=base, key=self.key, probe_prompts=probe_prompts(s, model),
+                                 threshold=self.threshold, by_user=by_user, max_lora_rank=self.max_lora_rank)
+        if outcome.ok:
+            self._changed()
+        return outcome
+
+    def rollback(self, *, by_user: str) -> DeployOutcome:
+        """Back to the previously deployed model (re-probed) or the base model."""
+        from engine.serving.deploy import DeployOutcome, rollback
+
+        with self._deploy_lock:
+            try:
+                serving, reference, base = self.serving(), self.inprocess(), self.base_model_path()
+            except Exception as exc:
+                return DeployOutcome(False, f"I couldn't start the model backend: {_sentence(exc)}")
+            with session_scope(self.db) as s:
+                outcome = rollback(s, serving_backend=serving, inprocess_backend=reference, base_model_path=base,
+                                   key=self.key, threshold=self.threshold, by_user=by_user,
+                                   max_lora_rank=self.max_lora_rank)
+        if outcome.ok:
+            self._changed()
+        return outcome
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if text.endswith(".") else text + "."
+
+
+_install_lock = threading.Lock()
+
+
+def shared(services: Services) -> Serving:
+    """The process's :class:`Serving` in ``services.extras["serving"]`` (built on first use)."""
+    with _install_lock:
+        serving = services.extras.get("serving")
+        if serving is None:
+            serving = services.extras["serving"] = Serving(services.settings, services.db)
+        return serving
+
+
+def ab_answers(services: Services) -> BackendAnswers:
+    """A/B round answers from the shared serving backend (not a second copy of the model)."""
+    from bot.ab_rounds import BackendAnswers
+
+    serving = shared(services)
+    return BackendAnswers(serving.serving, encryption_key=serving.key)

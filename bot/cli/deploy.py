@@ -1,0 +1,97 @@
+"""``threadtune models | deploy MODEL | rollback | ask "question"``: the deploy side for admins
+and scripts, without Slack. Same code paths as ``/tune models|deploy|rollback`` and ``/ask``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bot.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="list trained models and which one /ask uses")
+    models.add_argument("action", nargs="?", choices=("list", "new-key"), default="list",
+                        help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY")
+    models.set_defaults(func=run_models)
+    deploy = sub.add_parser("deploy", help="check, load and probe a model, then serve it behind /ask")
+    deploy.add_argument("model", help="a model name (tt-3), id, or job-<id>")
+    deploy.add_argument("--by", default="cli", help="who deploys (recorded in the deployment history)")
+    deploy.set_defaults(func=run_deploy)
+    rollback = sub.add_parser("rollback", help="go back to the previously deployed model (or the base model)")
+    rollback.add_argument("--by", default="cli", help="who rolls back (recorded)")
+    rollback.set_defaults(func=run_rollback)
+    ask = sub.add_parser("ask", help="ask the deployed model a question (logged like /ask)")
+    ask.add_argument("question")
+    ask.add_argument("--user", default="cli", help="who asks (the audit log's user)")
+    ask.set_defaults(func=run_ask)
+
+
+def _db(settings: Settings):  # noqa: ANN202
+    from storage.db import make_engine, upgrade
+
+    upgrade(settings.db_url)
+    return make_engine(settings.db_url)
+
+
+def run_models(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "new-key":
+        from engine.registry.crypto import generate_key
+
+        print(generate_key())
+        return 0
+    from bot.blocks.models import ModelRow, model_line
+    from storage import registry
+    from storage.db import session_scope
+
+    with session_scope(_db(settings)) as s:
+        rows = [ModelRow.of(m) for m in registry.list_models(session=s)]
+    if not rows:
+        print("No trained models yet; /ask uses the base model.")
+        return 0
+    deployed = next((r.name for r in rows if r.status == "deployed"), None)
+    print(f"/ask uses {deployed or 'the base model'}.")
+    for row in rows:
+        print(model_line(row).replace("*", "").replace(" :lock:", " (encrypted)"))
+    return 0
+
+
+def _serving(settings: Settings):  # noqa: ANN202
+    from bot.backends import Serving
+
+    return Serving(settings, _db(settings))
+
+
+def run_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    outcome = _serving(settings).deploy(args.model, by_user=args.by)
+    print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    if outcome.probe is not None:
+        for row in outcome.probe.rows:
+            print(f"  {row.similarity:.2f}  {'≠ base' if row.differs_from_base else '= base'}  {row.prompt[:60]!r}")
+    return 0 if outcome.ok else 1
+
+
+def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    outcome = _serving(settings).rollback(by_user=args.by)
+    print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if outcome.ok else 1
+
+
+def run_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.ask import AskConfig, AskFailed, AskService
+
+    serving = _serving(settings)
+    service = AskService(serving.db, None, serving, AskConfig.from_settings(settings))
+    ask_id = service.open_ask(args.user, "", args.question)
+    start = time.monotonic()
+    try:
+        answer = service.answer(args.question)
+    except AskFailed as exc:
+        service.log_answer(ask_id, None, error=str(exc), latency=time.monotonic() - start)
+        print(f"threadtune: {exc}", file=sys.stderr)
+        return 1
+    service.log_answer(ask_id, answer, latency=time.monotonic() - start)
+    print(answer.text)
+    print(f"— {answer.model or 'the base model'}, {answer.seconds:.2f} s", file=sys.stderr)
+    return 0

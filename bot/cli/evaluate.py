@@ -1,0 +1,119 @@
+"""``threadtune eval JOB``: evaluate a finished job's model against the base model, register it,
+write the report into the job's run folder (``eval/``) and, when a Slack bot token is set and
+``--no-post`` is not given, post it in the job's thread as ``/tune eval`` does."""
+
+from __future__ import annotations
+
+import argparse
+
+from bot.settings import ConfigError, Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate a finished job's model against the base model")
+    ev.add_argument("job", help="job number (7, #7 or job-7)")
+    ev.add_argument(
+        "--no-post",
+        action="store_true",
+        help="do not post the report to Slack (posted in the job's thread when SLACK_BOT_TOKEN is set)",
+    )
+    ev.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="token limit of each test answer (default: the evaluation default, 256)",
+    )
+    ev.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="skip the general-ability probes (faster; that check is then reported as skipped)",
+    )
+    ev.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace):  # noqa: ANN202
+    from engine.evaluate.run import EvalConfig
+
+    try:
+        return EvalConfig(**({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.evaluation import EvaluationRefused, parse_job_ref
+    from engine.evaluate.service import EvaluationError
+    from storage.db import make_engine, upgrade
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    db = make_engine(settings.db_url)
+    config = _config(args)
+    probes = [] if args.no_probes else None
+    try:
+        job_id = parse_job_ref(args.job)
+        if settings.slack_bot_token and not args.no_post:
+            result = _evaluate_and_post(settings, db, job_id, config, probes)
+        else:
+            result = _evaluate(settings, db, job_id, config, probes)
+    except (EvaluationRefused, EvaluationError) as exc:
+        raise ConfigError(str(exc)) from exc
+    finally:
+        db.dispose()
+    print_summary(result)
+    if not settings.slack_bot_token and not args.no_post:
+        print("SLACK_BOT_TOKEN is not set, so the report was not posted to Slack.")
+    print(f"Report: {result.markdown_path}")
+    return 0
+
+
+def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
+    from bot.ab_rounds import default_answers
+    from engine.evaluate.service import evaluate_job
+
+    key = None
+    if settings.threadtune_encryption_key:
+        from engine.registry.crypto import parse_key
+
+        key = parse_key(settings.threadtune_encryption_key)
+    return evaluate_job(
+        db,
+        settings.home,
+        job_id,
+        backend_factory=default_answers(settings).backend,
+        encryption_key=key,
+        config=config,
+        probes=probes,
+    )
+
+
+def _evaluate_and_post(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
+    from bot.ab_rounds import install as install_ab
+    from bot.evaluation import install
+    from bot.services import Services
+    from bot.slack_api import make_client
+
+    services = Services.build(settings, db, make_client(settings.slack_bot_token, settings.slack_api_url))
+    install_ab(services, start_scheduler=False)  # the bot's scheduler closes rounds at their deadline
+    service = install(services, config=config, probes=probes)
+    return service.run(job_id, background_ab=False)
+
+
+def print_summary(result) -> None:  # noqa: ANN001
+    """The verdict, its reasons and the metric table, for a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.evaluate.report import VERDICT_TEXT, metric_rows
+
+    report = result.report
+    console = Console()
+    table = Table(title=f"Job {result.job_id}: {result.model.name} vs {report.base.name}")
+    for name, justify in (("metric", "left"), ("base", "right"), ("candidate", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)
+    for row in metric_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[bold]Verdict: {report.verdict}[/bold] — {VERDICT_TEXT[report.verdict]}", highlight=False)
+    for reason in report.reasons:
+        console.print(f"  - {reason}", highlight=False, markup=False)

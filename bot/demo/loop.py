@@ -1,0 +1,306 @@
+"""The demo's later steps: snapshot, QLoRA training with live progress, evaluation, an A/B round
+with simulated voters, deploy with the probe, and ``/ask`` on questions not in the training set.
+Every step goes through the bot's real Slack surface (slash commands, buttons) on the emulator."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlmodel import select
+
+from storage.db import session_scope
+
+QUICK_TRAIN = "max_steps=6 max_length=256 eval_steps=3 save_steps=3"
+FULL_TRAIN = "max_steps=24 max_length=384 eval_steps=8 save_steps=8"
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+class RichJobProgress:
+    """Mirrors a job's events into a terminal progress bar (the Slack message shows the same)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = progress.add_task("training", total=None, loss="")
+
+    def on_state(self, job) -> None:  # noqa: ANN001
+        self.progress.update(self.task, description=f"job {job.id}: {job.state}")
+
+    def on_event(self, job, event: dict[str, Any]) -> None:  # noqa: ANN001
+        kind = event.get("event")
+        if kind == "start":
+            self.progress.update(self.task, total=event.get("total_steps"), completed=event.get("resumed_from") or 0)
+        elif kind == "step":
+            self.progress.update(self.task, completed=event.get("step"), loss=f"loss {event.get('loss', 0):.3f}")
+        elif kind == "eval":
+            self.progress.update(self.task, loss=f"validation loss {event.get('eval_loss', 0):.3f}")
+
+    def on_finished(self, job) -> None:  # noqa: ANN001
+        self.progress.update(self.task, description=f"job {job.id}: {job.state}")
+
+
+class Fanout:
+    def __init__(self, *observers: Any):
+        self.observers = [o for o in observers if o is not None]
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        def call(*args: Any) -> None:
+            for observer in self.observers:
+                getattr(observer, name)(*args)
+
+        return call
+
+
+class Loop:
+    def __init__(self, demo, slack, workspace, services, admin: str):  # noqa: ANN001
+        self.demo = demo
+        self.c = demo.console
+        self.slack = slack
+        self.workspace = workspace
+        self.services = services
+        self.admin = admin
+        self.channel = workspace.channels[0].id
+        self.checks = demo.result.checks
+        self.quick = demo.quick
+
+    def run(self) -> None:
+        self.checks["examples curated"] = self.demo.result.examples > 0
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        job = self.train()
+        if job is None or job.state != "succeeded":
+            return
+        model = self.evaluate(job)
+        if model is None:
+            return
+        self.ab_round(job, model)
+        if self.deploy(model):
+            self.ask(model)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def snapshot(self):  # noqa: ANN201
+        from storage.datasets import latest_snapshot
+
+        self.c.print("\n[bold]4. /tune dataset build[/bold] — validate, de-duplicate, split by thread")
+        self.slack.slash(self.admin, self.channel, "/tune", "dataset build")
+        reply = wait_for(lambda: [e for e in self.slack.ephemerals(user=self.admin) if "snapshot #" in e.get("text", "")], 300)
+        if reply:
+            for line in reply[0]["text"].splitlines()[:8]:
+                self.c.print("   " + line)
+        with session_scope(self.services.db) as s:
+            snapshot = latest_snapshot(session=s)
+        self.checks["snapshot built"] = snapshot is not None
+        return snapshot
+
+    def train(self):  # noqa: ANN201
+        from engine.jobs.runners import LocalRunner
+        from engine.jobs.worker import Worker
+        from storage.models import Job
+
+        settings = QUICK_TRAIN if self.quick else FULL_TRAIN
+        self.c.print(f"\n[bold]5. /tune train {settings}[/bold] — QLoRA on SmolLM2-135M, on this CPU")
+        self.slack.slash(self.admin, self.channel, "/tune", f"train {settings}")
+
+        def queued():  # noqa: ANN202
+            with session_scope(self.services.db) as s:
+                job = s.exec(select(Job).order_by(Job.id.desc())).first()
+                return job if job is not None and job.status_ts else None
+
+        job = wait_for(queued, 300)
+        if job is None:
+            self.checks["job succeeded"] = False
+            self.c.print("   [red]no job was queued[/red]: " + "; ".join(e["text"] for e in self.slack.ephemerals(user=self.admin)[-2:]))
+            return None
+        slack_observer = self.services.extras.get("job_observer")
+        if slack_observer is not None:
+            slack_observer.on_succeeded = None  # the demo runs the evaluation itself, narrated
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=self.c) as progress:
+            worker = Worker(self.services.db, self.services.settings.home, LocalRunner(), worker_id="demo-worker",
+                            observer=Fanout(slack_observer, RichJobProgress(progress)))
+            worker.run_once()
+        with session_scope(self.services.db) as s:
+            job = s.get(Job, job.id)
+        self.c.print(f"   job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+        self.checks["job succeeded"] = job.state == "succeeded"
+        return job
+
+    def evaluate(self, job):  # noqa: ANN001, ANN201
+        from bot.evaluation import evaluations
+        from engine.evaluate.report import metric_rows
+        from engine.evaluate.run import load_probes
+
+        self.c.print("\n[bold]6. Evaluation[/bold] — base vs candidate on the held-out test split")
+        service = evaluations(self.services)
+        service.auto_ab = False  # the demo starts its own round next, to narrate it
+        if self.quick:
+            service.probes = load_probes()[:8]
+            service.config = type(service.config)(**{**service.config.__dict__, "max_new_tokens": 96,
+                                                     "probe_max_new_tokens": 32})
+        try:
+            result = service.run(job.id, requested_by=self.admin, channel=self.channel, background_ab=False)
+        except Exception as exc:  # noqa: BLE001
+            self.c.print(f"   [red]evaluation failed:[/red] {exc}")
+            self.checks["evaluation verdict"] = False
+            return None
+        table = Table(title=f"{result.model.name}: verdict {result.report.verdict}")
+        for column in ("metric", "base", "candidate", "change"):
+            table.add_column(column)
+        for row in metric_rows(result.report):
+            table.add_row(*row)
+        self.c.print(table)
+        for reason in result.report.reasons[:5]:
+            self.c.print(f"   • {reason}")
+        out = self.demo.out / "report"
+        out.mkdir(exist_ok=True)
+        for path in Path(result.markdown_path).parent.iterdir():
+            if path.suffix in (".md", ".png", ".json"):
+                (out / path.name).write_bytes(path.read_bytes())
+        self.checks["evaluation verdict"] = result.report.verdict in ("promote", "needs_ab", "reject")
+        return result.model
+
+    def ab_round(self, job, model) -> None:  # noqa: ANN001
+        from bot.ab_rounds import rounds
+        from storage import ab
+        from storage.models import ABPair, ABRound
+
+        self.c.print("\n[bold]7. Blind A/B round[/bold] — simulated teammates vote in the channel")
+        pairs = 4 if self.quick else 8
+        reply = self.slack.slash(self.admin, self.channel, "/tune", f"ab {job.id} {pairs}")
+        self.c.print("   " + _text_of(reply.body)[:200])
+
+        def posted():  # noqa: ANN202
+            with session_scope(self.services.db) as s:
+                rnd = s.exec(select(ABRound).order_by(ABRound.id.desc())).first()
+                if rnd is None:
+                    return None
+                pair_rows = s.exec(select(ABPair).where(ABPair.round_id == rnd.id)).all()
+                return (rnd, list(pair_rows)) if pair_rows and all(p.message_ts for p in pair_rows) else None
+
+        found = wait_for(posted, 900)
+        if not found:
+            self.checks["A/B round closed"] = False
+            self.c.print("   [red]the round was not posted[/red]")
+            return
+        rnd, pair_rows = found
+        rng = random.Random(7)
+        voters = [u.id for u in self.workspace.users if u.role in ("asker", "expert")][:5]
+        clicks = 0
+        for pair in pair_rows:
+            shown_a = pair.answer_a if pair.left == "a" else pair.answer_b
+            shown_b = pair.answer_b if pair.left == "a" else pair.answer_a
+            for voter in voters:
+                choice = _simulated_choice(shown_a, shown_b, rng)
+                self.slack.click(voter, rnd.channel, pair.message_ts, choice)
+                clicks += 1
+        self.slack.wait_idle()
+        time.sleep(1.0)
+        rounds(self.services).close(rnd.id, "deadline")  # the demo fast-forwards the 24-hour deadline
+        with session_scope(self.services.db) as s:
+            closed = ab.get_round(session=s, round_id=rnd.id)
+            result = closed.result or {}
+        win = result.get("win_rate")
+        ci = result.get("ci") or {}
+        self.c.print(f"   {clicks} votes on {len(pair_rows)} pairs · candidate win rate "
+                     f"{'n/a' if win is None else f'{win:.0%}'}"
+                     + (f" (95% CI {ci.get('low', 0):.0%}–{ci.get('high', 0):.0%})" if ci.get("low") is not None else "")
+                     + f" · decided: {result.get('decided')}")
+        self.checks["A/B round closed"] = closed.status == "closed"
+
+    def deploy(self, model) -> bool:  # noqa: ANN001
+        from storage.registry import deployed_model
+
+        self.c.print(f"\n[bold]8. /tune deploy {model.name}[/bold] — load, probe, switch /ask to it")
+        reply = self.slack.slash(self.admin, self.channel, "/tune", f"deploy {model.name}")
+        self.c.print("   " + _text_of(reply.body)[:200])
+
+        def deployed():  # noqa: ANN202
+            with session_scope(self.services.db) as s:
+                current = deployed_model(session=s)
+                return current if current is not None and current.name == model.name else None
+
+        current = wait_for(deployed, 600)
+        notes = [e["text"] for e in self.slack.ephemerals(user=self.admin) if model.name in e.get("text", "")]
+        for note in notes[-2:]:
+            self.c.print("   " + note[:300])
+        self.checks["model deployed"] = current is not None
+        return current is not None
+
+    def ask(self, model) -> None:  # noqa: ANN001
+        self.c.print("\n[bold]9. /ask[/bold] — questions that were not in the training set")
+        questions = list(self.workspace.held_out)[: (2 if self.quick else 4)]
+        asker = next(u.id for u in self.workspace.users if u.role == "asker")
+        answered = 0
+        for q in questions:
+            before = len(self.slack.bot_posts())
+            self.slack.slash(asker, q.channel, "/ask", q.question)
+
+            def answer(before: int = before):  # noqa: ANN202
+                posts = self.slack.bot_posts()[before:]
+                done = [p for p in posts if model.name in json.dumps(p) and "Thinking" not in p.get("text", "")]
+                return done[-1] if done else None
+
+            post = wait_for(answer, 300)
+            self.c.print(f"   [bold]Q:[/bold] {q.question}")
+            if post:
+                answered += 1
+                self.c.print(f"   [bold]A ({model.name}):[/bold] {_text_of(json.dumps(post))[:400]}")
+            else:
+                self.c.print("   [red]no answer[/red]")
+        self.checks["/ask answered by the deployed model"] = answered == len(questions) and answered > 0
+
+
+def _simulated_choice(a: str, b: str, rng: random.Random) -> str:
+    """A teammate who mostly prefers the answer in the team's house style (it names the team's
+    tools or signs off), else the longer, more specific one; sometimes a tie."""
+    from bot import ids
+
+    def score(text: str) -> float:
+        words = ("shipit", "flagpole", "vaultkeeper", "go/", "ping #")
+        return sum(w in text.lower() for w in words) + min(len(text), 400) / 400
+
+    sa, sb = score(a), score(b)
+    roll = rng.random()
+    if roll < 0.1:
+        return ids.AB_VOTE_TIE
+    if roll < 0.2:
+        return ids.AB_VOTE_A if sa < sb else ids.AB_VOTE_B  # a contrarian click now and then
+    return ids.AB_VOTE_A if sa >= sb else ids.AB_VOTE_B
+
+
+def _text_of(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    texts = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                texts.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    return " ".join(dict.fromkeys(texts))

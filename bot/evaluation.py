@@ -1,0 +1,379 @@
+"""Evaluation in Slack (DESIGN.md step 4): the Slack side of ``engine.evaluate.service``.
+
+``/tune eval <job>``, ``threadtune eval JOB`` and the worker (when a training job succeeds) all
+end here:
+
+1. :meth:`EvaluationService.check` checks the job quickly (the slash command answers within
+   Slack's 3 seconds with what will happen or why not).
+2. :meth:`EvaluationService.run` — on a background thread for the slash command, see
+   :meth:`launch` — evaluates the job's adapter against the base model with the model backend
+   shared with A/B rounds (one copy of the base weights in the bot), registers the model, and
+   posts the report in the job's thread: a Block Kit summary (``bot.blocks.evaluation``) and the
+   PNG charts (``files_upload_v2``). A job without a Slack message gets a new message in the
+   channel the request came from.
+3. When the verdict is *needs A/B*, a blind A/B round of the model starts in that channel
+   (``bot.ab_rounds``), and the summary says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot.blocks import evaluation as blocks
+from bot.slack_api import explain
+from engine.evaluate.run import EvalConfig
+from engine.evaluate.service import (
+    EvaluationError,
+    JobEvaluation,
+    JobInputs,
+    evaluate_job,
+    job_inputs,
+)
+
+if TYPE_CHECKING:
+    from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationRefused(Exception):
+    """An evaluation cannot start; the message says why in a sentence."""
+
+
+def parse_job_ref(text: str) -> int:
+    """``7``, ``#7`` or ``job-7`` → 7."""
+    ref = text.strip().lstrip("#")
+    if ref.lower().startswith("job-"):
+        ref = ref[4:]
+    if not ref.isdigit():
+        raise EvaluationRefused(f"`{text}` is not a job number; `/tune jobs` lists them.")
+    return int(ref)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a report goes: the job's thread, or a new message in ``channel`` (``thread_ts`` empty)."""
+
+    channel: str
+    thread_ts: str = ""
+
+
+def destination(inputs: JobInputs, fallback_channel: str = "") -> Destination | None:
+    """The job's thread when the job has a Slack message; else a new message in the channel the
+    job came from or the request came from; None when there is nowhere to post."""
+    if inputs.channel and inputs.status_ts:
+        return Destination(inputs.channel, inputs.status_ts)
+    channel = inputs.channel or fallback_channel
+    return Destination(channel) if channel else None
+
+
+@dataclass
+class EvaluationService:
+    """Runs evaluations and posts their reports (see the module docstring)."""
+
+    services: Services
+    backend_factory: Callable[[], Any]
+    encryption_key: bytes | None = None
+    config: EvalConfig = field(default_factory=EvalConfig)
+    probes: list | None = None  # None: the shipped general probes
+    auto_ab: bool = True
+    ab_pairs: int | None = None  # None: the A/B default
+    _running: set[int] = field(init=False, default_factory=set)
+    _guard: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def check(self, ref: str | int) -> JobInputs:
+        """The job's checked inputs, or :class:`EvaluationRefused` with a sentence."""
+        job_id = ref if isinstance(ref, int) else parse_job_ref(ref)
+        try:
+            inputs = job_inputs(self.services.db, job_id)
+        except EvaluationError as exc:
+            raise EvaluationRefused(str(exc)) from None
+        with self._guard:
+            if job_id in self._running:
+                raise EvaluationRefused(
+                    f"Job {job_id} is being evaluated already; its report will be posted."
+                )
+        return inputs
+
+    def launch(
+        self, inputs: JobInputs, *, requested_by: str = "", channel: str = ""
+    ) -> threading.Thread:
+        """:meth:`run` on a background thread; failures are posted as sentences, traces logged."""
+        thread = threading.Thread(
+            target=self._run_quietly,
+            args=(inputs,),
+            kwargs={"requested_by": requested_by, "channel": channel},
+            name=f"eval-job-{inputs.job_id}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _run_quietly(self, inputs: JobInputs, *, requested_by: str, channel: str) -> None:
+        try:
+            self.run(inputs, requested_by=requested_by, channel=channel)
+        except Exception:  # noqa: BLE001 — run() told the people; the log keeps the trace
+            log.exception("evaluation of job %s failed", inputs.job_id)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        inputs: JobInputs | int,
+        *,
+        requested_by: str = "",
+        channel: str = "",
+        background_ab: bool = True,
+    ) -> JobEvaluation:
+        """Evaluate, register, post the report and (on *needs A/B*) start a round — on a
+        background thread, or on this one with ``background_ab=False``. A failure is posted where
+        the report would have gone (or told to the requester), then re-raised."""
+        if isinstance(inputs, int):
+            inputs = self.check(inputs)
+        job_id = inputs.job_id
+        with self._guard:
+            if job_id in self._running:
+                raise EvaluationRefused(f"Job {job_id} is being evaluated already.")
+            self._running.add(job_id)
+        where = destination(inputs, channel)
+        try:
+            settings = self.services.settings
+            result = evaluate_job(
+                self.services.db,
+                settings.home,
+                job_id,
+                backend_factory=self.backend_factory,
+                encryption_key=self.encryption_key,
+                config=self.config,
+                probes=self.probes,
+                inputs=inputs,
+            )
+        except Exception as exc:
+            reason = _sentence(exc)
+            log.warning("evaluation of job %s failed: %s", job_id, reason)
+            self._post_failure(where, job_id, reason, requested_by, channel)
+            raise
+        finally:
+            with self._guard:
+                self._running.discard(job_id)
+        log.info(
+            "job %s evaluated as %s: %s (%s)",
+            job_id,
+            result.model.name,
+            result.report.verdict,
+            "; ".join(result.report.reasons),
+        )
+        if where is not None:
+            self.publish(
+                result,
+                where,
+                requested_by=requested_by or inputs.requested_by,
+                background_ab=background_ab,
+            )
+        return result
+
+    def publish(
+        self,
+        result: JobEvaluation,
+        where: Destination,
+        *,
+        requested_by: str = "",
+        background_ab: bool = True,
+    ) -> str:
+        """Post the summary (starting an A/B round first when the verdict asks for one) and upload
+        the charts in its thread. Returns the summary's ts ("" when Slack refused it)."""
+        plan, ab_note = None, ""
+        if result.report.verdict == "needs_ab" and self.auto_ab:
+            plan, ab_note = self._plan_ab(result, where.channel, requested_by)
+        ctx = blocks.ReportContext(
+            job_id=result.job_id,
+            model_name=result.model.name,
+            report_path=str(result.markdown_path),
+            ab_note=ab_note,
+            requested_by=requested_by,
+        )
+        client = self.services.client
+        try:
+            response = client.chat_postMessage(
+                channel=where.channel,
+                thread_ts=where.thread_ts or None,
+                text=blocks.summary_text(result.report, ctx),
+                blocks=[b.to_dict() for b in blocks.summary_blocks(result.report, ctx)],
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            log.warning("could not post job %s's evaluation: %s", result.job_id, explain(exc))
+            return ""
+        thread = where.thread_ts or str(response["ts"])
+        charts = result.charts
+        if charts:
+            try:
+                client.files_upload_v2(
+                    channel=where.channel,
+                    thread_ts=thread,
+                    file_uploads=[
+                        {
+                            "file": str(p),
+                            "filename": p.name,
+                            "title": f"{result.model.name}: {_chart_title(p)}",
+                        }
+                        for p in charts
+                    ],
+                )
+            except SlackApiError as exc:
+                log.warning("could not upload job %s's charts: %s", result.job_id, explain(exc))
+        if plan is not None:
+            from bot.ab_rounds import RoundRefused, rounds
+
+            if background_ab:
+                rounds(self.services).launch(plan)
+            else:
+                try:
+                    rounds(self.services).run(plan)
+                except RoundRefused as exc:
+                    log.warning("A/B round of %s did not start: %s", result.model.name, exc)
+        return str(response["ts"])
+
+    def _plan_ab(self, result: JobEvaluation, channel: str, requested_by: str) -> tuple[Any, str]:
+        from bot.ab_rounds import DEFAULT_PAIRS, RoundRefused, rounds
+
+        try:
+            plan = rounds(self.services).plan(
+                result.model.name,
+                channel=channel,
+                requested_by=requested_by,
+                pairs=self.ab_pairs or DEFAULT_PAIRS,
+            )
+        except RoundRefused as exc:
+            return None, blocks.ab_refused_note(str(exc))
+        return plan, blocks.ab_started_note(len(plan.prompts))
+
+    def _post_failure(
+        self,
+        where: Destination | None,
+        job_id: int,
+        reason: str,
+        requested_by: str,
+        channel: str,
+    ) -> None:
+        client = self.services.client
+        text = blocks.failure_text(job_id, reason)
+        try:
+            if where is not None:
+                client.chat_postMessage(
+                    channel=where.channel, thread_ts=where.thread_ts or None, text=text
+                )
+            elif requested_by and channel:
+                client.chat_postEphemeral(channel=channel, user=requested_by, text=text)
+        except SlackApiError as exc:
+            log.warning("could not report job %s's failed evaluation: %s", job_id, explain(exc))
+
+
+def _chart_title(path: Path) -> str:
+    return {
+        "loss_curve": "training and validation loss",
+        "metrics": "metrics, base vs candidate",
+        "answer_lengths": "answer lengths",
+    }.get(path.stem, path.stem)
+
+
+def _sentence(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError):
+        return explain(exc)
+    text = str(exc).strip() or type(exc).__name__
+    text = text if len(text) <= 500 else text[:497] + "…"  # a sentence for Slack, not a dump
+    return text if text.endswith((".", "…")) else text + "."
+
+
+# -- wiring ---------------------------------------------------------------------------------------
+
+_install_lock = threading.Lock()
+
+
+def _shared_backend_factory(services: Services) -> tuple[Callable[[], Any], bytes | None]:
+    """The model backend of A/B rounds (one copy of the base model per bot), else a new one built
+    the same way (``bot.ab_rounds.default_answers``)."""
+    from bot.ab_rounds import BackendAnswers, default_answers
+
+    key = None
+    if services.settings.threadtune_encryption_key:
+        from engine.registry.crypto import parse_key
+
+        key = parse_key(services.settings.threadtune_encryption_key)
+    answers = getattr(services.extras.get("ab"), "answers", None)
+    if not isinstance(answers, BackendAnswers):
+        answers = default_answers(services.settings)
+    return answers.backend, key
+
+
+def install(services: Services, **options: Any) -> EvaluationService:
+    """Build the evaluation service into ``services.extras["evaluation"]`` (once)."""
+    with _install_lock:
+        service = services.extras.get("evaluation")
+        if service is None:
+            factory, key = _shared_backend_factory(services)
+            service = EvaluationService(services, factory, key, **options)
+            services.extras["evaluation"] = service
+        return service
+
+
+def evaluations(services: Services) -> EvaluationService:
+    """The evaluation service of a running bot (installed on first use)."""
+    service = services.extras.get("evaluation")
+    return service if service is not None else install(services)
+
+
+def on_job_succeeded(services: Services, job_id: int) -> JobEvaluation | None:
+    """The worker's hook after a training job succeeded: evaluate it and post the report in the
+    job's thread, on the calling thread (a worker run with ``--once`` would exit under a background
+    thread). Failures are posted in the thread and logged, never raised: the job stays succeeded."""
+    service = evaluations(services)
+    try:
+        return service.run(job_id, background_ab=False)
+    except EvaluationRefused as exc:
+        log.warning("job %s was not evaluated: %s", job_id, exc)
+        from storage.db import session_scope
+        from storage.models import Job
+
+        with session_scope(services.db) as s:
+            job = s.get(Job, job_id)
+            where = Destination(job.channel, job.status_ts) if job and job.channel else None
+        service._post_failure(where, job_id, _sentence(exc), "", "")
+    except Exception:  # noqa: BLE001 — posted by run(); keep the trace
+        log.exception("evaluation of job %s failed", job_id)
+    return None
+
+
+def evaluate_finished_job(settings: Any, db: Any, client: Any, job_id: int) -> JobEvaluation | None:
+    """:func:`on_job_succeeded` for a process that has no :class:`Services` (``threadtune worker``,
+    see ``bot.cli.jobs.make_observer``). A/B rounds it starts are closed by the bot's scheduler
+    sweep, so no scheduler is started here."""
+    from bot.ab_rounds import install as install_ab
+    from bot.services import Services
+
+    services = Services.build(settings, db, client)
+    install_ab(services, start_scheduler=False)
+    return on_job_succeeded(services, job_id)
+
+
+__all__ = [
+    "Destination",
+    "EvaluationRefused",
+    "EvaluationService",
+    "destination",
+    "evaluate_finished_job",
+    "evaluations",
+    "install",
+    "on_job_succeeded",
+    "parse_job_ref",
+]

@@ -1,0 +1,288 @@
+"""/ask and /tune deploy|rollback|models end to end: a real ``threadtune serve`` over HTTP with
+signed requests, the emulator as Slack, the tiny real model and a real LoRA adapter in-process,
+SQLite. The tests of this module run in order on one workspace."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from bot import ids
+from engine.registry.crypto import checksum
+from storage import registry
+from storage.db import make_engine, session_scope, upgrade
+from storage.models import AskFeedback, AskLog, DatasetSnapshot, Example, Job
+from tests.botproc import ADMINS, PEOPLE, SIGNING_SECRET, free_port
+from tests.eval_helpers import pattern_rows, tiny_adapter, tiny_model, write_jsonl  # noqa: F401
+from tests.test_ab_rounds_http import Bot, wait
+
+CHANNEL = "CHELP"
+ADMIN = ADMINS[0]
+QUESTION = "Which queue handles ticket 300 for the amber team?"
+
+
+def seed(url: str, home: Path, model_dir: Path, adapter_dir: Path) -> str:
+    folder = home / "datasets" / "1"
+    write_jsonl(folder / "train.jsonl", pattern_rows(8))
+    write_jsonl(folder / "test.jsonl", pattern_rows(4, start=100))
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        snap = DatasetSnapshot(content_hash="ask-test", path=str(folder), counts={"test": 4})
+        s.add(snap)
+        s.flush()
+        job = Job(state="succeeded", snapshot_id=snap.id, requested_by=ADMIN, channel=CHANNEL)
+        s.add(job)
+        s.flush()
+        name = registry.add_model(session=s, job_id=job.id, snapshot_id=snap.id, base_model=str(model_dir),
+                                  adapter_path=str(adapter_dir), checksum=checksum(adapter_dir), rank=8).name
+    engine.dispose()
+    return name
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
+    from bot.emulator import Emulator
+
+    tmp = tmp_path_factory.mktemp("ask")
+    url = f"sqlite:///{tmp / 'threadtune.db'}"
+    model = seed(url, tmp, tiny_model, tiny_adapter)
+    port = free_port()
+    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+        for user in PEOPLE:
+            slack.add_user(user, user.lower())
+        slack.add_channel(CHANNEL, "help")
+        bot = Bot(slack, port, tmp, url, tiny_model)
+        bot.env["CURATORS"] = "UCUR1"
+        bot.start()
+        engine = make_engine(url)
+        try:
+            yield type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}))
+        finally:
+            bot.stop()
+            engine.dispose()
+
+
+def answers(env) -> list[dict]:
+    """The bot's finished /ask answers in the channel (those with feedback buttons), oldest first."""
+    return [m for m in env.slack.messages(CHANNEL)
+            if any(b.get("type") == "actions" and b.get("block_id", "").startswith("ask_feedback_")
+                   for b in m.get("blocks") or [])]
+
+
+def ask(env, user: str, question: str) -> dict:
+    """Run /ask and wait for its answer message."""
+    before = len(answers(env))
+    reply = env.slack.slash(user, CHANNEL, "/ask", question)
+    assert reply.status == 200
+    return wait(lambda: len(a := answers(env)) > before and a[before], 120)
+
+
+def context_of(message: dict) -> str:
+    return " ".join(e.get("text", "") for b in message["blocks"] if b["type"] == "context" for e in b["elements"])
+
+
+def sections_of(message: dict) -> list[str]:
+    return [b["text"]["text"] for b in message["blocks"] if b["type"] == "section"]
+
+
+def ask_row(env, ts: str) -> AskLog:
+    with session_scope(env.db) as s:
+        row = s.exec(select(AskLog).where(AskLog.message_ts == ts)).first()
+        s.expunge(row)
+        return row
+
+
+def ephemeral(env, user, contains, timeout=60):
+    return wait(lambda: [e for e in env.slack.ephemerals(user=user) if contains in e["text"]], timeout)
+
+
+# -- tests, in order ------------------------------------------------------------------------------
+
+def test_ask_before_any_deploy_uses_the_base_model_shows_progress_and_splits_a_long_answer(env):
+    question = "Why is the build red? Mail me at jane.doe@example.com"
+    started = time.monotonic()
+    reply = env.slack.slash("UASK", CHANNEL, "/ask", question)
+    assert reply.status == 200 and time.monotonic() - started < 3  # acknowledged inside Slack's 3 s
+    message = wait(lambda: answers(env) and answers(env)[0], 180)
+    # the random base model never says end-of-turn: 512 tokens, more than one section holds
+    parts = sections_of(message)
+    assert parts[0].startswith("<@UASK> asked:") and "jane.doe@example.com" in parts[0]
+    assert len(parts) >= 3 and all(len(p) <= 3000 for p in parts)
+    assert "Answered by the base model" in context_of(message)
+    # the placeholder came first, then "Thinking… N s" edits no more than once a second
+    updates = [c for c in env.slack.calls("chat.update") if c["args"].get("ts") == message["ts"]]
+    progress = [c for c in updates if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)]
+    assert progress, "no progress edit while a long answer was generated"
+    times = [c["time"] for c in updates]
+    assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
+    row = ask_row(env, message["ts"])
+    assert row.user == "UASK" and row.channel == CHANNEL and row.model_name == "base"
+    assert "jane.doe@example.com" not in row.question and "Why is the build red?" in row.question
+    assert row.latency_ms > 0 and not row.cached and not row.error and len(row.answer) > 3000
+
+
+def test_tune_models_and_deploy_are_admin_only_and_probe(env):
+    listing = env.slack.slash("UASK", CHANNEL, "/tune", "models")
+    assert env.model in listing.body and "base model" in listing.body
+    refused = env.slack.slash("UASK", CHANNEL, "/tune", f"deploy {env.model}")
+    assert "Only admins" in refused.body
+    unknown = env.slack.slash(ADMIN, CHANNEL, "/tune", "deploy tt-99")
+    assert "I don't know a model called `tt-99`" in unknown.body
+    reply = env.slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {env.model}")
+    assert f"Deploying *{env.model}*" in reply.body
+    done = ephemeral(env, ADMIN, "is deployed behind /ask", 180)
+    assert "4/4 answers differ from the base model" in done[0]["text"]
+    with session_scope(env.db) as s:
+        assert registry.deployed_model(session=s).name == env.model
+
+
+def test_ask_is_answered_by_the_deployed_model(env):
+    message = ask(env, "UASK", QUESTION)
+    assert f"Answered by *{env.model}*" in context_of(message)
+    assert sections_of(message)[1].startswith("Route it to the triage queue")
+    row = ask_row(env, message["ts"])
+    assert row.model_name == env.model and not row.cached
+    env.state["answer"] = message
+
+
+def test_the_same_question_is_answered_from_the_cache(env):
+    first = env.state["answer"]
+    message = ask(env, "UOTH", "  which queue handles TICKET 300 for the amber team  ")
+    assert sections_of(message)[1] == sections_of(first)[1]
+    assert "from the answer cache" in context_of(message)
+    row = ask_row(env, message["ts"])
+    assert row.cached and row.model_name == env.model and row.user == "UOTH"
+    assert "ask cache hit" in env.bot.log.read_text()
+
+
+def test_feedback_is_stored_once_per_person_and_replaced(env):
+    message = env.state["answer"]
+    ask_id = ask_row(env, message["ts"]).id
+    env.slack.click("UOTH", CHANNEL, message["ts"], ids.ASK_UP)
+    ephemeral(env, "UOTH", "Thanks for the 👍")
+    env.slack.click("UOTH", CHANNEL, message["ts"], ids.ASK_DOWN)
+    ephemeral(env, "UOTH", "now 👎; it replaces your earlier click")
+    env.slack.click("UEXP", CHANNEL, message["ts"], ids.ASK_UP)
+    ephemeral(env, "UEXP", "Thanks for the 👍")
+    with session_scope(env.db) as s:
+        rows = {f.user: f.value for f in s.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id)).all()}
+    assert rows == {"UOTH": "down", "UEXP": "up"}
+
+
+def test_a_curator_can_curate_the_bots_answer(env):
+    message = env.state["answer"]
+    env.slack.react("UCUR1", CHANNEL, message["ts"], "white_check_mark")
+    example = wait(lambda: _example(env, message["ts"]), 30)
+    assert example.messages == [{"role": "user", "content": QUESTION},
+                                {"role": "assistant", "content": sections_of(message)[1]}]
+    assert example.answer_user == f"model:{env.model}"
+    wait(lambda: "inbox_tray" in env.slack.reactions(CHANNEL, message["ts"]), 15)
+
+
+def _example(env, ts):
+    with session_scope(env.db) as s:
+        example = s.exec(select(Example).where(Example.message_ts == ts)).first()
+        if example is not None:
+            s.expunge(example)
+        return example
+
+
+def test_the_eleventh_question_in_a_minute_is_refused_politely(env):
+    for i in range(10):
+        reply = env.slack.slash("UEXP", CHANNEL, "/ask", QUESTION)
+        assert reply.status == 200 and "limit" not in reply.body, (i, reply.body)
+    refused = env.slack.slash("UEXP", CHANNEL, "/ask", QUESTION)
+    assert "You've asked 10 questions in the last minute" in refused.body and "try again in" in refused.body
+    wait(lambda: len([a for a in answers(env) if "<@UEXP>" in sections_of(a)[0]]) == 10, 60)
+    with session_scope(env.db) as s:
+        rows = s.exec(select(AskLog).where(AskLog.user == "UEXP")).all()
+        assert len(rows) == 11 and [r.error for r in rows].count("rate limited") == 1
+    # someone else is not affected
+    assert "Answered by" in context_of(ask(env, "UCUR1", "Who is on call this week?"))
+
+
+def test_rollback_goes_back_to_the_base_model_and_empties_the_cache(env):
+    reply = env.slack.slash(ADMIN, CHANNEL, "/tune", "rollback")
+    assert "Rolling back" in reply.body
+    ephemeral(env, ADMIN, f"Rolled back from {env.model} to the base model", 120)
+    message = ask(env, "UOTH", QUESTION)
+    assert "Answered by the base model" in context_of(message) and "cache" not in context_of(message)
+    assert not ask_row(env, message["ts"]).cached
+
+
+# -- the same through a real vLLM server ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_deploy_and_ask_through_vllm(tmp_path_factory, base_model_path):
+    """SmolLM2 on a real vLLM CPU server (``.venv-vllm``): /tune deploy probes the adapter served
+    by vLLM against the same adapter in-process, then /ask answers through vLLM with it."""
+    from tests.vllm_support import VLLM_PYTHON, make_lora_adapter
+
+    if not VLLM_PYTHON.is_file():
+        pytest.skip("no .venv-vllm: the vLLM server cannot run here")
+    from bot.emulator import Emulator
+    from engine.serving.vllm_server import VLLMServer
+
+    tmp = tmp_path_factory.mktemp("ask-vllm")
+    adapter = make_lora_adapter(base_model_path, tmp / "adapter", r=8, b_std=0.05)
+    url = f"sqlite:///{tmp / 'threadtune.db'}"
+    model = seed(url, tmp, base_model_path, adapter)
+    port = free_port()
+    with VLLMServer(base_model_path, python=VLLM_PYTHON, log_path=tmp / "vllm.log", max_lora_rank=16,
+                    startup_timeout=600) as server, \
+            Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+        for user in PEOPLE:
+            slack.add_user(user, user.lower())
+        slack.add_channel(CHANNEL, "help")
+        bot = Bot(slack, port, tmp, url, base_model_path)
+        bot.env["VLLM_URL"] = server.url
+        bot.start()
+        engine = make_engine(url)
+        env = type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}))
+        try:
+            slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {model}")
+            done = ephemeral(env, ADMIN, f"{model} is deployed behind /ask", 600)
+            assert "answers differ from the base model" in done[0]["text"]
+            assert model in server.backend().adapters
+            message = ask(env, "UASK", QUESTION)
+            assert f"Answered by *{model}*" in context_of(message)
+            row = ask_row(env, message["ts"])
+            assert row.model_name == model and row.answer and not row.error
+        finally:
+            bot.stop()
+            engine.dispose()
+
+
+def test_an_unreachable_model_server_gives_a_sentence_not_a_hang(tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
+    from bot.emulator import Emulator
+
+    tmp = tmp_path_factory.mktemp("ask-down")
+    url = f"sqlite:///{tmp / 'threadtune.db'}"
+    seed(url, tmp, tiny_model, tiny_adapter)
+    port = free_port()
+    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+        for user in PEOPLE:
+            slack.add_user(user, user.lower())
+        slack.add_channel(CHANNEL, "help")
+        bot = Bot(slack, port, tmp, url, tiny_model)
+        bot.env["VLLM_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        bot.start()
+        engine = make_engine(url)
+        try:
+            reply = slack.slash("UASK", CHANNEL, "/ask", QUESTION)
+            assert reply.status == 200
+            message = wait(lambda: [m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))], 60)[0]
+            assert "I couldn't reach the model to answer this" in json.dumps(message["blocks"], ensure_ascii=False)
+            assert "is not answering" in message["text"]
+            with session_scope(engine) as s:
+                row = s.exec(select(AskLog)).one()
+                assert row.question == QUESTION and row.message_ts == message["ts"] and "couldn't reach" in row.error
+        finally:
+            bot.stop()
+            engine.dispose()

