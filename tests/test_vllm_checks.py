@@ -20,7 +20,13 @@ from engine.serving.vllm import (
     check_adapter,
     lora_rank_limit,
 )
-from engine.serving.vllm_server import adapter_names, max_lora_rank_for, shell_line, vllm_command, vllm_env
+from engine.serving.vllm_server import (
+    adapter_names,
+    max_lora_rank_for,
+    shell_line,
+    vllm_command,
+    vllm_env,
+)
 from tests.conftest import free_port
 from tests.vllm_support import edit_adapter_config, make_lora_adapter, tiny_llama
 
@@ -94,7 +100,9 @@ def test_modules_to_save_and_targets_that_match_nothing(models, tmp_path):
     assert any("modules_to_save" in p for p in check_adapter(saved, models["base"], 16))
 
     # vllm#55193: targets naming no layer of the base serve the base model silently.
-    nowhere = make_lora_adapter(models["base"], tmp_path / "nowhere", r=8, target_modules=["q_proj"])
+    nowhere = make_lora_adapter(
+        models["base"], tmp_path / "nowhere", r=8, target_modules=["q_proj"]
+    )
     edit_adapter_config(nowhere, target_modules=["query_key_value"])
     problems = check_adapter(nowhere, models["base"], 16)
     assert any("match no layer" in p for p in problems)
@@ -105,14 +113,19 @@ def test_not_an_adapter_folder(models, tmp_path):
 
 
 def test_lora_rank_limit_is_the_smallest_allowed_value():
-    assert [lora_rank_limit(r) for r in (1, 2, 8, 9, 16, 17, 64, 65, 300)] == [1, 8, 8, 16, 16, 32, 64, 128, 320]
+    ranks = (1, 2, 8, 9, 16, 17, 64, 65, 300)
+    limits = (1, 8, 8, 16, 16, 32, 64, 128, 320)
+    assert tuple(lora_rank_limit(r) for r in ranks) == limits
     with pytest.raises(ServingError, match="largest rank"):
         lora_rank_limit(1024)
 
 
 def test_vllm_command_fits_base_and_adapters(models):
-    command = vllm_command(models["base"], [models["good"], models["r32"]], 8123, "127.0.0.1", python="/x/python")
+    command = vllm_command(
+        models["base"], [models["good"], models["r32"]], 8123, "127.0.0.1", python="/x/python"
+    )
     assert command[:3] == ["/x/python", "-m", "vllm.entrypoints.openai.api_server"]
+
     def flag(name: str) -> str:
         return command[command.index(name) + 1]
 
@@ -130,9 +143,13 @@ def test_vllm_command_fits_base_and_adapters(models):
     assert max_lora_rank_for([models["good"]]) == 16
     assert max_lora_rank_for([models["good"]], minimum=1) == 8
     env = vllm_env()
-    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert (
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    )
     line = shell_line(command, env)
-    assert line.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ") and "--max-lora-rank 32" in line
+    assert (
+        line.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ") and "--max-lora-rank 32" in line
+    )
 
 
 def test_adapter_names_use_the_run_folder_for_training_output(tmp_path):
@@ -142,7 +159,9 @@ def test_adapter_names_use_the_run_folder_for_training_output(tmp_path):
         adapter_names([tmp_path / "a" / "v3", tmp_path / "b" / "v3"])
 
 
-def test_cli_prints_the_command_for_settings_and_given_adapters(models, monkeypatch, tmp_path, capsys):
+def test_cli_prints_the_command_for_settings_and_given_adapters(
+    models, monkeypatch, tmp_path, capsys
+):
     from bot.cli import vllm as vllm_cli
     from bot.settings import load_settings
 
@@ -151,11 +170,25 @@ def test_cli_prints_the_command_for_settings_and_given_adapters(models, monkeypa
     parser = argparse.ArgumentParser()
     vllm_cli.register(parser.add_subparsers())
 
-    args = parser.parse_args(["vllm-command", "--adapter", str(models["r32"]), "--port", "9001", "--json", "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "vllm-command",
+            "--adapter",
+            str(models["r32"]),
+            "--port",
+            "9001",
+            "--json",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args, load_settings()) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["command"][printed["command"].index("--max-lora-rank") + 1] == "32"
-    assert "9001" in printed["command"] and printed["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert (
+        "9001" in printed["command"]
+        and printed["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    )
 
     # Without --adapter: the plain adapters registered under home/models/adapters.
     import shutil
@@ -224,5 +257,11 @@ def test_root_is_importable_without_heavy_libraries():
     import sys
 
     code = "import sys, engine.serving.vllm, engine.serving.vllm_server; print(any(m in sys.modules for m in ('torch', 'transformers', 'vllm')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     assert out.stdout.strip() == "False"

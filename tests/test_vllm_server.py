@@ -34,14 +34,17 @@ def adapters(base_model_path, tmp_path_factory):
     return {
         "helpdesk": make_lora_adapter(base_model_path, root / "helpdesk", r=8, b_std=0.05),
         "wide": make_lora_adapter(base_model_path, root / "wide", r=32, b_std=0.05),
+        # Served from the start (--lora-modules) rather than loaded at run time.
+        "starter": make_lora_adapter(base_model_path, root / "starter", r=8, b_std=0.05, seed=1),
     }
 
 
 @pytest.fixture(scope="module")
-def server(base_model_path, tmp_path_factory):
+def server(base_model_path, adapters, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
     with VLLMServer(
         base_model_path,
+        {"starter": adapters["starter"]},
         python=VLLM_PYTHON,
         log_path=log,
         max_lora_rank=MAX_LORA_RANK,
@@ -65,21 +68,29 @@ def inprocess(base_model_path, adapters):
 
 def test_health_and_models(backend):
     backend.health()
-    assert backend.adapters == []
+    assert backend.adapters == ["starter"]
+    prompt = PROMPTS[1:2]
+    assert backend.generate(prompt, max_new_tokens=16, adapter="starter") != backend.generate(
+        prompt, max_new_tokens=16
+    )
     assert not VLLMBackend(backend.url, served_base="other-name").is_healthy()
 
 
-def test_runtime_adapter_changes_answers_and_agrees_with_inprocess(backend, inprocess, adapters, base_model_path):
+def test_runtime_adapter_changes_answers_and_agrees_with_inprocess(
+    backend, inprocess, adapters, base_model_path
+):
     assert check_adapter(adapters["helpdesk"], base_model_path, MAX_LORA_RANK) == []
     backend.load_adapter("helpdesk", adapters["helpdesk"])
-    assert backend.adapters == ["helpdesk"]
+    assert backend.adapters == ["helpdesk", "starter"]
 
     base = backend.generate(QUESTIONS, max_new_tokens=32)
     started = time.monotonic()
     tuned = backend.generate(QUESTIONS, max_new_tokens=32, adapter="helpdesk")
     elapsed = time.monotonic() - started
     changed = sum(b.text != t.text for b, t in zip(base, tuned, strict=True))
-    assert changed >= len(QUESTIONS) // 2, "vLLM serves the base model's answers under the adapter's name"
+    assert changed >= len(QUESTIONS) // 2, (
+        "vLLM serves the base model's answers under the adapter's name"
+    )
 
     reference = inprocess.generate(QUESTIONS, max_new_tokens=32, adapter="helpdesk")
     exact = sum(v.text == r.text for v, r in zip(tuned, reference, strict=True))
@@ -91,7 +102,10 @@ def test_runtime_adapter_changes_answers_and_agrees_with_inprocess(backend, inpr
     # greedy path flips on a near-tie.
     assert exact >= len(QUESTIONS) - 1, list(zip(tuned, reference, strict=True))
     reference_base = inprocess.generate(QUESTIONS, max_new_tokens=32)
-    assert sum(v.text == r.text for v, r in zip(base, reference_base, strict=True)) >= len(QUESTIONS) - 1
+    assert (
+        sum(v.text == r.text for v, r in zip(base, reference_base, strict=True))
+        >= len(QUESTIONS) - 1
+    )
 
 
 def test_backend_contract(backend, adapters):
@@ -106,7 +120,7 @@ def test_unload(backend, adapters):
     with pytest.raises(ServingError, match="already has an adapter named 'helpdesk'"):
         backend.load_adapter("helpdesk", adapters["helpdesk"])
     backend.unload_adapter("helpdesk")
-    assert backend.adapters == []
+    assert backend.adapters == ["starter"]
     with pytest.raises(ServingError, match="no model or adapter named 'helpdesk'"):
         backend.generate(PROMPTS[:1], max_new_tokens=4, adapter="helpdesk")
     with pytest.raises(ServingError, match="no adapter named 'helpdesk'"):
@@ -117,7 +131,10 @@ def test_rank_too_big_is_refused_with_the_flag_to_change(backend, adapters, base
     problems = check_adapter(adapters["wide"], base_model_path, MAX_LORA_RANK)
     assert problems and "--max-lora-rank 32" in problems[0]
     # Loaded anyway, the server refuses it and the error says how to restart it.
-    with pytest.raises(ServingError, match=r"rank 32 is above the server's --max-lora-rank 16\. Restart vLLM with --max-lora-rank 32"):
+    with pytest.raises(
+        ServingError,
+        match=r"rank 32 is above the server's --max-lora-rank 16\. Restart vLLM with --max-lora-rank 32",
+    ):
         backend.load_adapter("wide", adapters["wide"])
     backend.health()  # the server survives the refusal
     assert "wide" not in backend.adapters

@@ -74,7 +74,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     device = args.device or ("gpu" if shutil.which("nvidia-smi") else "cpu")
     try:
         command = vllm_command(
-            base, adapters, args.port, args.host, python=args.python or _default_python(), device=device
+            base,
+            adapters,
+            args.port,
+            args.host,
+            python=args.python or _default_python(),
+            device=device,
         )
     except ServingError as exc:
         print(f"threadtune: {exc}", file=sys.stderr)

@@ -59,6 +59,7 @@ class Demo:
         logging.basicConfig(filename=self.out / "bot.log", level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         workspace = load_workspace()
+        _quiet_libraries()
         port = _free_port()
         c = self.console
         c.rule("[bold]threadtune demo")
@@ -210,6 +211,21 @@ class Demo:
             lines.append(f"- `{call.get('method')}` {where} {('— ' + text[:300].replace(chr(10), ' ')) if text else ''}"
                          f"{'' if call.get('ok', True) else ' (error: ' + str(call.get('error')) + ')'}")
         (self.out / "transcript.md").write_text("\n".join(lines) + "\n")
+
+
+def _quiet_libraries() -> None:
+    """The terminal is for the narration: library progress bars and deprecation notes go away."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _free_port() -> int:

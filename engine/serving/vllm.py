@@ -84,7 +84,8 @@ class VLLMBackend:
         import requests
 
         session = getattr(self._local, "session", None)
-        if session is None:  # one keep-alive session per thread: requests.Session is not thread-safe
+        # One keep-alive session per thread: requests.Session is not thread-safe.
+        if session is None:
             session = self._local.session = requests.Session()
         return session
 
@@ -159,7 +160,9 @@ class VLLMBackend:
     def adapters(self) -> list[str]:
         """Names of the adapters the server has loaded."""
         return sorted(
-            str(m["id"]) for m in self.models() if m.get("id") != self.served_base and m.get("parent")
+            str(m["id"])
+            for m in self.models()
+            if m.get("id") != self.served_base and m.get("parent")
         )
 
     # -- adapters ---------------------------------------------------------------------------------
@@ -169,7 +172,9 @@ class VLLMBackend:
         so it must exist on the server's machine."""
         path = Path(path)
         if name == self.served_base:
-            raise ServingError(f"An adapter cannot be named {name!r}: that is the base model's name.")
+            raise ServingError(
+                f"An adapter cannot be named {name!r}: that is the base model's name."
+            )
         response = self._request(
             "POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
         )
@@ -242,7 +247,9 @@ class VLLMBackend:
         text = (choice.get("message") or {}).get("content") or ""
         # completion_tokens counts the end-of-turn token when the model stopped, as Generation asks.
         n_tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
-        return Generation(text=text.strip(), finished=choice.get("finish_reason") == "stop", n_tokens=n_tokens)
+        return Generation(
+            text=text.strip(), finished=choice.get("finish_reason") == "stop", n_tokens=n_tokens
+        )
 
     def generate(
         self,
@@ -262,7 +269,9 @@ class VLLMBackend:
             return [self._generate_one(conversations[0], model, max_new_tokens)]
         workers = min(self.max_concurrency, len(conversations))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vllm") as pool:
-            futures = [pool.submit(self._generate_one, c, model, max_new_tokens) for c in conversations]
+            futures = [
+                pool.submit(self._generate_one, c, model, max_new_tokens) for c in conversations
+            ]
             return [f.result() for f in futures]
 
 
@@ -327,7 +336,10 @@ def _base_names(base: Path, config: Mapping[str, Any]) -> set[str]:
 
 def _module_of(adapter_key: str) -> tuple[str, str] | None:
     """("model.layers.0.self_attn.q_proj", "lora_A") from a PEFT adapter tensor name."""
-    match = re.match(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$", adapter_key)
+    match = re.match(
+        r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$",
+        adapter_key,
+    )
     if not match:
         return None
     return match.group(1), match.group(2)
@@ -345,7 +357,10 @@ def adapter_rank(adapter_dir: str | Path) -> int:
     config = _read_json(Path(adapter_dir) / "adapter_config.json")
     if config is None:
         raise ServingError(f"{adapter_dir} holds no readable adapter_config.json.")
-    ranks = [int(config.get("r") or 0), *(int(v) for v in (config.get("rank_pattern") or {}).values())]
+    ranks = [
+        int(config.get("r") or 0),
+        *(int(v) for v in (config.get("rank_pattern") or {}).values()),
+    ]
     return max(ranks)
 
 
@@ -364,9 +379,13 @@ def check_adapter(
     base = Path(served_base_path)
     config = _read_json(adapter / "adapter_config.json")
     if config is None:
-        return [f"{adapter} holds no readable adapter_config.json: it is not a PEFT adapter folder."]
+        return [
+            f"{adapter} holds no readable adapter_config.json: it is not a PEFT adapter folder."
+        ]
     if config.get("peft_type", "LORA") != "LORA":
-        return [f"{adapter} is a {config.get('peft_type')} adapter; vLLM serves only LoRA adapters."]
+        return [
+            f"{adapter} is a {config.get('peft_type')} adapter; vLLM serves only LoRA adapters."
+        ]
     base_config = _read_json(base / "config.json")
     if base_config is None:
         return [f"The served base model {base} has no readable config.json."]
@@ -376,15 +395,21 @@ def check_adapter(
     # 1. The declared base model.
     declared = str(config.get("base_model_name_or_path") or "")
     declared_path = Path(declared).expanduser() if declared else None
-    candidates = [declared_path] if declared_path and declared_path.is_absolute() else (
-        [Path.cwd() / declared_path, adapter / declared_path] if declared_path else []
+    candidates = (
+        [declared_path]
+        if declared_path and declared_path.is_absolute()
+        else ([Path.cwd() / declared_path, adapter / declared_path] if declared_path else [])
     )
     declared_dir = next((p for p in candidates if (p / "config.json").is_file()), None)
     if not declared:
-        problems.append(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path).")
+        problems.append(
+            f"{adapter}/adapter_config.json names no base model (base_model_name_or_path)."
+        )
     elif declared_dir is not None:
         declared_config = _read_json(declared_dir / "config.json") or {}
-        if declared_dir.resolve() != base.resolve() and not _same_architecture(declared_config, base_config):
+        if declared_dir.resolve() != base.resolve() and not _same_architecture(
+            declared_config, base_config
+        ):
             problems.append(
                 f"The adapter was trained on {declared} ({_describe(declared_config)}), but vLLM "
                 f"serves {base} ({_describe(base_config)}): it would answer wrongly without an error."
@@ -447,9 +472,19 @@ def check_adapter(
         base_shape = base_shapes.get(module + ".weight")
         if base_shape is None:
             mismatched.append(f"{module} (not in the base model)")
-        elif part == "lora_A" and len(shape) == 2 and len(base_shape) == 2 and shape[1] != base_shape[1]:
+        elif (
+            part == "lora_A"
+            and len(shape) == 2
+            and len(base_shape) == 2
+            and shape[1] != base_shape[1]
+        ):
             mismatched.append(f"{module} (input {shape[1]}, base {base_shape[1]})")
-        elif part == "lora_B" and len(shape) == 2 and len(base_shape) == 2 and shape[0] != base_shape[0]:
+        elif (
+            part == "lora_B"
+            and len(shape) == 2
+            and len(base_shape) == 2
+            and shape[0] != base_shape[0]
+        ):
             mismatched.append(f"{module} (output {shape[0]}, base {base_shape[0]})")
     if not lora_modules:
         problems.append("The adapter's weights hold no LoRA matrices: it would change nothing.")

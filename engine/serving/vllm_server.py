@@ -47,12 +47,16 @@ def adapter_names(adapters: Sequence[str | Path] | Mapping[str, str | Path]) -> 
         path = Path(item)
         name = path.parent.name if path.name == "adapter" else path.name
         if name in named:
-            raise ServingError(f"Two adapters would be served under the name {name!r}: {named[name]} and {path}.")
+            raise ServingError(
+                f"Two adapters would be served under the name {name!r}: {named[name]} and {path}."
+            )
         named[name] = path
     return named
 
 
-def max_lora_rank_for(adapters: Sequence[str | Path] | Mapping[str, str | Path], minimum: int = DEFAULT_MIN_LORA_RANK) -> int:
+def max_lora_rank_for(
+    adapters: Sequence[str | Path] | Mapping[str, str | Path], minimum: int = DEFAULT_MIN_LORA_RANK
+) -> int:
     """The ``--max-lora-rank`` that fits every adapter (and at least ``minimum``)."""
     ranks = [adapter_rank(p) for p in adapter_names(adapters).values()]
     return lora_rank_limit(max([minimum, *ranks]))
@@ -153,7 +157,9 @@ class VLLMServer:
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.command = vllm_command(base_model_path, adapters, self.port, host, python=python, **command_options)
+        self.command = vllm_command(
+            base_model_path, adapters, self.port, host, python=python, **command_options
+        )
         self.env = {**os.environ, **vllm_env(), **(extra_env or {})}
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
