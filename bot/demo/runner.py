@@ -199,18 +199,47 @@ class Demo:
                 c.print("   " + text.replace("\n", "\n   "))
 
     def _write_transcript(self, slack) -> None:  # noqa: ANN001
+        """Every Web API call the bot made (``transcript.jsonl``), and every message it posted as
+        people saw it at the end, ephemeral ones included (``transcript.md``)."""
         calls = slack.calls()
         with (self.out / "transcript.jsonl").open("w") as f:
             for call in calls:
-                f.write(json.dumps(call, ensure_ascii=False, default=str) + "\n")
-        lines = ["# Slack transcript (every Web API call the bot made)", ""]
+                f.write(json.dumps({"kind": "api_call", **call}, ensure_ascii=False, default=str) + "\n")
+            for post in slack.bot_posts():
+                f.write(json.dumps({"kind": "message", **post}, ensure_ascii=False, default=str) + "\n")
+            for note in slack.ephemerals():
+                f.write(json.dumps({"kind": "ephemeral", **note}, ensure_ascii=False, default=str) + "\n")
+        lines = ["# What the bot posted", ""]
+        for post in slack.bot_posts():
+            lines.append(f"## #{post.get('channel', '')} {post.get('ts', '')}"
+                         + (f" (in thread {post['thread_ts']})" if post.get("thread_ts") not in (None, post.get("ts")) else ""))
+            lines.append(_message_text(post))
+            lines.append("")
+        lines += ["# Messages only one person saw", ""]
+        for note in slack.ephemerals():
+            lines.append(f"- to <@{note.get('user', '')}>: {_message_text(note)[:500]}")
+        lines += ["", "# Web API calls", ""]
         for call in calls:
-            args = call.get("args") or {}
-            text = args.get("text") or ""
-            where = args.get("channel", "")
-            lines.append(f"- `{call.get('method')}` {where} {('— ' + text[:300].replace(chr(10), ' ')) if text else ''}"
-                         f"{'' if call.get('ok', True) else ' (error: ' + str(call.get('error')) + ')'}")
+            lines.append(f"- `{call.get('method')}`" + ("" if call.get("ok", True) else f" (error: {call.get('error')})"))
         (self.out / "transcript.md").write_text("\n".join(lines) + "\n")
+
+
+def _message_text(message: dict) -> str:
+    """A message's words: its blocks' texts when it has blocks, else its text."""
+    texts: list[str] = []
+
+    def walk(node) -> None:  # noqa: ANN001
+        if isinstance(node, dict):
+            if node.get("type") in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
+                texts.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(message.get("blocks") or [])
+    return "\n".join(texts) if texts else str(message.get("text", ""))
 
 
 def _quiet_libraries() -> None:
