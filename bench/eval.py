@@ -6,8 +6,9 @@ backend answering one prompt at a time, on SmolLM2-135M-Instruct, measured in th
 The prompts are the shipped general-ability probes (what every evaluation generates), decoded
 greedily. The base model is prepared with ``engine.basemodel.ensure_base_model`` under
 THREADTUNE_HOME (or a temporary folder when unset; the GGUF conversion then adds ~20 s).
-Prints answers per second and generated tokens per second for both modes, the speed-up, and
-how many answers are identical in both modes. Target: batched ≥ 3× one-at-a-time on this CPU.
+Each mode runs twice (single, batched, batched, single) and the mean time counts. Prints answers
+per second and generated tokens per second for both modes, the speed-up, and how many answers are
+identical in both modes. Target: batched ≥ 3× one-at-a-time on this CPU.
 The last line is one JSON object with the same figures.
 """
 
@@ -51,15 +52,23 @@ def main() -> int:
     backend = InProcessBackend(base, batch_size=args.batch_size, name="bench")
     backend.generate(prompts[:2], max_new_tokens=4)  # warm-up: first-call allocations and kernels
 
-    def timed(fn):  # noqa: ANN001, ANN202
-        t = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - t
+    def one_at_a_time():  # noqa: ANN202
+        return [backend.generate([p], max_new_tokens=args.max_new_tokens)[0] for p in prompts]
 
-    single, single_s = timed(
-        lambda: [backend.generate([p], max_new_tokens=args.max_new_tokens)[0] for p in prompts]
-    )
-    batched, batched_s = timed(lambda: backend.generate(prompts, max_new_tokens=args.max_new_tokens))
+    def batched_run():  # noqa: ANN202
+        return backend.generate(prompts, max_new_tokens=args.max_new_tokens)
+
+    # Order single, batched, batched, single: a machine that gets busier or quieter during the run
+    # (other processes, CPU clocks) affects both modes alike instead of favouring the second.
+    seconds = {"single": 0.0, "batched": 0.0}
+    answers = {}
+    for mode in ("single", "batched", "batched", "single"):
+        t = time.perf_counter()
+        answers[mode] = one_at_a_time() if mode == "single" else batched_run()
+        seconds[mode] += time.perf_counter() - t
+        print(f"  {mode}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    single, batched = answers["single"], answers["batched"]
+    single_s, batched_s = seconds["single"] / 2, seconds["batched"] / 2
     same = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
 
     rows = []

@@ -301,19 +301,13 @@ _install_lock = threading.Lock()
 
 
 def _shared_backend_factory(services: Services) -> tuple[Callable[[], Any], bytes | None]:
-    """The model backend of A/B rounds (one copy of the base model per bot), else a new one built
-    the same way (``bot.ab_rounds.default_answers``)."""
-    from bot.ab_rounds import BackendAnswers, default_answers
+    """The process's in-process backend (``bot.backends``: one copy of the base model, shared with
+    /ask, A/B rounds and the deploy probe) and the adapter key. In-process even when VLLM_URL is
+    set: evaluation scores test answers (loss, perplexity), which a vLLM server cannot."""
+    from bot.backends import shared
 
-    key = None
-    if services.settings.threadtune_encryption_key:
-        from engine.registry.crypto import parse_key
-
-        key = parse_key(services.settings.threadtune_encryption_key)
-    answers = getattr(services.extras.get("ab"), "answers", None)
-    if not isinstance(answers, BackendAnswers):
-        answers = default_answers(services.settings)
-    return answers.backend, key
+    serving = shared(services)
+    return serving.inprocess, serving.key
 
 
 def install(services: Services, **options: Any) -> EvaluationService:

@@ -68,20 +68,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
-    from bot.ab_rounds import default_answers
+    from bot.backends import Serving
     from engine.evaluate.service import evaluate_job
 
-    key = None
-    if settings.threadtune_encryption_key:
-        from engine.registry.crypto import parse_key
-
-        key = parse_key(settings.threadtune_encryption_key)
+    serving = Serving(settings, db)  # the in-process backend on BASE_MODEL and the adapter key
     return evaluate_job(
         db,
         settings.home,
         job_id,
-        backend_factory=default_answers(settings).backend,
-        encryption_key=key,
+        backend_factory=serving.inprocess,
+        encryption_key=serving.key,
         config=config,
         probes=probes,
     )

@@ -269,7 +269,12 @@ def load_candidate(backend: Any, model: RegisteredModel, key: bytes | None) -> s
     if not hasattr(backend, "load_adapter"):
         raise EvaluationError(f"The model backend {backend.name} cannot load adapters.")
     with opened_adapter(model.adapter_path, key, model.checksum) as plain:
-        backend.load_adapter(model.name, plain)
+        try:
+            backend.load_adapter(model.name, plain)
+        except Exception:
+            # Another thread (a deploy, an A/B round) may have loaded the same model meanwhile.
+            if model.name not in getattr(backend, "adapters", []):
+                raise
     return model.name
 
 
