@@ -277,7 +277,8 @@ class AskService:
             tell(f"I couldn't post the answer in this channel: {reason}")
             return
         done = threading.Event()
-        ticker = threading.Thread(target=self._tick, args=(request, ts, start, done), daemon=True)
+        last_edit: list[float] = []  # when the ticker last edited the message
+        ticker = threading.Thread(target=self._tick, args=(request, ts, start, done, last_edit), daemon=True)
         ticker.start()
         answer: Answer | None = None
         error = ""
@@ -296,6 +297,10 @@ class AskService:
         else:
             text, content = error, blocks.failure_blocks(user, question, error)
         self.log_answer(request.ask_id, answer, error=error, message_ts=ts, latency=latency)
+        if last_edit:  # the answer is an edit too: keep the once-a-second pace
+            pause = self.config.progress_interval - (time.monotonic() - last_edit[-1])
+            if pause > 0:
+                time.sleep(pause)
         try:
             self.client.chat_update(channel=request.channel, ts=ts, text=text, blocks=[b.to_dict() for b in content])
         except SlackApiError as exc:
@@ -307,7 +312,8 @@ class AskService:
                  (answer.model or BASE_NAME) if answer else "nobody", latency * 1000,
                  " (cached)" if answer is not None and answer.cached else "")
 
-    def _tick(self, request: AskRequest, ts: str, start: float, done: threading.Event) -> None:
+    def _tick(self, request: AskRequest, ts: str, start: float, done: threading.Event,
+              last_edit: list[float]) -> None:
         """Show how long the answer is taking, one edit per ``progress_interval`` at most."""
         while not done.wait(self.config.progress_interval):
             try:
@@ -317,6 +323,7 @@ class AskService:
                                                                             time.monotonic() - start)])
             except SlackApiError as exc:  # progress is a courtesy: the answer still comes
                 log.debug("progress update for ask %s failed: %s", request.ask_id, explain(exc))
+            last_edit.append(time.monotonic())
 
     # -- feedback ---------------------------------------------------------------------------------
 
