@@ -327,6 +327,7 @@ class ABRoundService:
     min_votes: int = MIN_VOTES
     post_interval: float = 1.0
     update_interval: float = 1.0
+    on_closed: list[Callable[[], None]] = field(default_factory=list)  # e.g. refresh App Home
     _pacer: ChannelPacer = field(init=False)
     _throttle: Throttle = field(init=False)
     _bots: dict[str, bool] = field(init=False, default_factory=dict)
@@ -562,6 +563,11 @@ class ABRoundService:
                        blocks.result_blocks(round_id, opponent, result, board, reason=reason))
         except SlackApiError as exc:
             log.warning("could not post the result of A/B round %s: %s", round_id, explain(exc))
+        for listener in self.on_closed:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 — a Home refresh must not undo a closed round
+                log.exception("a round-closed listener failed")
         return True
 
     def close_due(self) -> int:

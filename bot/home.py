@@ -69,3 +69,14 @@ def publish(client, db, user: str) -> None:  # noqa: ANN001
         client.views_publish(user_id=user, view=home_view(gather(db)))
     except SlackApiError as exc:
         log.warning("could not publish the Home tab for %s: %s", user, explain(exc))
+
+
+def remember(services, user: str) -> None:  # noqa: ANN001
+    """Note who has opened the Home tab, so later changes can refresh it for them."""
+    services.extras.setdefault("home_users", set()).add(user)
+
+
+def refresh_all(services) -> None:  # noqa: ANN001
+    """Re-publish the Home tab for everyone who opened it (after a job, deploy or round)."""
+    for user in sorted(services.extras.get("home_users", ())):
+        publish(services.client, services.db, user)

@@ -31,7 +31,12 @@ def build_runtime(settings: Settings):  # noqa: ANN201
     services = Services.build(settings, db, client)
     from bot.ab_rounds import install as install_ab_rounds
 
-    install_ab_rounds(services)  # A/B round service + scheduler: re-arms deadlines, closes overdue rounds
+    rounds = install_ab_rounds(services)  # A/B round service + scheduler: re-arms deadlines, closes overdue rounds
+    from bot.backends import shared
+    from bot.home import refresh_all
+
+    rounds.on_closed.append(lambda: refresh_all(services))
+    shared(services).on_change(lambda: refresh_all(services))
     from bot.cli.jobs import make_observer
 
     services.extras["job_observer"] = make_observer(settings, db)
