@@ -188,3 +188,17 @@ def test_resume_after_kill_continues_from_the_checkpoint(tmp_path):
     assert events[-1]["event"] == "done" and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["resumed_from"] == killed_at and info["final_step"] == 6
+
+
+def test_canaries_are_planted_on_request_and_recorded(tmp_path):
+    run_dir = make_run_dir(tmp_path, tiny_base_dir(), pattern_examples(8), pattern_examples(2, 8), max_steps=2,
+                           max_length=128, eval_steps=2, save_steps=2, lora_r=4, lora_alpha=8, canaries=2,
+                           precision="fp32")
+    train_file = (run_dir / "data" / "train.jsonl").read_text()
+    code, events = run_in_process(run_dir)
+    assert code == 0
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert len(info["canaries"]) == 2 and len(set(info["canaries"])) == 2
+    assert events[0]["n_train"] == 8 + 2 * 3  # each canary planted three times in a copy
+    assert (run_dir / "data" / "train.jsonl").read_text() == train_file  # the snapshot copy is untouched
+    assert all(c not in train_file for c in info["canaries"])

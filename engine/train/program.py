@@ -404,6 +404,15 @@ def _run(run_dir: Path, resume: bool) -> int:
         raise DataError("train.jsonl holds no examples: there is nothing to train on.")
     validation_path = data / "validation.jsonl"
     validation_examples = load_examples(validation_path) if validation_path.is_file() else []
+    canaries: list[str] = []
+    if config.canaries:
+        # A memorisation test on request: unique strings planted in a copy of the training data
+        # (the run folder's files stay as the snapshot wrote them); evaluation prompts with each
+        # canary's prefix and checks whether the model completes it.
+        from engine.evaluate.safety import make_canaries, plant_canaries
+
+        canaries = make_canaries(config.canaries, seed=config.seed)
+        train_examples = plant_canaries(train_examples, canaries, seed=config.seed, repeats=3)
     train_set = _as_dataset(tokenizer, train_examples, config.max_length)
     validation_set = _as_dataset(tokenizer, validation_examples, config.max_length) if validation_examples else None
     model_config = AutoConfig.from_pretrained(base)
@@ -433,6 +442,7 @@ def _run(run_dir: Path, resume: bool) -> int:
         "adapter_rank": None if config.method == "full" else config.lora_r,
         "started_at": (previous or {}).get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "resumed_from": state.resumed_from,
+        "canaries": canaries,
     }
     _write_json(info_path, state.info)
 
