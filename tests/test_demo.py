@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# minutes of CPU training and generation: above the suite's 900 s default timeout
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL", "THREADTUNE_"))}
     proc = subprocess.run([sys.executable, "-m", "bot", "demo", "--quick", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=2400)
+                          env=env, capture_output=True, text=True, timeout=2900)
     return proc, out
 
 

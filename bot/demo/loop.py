@@ -151,9 +151,9 @@ class Loop:
         service = evaluations(self.services)
         service.auto_ab = False  # the demo starts its own round next, to narrate it
         if self.quick:
-            service.probes = load_probes()[:8]
-            service.config = type(service.config)(**{**service.config.__dict__, "max_new_tokens": 96,
-                                                     "probe_max_new_tokens": 32})
+            service.probes = load_probes()[:6]
+            service.config = type(service.config)(**{**service.config.__dict__, "max_new_tokens": 64,
+                                                     "probe_max_new_tokens": 24})
         try:
             result = service.run(job.id, requested_by=self.admin, channel=self.channel, background_ab=False)
         except Exception as exc:  # noqa: BLE001

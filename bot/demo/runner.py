@@ -74,6 +74,8 @@ class Demo:
                 "slack_app_token": "", "slack_api_url": slack.api_url,
                 "threadtune_home": home, "database_url": f"sqlite:///{home / 'threadtune.db'}",
                 "curators": curators, "admins": admins,
+                # short answers keep a CPU demo moving; a real deployment keeps the default
+                "ask_max_new_tokens": 128 if self.quick else 256,
             })
             from bot.logs import install_redaction
 
