@@ -1,4 +1,11 @@
-"""Queries for training jobs: creation, the atomic claim, leases, transitions and events."""
+"""Queries for training jobs: creation, the atomic claim, leases, transitions and events.
+
+States: ``validating → queued → running → succeeded | failed | cancelled``; a running job whose
+lease expired goes back to ``queued`` (its run folder is kept, so it resumes). Every state change
+is a compare-and-set (``UPDATE … WHERE state = <the state we read>``): of two writers racing on one
+job — a worker finishing it and an admin cancelling it — exactly one wins, the other gets a
+``TransitionError``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,15 @@ from sqlmodel import Session, select
 
 from storage.models import Job, JobEvent, utcnow
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-TRANSITIONS = {
-    "validating": {"queued", "failed", "cancelled"},
-    "queued": {"running", "cancelled", "failed"},
-    "running": {"succeeded", "failed", "cancelled", "queued"},  # queued: lease expired, retried
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    # validating → failed: the request was checked and refused
+    "validating": frozenset({"queued", "failed", "cancelled"}),
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    # running → queued: the lease expired and the job is retried from its last checkpoint
+    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),
 }
+_NO_SYNC = {"synchronize_session": False}
 
 
 class TransitionError(ValueError):
@@ -24,7 +34,11 @@ class TransitionError(ValueError):
 
 
 def create_job(*, session: Session, request_key: str | None = None, **fields: Any) -> tuple[Job, bool]:
-    """A new job, or the existing one for ``request_key`` (the same request never makes two)."""
+    """A new job, or the existing one for ``request_key``; returns (job, created).
+
+    The same request (a Slack trigger, a retried event) never makes two jobs: the unique
+    constraint on ``request_key`` settles a race between two inserts.
+    """
     if request_key:
         existing = session.exec(select(Job).where(Job.request_key == request_key)).first()
         if existing is not None:
@@ -35,8 +49,11 @@ def create_job(*, session: Session, request_key: str | None = None, **fields: An
             session.add(job)
             session.flush()
     except IntegrityError:
+        if not request_key:
+            raise
         existing = session.exec(select(Job).where(Job.request_key == request_key)).first()
-        assert existing is not None
+        if existing is None:
+            raise
         return existing, False
     return job, True
 
@@ -45,95 +62,147 @@ def get_job(*, session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
 
 
-def list_jobs(*, session: Session, limit: int = 20) -> list[Job]:
-    return list(session.exec(select(Job).order_by(Job.id.desc()).limit(limit)).all())
+def list_jobs(*, session: Session, limit: int = 20, state: str | None = None) -> list[Job]:
+    """Newest first."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    return list(session.exec(query).all())
 
 
-def set_state(*, session: Session, job: Job, state: str, error: str = "") -> Job:
-    if state not in TRANSITIONS.get(job.state, set()):
+def set_state(*, session: Session, job: Job, state: str, error: str = "", now: datetime | None = None) -> Job:
+    """Move ``job`` to ``state`` if the transition is allowed and nobody changed the job since it
+    was read; raises ``TransitionError`` otherwise. ``job`` is refreshed either way."""
+    if state not in TRANSITIONS.get(job.state, frozenset()):
         raise TransitionError(f"job {job.id} is {job.state} and cannot become {state}")
-    job.state = state
+    now = now or utcnow()
+    values: dict[str, Any] = {"state": state}
     if error:
-        job.error = error
+        values["error"] = error
     if state == "running" and job.started_at is None:
-        job.started_at = utcnow()
+        values["started_at"] = now
     if state in TERMINAL:
-        job.finished_at = utcnow()
-        job.lease_owner = None
-        job.lease_expires_at = None
-    session.add(job)
-    session.flush()
+        values["finished_at"] = now
+    if state in TERMINAL or state == "queued":
+        values["lease_owner"] = None
+        values["lease_expires_at"] = None
+    session.flush()  # pending changes to the job first, so the refresh below does not drop them
+    result = session.execute(update(Job).where(Job.id == job.id, Job.state == job.state).values(**values),
+                             execution_options=_NO_SYNC)
+    was = job.state
+    session.refresh(job)
+    if result.rowcount != 1:
+        raise TransitionError(f"job {job.id} was {was} but is now {job.state} and cannot become {state}")
     return job
 
 
-def claim_next_job(*, session: Session, worker_id: str, lease_seconds: int, now: datetime | None = None) -> Job | None:
-    """Claim the oldest queued job for ``worker_id``; None when there is none.
+def request_cancel(*, session: Session, job: Job, reason: str = "cancelled by an admin") -> Job:
+    """Cancel a job that has not finished. A running one is stopped by its worker, which polls
+    the job's state and cancels the training program."""
+    if job.state in TERMINAL:
+        raise TransitionError(f"job {job.id} already {job.state}")
+    return set_state(session=session, job=job, state="cancelled", error=reason)
 
-    A conditional UPDATE (``WHERE state = 'queued'``) makes the claim atomic on SQLite and
-    PostgreSQL alike: of two workers racing for a row, only one sees a row count of 1.
+
+def claim_next_job(*, session: Session, worker_id: str, lease_seconds: float,
+                   now: datetime | None = None) -> Job | None:
+    """Claim the oldest queued job for ``worker_id`` (state running, attempts + 1, a lease of
+    ``lease_seconds``); None when no job is queued. The caller commits.
+
+    PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` — claimers never wait on one another, each
+    takes the oldest row nobody else holds. SQLite has no row locks; a conditional
+    ``UPDATE … WHERE id = ? AND state = 'queued'`` takes the database's single write lock, so of
+    two claimers only one sees a row count of 1, and the other moves on to the next job.
     """
     now = now or utcnow()
-    candidates = session.exec(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(5)).all()
-    for job_id in candidates:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "queued")
-            .values(state="running", lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    attempts=Job.attempts + 1)
-        , execution_options={"synchronize_session": False})
-        if result.rowcount == 1:
-            session.flush()
-            job = session.get(Job, job_id)
-            session.refresh(job)
-            if job.started_at is None:
-                job.started_at = now
-                session.add(job)
-            return job
-    return None
+    values = {"state": "running", "lease_owner": worker_id,
+              "lease_expires_at": now + timedelta(seconds=lease_seconds), "attempts": Job.attempts + 1}
+    if session.get_bind().dialect.name == "postgresql":
+        job_id = session.exec(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+                              .with_for_update(skip_locked=True)).first()
+        if job_id is None:
+            return None
+        session.execute(update(Job).where(Job.id == job_id).values(**values), execution_options=_NO_SYNC)
+        return _started(session, job_id, now)
+    while True:
+        candidates = session.exec(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(8)).all()
+        if not candidates:
+            return None
+        for job_id in candidates:
+            result = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(**values),
+                                     execution_options=_NO_SYNC)
+            if result.rowcount == 1:
+                return _started(session, job_id, now)
+        # every candidate went to another worker between our read and our write: look again
 
 
-def renew_lease(*, session: Session, job_id: int, worker_id: str, lease_seconds: int) -> bool:
-    """Extend the lease; False when this worker no longer holds the job (expired, cancelled)."""
+def _started(session: Session, job_id: int, now: datetime) -> Job:
+    session.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now),
+                    execution_options=_NO_SYNC)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+def renew_lease(*, session: Session, job_id: int, worker_id: str, lease_seconds: float,
+                now: datetime | None = None) -> bool:
+    """Extend the lease; False when this worker no longer holds the job (its lease expired and
+    the job was re-queued or claimed by another worker, or the job was cancelled)."""
+    now = now or utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == "running")
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)),
-        execution_options={"synchronize_session": False},
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
+        execution_options=_NO_SYNC,
     )
     return result.rowcount == 1
 
 
-def requeue_expired(*, session: Session, now: datetime | None = None) -> list[int]:
-    """Running jobs whose worker stopped renewing go back to the queue (they resume)."""
+def requeue_expired(*, session: Session, now: datetime | None = None, max_attempts: int | None = None) -> list[int]:
+    """Running jobs whose worker stopped renewing go back to the queue and resume from their last
+    checkpoint; returns their ids. A job that has already used ``max_attempts`` fails instead,
+    so a job that kills every worker that runs it does not loop for ever."""
     now = now or utcnow()
-    rows = session.exec(select(Job).where(Job.state == "running", Job.lease_expires_at < now)).all()
+    expired = session.exec(select(Job.id, Job.attempts)
+                           .where(Job.state == "running", Job.lease_expires_at < now)).all()
     requeued = []
-    for job in rows:
+    for job_id, attempts in expired:
+        give_up = max_attempts is not None and attempts >= max_attempts
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if give_up:
+            values |= {"state": "failed", "finished_at": now,
+                       "error": f"its worker stopped answering on each of {attempts} attempts, so it was given up"}
+        else:
+            values |= {"state": "queued"}
+        # the same condition again: another worker may have renewed or re-queued it meanwhile
         result = session.execute(
-            update(Job).where(Job.id == job.id, Job.state == "running", Job.lease_expires_at < now)
-            .values(state="queued", lease_owner=None, lease_expires_at=None),
-            execution_options={"synchronize_session": False},
+            update(Job).where(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now).values(**values),
+            execution_options=_NO_SYNC,
         )
-        if result.rowcount == 1:
-            requeued.append(job.id)
-            add_event(session=session, job_id=job.id, level="warning",
-                      message="The worker stopped answering; the job is queued again and will resume from its last checkpoint.")
+        if result.rowcount != 1:
+            continue
+        if give_up:
+            add_event(session=session, job_id=job_id, level="error",
+                      message=f"job failed: {values['error']}.")
+        else:
+            requeued.append(job_id)
+            add_event(session=session, job_id=job_id, level="warning",
+                      message="The worker stopped answering; the job is queued again and will resume "
+                              "from its last checkpoint.")
     return requeued
 
 
-def request_cancel(*, session: Session, job: Job) -> Job:
-    """Cancel a job that has not finished; a running one is stopped by its worker."""
-    if job.state in TERMINAL:
-        raise TransitionError(f"job {job.id} already {job.state}")
-    return set_state(session=session, job=job, state="cancelled", error="cancelled by an admin")
-
-
-def add_event(*, session: Session, job_id: int, level: str, message: str, metrics: dict | None = None) -> JobEvent:
+def add_event(*, session: Session, job_id: int, level: str, message: str,
+              metrics: dict[str, Any] | None = None) -> JobEvent:
+    """One line in the job's event log (``level``: info | warning | error)."""
     row = JobEvent(job_id=job_id, level=level, message=message, metrics=metrics or {})
     session.add(row)
     session.flush()
     return row
 
 
-def list_events(*, session: Session, job_id: int, limit: int = 200) -> list[JobEvent]:
-    return list(session.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(limit)).all())
+def list_events(*, session: Session, job_id: int, limit: int = 200, after_id: int = 0) -> list[JobEvent]:
+    """The job's events in order; ``after_id`` pages on from the last one seen."""
+    query = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+             .order_by(JobEvent.id).limit(limit))
+    return list(session.exec(query).all())

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="claim and run training jobs")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.add_argument("--lease", type=int, default=60, help="lease seconds (renewed while running)")
+    worker.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
     worker.set_defaults(func=run_worker)
 
     train = sub.add_parser("train", help="queue a training job on the latest (or a given) snapshot")
@@ -65,7 +66,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     db = _db(settings)
     worker = Worker(db, settings.home, runner_for(settings.ray_address or None), lease_seconds=args.lease,
-                    observer=make_observer(settings, db))
+                    poll_seconds=args.poll, observer=make_observer(settings, db))
     if args.once:
         ran = worker.run_once()
         print("Ran one job." if ran else "No job was queued.")
@@ -138,9 +139,19 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"Run folder: {job.run_dir}")
         if job.error:
             print(f"Error: {job.error}")
-        for event in list_events(session=session, job_id=job.id):
-            print(f"  {event.created_at:%H:%M:%S} {event.level:7} {event.message}")
+        for event in list_events(session=session, job_id=job.id, limit=10_000):
+            print(f"  {event.created_at:%H:%M:%S} {event.level:7} {describe_event(event.message, event.metrics)}")
     return 0
+
+
+def describe_event(message: str, metrics: dict) -> str:
+    """``step`` + {"step": 3, "loss": 1.2345678} → ``step step=3 loss=1.235``."""
+    parts = [message]
+    for key, value in (metrics or {}).items():
+        if value is None or key in ("attempt", "worker", "resume"):
+            continue
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
 
 
 def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,10 +162,12 @@ def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
         job = get_job(session=session, job_id=args.job)
         if job is None:
             raise ConfigError(f"There is no job {args.job}.")
+        was_running = job.state == "running"
         try:
-            request_cancel(session=session, job=job)
+            request_cancel(session=session, job=job, reason="cancelled from the command line")
         except TransitionError as exc:
             print(f"Nothing to cancel: {exc}.", file=sys.stderr)
             return 1
-    print(f"Job {args.job} cancelled.")
+    print(f"Job {args.job} cancelled." + (" Its worker stops the training program within seconds and keeps"
+                                          " its run folder." if was_running else ""))
     return 0

@@ -1,10 +1,19 @@
-"""Runners launch the training program (``python -m engine.train RUN_DIR``) somewhere and stream
-its one-JSON-object-per-line events back. ``local``: a subprocess here; ``ray``: Ray Jobs."""
+"""Runners launch the training program (``python -m engine.train RUN_DIR [--resume]``) somewhere
+and stream its one-JSON-object-per-line events back.
+
+- ``LocalRunner``: a subprocess of this machine, in its own process group.
+- ``RayRunner``: a Ray job (Jobs API) on the cluster at ``RAY_ADDRESS``.
+
+Both pass the same contract test (tests/test_jobs_runners.py) against a stand-in program. The
+run folder must be reachable at the same path by whatever runs the program: this machine, or a
+Ray cluster on one machine or with a shared file system.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,64 +23,108 @@ from pathlib import Path
 from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = "engine.train"
+CANCEL_GRACE_S = 20.0  # time to finish the current step and save a checkpoint before SIGKILL
 
 
 def parse_line(line: str) -> dict[str, Any]:
+    """One stdout line → an event dict; anything that is not a JSON object with an ``event``
+    key becomes ``{"event": "log", "message": line}``."""
     line = line.strip()
     try:
         event = json.loads(line)
     except ValueError:
         return {"event": "log", "message": line}
-    return event if isinstance(event, dict) and "event" in event else {"event": "log", "message": line}
+    if isinstance(event, dict) and isinstance(event.get("event"), str):
+        return event
+    return {"event": "log", "message": line}
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - n, 0))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 class RunHandle(Protocol):
-    def events(self) -> Iterator[dict[str, Any]]: ...
-    def cancel(self) -> None: ...
-    def wait(self) -> int: ...
+    """One run of the training program."""
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The program's events in order, until its stdout ends."""
+        ...
+
+    def cancel(self) -> None:
+        """Ask the program to stop (it saves a checkpoint), force it after a grace period."""
+        ...
+
+    def wait(self) -> int:
+        """Block until the program ends; its exit code (0 done, 1 failed or cancelled, 2 bad config)."""
+        ...
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        """The last ``n`` characters the program wrote on stderr (for a failure sentence)."""
+        ...
 
 
 class Runner(Protocol):
+    """Starts the training program on one run folder."""
+
     name: str
 
-    def start(self, run_dir: Path, *, resume: bool) -> RunHandle: ...
+    def start(self, run_dir: Path, resume: bool = False) -> RunHandle: ...
+
+
+def _program_env() -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+
+
+# -- local ----------------------------------------------------------------------------------------
 
 
 class LocalHandle:
-    def __init__(self, proc: subprocess.Popen, stderr_path: Path):
+    def __init__(self, proc: subprocess.Popen, stderr_path: Path, grace_s: float = CANCEL_GRACE_S):
         self.proc = proc
         self.stderr_path = stderr_path
+        self.grace_s = grace_s
 
     def events(self) -> Iterator[dict[str, Any]]:
         assert self.proc.stdout is not None
+        # not closed here: a caller may stop iterating and call events() again for the rest
         for line in self.proc.stdout:
             if line.strip():
                 yield parse_line(line)
 
-    def cancel(self, grace_s: float = 20.0) -> None:
-        """SIGTERM lets the program save a checkpoint; SIGKILL after ``grace_s``."""
+    def cancel(self) -> None:
+        """SIGTERM to the whole process group lets the program save a checkpoint; SIGKILL after
+        ``grace_s``. Returns once the program has ended."""
         if self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=grace_s)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=self.grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        except ProcessLookupError:
+            pass
 
     def wait(self) -> int:
         return self.proc.wait()
 
     def stderr_tail(self, n: int = 2000) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return _tail(self.stderr_path, n)
 
 
 def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGKILL it when the worker dies, so that a dead worker never
-    leaves a training process writing into a run folder another worker is about to resume."""
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies, so a killed worker
+    never leaves a training process writing into a run folder another worker is about to resume.
+    (Linux sends it when the *thread* that started the child ends: the worker starts, reads and
+    waits for the program on one thread.)"""
     try:
         import ctypes
 
@@ -82,92 +135,118 @@ def _die_with_parent() -> None:
 
 
 class LocalRunner:
-    """The training program as a subprocess of this machine, in its own process group."""
+    """The training program as a subprocess of this machine, in its own process group; stderr
+    goes to ``RUN_DIR/stderr.log`` (appended across attempts)."""
 
     name = "local"
 
-    def __init__(self, python: str = sys.executable, module: str = "engine.train"):
+    def __init__(self, python: str = sys.executable, module: str = PROGRAM, grace_s: float = CANCEL_GRACE_S):
         self.python = python
         self.module = module
+        self.grace_s = grace_s
 
-    def start(self, run_dir: Path, *, resume: bool) -> LocalHandle:
+    def start(self, run_dir: Path, resume: bool = False) -> LocalHandle:
         run_dir = Path(run_dir)
         stderr_path = run_dir / "stderr.log"
         cmd = [self.python, "-m", self.module, str(run_dir)] + (["--resume"] if resume else [])
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
         with stderr_path.open("a") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-                                    env=env, start_new_session=True, bufsize=1,
-                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        return LocalHandle(proc, stderr_path)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                                    cwd=ROOT, env={**os.environ, **_program_env()}, start_new_session=True,
+                                    bufsize=1, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return LocalHandle(proc, stderr_path, self.grace_s)
+
+
+# -- Ray ------------------------------------------------------------------------------------------
 
 
 class RayHandle:
-    def __init__(self, client: Any, job_id: str, run_dir: Path):
+    """A submitted Ray job. Its log holds only the program's stdout (stderr goes to the run
+    folder), polled with ``get_job_logs``: simpler than the async ``tail_job_logs`` and it
+    survives a dashboard restart."""
+
+    def __init__(self, client: Any, job_id: str, run_dir: Path, poll_s: float = 0.5):
         self.client = client
         self.job_id = job_id
-        self.run_dir = run_dir
+        self.run_dir = Path(run_dir)
+        self.poll_s = poll_s
+        self._consumed = 0  # characters of the log already turned into events
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def _finished(self) -> bool:
         from ray.job_submission import JobStatus
 
-        seen = 0
+        return self.client.get_job_status(self.job_id) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+    def events(self) -> Iterator[dict[str, Any]]:
         while True:
-            status = self.client.get_job_status(self.job_id)
-            lines = self.client.get_job_logs(self.job_id).splitlines()
-            for line in lines[seen:]:
+            finished = self._finished()  # before reading: a log read after the end is complete
+            text = self.client.get_job_logs(self.job_id)
+            # only whole lines, unless the job has ended: a line still being written would
+            # otherwise be parsed half-way and its event lost
+            start = self._consumed
+            end = len(text) if finished else text.rfind("\n", start) + 1
+            for line in text[start:end].splitlines(keepends=True):
+                self._consumed += len(line)  # before yielding: a caller that stops early resumes after it
                 if line.strip():
                     yield parse_line(line)
-            seen = len(lines)
-            if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            if finished:
                 return
-            time.sleep(0.5)
+            time.sleep(self.poll_s)
 
     def cancel(self) -> None:
-        self.client.stop_job(self.job_id)
+        """``stop_job`` sends SIGTERM and, after the grace period set at submission, SIGKILL."""
+        if not self._finished():
+            self.client.stop_job(self.job_id)
+        self.wait()
 
     def wait(self) -> int:
         from ray.job_submission import JobStatus
 
-        while True:
-            status = self.client.get_job_status(self.job_id)
-            if status == JobStatus.SUCCEEDED:
-                return 0
-            if status in {JobStatus.FAILED, JobStatus.STOPPED}:
-                return 1
-            time.sleep(0.5)
+        while not self._finished():
+            time.sleep(self.poll_s)
+        info = self.client.get_job_info(self.job_id)
+        code = getattr(info, "driver_exit_code", None)
+        if code is not None:
+            return int(code)
+        return 0 if info.status == JobStatus.SUCCEEDED else 1
 
     def stderr_tail(self, n: int = 2000) -> str:
-        try:
-            return self.client.get_job_logs(self.job_id)[-n:]
-        except Exception:  # noqa: BLE001
+        tail = _tail(self.run_dir / "stderr.log", n)
+        if tail.strip():
+            return tail
+        try:  # the entrypoint never started (bad runtime env, no resources): Ray says why
+            return str(self.client.get_job_info(self.job_id).message or "")[-n:]
+        except Exception:  # noqa: BLE001 — only a hint for the failure sentence
             return ""
 
 
 class RayRunner:
-    """The same program as a Ray job (``RAY_ADDRESS``). The run folder must be on storage the
-    cluster's nodes share (one machine, or a shared file system)."""
+    """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP
+    address, e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
+    ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared image)."""
 
     name = "ray"
 
-    def __init__(self, address: str, python: str = sys.executable):
+    def __init__(self, address: str, python: str = sys.executable, module: str = PROGRAM,
+                 grace_s: float = CANCEL_GRACE_S, poll_s: float = 0.5):
         self.address = address
         self.python = python
+        self.module = module
+        self.grace_s = grace_s
+        self.poll_s = poll_s
 
-    def start(self, run_dir: Path, *, resume: bool) -> RayHandle:
+    def start(self, run_dir: Path, resume: bool = False) -> RayHandle:
         from ray.job_submission import JobSubmissionClient
 
+        run_dir = Path(run_dir).resolve()
         client = JobSubmissionClient(self.address)
-        entry = f"{self.python} -m engine.train {run_dir}" + (" --resume" if resume else "")
-        # stderr goes to a file in the run folder, so that the job's log holds only events
-        entry = f"{entry} 2>>{run_dir}/stderr.log"
-        job_id = client.submit_job(
-            entrypoint=entry,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}},
-        )
-        return RayHandle(client, job_id, Path(run_dir))
+        argv = [self.python, "-m", self.module, str(run_dir)] + (["--resume"] if resume else [])
+        # stderr into the run folder, so that the job's log carries only events
+        entrypoint = shlex.join(argv) + " 2>>" + shlex.quote(str(run_dir / "stderr.log"))
+        env = {**_program_env(), "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.grace_s))}
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+        return RayHandle(client, job_id, run_dir, self.poll_s)
 
 
 def runner_for(ray_address: str | None) -> Runner:
+    """Ray when an address is given (``RAY_ADDRESS``), else a local subprocess."""
     return RayRunner(ray_address) if ray_address else LocalRunner()

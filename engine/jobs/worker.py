@@ -1,5 +1,10 @@
 """The worker: claims the oldest queued job, runs it through a runner, records its events,
-renews its lease, and leaves a job that can always be resumed."""
+renews its lease, honours cancellation, and leaves a job that can always be resumed.
+
+One job at a time per worker; run several workers (processes or machines) for more. Each
+attempt runs in ``HOME/runs/job-<id>/``, kept across attempts: when a worker dies its lease runs
+out, the next worker re-queues the job, and whoever claims it resumes from the last checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
-from engine.jobs.runners import Runner
+from engine.jobs.progress import Throttle
+from engine.jobs.runners import RunHandle, Runner
 from storage import jobs as q
 from storage.db import session_scope
 from storage.models import DatasetSnapshot, Job
@@ -22,14 +28,25 @@ from storage.models import DatasetSnapshot, Job
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+MAX_EVENT_TEXT = 2000
 
 
 class JobObserver(Protocol):
-    """What the bot implements to show a job's progress (kept free of Slack here)."""
+    """What shows a job's progress to people (the Slack bot implements it; kept free of Slack
+    here). Called on the worker's thread; an exception is logged and never fails the job."""
 
-    def on_state(self, job: Job) -> None: ...
-    def on_event(self, job: Job, event: dict[str, Any]) -> None: ...
-    def on_finished(self, job: Job) -> None: ...
+    def on_state(self, job: Job) -> None:
+        """The job changed state (claimed and running, or re-queued)."""
+        ...
+
+    def on_event(self, job: Job, event: dict[str, Any]) -> None:
+        """One event of the training program (``start``, ``step``, ``eval``, ``checkpoint``,
+        ``done``, ``error``, ``log``). Throttling updates is the observer's business."""
+        ...
+
+    def on_finished(self, job: Job) -> None:
+        """The job reached succeeded, failed (``job.error`` says why) or cancelled."""
+        ...
 
 
 def default_worker_id() -> str:
@@ -37,23 +54,39 @@ def default_worker_id() -> str:
 
 
 def prepare_run_dir(home: Path, job: Job, snapshot: DatasetSnapshot | None) -> Path:
-    """``home/runs/job-<id>/`` with config.json and the snapshot's splits; kept across attempts."""
+    """``home/runs/job-<id>/`` with ``config.json`` and ``data/`` copied from the dataset
+    snapshot; kept across attempts (the data is copied once, so a resumed run sees the same)."""
     run_dir = Path(home) / "runs" / f"job-{job.id}"
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
+    # keys starting with "_" are the worker's bookkeeping (progress), not training settings
     config = {k: v for k, v in (job.config or {}).items() if not k.startswith("_")}
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     if snapshot is not None:
+        folder = Path(snapshot.path)
+        for split in ("train", "validation"):
+            if not (folder / f"{split}.jsonl").is_file():
+                raise FileNotFoundError(f"dataset snapshot #{snapshot.id} has no {split}.jsonl in {folder}")
         for split in SPLITS:
-            source = Path(snapshot.path) / f"{split}.jsonl"
-            if source.is_file() and not (data / f"{split}.jsonl").exists():
-                shutil.copyfile(source, data / f"{split}.jsonl")
+            source, target = folder / f"{split}.jsonl", data / f"{split}.jsonl"
+            if source.is_file() and not target.exists():
+                shutil.copyfile(source, target.with_suffix(".part"))
+                os.replace(target.with_suffix(".part"), target)  # never a half-copied split
     return run_dir
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / "checkpoints").glob("checkpoint-*"))
+
+
 class Worker:
-    def __init__(self, db: Engine, home: Path, runner: Runner, *, worker_id: str | None = None,
-                 lease_seconds: int = 60, poll_seconds: float = 2.0, observer: JobObserver | None = None):
+    """Claims and runs jobs. ``db``: the SQLAlchemy engine; ``home``: THREADTUNE_HOME."""
+
+    def __init__(self, db: Engine, home: Path, runner: Runner, worker_id: str | None = None, *,
+                 lease_seconds: float = 60, poll_seconds: float = 2.0, observer: JobObserver | None = None,
+                 max_attempts: int = 3):
+        if lease_seconds <= 0 or poll_seconds <= 0:
+            raise ValueError("lease_seconds and poll_seconds must be positive")
         self.db = db
         self.home = Path(home)
         self.runner = runner
@@ -61,97 +94,166 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.observer = observer
+        self.max_attempts = max_attempts
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Run jobs until ``stop`` is set (checked between jobs; a running job finishes first)."""
         log.info("worker %s polling for jobs (runner: %s)", self.worker_id, self.runner.name)
         while not stop.is_set():
             try:
                 ran = self.run_once()
-            except Exception:  # noqa: BLE001 — one bad job must not stop the worker
+            except Exception:  # noqa: BLE001 — one bad job (or a database hiccup) must not stop the worker
                 log.exception("worker loop error")
                 ran = False
             if not ran:
                 stop.wait(self.poll_seconds)
 
     def run_once(self) -> bool:
-        """Run one job if one is queued; True when a job was run."""
+        """Re-queue jobs whose worker died, then run the oldest queued job if there is one.
+        True when a job was claimed."""
         with session_scope(self.db) as session:
-            for job_id in q.requeue_expired(session=session):
+            for job_id in q.requeue_expired(session=session, max_attempts=self.max_attempts):
                 log.warning("job %s lost its worker; queued again", job_id)
             job = q.claim_next_job(session=session, worker_id=self.worker_id, lease_seconds=self.lease_seconds)
-            if job is None:
-                return False
-            snapshot = session.get(DatasetSnapshot, job.snapshot_id) if job.snapshot_id else None
-            run_dir = prepare_run_dir(self.home, job, snapshot)
-            job.run_dir = str(run_dir)
-            session.add(job)
-            resume = job.attempts > 1 or any((run_dir / "checkpoints").glob("checkpoint-*"))
-            q.add_event(session=session, job_id=job.id, level="info",
-                        message=f"attempt {job.attempts} started on {self.worker_id}"
-                        + (" (resuming from the last checkpoint)" if resume else ""))
+        if job is None:
+            return False
+        log.info("worker %s claimed job %s (attempt %s)", self.worker_id, job.id, job.attempts)
         self._notify("on_state", job)
+        try:
+            run_dir, resume = self._prepare(job)
+        except Exception as exc:  # noqa: BLE001 — the job fails with the reason, the worker goes on
+            log.exception("could not prepare job %s", job.id)
+            self._finish(job, None, error=f"its run folder could not be prepared: {exc}")
+            return True
         self._run(job, run_dir, resume)
         return True
 
-    def _run(self, job: Job, run_dir: Path, resume: bool) -> None:
-        handle = self.runner.start(run_dir, resume=resume)
-        lost = threading.Event()
-        finished = threading.Event()
+    # -- one attempt --------------------------------------------------------------------------
 
-        def heartbeat() -> None:
-            while not finished.wait(max(1.0, self.lease_seconds / 3)):
-                with session_scope(self.db) as session:
-                    held = q.renew_lease(session=session, job_id=job.id, worker_id=self.worker_id,
-                                         lease_seconds=self.lease_seconds)
+    def _prepare(self, job: Job) -> tuple[Path, bool]:
+        with session_scope(self.db) as session:
+            snapshot = session.get(DatasetSnapshot, job.snapshot_id) if job.snapshot_id else None
+            if job.snapshot_id and snapshot is None:
+                raise FileNotFoundError(f"dataset snapshot #{job.snapshot_id} no longer exists")
+            run_dir = prepare_run_dir(self.home, job, snapshot)
+            resume = job.attempts > 1 or has_checkpoint(run_dir)
+            row = q.get_job(session=session, job_id=job.id)
+            row.run_dir = job.run_dir = str(run_dir)
+            session.add(row)
+            q.add_event(session=session, job_id=job.id, level="info",
+                        message=f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} runner)"
+                        + (", resuming from the last checkpoint" if resume else ""),
+                        metrics={"attempt": job.attempts, "worker": self.worker_id, "resume": resume})
+        return run_dir, resume
+
+    def _run(self, job: Job, run_dir: Path, resume: bool) -> None:
+        try:
+            handle = self.runner.start(run_dir, resume=resume)
+        except Exception as exc:  # noqa: BLE001 — e.g. the Ray cluster cannot be reached
+            log.exception("could not start job %s", job.id)
+            self._finish(job, None, error=f"the {self.runner.name} runner could not start the training program: {exc}")
+            return
+        finished = threading.Event()
+        stopped_because: list[str] = []  # set by the watch thread: "cancelled" or "lost"
+
+        def watch() -> None:
+            """Renew the lease and notice cancellation, every poll (a third of the lease at most)."""
+            tick = min(self.poll_seconds, self.lease_seconds / 3)
+            while not finished.wait(tick):
+                try:
+                    with session_scope(self.db) as session:
+                        held = q.renew_lease(session=session, job_id=job.id, worker_id=self.worker_id,
+                                             lease_seconds=self.lease_seconds)
+                        state = None if held else q.get_job(session=session, job_id=job.id).state
+                except Exception:  # noqa: BLE001 — a database blip: try again next tick, the lease has slack
+                    log.exception("could not renew job %s's lease", job.id)
+                    continue
                 if not held:
-                    lost.set()
+                    stopped_because.append("cancelled" if state == "cancelled" else "lost")
+                    log.warning("job %s is %s; stopping its training program",
+                                job.id, "cancelled" if state == "cancelled" else f"{state}, lease lost")
                     handle.cancel()
                     return
 
-        beat = threading.Thread(target=heartbeat, name=f"lease-{job.id}", daemon=True)
-        beat.start()
+        watcher = threading.Thread(target=watch, name=f"job-{job.id}-lease", daemon=True)
+        watcher.start()
         done: dict[str, Any] | None = None
         error = ""
+        progress_throttle = Throttle(1.0)
         try:
             for event in handle.events():
                 kind = event.get("event")
                 if kind == "done":
                     done = event
-                if kind == "error":
-                    error = str(event.get("message", ""))
-                self._record(job, event)
+                elif kind == "error":
+                    error = str(event.get("message", "")).strip()
+                self._record(job, event, progress_throttle)
                 self._notify("on_event", job, event)
             code = handle.wait()
+        except BaseException:
+            handle.cancel()  # never leave the program running behind a crashed loop
+            raise
         finally:
             finished.set()
-            beat.join(timeout=5)
+            watcher.join(timeout=60)
+        if stopped_because and stopped_because[0] == "lost":
+            # another worker may already hold the job: leave its state alone
+            with session_scope(self.db) as session:
+                q.add_event(session=session, job_id=job.id, level="warning",
+                            message=f"{self.worker_id} lost the job's lease and stopped its attempt {job.attempts}")
+            return
+        if code == 0 and done is not None:
+            self._finish(job, handle, succeeded=True)
+        else:
+            self._finish(job, handle, error=error or _stderr_reason(handle)
+                         or f"the training program exited with code {code} without saying why")
+
+    def _finish(self, job: Job, handle: RunHandle | None, *, succeeded: bool = False, error: str = "") -> None:
+        """Record the outcome unless the job moved meanwhile (cancelled, or re-queued after a lost
+        lease); tell the observer."""
         with session_scope(self.db) as session:
             current = q.get_job(session=session, job_id=job.id)
-            if current.state != "running" or current.lease_owner != self.worker_id:
-                log.info("job %s is %s; this worker lets it go", job.id, current.state)
-                final = current
-            elif code == 0 and done is not None:
-                final = q.set_state(session=session, job=current, state="succeeded")
-            else:
-                reason = error or _stderr_reason(handle) or f"the training program exited with code {code}"
-                final = q.set_state(session=session, job=current, state="failed", error=reason)
-            q.add_event(session=session, job_id=job.id, level="info" if final.state == "succeeded" else "error",
-                        message=f"job {final.state}" + (f": {final.error}" if final.error and final.state != "succeeded" else ""))
-        self._notify("on_finished", final)
+            if current.state == "running" and current.lease_owner == self.worker_id:
+                try:
+                    q.set_state(session=session, job=current, state="succeeded" if succeeded else "failed",
+                                error="" if succeeded else _sentence(error))
+                except q.TransitionError:
+                    pass  # cancelled between our read and our write: the cancel stands
+            if current.state == "succeeded":
+                q.add_event(session=session, job_id=job.id, level="info", message="job succeeded")
+            elif current.state == "failed":
+                q.add_event(session=session, job_id=job.id, level="error", message=f"job failed: {current.error}")
+            elif current.state == "cancelled":
+                q.add_event(session=session, job_id=job.id, level="warning",
+                            message="job cancelled; the training program was stopped and its run folder kept")
+        log.info("job %s %s", job.id, current.state)
+        if current.state in q.TERMINAL:
+            self._notify("on_finished", current)
+        else:
+            self._notify("on_state", current)
 
-    def _record(self, job: Job, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "log":
-            return
-        metrics = {k: v for k, v in event.items() if k != "event" and isinstance(v, int | float | str | None)}
-        level = "error" if kind == "error" else "info"
-        message = event.get("message") or kind
+    def _record(self, job: Job, event: dict[str, Any], progress_throttle: Throttle) -> None:
+        """One event → one JobEvent row (message: the event's kind, or its text for errors and
+        logs; metrics: its scalar fields), and the job's progress (step/total) at most once a
+        second, so that ``/tune jobs`` and the App Home show it without reading every event."""
+        kind = str(event.get("event"))
+        metrics = {k: v for k, v in event.items() if k != "event" and isinstance(v, int | float | str | bool | None)}
+        if kind in ("error", "log"):
+            message = str(event.get("message", ""))[:MAX_EVENT_TEXT]
+            metrics.pop("message", None)
+        else:
+            message = kind
+        level = {"error": "error", "log": "debug"}.get(kind, "info")
         with session_scope(self.db) as session:
-            q.add_event(session=session, job_id=job.id, level=level, message=str(message), metrics=metrics)
-            if kind in ("start", "step"):
+            q.add_event(session=session, job_id=job.id, level=level, message=message, metrics=metrics)
+            # the first and the last always go through, so what is shown at the end is exact
+            last = kind != "step" or event.get("step") == event.get("total_steps")
+            if kind in ("start", "step", "done") and progress_throttle.ready(final=last):
                 current = q.get_job(session=session, job_id=job.id)
-                progress = {"step": event.get("step", 0), "total_steps": event.get("total_steps")}
-                current.config = {**(current.config or {}), "_progress": progress}
+                before = (current.config or {}).get("_progress", {})
+                total = event.get("total_steps") or before.get("total_steps")
+                step = {"start": event.get("resumed_from") or 0, "step": event.get("step", 0)}.get(kind, total)
+                current.config = {**(current.config or {}), "_progress": {"step": step, "total_steps": total}}
                 session.add(current)
 
     def _notify(self, method: str, *args: Any) -> None:
@@ -163,7 +265,12 @@ class Worker:
             log.exception("job observer %s failed", method)
 
 
-def _stderr_reason(handle: Any) -> str:
-    tail = getattr(handle, "stderr_tail", lambda: "")()
-    lines = [line for line in tail.strip().splitlines() if line.strip()]
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())[:MAX_EVENT_TEXT]
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def _stderr_reason(handle: RunHandle) -> str:
+    """The last meaningful stderr line (a traceback's last line names the exception)."""
+    lines = [line.strip() for line in handle.stderr_tail().splitlines() if line.strip()]
     return f"the training program failed: {lines[-1][:300]}" if lines else ""
