@@ -185,6 +185,9 @@ class Loop:
         pairs = 4 if self.quick else 8
         reply = self.slack.slash(self.admin, self.channel, "/tune", f"ab {job.id} {pairs}")
         self.c.print("   " + _text_of(reply.body)[:200])
+        if "Starting blind A/B round" not in _text_of(reply.body):
+            self.checks["A/B round closed"] = False  # refused: the reason is printed above
+            return
 
         def posted():  # noqa: ANN202
             with session_scope(self.services.db) as s:
