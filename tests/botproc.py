@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bot.emulator import Emulator
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNING_SECRET = "test-signing-secret-8c1f"
@@ -20,12 +21,6 @@ ADMINS = ("UADMIN",)
 PEOPLE = ("UASK", "UEXP", "UOTH", *CURATORS, *ADMINS)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:

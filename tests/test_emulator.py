@@ -4,7 +4,6 @@ signed requests to a real receiving HTTP server (and to a real Bolt app)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -24,16 +23,13 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
 from bot.emulator import Emulator, EmulatorError
+from tests.conftest import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slack"
 SECRET = "test-signing-secret"
 CHANNEL = "C111"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fixture(name: str):
