@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
+from bench._support import free_port, pct, wait_healthy  # noqa: E402
+
 SECRET = "bench-signing-secret-5d2a"
 CURATOR = "UCUR1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_server(port: int) -> None:
@@ -54,19 +47,6 @@ def bare_server(port: int) -> None:
         enterprise_id=None, team_id="T111", bot_token="xoxb-bare", bot_user_id="U0BOT", bot_id="B0BOT"))
     app.event("reaction_added")(lambda: None)
     serve_http(app, create_engine("sqlite://"), signing_secret=SECRET, host="127.0.0.1", port=port)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on port {port} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server on port {port} did not become healthy")
 
 
 def event_body(i: int, channel: str, ts: str) -> bytes:
@@ -131,11 +111,6 @@ def send_at_rate(port: int, bodies: list[bytes], rate: float, workers: int = 16,
     [t.start() for t in threads]
     [t.join() for t in threads]
     return latencies, errors
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 def main() -> int:

@@ -8,8 +8,10 @@ The flow for one question:
    lost whatever happens next.
 2. :meth:`AskService.run` (a background thread): posts a "Thinking…" message in the channel,
    generates the answer (the deployed model, or the base model when nothing is deployed), edits the
-   message to show how long it has waited — ``chat.update`` at most once a second — and finally
-   replaces it with the answer: the question quoted, the answer split into ≤ 3,000-character
+   message to show how long it has waited — ``chat.update`` at most once a second per message, and
+   no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in progress, since Slack allows
+   ``chat.update`` about 50 times a minute per workspace (progress is a courtesy: an edit over
+   budget is skipped) — and finally replaces it with the answer as soon as it is ready: the question quoted, the answer split into ≤ 3,000-character
    sections, the model version in a context line and 👍/👎 buttons. The audit row gets the answer
    (redacted), the model version, the message ts, the latency and whether the cache answered.
    A failure (the model server down, vLLM unreachable) becomes a sentence in that message and in
@@ -19,12 +21,20 @@ Where the answer goes: slash commands carry no ``thread_ts``, so ``/ask`` typed 
 reply box cannot be told apart from one typed in the channel; the answer is always posted in the
 channel, with the question quoted so it stands on its own.
 
-The answer cache is per model version: the key is the deployment epoch (the id of the latest
-deploy or rollback, :func:`storage.registry.deployment_epoch`) and the normalised question
-(lower case, single spaces, trailing punctuation dropped) — exact matches only, because semantic
-caches serve wrong answers to similar-looking questions. A deploy or rollback in this process
-empties it; one made elsewhere (the CLI) changes the epoch, so old entries are never used again.
-Hits are logged and marked ``cached`` in the audit log.
+The answer cache is per model version: entries are keyed by the deployment epoch (the id of the
+latest deploy or rollback, :func:`storage.registry.deployment_epoch`), so a deploy or rollback made
+anywhere (the CLI too) means old answers are never served again, and one made in this process
+empties the cache. Two ways to hit, tried in order:
+
+* exact: the same normalised question (lower case, single spaces, trailing punctuation dropped);
+* semantic: the question's ``all-MiniLM-L6-v2`` embedding has cosine similarity at least
+  ``ASK_SEMANTIC_THRESHOLD`` (default 0.95, conservative: paraphrases of the same question score
+  0.96–0.99, different questions on the same topic 0.5–0.9) with a cached question's, **and** both
+  mention the same numbers and negations — embeddings hardly see "ticket 300" vs "ticket 301" or
+  "how do I" vs "how do I not", and a wrong cached answer is worse than a slow right one.
+
+A hit is answered at once, without the "Thinking…" placeholder, and marked ``cached`` in the audit
+log and the context line. Counts and latencies go to :data:`bot.metrics.METRICS`.
 
 A curator's emoji on the bot's answer message curates it like any answer
 (:meth:`bot.curation.CurationService.reaction_added` recognises the message by its audit row).
@@ -38,7 +48,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
@@ -48,6 +58,7 @@ from sqlalchemy.engine import Engine
 from bot import ids
 from bot.backends import BASE_NAME, Serving
 from bot.blocks import ask as blocks
+from bot.metrics import METRICS, Metrics
 from bot.slack_api import explain
 from storage import registry
 from storage.db import session_scope
@@ -59,6 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EDITS_PER_MINUTE = 30  # of Slack's ~50 chat.update a minute; the rest for answers and job status
 USAGE = "Ask me something: `/ask how do I rotate the staging database password?`"
 MAX_QUESTION_CHARS = 2000
 
@@ -72,19 +84,23 @@ class AskConfig:
     max_new_tokens: int = 512
     progress_interval: float = 1.0  # seconds between "Thinking…" edits; Slack allows ~1/s
     cache_size: int = 1000
+    semantic_threshold: float = 0.95  # 0 = exact matches only
 
     def __post_init__(self) -> None:
         if self.rate_limit < 1:
             raise ValueError(f"ASK_RATE_LIMIT must be at least 1, got {self.rate_limit}.")
         if self.window_s <= 0 or self.max_new_tokens < 1 or self.cache_size < 0:
             raise ValueError("window_s and max_new_tokens must be positive, cache_size not negative.")
+        if not 0.0 <= self.semantic_threshold <= 1.0:
+            raise ValueError(f"ASK_SEMANTIC_THRESHOLD must be between 0 and 1, got {self.semantic_threshold}.")
         if self.progress_interval < 1.0:
             raise ValueError("progress_interval must be at least 1 second (Slack's chat.update pace).")
 
     @classmethod
     def from_settings(cls, settings: Any) -> AskConfig:
         return cls(rate_limit=int(getattr(settings, "ask_rate_limit", 10)),
-                   max_new_tokens=int(getattr(settings, "ask_max_new_tokens", 512)))
+                   max_new_tokens=int(getattr(settings, "ask_max_new_tokens", 512)),
+                   semantic_threshold=float(getattr(settings, "ask_semantic_threshold", 0.95)))
 
 
 def normalise(question: str) -> str:
@@ -123,27 +139,93 @@ class Answer:
     cached: bool = False
 
 
-class AnswerCache:
-    """Answers by (deployment epoch, normalised question), least recently used dropped first."""
+NEGATIONS = frozenset({"not", "no", "never", "without", "none", "nothing", "cannot", "neither", "nor"})
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[int, str], Answer] = OrderedDict()
+
+def guard(question: str) -> frozenset[str]:
+    """What a semantic match must share exactly: words with digits (ticket numbers, versions,
+    addresses) and negations ("not", "never", "can't"…), which embeddings barely tell apart."""
+    words = re.findall(r"[\w.'’-]+", question.lower().replace("’", "'"))
+    return frozenset(w.strip(".'-") for w in words
+                     if any(c.isdigit() for c in w) or w in NEGATIONS or w.endswith("n't"))
+
+
+@dataclass
+class Lookup:
+    """A question looked up in the cache: the hit (``answer``, ``match``) or what storing its
+    answer needs (the key, the guard and the embedding computed for the lookup)."""
+
+    epoch: int
+    question: str
+    key: str
+    guard: frozenset[str]
+    vector: Any = None  # numpy array or None (no semantic matching)
+    answer: Answer | None = None
+    match: str = ""  # exact | semantic
+    model: Any = None  # the deployed Model row (None: the base model)
+
+
+@dataclass
+class _Entry:
+    question: str
+    answer: Answer
+    guard: frozenset[str]
+    vector: Any
+
+
+class AnswerCache:
+    """Answers by (deployment epoch, question), exact or semantic (see the module docstring),
+    least recently used dropped first. ``embed`` turns a question into a unit vector, or None
+    while no embedding model is available."""
+
+    def __init__(self, size: int, embed: Callable[[str], Any] | None = None, threshold: float = 0.95) -> None:
+        self.size, self.embed, self.threshold = size, embed, threshold
+        self._items: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, str]) -> Answer | None:
-        with self._lock:
-            answer = self._items.get(key)
-            if answer is not None:
-                self._items.move_to_end(key)
-            return answer
+    @property
+    def semantic(self) -> bool:
+        return self.embed is not None and self.threshold > 0
 
-    def put(self, key: tuple[int, str], answer: Answer) -> None:
+    def lookup(self, epoch: int, question: str) -> Lookup:
+        found = Lookup(epoch, question, normalise(question), guard(question))
+        with self._lock:
+            entry = self._items.get((epoch, found.key))
+            if entry is not None:
+                self._items.move_to_end((epoch, found.key))
+                found.answer, found.match = entry.answer, "exact"
+                return found
+            if not self.semantic or not self._items:
+                return found
+        found.vector = self.embed(question)  # outside the lock: it takes milliseconds
+        if found.vector is None:
+            return found
+        import numpy as np
+
+        with self._lock:  # entries cached before the embedding model was ready get their vectors now
+            missing = [e for k, e in self._items.items() if k[0] == epoch and e.guard == found.guard and e.vector is None]
+        for entry in missing:
+            entry.vector = self.embed(entry.question)
+        with self._lock:
+            candidates = [(k, e) for k, e in self._items.items()
+                          if k[0] == epoch and e.guard == found.guard and e.vector is not None]
+            if candidates:
+                scores = np.stack([e.vector for _, e in candidates]) @ found.vector
+                best = int(np.argmax(scores))
+                if scores[best] >= self.threshold:
+                    key, entry = candidates[best]
+                    self._items.move_to_end(key)
+                    found.answer, found.match = entry.answer, "semantic"
+        return found
+
+    def put(self, found: Lookup, answer: Answer) -> None:
         if self.size == 0:
             return
+        if found.vector is None and self.semantic:
+            found.vector = self.embed(found.question)
         with self._lock:
-            self._items[key] = answer
-            self._items.move_to_end(key)
+            self._items[(found.epoch, found.key)] = _Entry(found.question, answer, found.guard, found.vector)
+            self._items.move_to_end((found.epoch, found.key))
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
@@ -163,6 +245,7 @@ class AskRequest:
     user: str
     channel: str
     question: str
+    accepted: float = field(default_factory=time.monotonic)  # when the slash command was accepted
 
 
 class AskFailed(Exception):
@@ -173,11 +256,14 @@ class AskService:
     """Accepts, answers and logs /ask questions and their 👍/👎 (see the module docstring)."""
 
     def __init__(self, db: Engine, client: WebClient | None, serving: Serving, config: AskConfig | None = None,
-                 redact: Callable[[str], Any] | None = None) -> None:
+                 redact: Callable[[str], Any] | None = None, embed: Callable[[str], Any] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.db, self.client, self.serving = db, client, serving
         self.config = config or AskConfig()
         self.limiter = RateLimiter(self.config.rate_limit, self.config.window_s)
-        self.cache = AnswerCache(self.config.cache_size)
+        self.progress_budget = RateLimiter(PROGRESS_EDITS_PER_MINUTE, 60.0)
+        self.cache = AnswerCache(self.config.cache_size, embed, self.config.semantic_threshold)
+        self.metrics = metrics or METRICS
         if redact is None:
             from engine.redact import redact
         self._redact = redact
@@ -190,23 +276,41 @@ class AskService:
 
     def answer(self, question: str) -> Answer:
         """The deployed model's answer (the cache's when it has one); raises :class:`AskFailed`."""
+        found = self.lookup(question)
+        return found.answer if found.answer is not None else self.generate(found)
+
+    def lookup(self, question: str) -> Lookup:
+        """What is deployed now and whether the cache already holds an answer for it."""
+        start = time.monotonic()
+        try:
+            with session_scope(self.db) as s:
+                model = registry.deployed_model(session=s)
+                epoch = registry.deployment_epoch(session=s)
+                if model is not None:
+                    s.expunge(model)
+        except Exception as exc:
+            log.exception("reading the deployed model failed")
+            raise AskFailed("I couldn't read which model is deployed (the database didn't answer); your "
+                            "question is saved if the log could be written — please try again shortly.") from exc
+        found = self.cache.lookup(epoch, question)
+        found.model = model
+        if found.answer is not None:
+            hit = found.answer
+            self.metrics.cache_hits.labels(found.match).inc()
+            log.info("ask cache hit (%s, model %s, epoch %s)", found.match, hit.model or BASE_NAME, epoch)
+            found.answer = Answer(hit.text, hit.model, time.monotonic() - start, cached=True)
+        return found
+
+    def generate(self, found: Lookup) -> Answer:
+        """A fresh answer from the model deployed at lookup time, stored in the cache."""
         from engine.basemodel import BaseModelError
         from engine.serving.base import BackendError
 
         start = time.monotonic()
-        with session_scope(self.db) as s:
-            model = registry.deployed_model(session=s)
-            epoch = registry.deployment_epoch(session=s)
-            if model is not None:
-                s.expunge(model)
-        key = (epoch, normalise(question))
-        hit = self.cache.get(key)
-        if hit is not None:
-            log.info("ask cache hit (model %s, epoch %s)", hit.model or BASE_NAME, epoch)
-            return Answer(hit.text, hit.model, time.monotonic() - start, cached=True)
+        model = found.model
         try:
             adapter = self.serving.adapter_for(model)
-            generation = self.serving.serving().generate([[{"role": "user", "content": question}]],
+            generation = self.serving.serving().generate([[{"role": "user", "content": found.question}]],
                                                          max_new_tokens=self.config.max_new_tokens,
                                                          adapter=adapter)[0]
         except (BackendError, BaseModelError) as exc:
@@ -217,7 +321,7 @@ class AskService:
             raise AskFailed("I couldn't answer this because of a problem on my side; your question is "
                             "saved in the log and an admin can find the details in the bot's log.") from exc
         answer = Answer(generation.text, model.name if model is not None else None, time.monotonic() - start)
-        self.cache.put(key, answer)
+        self.cache.put(found, answer)
         return answer
 
     def log_answer(self, ask_id: int, answer: Answer | None, *, error: str = "", message_ts: str = "",
@@ -242,12 +346,16 @@ class AskService:
         """An accepted request, or the sentence to answer with at once (usage, rate limit)."""
         question = command.text.strip()
         if not question:
+            self.metrics.asks.labels("refused").inc()
             return USAGE
         if len(question) > MAX_QUESTION_CHARS:
+            self.metrics.asks.labels("refused").inc()
             return f"That question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}."
         wait = self.limiter.allow(command.user)
         if wait is not None:
             self.open_ask(command.user, command.channel, question, error="rate limited")
+            self.metrics.asks.labels("rate_limited").inc()
+            self.metrics.rate_limited.inc()
             log.info("/ask rate limit reached for %s", command.user)
             return (f"You've asked {self.config.rate_limit} questions in the last minute, which is my "
                     f"limit per person. Please try again in {max(1, round(wait))} seconds. 🙏")
@@ -260,70 +368,102 @@ class AskService:
         return thread
 
     def run(self, request: AskRequest, tell: Callable[[str], Any]) -> None:
-        """Post the placeholder, answer, edit the message; ``tell`` reaches the asker privately
-        when the channel can't be posted to."""
-        start = time.monotonic()
-        user, question = request.user, request.question
-        try:
-            posted = self.client.chat_postMessage(
-                channel=request.channel, text=f"<@{user}> asked a question; thinking…",
-                blocks=[b.to_dict() for b in blocks.placeholder_blocks(user, question)],
-                unfurl_links=False, unfurl_media=False)
-            ts = str(posted["ts"])
-        except SlackApiError as exc:
-            reason = explain(exc)
-            self.log_answer(request.ask_id, None, error=f"posting failed: {reason}",
-                            latency=time.monotonic() - start)
-            tell(f"I couldn't post the answer in this channel: {reason}")
-            return
-        done = threading.Event()
-        last_edit: list[float] = []  # when the ticker last edited the message
-        ticker = threading.Thread(target=self._tick, args=(request, ts, start, done, last_edit), daemon=True)
-        ticker.start()
+        """Answer in the channel: a cached answer at once; otherwise a placeholder that shows
+        progress until the answer replaces it. ``tell`` reaches the asker privately when the
+        channel can't be posted to."""
         answer: Answer | None = None
         error = ""
+        ts = ""
         try:
-            answer = self.answer(question)
+            found = self.lookup(request.question)
+            if found.answer is not None:
+                answer = found.answer
+            else:
+                ts, refused = self._post_placeholder(request)
+                if refused:
+                    self._not_posted(request, refused, tell)
+                    return
+                answer = self._generate_with_progress(request, found, ts)
         except AskFailed as exc:
             error = str(exc)
+        self._finish(request, answer, ts, error, tell)
+
+    def _post_placeholder(self, request: AskRequest) -> tuple[str, str]:
+        """(the "Thinking…" message's ts, "") or ("", why the channel can't be posted to)."""
+        try:
+            posted = self.client.chat_postMessage(
+                channel=request.channel, text=f"<@{request.user}> asked a question; thinking…",
+                blocks=[b.to_dict() for b in blocks.placeholder_blocks(request.user, request.question)],
+                unfurl_links=False, unfurl_media=False)
+            return str(posted["ts"]), ""
+        except SlackApiError as exc:
+            return "", explain(exc)
+
+    def _not_posted(self, request: AskRequest, reason: str, tell: Callable[[str], Any]) -> None:
+        self.log_answer(request.ask_id, None, error=f"posting failed: {reason}",
+                        latency=time.monotonic() - request.accepted)
+        self.metrics.asks.labels("failed").inc()
+        tell(f"I couldn't post the answer in this channel: {reason}")
+
+    def _generate_with_progress(self, request: AskRequest, found: Lookup, ts: str) -> Answer:
+        done = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(request, ts, done), daemon=True)
+        ticker.start()
+        try:
+            return self.generate(found)
         finally:
             done.set()
-            ticker.join()
-        latency = time.monotonic() - start
+            ticker.join()  # an edit in flight lands before the answer, never after it
+
+    def _finish(self, request: AskRequest, answer: Answer | None, ts: str, error: str,
+                tell: Callable[[str], Any]) -> None:
+        """Post or edit in the answer (or the failure sentence), then log and count it."""
+        user, question = request.user, request.question
         if answer is not None:
             text = blocks.answer_text(user, answer.text)
-            content = blocks.answer_blocks(user, question, answer.text, model=answer.model, seconds=latency,
+            content = blocks.answer_blocks(user, question, answer.text, model=answer.model,
+                                           seconds=time.monotonic() - request.accepted,
                                            ask_id=request.ask_id, cached=answer.cached)
         else:
             text, content = error, blocks.failure_blocks(user, question, error)
-        self.log_answer(request.ask_id, answer, error=error, message_ts=ts, latency=latency)
-        if last_edit:  # the answer is an edit too: keep the once-a-second pace
-            pause = self.config.progress_interval - (time.monotonic() - last_edit[-1])
-            if pause > 0:
-                time.sleep(pause)
+        payload = [b.to_dict() for b in content]
+        logged = bool(ts)
+        if logged:  # the audit row is complete before anyone can see (and curate) the answer
+            self.log_answer(request.ask_id, answer, error=error, message_ts=ts,
+                            latency=time.monotonic() - request.accepted)
         try:
-            self.client.chat_update(channel=request.channel, ts=ts, text=text, blocks=[b.to_dict() for b in content])
+            if ts:
+                self.client.chat_update(channel=request.channel, ts=ts, text=text, blocks=payload)
+            else:
+                ts = str(self.client.chat_postMessage(channel=request.channel, text=text, blocks=payload,
+                                                      unfurl_links=False, unfurl_media=False)["ts"])
         except SlackApiError as exc:
             log.warning("could not post the answer to ask %s: %s", request.ask_id, explain(exc))
-            self.log_answer(request.ask_id, answer, error=f"posting failed: {explain(exc)}", message_ts=ts,
-                            latency=latency)
+            error, logged = error or f"posting failed: {explain(exc)}", False
             tell(f"I couldn't post the answer: {explain(exc)}")
+        latency = time.monotonic() - request.accepted
+        if not logged:
+            self.log_answer(request.ask_id, answer, error=error, message_ts=ts, latency=latency)
+        self.metrics.asks.labels("failed" if error else "answered").inc()
+        if not error and answer is not None:
+            self.metrics.ask_latency.labels(cached=str(answer.cached).lower()).observe(latency)
         log.info("ask %s answered by %s in %.0f ms%s", request.ask_id,
                  (answer.model or BASE_NAME) if answer else "nobody", latency * 1000,
                  " (cached)" if answer is not None and answer.cached else "")
 
-    def _tick(self, request: AskRequest, ts: str, start: float, done: threading.Event,
-              last_edit: list[float]) -> None:
-        """Show how long the answer is taking, one edit per ``progress_interval`` at most."""
+    def _tick(self, request: AskRequest, ts: str, done: threading.Event) -> None:
+        """Show how long the answer is taking: one edit per ``progress_interval`` at most, and
+        only while the workspace-wide progress budget allows."""
         while not done.wait(self.config.progress_interval):
+            if self.progress_budget.allow("progress") is not None:
+                continue
             try:
                 self.client.chat_update(
                     channel=request.channel, ts=ts, text=f"<@{request.user}> asked a question; thinking…",
-                    blocks=[b.to_dict() for b in blocks.placeholder_blocks(request.user, request.question,
-                                                                            time.monotonic() - start)])
+                    blocks=[b.to_dict() for b in blocks.placeholder_blocks(
+                        request.user, request.question, time.monotonic() - request.accepted)])
             except SlackApiError as exc:  # progress is a courtesy: the answer still comes
                 log.debug("progress update for ask %s failed: %s", request.ask_id, explain(exc))
-            last_edit.append(time.monotonic())
 
     # -- feedback ---------------------------------------------------------------------------------
 
@@ -354,8 +494,16 @@ def install(services: Services) -> AskService:
     with _install_lock:
         service = services.extras.get("ask")
         if service is None:
-            service = AskService(services.db, services.client, shared(services),
-                                 AskConfig.from_settings(services.settings), redact=services.curation.redact)
+            config = AskConfig.from_settings(services.settings)
+            embed = None
+            if config.semantic_threshold > 0:
+                from engine.serving.embed import QuestionEmbedder
+
+                embedder = QuestionEmbedder()
+                embedder.start_loading()  # seconds; until then the cache matches exactly only
+                embed = embedder.embed
+            service = AskService(services.db, services.client, shared(services), config,
+                                 redact=services.curation.redact, embed=embed)
             services.extras["ask"] = service
         return service
 

@@ -1,4 +1,8 @@
-"""Serving the Bolt app: HTTP (``/slack/events`` + ``/healthz``) or Socket Mode."""
+"""Serving the Bolt app: HTTP (``/slack/events``, ``/healthz``, ``/metrics``) or Socket Mode.
+
+``GET /metrics`` is Prometheus' text format (:mod:`bot.metrics`). It carries counts, not content,
+and sits beside the signed Slack endpoint as ``/healthz`` does: keep the port off the public
+internet or put the scrape behind the reverse proxy's own access rule, as for any exporter."""
 
 from __future__ import annotations
 
@@ -77,8 +81,16 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
             return JSONResponse({"ok": False, "error": f"database unreachable: {type(exc).__name__}"}, status_code=503)
         return JSONResponse({"ok": True})
 
+    async def metrics(_: Request) -> Response:
+        from bot.metrics import METRICS
+
+        METRICS.watch_jobs(db)
+        body, content_type = await run_in_threadpool(METRICS.render)  # job counts read the database
+        return Response(body, media_type=content_type)
+
     return Starlette(routes=[Route("/slack/events", events, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])])
+                             Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", metrics, methods=["GET"])])
 
 
 def serve_http(bolt: App, db: Engine, *, signing_secret: str, host: str, port: int,

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     threadtune_encryption_key: str = Field("", description="Key for adapters at rest (base64, 32 bytes).")
     ask_rate_limit: int = Field(10, description="/ask questions per user per minute.")
     ask_max_new_tokens: int = Field(512, description="Longest /ask answer, in tokens.")
+    ask_semantic_threshold: float = Field(
+        0.95, ge=0.0, le=1.0,
+        description="/ask cache: cosine similarity (all-MiniLM-L6-v2) at which a different wording of a cached "
+                    "question gets the cached answer; 0 turns the semantic match off (exact matches still hit).")
     probe_threshold: float = Field(0.9, description="Deploy probe: agreement needed between served and in-process answers.")
     vllm_max_lora_rank: int | None = Field(None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16).")
 

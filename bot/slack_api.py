@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -11,7 +12,9 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.web import SlackResponse
 
+from bot.metrics import METRICS
 from engine.curation import SlackMessage
 
 log = logging.getLogger(__name__)
@@ -28,14 +31,53 @@ SLACK_ERRORS = {
 }
 
 
+class _Counted:
+    """A slack_sdk retry handler that counts its retries in ``threadtune_slack_api_retries``."""
+
+    reason = ""
+
+    def prepare_for_next_attempt(self, **kwargs: Any) -> None:
+        METRICS.slack_retries.labels(self.reason).inc()
+        super().prepare_for_next_attempt(**kwargs)  # type: ignore[misc]
+
+
+class _RateLimitRetry(_Counted, RateLimitErrorRetryHandler):
+    reason = "rate_limited"
+
+
+class _ServerErrorRetry(_Counted, ServerErrorRetryHandler):
+    reason = "server_error"
+
+
+class _ConnectionRetry(_Counted, ConnectionErrorRetryHandler):
+    reason = "connection_error"
+
+
+class MeteredWebClient(WebClient):
+    """A WebClient whose failed calls (after slack_sdk's retries) are counted in
+    ``threadtune_slack_api_errors`` by method and error."""
+
+    def api_call(self, api_method: str, **kwargs: Any) -> SlackResponse:  # type: ignore[override]
+        try:
+            return super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            code = exc.response.get("error", "") if exc.response is not None else ""
+            METRICS.slack_errors.labels(api_method, str(code or "unknown")).inc()
+            raise
+        except Exception as exc:
+            METRICS.slack_errors.labels(api_method, type(exc).__name__).inc()
+            raise
+
+
 def make_client(token: str, base_url: str, *, retries: int = 3) -> WebClient:
-    """A WebClient that honours Retry-After on 429 and retries server and connection errors."""
-    client = WebClient(token=token, base_url=base_url, timeout=15)
+    """A WebClient that honours Retry-After on 429, retries server and connection errors, and
+    counts failures and retries for ``GET /metrics``."""
+    client = MeteredWebClient(token=token, base_url=base_url, timeout=15)
     client.retry_handlers.extend(
         [
-            RateLimitErrorRetryHandler(max_retry_count=retries),
-            ServerErrorRetryHandler(max_retry_count=retries),
-            ConnectionErrorRetryHandler(max_retry_count=retries),
+            _RateLimitRetry(max_retry_count=retries),
+            _ServerErrorRetry(max_retry_count=retries),
+            _ConnectionRetry(max_retry_count=retries),
         ]
     )
     return client

@@ -12,13 +12,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from storage.models import Job, JobEvent, utcnow
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+STATES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
 TRANSITIONS: dict[str, frozenset[str]] = {
     # validating → failed: the request was checked and refused
     "validating": frozenset({"queued", "failed", "cancelled"}),
@@ -68,6 +69,14 @@ def list_jobs(*, session: Session, limit: int = 20, state: str | None = None) ->
     if state is not None:
         query = query.where(Job.state == state)
     return list(session.exec(query).all())
+
+
+def count_by_state(*, session: Session) -> dict[str, int]:
+    """How many jobs are in each state (every state listed, 0 when none)."""
+    counts = dict.fromkeys(STATES, 0)
+    for state, n in session.exec(select(Job.state, func.count()).group_by(Job.state)).all():
+        counts[state] = int(n)
+    return counts
 
 
 def set_state(*, session: Session, job: Job, state: str, error: str = "", now: datetime | None = None) -> Job:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -143,3 +145,21 @@ def feedback_of(*, session: Session, ask_id: int) -> dict[str, str]:
     """Who clicked what on an answer: user → "up" | "down"."""
     rows = session.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id)).all()
     return {row.user: row.value for row in rows}
+
+
+def audit_rows(*, session: Session, since: datetime | None = None,
+               until: datetime | None = None) -> Iterator[tuple[AskLog, int, int]]:
+    """The /ask audit log, oldest first, with each answer's 👍 and 👎 counts; ``since`` inclusive,
+    ``until`` exclusive. Rows stream in batches, so a long log is never held in memory at once."""
+    votes = (select(AskFeedback.ask_id,
+                    func.sum(case((AskFeedback.value == "up", 1), else_=0)).label("up"),
+                    func.sum(case((AskFeedback.value == "down", 1), else_=0)).label("down"))
+             .group_by(AskFeedback.ask_id).subquery())
+    stmt = (select(AskLog, func.coalesce(votes.c.up, 0), func.coalesce(votes.c.down, 0))
+            .outerjoin(votes, votes.c.ask_id == AskLog.id).order_by(AskLog.id))
+    if since is not None:
+        stmt = stmt.where(AskLog.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(AskLog.created_at < until)
+    for row, up, down in session.exec(stmt.execution_options(yield_per=500)):
+        yield row, int(up), int(down)

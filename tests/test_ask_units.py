@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from bot import ids
-from bot.ask import Answer, AnswerCache, AskConfig, RateLimiter, normalise
+from bot.ask import Answer, AnswerCache, AskConfig, RateLimiter, guard, normalise
 from bot.blocks.ask import answer_blocks, answer_sections, model_line
 from bot.blocks.models import ModelRow, models_blocks, models_text
 
@@ -50,10 +52,61 @@ def test_cache_key_ignores_case_spacing_and_end_punctuation_only():
     assert normalise("how do i reset it") != normalise("how do i reset them")
     cache = AnswerCache(2)
     for i in range(3):
-        cache.put((1, str(i)), Answer(str(i), "tt-1", 0.1))
-    assert cache.get((1, "0")) is None and cache.get((1, "2")).text == "2" and cache.get((2, "2")) is None
+        cache.put(cache.lookup(1, str(i)), Answer(str(i), "tt-1", 0.1))
+    assert cache.lookup(1, "0").answer is None and cache.lookup(1, "2").answer.text == "2"
+    assert cache.lookup(2, "2").answer is None  # another deployment epoch
+    hit = cache.lookup(1, " 2? ")
+    assert hit.answer.text == "2" and hit.match == "exact"
     cache.clear()
     assert len(cache) == 0
+
+
+def test_semantic_guard_keeps_numbers_and_negations():
+    assert guard("Which queue handles ticket 300?") == {"300"}
+    assert guard("How do I NOT reset my password?") == {"not"}
+    assert guard("Why can't I log in to v2.3?") == {"can't", "v2.3"}
+    assert guard("How do I reset my password?") == frozenset()
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from engine.serving.embed import QuestionEmbedder
+
+    model = QuestionEmbedder()
+    model.load()
+    assert model.ready.is_set(), model.error
+    return model
+
+
+def test_semantic_cache_serves_a_rewording_and_nothing_else(embedder):
+    cache = AnswerCache(100, embedder.embed, threshold=0.95)
+    cached = "How do I reset my SSO password?"
+    cache.put(cache.lookup(1, cached), Answer("Use id.example.com → Forgot password.", "tt-1", 1.0))
+    cache.put(cache.lookup(1, "Which queue handles ticket 300?"), Answer("The amber queue.", "tt-1", 1.0))
+    for same in ["how can I reset my sso password", "How do I reset my SSO password please?"]:
+        hit = cache.lookup(1, same)
+        assert hit.match == "semantic" and hit.answer.text.startswith("Use id.example.com"), same
+    different = ["How do I reset my VPN certificate?", "How do I not reset my SSO password?",
+                 "Where is the third-floor printer?", "Which queue handles ticket 301?",
+                 "What is the SSO password policy?"]
+    for question in different:
+        assert cache.lookup(1, question).answer is None, question
+    assert cache.lookup(2, "how can I reset my sso password").answer is None  # after a deploy
+
+
+def test_answers_cached_before_the_embedding_model_was_ready_match_later(embedder):
+    ready = [False]
+    cache = AnswerCache(100, lambda text: embedder.embed(text) if ready[0] else None)
+    cache.put(cache.lookup(1, "How do I reset my SSO password?"), Answer("x", None, 1.0))
+    assert cache.lookup(1, "how can I reset my sso password").answer is None
+    ready[0] = True
+    assert cache.lookup(1, "how can I reset my sso password").match == "semantic"
+
+
+def test_semantic_match_can_be_turned_off(embedder):
+    cache = AnswerCache(100, embedder.embed, threshold=0.0)
+    cache.put(cache.lookup(1, "How do I reset my SSO password?"), Answer("x", None, 1.0))
+    assert not cache.semantic and cache.lookup(1, "how can I reset my sso password").answer is None
 
 
 def test_ask_config_is_validated():
@@ -71,3 +124,52 @@ def test_models_list_marks_the_deployed_model():
     assert "/ask answers with *tt-1*" in text and "A/B win rate 62%" in text and "job #4" in text
     assert models_text(rows) == "2 models; /ask uses tt-1."
     assert "nothing is deployed" in str([b.to_dict() for b in models_blocks([])])
+
+
+class SlowServing:
+    """A serving stand-in whose model takes ``seconds`` to answer (the real model's speed depends
+    on the machine; the ticker's behaviour must not)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_change(self, listener) -> None:
+        pass
+
+    def adapter_for(self, model):
+        return None
+
+    def serving(self):
+        return self
+
+    def generate(self, prompts, *, max_new_tokens, adapter=None):
+        from engine.serving.base import Generation
+
+        time.sleep(self.seconds)
+        return [Generation(text="Restart the runner, then retry the build.", finished=True, n_tokens=9)]
+
+
+def test_a_slow_answer_shows_progress_at_most_once_a_second(tmp_path):
+    from bot.ask import AskRequest, AskService
+    from bot.emulator import Emulator
+    from storage import registry
+    from storage.db import make_engine, session_scope, upgrade
+
+    url = f"sqlite:///{tmp_path / 'ask.db'}"
+    upgrade(url)
+    db = make_engine(url)
+    with Emulator.start() as slack:
+        slack.add_channel("CHELP", "help")
+        service = AskService(db, slack.web_client(), SlowServing(3.5), redact=lambda t: type("R", (), {"text": t}))
+        with session_scope(db) as s:
+            ask_id = registry.log_ask(session=s, user="U1", channel="CHELP", question="why red?").id
+        told: list[str] = []
+        service.run(AskRequest(ask_id, "U1", "CHELP", "why red?"), told.append)
+        updates = slack.calls("chat.update")
+        thinking = [c for c in updates if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)]
+        assert len(thinking) >= 2 and not told
+        times = [c["time"] for c in thinking]  # progress edits; the answer itself goes out at once
+        assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
+        final = slack.messages("CHELP")[-1]
+        assert "Restart the runner" in json.dumps(final["blocks"]) and "Thinking…" not in json.dumps(final["blocks"])
+    db.dispose()
