@@ -447,9 +447,10 @@ class AskService:
         self.metrics.asks.labels("failed" if error else "answered").inc()
         if not error and answer is not None:
             self.metrics.ask_latency.labels(cached=str(answer.cached).lower()).observe(latency)
-        log.info("ask %s answered by %s in %.0f ms%s", request.ask_id,
+        log.info("ask %s answered by %s in %.0f ms (%s)", request.ask_id,
                  (answer.model or BASE_NAME) if answer else "nobody", latency * 1000,
-                 " (cached)" if answer is not None and answer.cached else "")
+                 "cached" if answer is not None and answer.cached
+                 else f"model {answer.seconds * 1000:.0f} ms" if answer is not None else "no answer")
 
     def _tick(self, request: AskRequest, ts: str, done: threading.Event) -> None:
         """Show how long the answer is taking: one edit per ``progress_interval`` at most, and

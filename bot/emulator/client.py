@@ -362,9 +362,10 @@ class Emulator:
         """The app's messages as they are now (updates applied), with their channel."""
         return self._call("bot_posts")
 
-    def calls(self, method: str | None = None) -> list[JSON]:
-        """The transcript of the app's Web API calls: method, args, time, status, ok, error."""
-        return self._call("calls", method=method)
+    def calls(self, method: str | None = None, since: int = 0) -> list[JSON]:
+        """The transcript of the app's Web API calls: method, args, time, status, ok, error;
+        ``since`` skips the first calls (read only what is new since the last look)."""
+        return self._call("calls", method=method, since=since)
 
     def home_view(self, user: str) -> JSON | None:
         return self._call("home_view", user=user)

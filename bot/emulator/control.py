@@ -413,10 +413,11 @@ class Controller:
             self.transcript.append(entry)
         return entry
 
-    def calls(self, method: str | None = None) -> list[JSON]:
-        """Every Web API call the app made: method, args (no token), time, status, error."""
+    def calls(self, method: str | None = None, since: int = 0) -> list[JSON]:
+        """Every Web API call the app made (from the ``since``-th on): method, args (no token),
+        time, status, error."""
         with self.lock:
-            return [dict(c) for c in self.transcript if method is None or c["method"] == method]
+            return [dict(c) for c in self.transcript[since:] if method is None or c["method"] == method]
 
     # -- inspection ----------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""/ask latency: from the slash command to the posted answer, against the model backend's own
+latency for the same prompts, measured in the same run on SmolLM2-135M-Instruct.
+
+    .venv/bin/python bench/ask.py [--users 16] [--max-new-tokens 48]
+
+Two arms:
+
+* **backend** — ``engine.serving.inprocess.InProcessBackend`` on the base model, called directly
+  in this process: the time ``generate`` takes for one question (greedy, ``--max-new-tokens``).
+* **/ask** — a real ``threadtune serve`` subprocess (SQLite, in-process backend on the same model,
+  ``ASK_MAX_NEW_TOKENS`` the same), driven over HTTP by the Slack emulator running in this process:
+  the time from sending the signed slash command to the moment the emulator receives the
+  ``chat.update`` / ``chat.postMessage`` that carries the finished answer (the emulator's own
+  timestamp of that call, so polling does not count).
+
+Phases, each with its own questions (the demo workspace's thread openers, all different, one
+user per question): one at a time (overhead = /ask − backend for the same question, paired) and
+``--users`` at once (the in-process backend answers one question at a time, so both arms queue
+alike; the overhead is the difference of the medians). Then cache hits: the same questions again
+(exact match) and reworded (semantic match, counted: a rewording that misses is a miss, not a hit).
+
+Targets: threadtune's overhead under 100 ms p50 on a cache miss; cache hits under 50 ms p50.
+The last line is one JSON object with the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench._support import free_port, pct, wait_healthy  # noqa: E402
+
+SECRET = "bench-ask-signing-secret-7c1e"
+CHANNEL = "CASK"
+REWORD = "Quick question: {q}"  # what the semantic phase asks instead of the cached question
+
+
+def questions(n: int) -> list[str]:
+    """``n`` different questions: the demo workspace's thread openers (duplicates left out)."""
+    from bot.demo.content import load_workspace
+
+    openers = [t.messages[0].text for t in load_workspace().threads if not t.duplicate_of]
+    if len(openers) < n:
+        raise SystemExit(f"only {len(openers)} distinct questions; ask for fewer users")
+    return openers[:n]
+
+
+def backend_latencies(base: Path, seq: list[str], conc: list[str], max_new_tokens: int) -> tuple[dict, list]:
+    """The backend alone: each ``seq`` question one at a time, then all ``conc`` at once."""
+    from engine.serving.inprocess import InProcessBackend
+
+    backend = InProcessBackend(base, name="bench")
+    backend.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=4)  # warm-up
+
+    def one(q: str) -> float:
+        t = time.perf_counter()
+        backend.generate([[{"role": "user", "content": q}]], max_new_tokens=max_new_tokens)
+        return time.perf_counter() - t
+
+    sequential = {q: one(q) for q in seq}
+    concurrent: list[float] = []
+    threads = [threading.Thread(target=lambda q=q: concurrent.append(one(q))) for q in conc]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sequential, concurrent
+
+
+class AskDriver:
+    """Sends /ask as a fresh user per question; one poller reads the emulator's new Web API calls
+    (only those since its last look, so watching costs the machine next to nothing) and notes when
+    each user's finished answer (the message with the 👍/👎 buttons) was posted."""
+
+    def __init__(self, slack) -> None:  # noqa: ANN001 - bot.emulator.Emulator
+        self.slack = slack
+        self.n = 0
+        self.seen = 0
+        self.answered: dict[str, tuple[float, bool]] = {}
+        self.changed = threading.Condition()
+        self.stop = threading.Event()
+        self.poller = threading.Thread(target=self._poll, daemon=True)
+        self.poller.start()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.1):  # the time comes from the emulator, not from noticing
+            new = self.slack.calls(since=self.seen)
+            self.seen += len(new)
+            for call in new:
+                if call["method"] not in ("chat.update", "chat.postMessage"):
+                    continue
+                text = json.dumps(call["args"].get("blocks") or [])
+                if "ask_feedback_" in text and (m := re.search(r"<@(UB\d+)> asked", text)):
+                    with self.changed:
+                        self.answered[m.group(1)] = (call["time"], "from the answer cache" in text)
+                        self.changed.notify_all()
+
+    def user(self) -> str:
+        with self.changed:
+            self.n += 1
+            user = f"UB{self.n:05d}"
+        self.slack.add_user(user, user.lower())
+        return user
+
+    def ask(self, question: str, timeout: float = 900) -> tuple[float, bool]:
+        """(seconds from the slash command to the posted answer, whether the cache answered)."""
+        user = self.user()
+        sent = time.time()
+        reply = self.slack.slash(user, CHANNEL, "/ask", question)
+        if reply.status != 200:
+            raise SystemExit(f"/ask was not acknowledged: {reply.status} {reply.body}")
+        with self.changed:
+            if not self.changed.wait_for(lambda: user in self.answered, timeout):
+                raise SystemExit(f"no answer to {question!r} within {timeout:.0f} s")
+            posted, cached = self.answered[user]
+        return posted - sent, cached
+
+    def ask_all(self, qs: list[str]) -> list[tuple[float, bool]]:
+        """Every question at once, each by its own user."""
+        results: list[tuple[float, bool] | None] = [None] * len(qs)
+
+        def run(i: int) -> None:
+            results[i] = self.ask(qs[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(qs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if any(r is None for r in results):
+            raise SystemExit("a concurrent /ask got no answer")
+        return results  # type: ignore[return-value]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=16, help="questions per phase and concurrent users (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")
+    parser.add_argument("--serve-log", type=Path, default=None, help="keep the bot's log here")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from bot.emulator import Emulator
+    from engine.basemodel import ensure_base_model
+
+    console = Console(stderr=True)
+    home_env = os.environ.get("THREADTUNE_HOME")
+    tmp = tempfile.TemporaryDirectory(prefix="tt-bench-ask-")
+    home = Path(home_env or tmp.name)
+    base = ensure_base_model(home, os.environ.get("BASE_MODEL", "smollm2-135m-instruct"))
+    qs = questions(2 * args.users)
+    seq, conc = qs[: args.users], qs[args.users:]
+
+    console.print(f"Backend alone: {len(seq)} questions one at a time, then {len(conc)} at once…")
+    backend_seq, backend_conc = backend_latencies(base, seq, conc, args.max_new_tokens)
+
+    port = free_port()
+    work = Path(tmp.name)
+    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SECRET) as slack:
+        slack.add_channel(CHANNEL, "ask-bench")
+        env = {**os.environ, "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+               "SLACK_API_URL": slack.api_url, "SLACK_APP_TOKEN": "",
+               "DATABASE_URL": f"sqlite:///{work / 'bench-ask.db'}", "THREADTUNE_HOME": str(home),
+               "BASE_MODEL": str(base), "ASK_MAX_NEW_TOKENS": str(args.max_new_tokens), "ASK_RATE_LIMIT": "1000"}
+        log_path = work / "serve.log"
+        with log_path.open("w") as log:
+            bot = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_healthy(port, bot)
+            driver = AskDriver(slack)
+            console.print("Warming up /ask (model and embedding model load)…")
+            driver.ask("Hello, who are you?")
+            deadline = time.monotonic() + 300
+            while "semantic /ask cache ready" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            console.print(f"/ask: {len(seq)} questions one at a time…")
+            ask_seq = {q: driver.ask(q)[0] for q in seq}
+            console.print(f"/ask: {len(conc)} users at once…")
+            ask_conc = driver.ask_all(conc)
+            console.print("/ask cache hits: the same questions one at a time, then at once, then reworded at once…")
+            hit_seq = [driver.ask(q) for q in seq]
+            hit_conc = driver.ask_all(conc)
+            semantic = driver.ask_all([REWORD.format(q=q) for q in conc])
+        finally:
+            if "driver" in locals():
+                driver.stop.set()
+            if bot.poll() is None:
+                os.killpg(bot.pid, signal.SIGTERM)
+                bot.wait(timeout=30)
+
+    paired = [ask_seq[q] - backend_seq[q] for q in seq]
+    miss_conc = [s for s, _ in ask_conc]
+    semantic_hits = [s for s, cached in semantic if cached]
+    rows = [
+        ("backend, one at a time", list(backend_seq.values())),
+        ("/ask miss, one at a time", list(ask_seq.values())),
+        ("overhead, one at a time (paired)", paired),
+        (f"backend, {len(conc)} at once", backend_conc),
+        (f"/ask miss, {len(conc)} users at once", miss_conc),
+        ("/ask exact hit, one at a time", [s for s, _ in hit_seq]),
+        (f"/ask exact hit, {len(conc)} users at once", [s for s, _ in hit_conc]),
+        (f"/ask semantic hit, {len(conc)} users at once", semantic_hits),
+    ]
+    figures: dict = {"users": args.users, "max_new_tokens": args.max_new_tokens}
+    table = Table(title=f"/ask latency on SmolLM2-135M-Instruct (in-process backend, {args.max_new_tokens} new tokens)")
+    for name in ("phase", "n", "p50 ms", "p99 ms"):
+        table.add_column(name, justify="left" if name == "phase" else "right")
+    for name, values in rows:
+        key = name.replace("/ask ", "ask_").replace(",", "").replace("(", "").replace(")", "").replace(" ", "_")
+        figures[f"{key}_p50_ms"], figures[f"{key}_p99_ms"] = ms(pct(values, 0.5)), ms(pct(values, 0.99))
+        table.add_row(name, str(len(values)), f"{ms(pct(values, 0.5)):,.1f}", f"{ms(pct(values, 0.99)):,.1f}")
+    figures["overhead_miss_p50_ms"] = ms(pct(paired, 0.5))
+    figures["overhead_concurrent_p50_ms"] = ms(pct(miss_conc, 0.5) - pct(backend_conc, 0.5))
+    figures["exact_hits"] = sum(cached for _, cached in hit_seq + hit_conc)
+    figures["exact_asked"] = len(hit_seq) + len(hit_conc)
+    figures["semantic_hits"] = len(semantic_hits)
+    figures["semantic_asked"] = len(semantic)
+    figures["hit_p50_ms"] = ms(pct([s for s, _ in hit_seq], 0.5))
+    figures["target_overhead_ms"], figures["target_hit_ms"] = 100, 50
+    console.print(table)
+    console.print(f"overhead on a miss, p50: {figures['overhead_miss_p50_ms']} ms one at a time, "
+                  f"{figures['overhead_concurrent_p50_ms']} ms with {len(conc)} users at once (target < 100 ms); "
+                  f"cache hit p50 {figures['hit_p50_ms']} ms (target < 50 ms); "
+                  f"exact hits {figures['exact_hits']}/{figures['exact_asked']}, "
+                  f"semantic hits {figures['semantic_hits']}/{figures['semantic_asked']}")
+    if args.serve_log:
+        args.serve_log.write_text(log_path.read_text())
+    tmp.cleanup()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
