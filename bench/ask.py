@@ -5,8 +5,9 @@ latency for the same prompts, measured in the same run on SmolLM2-135M-Instruct.
 
 Two arms:
 
-* **backend** — ``engine.serving.inprocess.InProcessBackend`` on the base model, called directly
-  in this process: the time ``generate`` takes for one question (greedy, ``--max-new-tokens``).
+* **backend** — ``engine.serving.inprocess.InProcessBackend`` on the base model behind
+  ``engine.serving.batching.BatchingBackend`` (as /ask uses it), called directly in this process:
+  the time ``generate`` takes for one question (greedy, ``--max-new-tokens``).
 * **/ask** — a real ``threadtune serve`` subprocess (SQLite, in-process backend on the same model,
   ``ASK_MAX_NEW_TOKENS`` the same), driven over HTTP by the Slack emulator running in this process:
   the time from sending the signed slash command to the moment the emulator receives the
@@ -15,8 +16,8 @@ Two arms:
 
 Phases, each with its own questions (the demo workspace's thread openers, all different, one
 user per question): one at a time (overhead = /ask − backend for the same question, paired) and
-``--users`` at once (the in-process backend answers one question at a time, so both arms queue
-alike; the overhead is the difference of the medians). Then cache hits: the same questions again
+``--users`` at once (questions that arrive together share batches of up to 8 in both arms; the
+overhead is the difference of the medians). Then cache hits: the same questions again
 (exact match) and reworded (semantic match, counted: a rewording that misses is a miss, not a hit).
 
 Targets: threadtune's overhead under 100 ms p50 on a cache miss; cache hits under 50 ms p50.
@@ -61,9 +62,10 @@ def questions(n: int) -> list[str]:
 
 def backend_latencies(base: Path, seq: list[str], conc: list[str], max_new_tokens: int) -> tuple[dict, list]:
     """The backend alone: each ``seq`` question one at a time, then all ``conc`` at once."""
+    from engine.serving.batching import BatchingBackend
     from engine.serving.inprocess import InProcessBackend
 
-    backend = InProcessBackend(base, name="bench")
+    backend = BatchingBackend(InProcessBackend(base, name="bench"))  # what /ask's in-process path uses
     backend.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=4)  # warm-up
 
     def one(q: str) -> float:

@@ -135,23 +135,6 @@ class BackendAnswers:
         return [g.text for g in generations]
 
 
-def default_answers(settings: Any) -> BackendAnswers:
-    """The in-process backend on BASE_MODEL (prepared under THREADTUNE_HOME on first use)."""
-    key = None
-    if settings.threadtune_encryption_key:
-        from engine.registry.crypto import parse_key
-
-        key = parse_key(settings.threadtune_encryption_key)
-
-    def factory() -> ModelBackend:
-        from engine.basemodel import ensure_base_model
-        from engine.serving.inprocess import InProcessBackend
-
-        return InProcessBackend(ensure_base_model(settings.home, settings.base_model), name="ab-rounds")
-
-    return BackendAnswers(factory, encryption_key=key)
-
-
 # -- held-out prompts -----------------------------------------------------------------------------
 
 

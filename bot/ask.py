@@ -310,7 +310,7 @@ class AskService:
         model = found.model
         try:
             adapter = self.serving.adapter_for(model)
-            generation = self.serving.serving().generate([[{"role": "user", "content": found.question}]],
+            generation = self.serving.for_questions().generate([[{"role": "user", "content": found.question}]],
                                                          max_new_tokens=self.config.max_new_tokens,
                                                          adapter=adapter)[0]
         except (BackendError, BaseModelError) as exc:

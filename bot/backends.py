@@ -49,6 +49,7 @@ class Serving:
         self.max_lora_rank: int | None = getattr(settings, "vllm_max_lora_rank", None)
         self._serving: ModelBackend | None = None
         self._inprocess: Any = None
+        self._batching: Any = None
         self._base_path: Path | None = None
         self._build_lock = threading.Lock()
         self._adapter_lock = threading.Lock()
@@ -89,6 +90,19 @@ class Serving:
 
                 self._serving = VLLMBackend(self.settings.vllm_url)
             return self._serving
+
+    def for_questions(self) -> ModelBackend:
+        """What answers /ask: vLLM as it is (the server batches), or the in-process backend
+        wrapped so that questions asked at the same time share one batched generate call."""
+        if self.uses_vllm:
+            return self.serving()
+        inprocess = self.inprocess()
+        with self._build_lock:
+            if self._batching is None or self._batching.backend is not inprocess:
+                from engine.serving.batching import BatchingBackend
+
+                self._batching = BatchingBackend(inprocess)
+            return self._batching
 
     def adapter_for(self, model: Any) -> str | None:
         """The adapter name to generate with for registry ``model`` (None: the base model),

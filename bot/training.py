@@ -13,6 +13,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.blocks.jobs import JobProgress, job_blocks, job_text
 from bot.slack_api import explain
+from engine.jobs.progress import Throttle, eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class SlackJobObserver:
         self.on_succeeded = on_succeeded
         self.interval_s = interval_s
         self._progress: dict[int, JobProgress] = {}
-        self._last_update: dict[int, float] = {}
+        self._throttles: dict[int, Throttle] = {}
         self._started: dict[int, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
@@ -53,9 +54,9 @@ class SlackJobObserver:
             p.total_steps = int(event.get("total_steps") or p.total_steps)
             p.loss = event.get("loss", p.loss)
             start, first_step = self._started.get(job.id, (now, 0))
-            done = p.step - first_step
-            if done > 0 and p.total_steps:
-                p.eta_s = (now - start) / done * (p.total_steps - p.step)
+            eta = eta_seconds(elapsed_s=now - start, step=p.step, total_steps=p.total_steps, first_step=first_step)
+            if eta is not None:
+                p.eta_s = eta
         elif kind == "eval":
             p.eval_loss = event.get("eval_loss", p.eval_loss)
         elif kind == "error":
@@ -86,11 +87,10 @@ class SlackJobObserver:
     def _update(self, job: Any, *, force: bool) -> None:
         if not job.channel or not job.status_ts:
             return
-        now = time.monotonic()
         with self._lock:
-            if not force and now - self._last_update.get(job.id, 0.0) < self.interval_s:
+            throttle = self._throttles.setdefault(job.id, Throttle(self.interval_s))
+            if not throttle.ready(final=force):
                 return
-            self._last_update[job.id] = now
             p = self._progress[job.id]
         try:
             self.client.chat_update(channel=job.channel, ts=job.status_ts, text=job_text(p), blocks=job_blocks(p))

@@ -68,15 +68,30 @@ def record_refusal(*, session: Session, model: Model, by_user: str, detail: str)
 
 
 def previous_deployed(*, session: Session) -> Model | None:
-    """The model deployed before the current one (what /tune rollback goes back to)."""
-    current = deployed_model(session=session)
+    """What /tune rollback goes back to: the model deployed before the current one, like a stack —
+    rolling back twice from C (after A, B, C) reaches A, not C again; None means the base model.
+
+    The stack is replayed from the deployment log: a deploy pushes its model; a rollback pops the
+    current model and lands on the model it names (a rollback to the base model empties it)."""
     rows = session.exec(
-        select(Deployment).where(Deployment.action.in_(["deploy", "rollback"])).order_by(Deployment.id.desc())  # type: ignore[attr-defined]
+        select(Deployment).where(Deployment.action.in_(["deploy", "rollback"])).order_by(Deployment.id)  # type: ignore[attr-defined]
     ).all()
+    stack: list[int] = []
     for row in rows:
-        if current is None or row.model_id != current.id:
-            return session.get(Model, row.model_id) if row.model_id else None
-    return None
+        if row.action == "deploy":
+            if not stack or stack[-1] != row.model_id:  # deploying what is deployed changes nothing
+                stack.append(row.model_id)
+            continue
+        if row.model_id is None:
+            stack.clear()
+            continue
+        if stack:
+            stack.pop()
+        while stack and stack[-1] != row.model_id:
+            stack.pop()
+        if not stack:
+            stack.append(row.model_id)
+    return session.get(Model, stack[-2]) if len(stack) >= 2 else None
 
 
 def undeploy(*, session: Session, by_user: str, detail: str) -> None:

@@ -139,7 +139,7 @@ class SlowServing:
     def adapter_for(self, model):
         return None
 
-    def serving(self):
+    def for_questions(self):
         return self
 
     def generate(self, prompts, *, max_new_tokens, adapter=None):

@@ -29,6 +29,12 @@ from .webapi import WebApi
 log = logging.getLogger(__name__)
 
 
+class _Server(ThreadingHTTPServer):
+    # the standard library's backlog of 5 resets connections when a bot and a test's many users
+    # talk to the emulator at once; Slack itself never refuses a connection
+    request_queue_size = 128
+
+
 class EmulatorServer:
     """A Slack workspace on ``http://host:port``; the app's Web API base is :attr:`api_url`."""
 
@@ -59,7 +65,7 @@ class EmulatorServer:
         # that want a quiet event stream.
         echo = self.controller.echo if echo_bot_events else (lambda channel, event: None)
         self.api = WebApi(self.workspace, echo=echo, base_url=lambda: self.url)
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd = _Server((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.emulator = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
