@@ -531,6 +531,8 @@ class ABRoundService:
             battles = _battles(ab.all_battles(session=s, round_id=round_id))
             result = {**self.statistics(battles, rnd.candidate, round_id).to_dict(), "reason": reason}
             ab.save_result(session=s, round_id=round_id, result=result)
+            registry.record_ab_result(session=s, name=rnd.candidate, round_id=round_id, opponent=rnd.opponent,
+                                      result=result)
             pair_ids = [p.id for p in ab.pairs_of(session=s, round_id=round_id)]
             channel, header, opponent, candidate = rnd.channel, rnd.message_ts, rnd.opponent, rnd.candidate
         self._disarm(round_id)

@@ -47,7 +47,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
 
 def _leaderboard(db) -> list[dict]:  # noqa: ANN001
     try:
-        from engine.ab.stats import Battle, leaderboard
+        from engine.ab.stats import MIN_RESAMPLES, Battle, leaderboard
         from storage.ab import all_battles
     except ImportError:
         return []
@@ -57,7 +57,7 @@ def _leaderboard(db) -> list[dict]:  # noqa: ANN001
     if not battles:
         return []
     try:
-        board = leaderboard(battles, anchor="base", n_resamples=200)
+        board = leaderboard(battles, anchor="base", n_resamples=MIN_RESAMPLES)
     except Exception:  # noqa: BLE001 — a leaderboard that can't be fitted yet is left out
         log.exception("could not compute the leaderboard")
         return []

@@ -63,6 +63,20 @@ def mark_deployed(*, session: Session, model: Model, by_user: str, action: str =
     return previous if previous is None or previous.id != model.id else None
 
 
+def record_ab_result(*, session: Session, name: str, round_id: int, opponent: str, result: dict[str, Any]) -> bool:
+    """Keep a closed A/B round's headline on the candidate's model row (what ``/tune models`` and
+    the Home tab show); False when the candidate is not a registry model (e.g. the base model)."""
+    model = session.exec(select(Model).where(Model.name == name)).first()
+    if model is None:
+        return False
+    ci = result.get("ci") or {}
+    model.ab_result = {"round": round_id, "opponent": opponent, "win_rate": result.get("win_rate"),
+                       "ci_low": ci.get("low"), "ci_high": ci.get("high"), "votes": result.get("votes"),
+                       "decided": result.get("decided"), "reason": result.get("reason", "")}
+    session.add(model)
+    return True
+
+
 def record_refusal(*, session: Session, model: Model, by_user: str, detail: str) -> None:
     session.add(Deployment(model_id=model.id, action="refused", by_user=by_user, detail=detail))
 

@@ -385,6 +385,17 @@ def test_second_round_closes_early_when_decided_and_updates_the_leaderboard(env)
     for row in board:
         assert f"*{row.model}* {row.rating:.0f} ({row.low:.0f}–{row.high:.0f}) · {row.votes} votes" in body
     assert [r.model for r in board][0] == rnd.candidate
+    # the candidate's registry row keeps the headline: /tune models and the Home tab show it
+    with session_scope(env.db) as s:
+        model = registry.get_model(session=s, ref=rnd.candidate)
+        assert model.ab_result["round"] == rnd.id and model.ab_result["win_rate"] == 1.0
+        assert model.ab_result["ci_low"] == expected.ci.low and model.ab_result["decided"] is True
+    assert "A/B win rate 100%" in env.slack.slash("UASK", CHANNEL, "/tune", "models").body
+    from bot.home import gather
+
+    home = gather(env.db)
+    assert [r["model"] for r in home.leaderboard] == [r.model for r in board]
+    assert home.leaderboard[0]["rating"] == pytest.approx(board[0].rating)
     # the scheduler's deadline job for the round is gone with it: no second result later
     time.sleep(1)
     assert len([m for m in env.slack.bot_posts() if f"A/B round #{rnd.id}: result" in text_of(m)]) == 1
