@@ -93,3 +93,26 @@ def test_held_out_prompts_skip_training_prompts_and_keep_follow_ups(tmp_path):
     (tmp_path / "test.jsonl").unlink()
     with pytest.raises(RoundRefused, match="no test.jsonl"):
         held_out_prompts(tmp_path, 2, seed=1)
+
+
+def test_a_round_is_against_the_deployed_model_when_there_is_one(db, tmp_path):
+    from storage import registry
+    from storage.models import DatasetSnapshot
+
+    write_jsonl(tmp_path / "train.jsonl", pattern_rows(4))
+    write_jsonl(tmp_path / "test.jsonl", pattern_rows(6, start=10))
+    with session_scope(db) as s:
+        snap = DatasetSnapshot(content_hash="ab-opponent", path=str(tmp_path), counts={"test": 6})
+        s.add(snap)
+        s.flush()
+        first, second = (registry.add_model(session=s, snapshot_id=snap.id, base_model="base",
+                                            adapter_path=f"/adapters/{i}", checksum=str(i) * 64).name for i in (1, 2))
+    service = ABRoundService(db, None, NoAnswers())
+    assert service.plan(second, channel="CAB", requested_by="UADM", pairs=5, seed=1).opponent.name == "base"
+    with session_scope(db) as s:
+        registry.mark_deployed(session=s, model=registry.get_model(session=s, ref=first), by_user="UADM")
+    plan = service.plan(second, channel="CAB", requested_by="UADM", pairs=5, seed=1)
+    assert (plan.candidate.name, plan.opponent.name) == (second, first)
+    assert plan.opponent.adapter_path == "/adapters/1" and len(plan.prompts) == 5
+    with pytest.raises(RoundRefused, match="is the deployed model already"):
+        service.plan(first, channel="CAB", requested_by="UADM", pairs=5, seed=1)
