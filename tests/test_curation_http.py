@@ -148,6 +148,37 @@ def test_refusal_too_short(env):
     assert example(env, a) is None
 
 
+def refusals_in_thread(env, user, thread_ts):
+    """The refusal ephemerals ``user`` got in the thread ``thread_ts`` (waits for at least one)."""
+    return _wait(lambda: [e["text"] for e in env.slack.ephemerals(user=user, channel="CHELP")
+                          if e.get("thread_ts") == thread_ts], 15)
+
+
+@pytest.mark.parametrize("answer", ["", "   \n\t  "], ids=["no-text", "only-whitespace"])
+def test_refusal_empty_answer_has_its_exact_sentence(env, answer):
+    q, a = qa(env, f"Here is the log file, what went wrong? {uuid.uuid4().hex[:8]}", answer)
+    env.slack.react("UCUR2", "CHELP", a, CURATE)
+    assert refusals_in_thread(env, "UCUR2", q) == [
+        "I didn't save that answer as an example: "
+        "That answer has no text I can learn from (only files or attachments)."]
+    settle(env)
+    assert example(env, a) is None
+    assert ACK not in env.slack.reactions("CHELP", a)
+
+
+@pytest.mark.parametrize(("answer", "length"), [(":+1:", 4), ("<@UASK> :tada:", 12)],
+                         ids=["only-an-emoji", "mention-and-emoji"])
+def test_refusal_too_short_has_its_exact_sentence(env, answer, length):
+    q, a = qa(env, f"Did the rollback finish? {uuid.uuid4().hex[:8]}", answer)
+    env.slack.react("UCUR1", "CHELP", a, CURATE)
+    assert refusals_in_thread(env, "UCUR1", q) == [
+        "I didn't save that answer as an example: "
+        f"That answer is too short to teach anything ({length} characters; at least 20 are needed)."]
+    settle(env)
+    assert example(env, a) is None
+    assert ACK not in env.slack.reactions("CHELP", a)
+
+
 def test_refusal_duplicate(env):
     _, a1 = qa(env, "How do I get prod read access?", "File an ACCESS ticket and ask your lead to approve it.")
     env.slack.react("UCUR1", "CHELP", a1, CURATE)
@@ -196,6 +227,24 @@ def test_edit_rederives_and_delete_deletes(env):
     _wait(lambda: "api service" in example(env, a).messages[0]["content"], 15)
     env.slack.delete("CHELP", a)
     _wait(lambda: example(env, a) is None, 15)
+
+
+def test_deleting_the_thread_parent_removes_all_its_examples(env):
+    q, a1 = qa(env, "How do I get a staging database of my own?",
+               "Run `make staging-db NAME=you`; it clones last night's snapshot.")
+    a2 = env.slack.post("UEXP", "CHELP", "When you are done, `make drop-staging-db NAME=you` frees the disk.", thread_ts=q)
+    _, other = qa(env, "Who owns the staging cluster?", "The platform team; page them in #platform-oncall.")
+    for ts in (a1, a2, other):
+        env.slack.react("UCUR1", "CHELP", ts, CURATE)
+    _wait(lambda: all(example(env, ts) for ts in (a1, a2, other)), 15)
+    env.slack.delete("CHELP", q)
+    deleted = env.slack.events("message", subtype="message_deleted")[-1]["event"]
+    assert (deleted["deleted_ts"], deleted["previous_message"]["thread_ts"]) == (q, q)
+    _wait(lambda: example(env, a1) is None and example(env, a2) is None, 15)
+    with session_scope(env.db) as s:
+        assert s.exec(select(Example).where(Example.thread_ts == q)).all() == []
+    settle(env)
+    assert example(env, other).status == "active"  # another thread is untouched
 
 
 def test_edit_to_something_too_short_withdraws(env):

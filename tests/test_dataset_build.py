@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,14 @@ from sqlmodel import func, select
 
 from engine.dataset import DatasetConfig
 from engine.dataset.build import build_snapshot, load_snapshot, read_manifest
+from engine.dataset.dedupe import jaccard, shingles
 from engine.dataset.importer import import_examples
 from engine.dataset.validate import DatasetError
 from storage import curation
 from storage import datasets as q
 from storage.db import session_scope
 from storage.models import DatasetSnapshot, Example, SnapshotExample
-from tests.dataset_support import planted_corpus, tokenizer_folder
+from tests.dataset_support import planted_corpus, text, tokenizer_folder
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,45 @@ def test_build_writes_a_snapshot_and_same_content_makes_no_new_one(db, tmp_path,
     loaded = load_snapshot(first.path)
     assert {n: len(loaded[n]) for n in loaded} == {n: len(v) for n, v in lines.items()}
     assert loaded["train"][0]["messages"] == json.loads(lines["train"][0])["messages"]
+
+
+def test_manifest_lists_the_duplicate_clusters(db, tmp_path, tokenizer, model_dir):
+    rng = random.Random(21)
+    originals = [[{"role": "user", "content": text(rng, 12)}, {"role": "assistant", "content": text(rng, 60)}]
+                 for _ in range(12)]
+    exact = [{"role": "user", "content": originals[0][0]["content"].upper()},
+             {"role": "assistant", "content": originals[0][1]["content"].replace(" ", "   ")}]
+    words = originals[1][1]["content"].split()
+    words[30] = "reworded"
+    near = [originals[1][0], {"role": "assistant", "content": " ".join(words)}]
+
+    def save(s, channel: str, n: int, messages, *curators: str) -> None:
+        fields = dict(channel=channel, thread_ts=f"{n}.0", message_ts=f"{n}.5", answer_user="U9",
+                      messages=messages, redactions={}, content_hash=f"{channel}{n}")
+        example, _ = curation.save_example(session=s, fields=fields, curator=curators[0])
+        for curator in curators[1:]:
+            curation.add_curator(session=s, example_id=example.id, user_id=curator)
+
+    with session_scope(db) as s:
+        for i, messages in enumerate(originals):
+            # The two originals that get copied have more curators, so they are the ones kept.
+            save(s, "CHELP", 100 + i, messages, *(("UA", "UB") if i < 2 else ("UA",)))
+        save(s, "COPS", 300, exact, "UC")
+        save(s, "COPS", 301, near, "UC")
+    with session_scope(db) as s:
+        result = build_snapshot(s, tmp_path, base_model_path=model_dir, tokenizer=tokenizer)
+    manifest = read_manifest(result.path)
+    assert manifest["clusters"] == [
+        {"kind": "exact", "similarity": 1.0, "kept": "#CHELP thread 100.0", "dropped": ["#COPS thread 300.0"],
+         "kept_key": "CHELP/100.5", "dropped_keys": ["COPS/300.5"]},
+        {"kind": "near", "similarity": round(jaccard(shingles(originals[1]), shingles(near)), 4),
+         "kept": "#CHELP thread 101.0", "dropped": ["#COPS thread 301.0"],
+         "kept_key": "CHELP/101.5", "dropped_keys": ["COPS/301.5"]},
+    ]
+    assert 0.8 <= manifest["clusters"][1]["similarity"] < 1.0
+    assert manifest["counts"]["duplicates"] == 2
+    listed = {row["key"] for rows in manifest["examples"].values() for row in rows}
+    assert listed == {f"CHELP/{100 + i}.5" for i in range(12)}
 
 
 def test_errors_are_excluded_and_listed(db, tmp_path, tokenizer, model_dir):

@@ -15,10 +15,11 @@ from engine.dataset import DatasetConfig, DatasetConfigError, Entry, Finding, Or
 from engine.dataset.build import analyse, content_hash_of, render_split
 from engine.dataset.dedupe import NearDuplicateIndex, all_pairs, dedupe, jaccard, shingles
 from engine.dataset.findings import finding
+from engine.dataset.importer import parse_source
 from engine.dataset.report import balance, is_refusal, readiness
 from engine.dataset.split import SPLITS, check_leakage, split_entries
 from engine.dataset.validate import DatasetError, format_findings, token_findings, token_lengths
-from tests.dataset_support import entry, planted_corpus, tokenizer_folder
+from tests.dataset_support import entry, planted_corpus, text, tokenizer_folder
 
 WHERE = "#C1 thread 7.0"
 
@@ -109,6 +110,22 @@ def test_config_is_validated():
         DatasetConfig(workspace_url="acme.slack.com")
 
 
+def test_a_folder_that_is_not_a_saved_dataset_is_one_clear_error(tmp_path):
+    from datasets import load_from_disk
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a dataset")
+    with pytest.raises(FileNotFoundError) as raised:
+        load_from_disk(str(folder))
+    parsed = parse_source(folder)
+    assert parsed.entries == [] and parsed.rows == 0
+    assert [(f.level, f.rule, f.where, f.message) for f in parsed.findings] == [
+        ("error", "format.dataset_folder", "exports",
+         f"This folder is not a Hugging Face dataset saved with save_to_disk ({raised.value}).")]
+    assert str(folder) in parsed.findings[0].message  # the reason names the folder
+
+
 # -- tokenizer rules -------------------------------------------------------------------------------
 
 
@@ -168,6 +185,21 @@ def test_answer_that_fills_max_length_leaves_no_question(tokenizer):
     assert found == [("error", "tokens.question_cut",
                       f"The answer takes {a + 1:,} of the 64 tokens allowed (max_length), so no part of the question "
                       "survives truncation; shorten the answer or raise max_length.")]
+
+
+def test_an_answer_without_tokens_leaves_the_label_mask_empty(tokenizer):
+    """Format rules refuse empty content first; this rule still guards entries checked elsewhere."""
+    empty = entry("7", "Why does the deploy fail?", "")
+    found, stats = tok_rules(tokenizer, [empty])
+    assert found == [("error", "mask.empty",
+                      "The answer turns into no tokens at all, so the label mask is empty and there is nothing to train on.")]
+    assert stats.trained_tokens == 0
+    rng = random.Random(5)
+    usable = [entry(str(100 + i), text(rng, 10), text(rng, 30)) for i in range(12)]
+    analysis = analyse([empty, *usable], tokenizer, config=DatasetConfig(), check_format=False)
+    assert [(f.rule, f.where) for f in analysis.findings if f.level == "error"] == [("mask.empty", WHERE)]
+    kept = {e.key for split in analysis.split.splits.values() for e in split}
+    assert empty.key not in kept and kept == {e.key for e in usable}
 
 
 def test_label_mask_agrees_with_what_training_builds(tokenizer):
