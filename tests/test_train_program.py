@@ -202,3 +202,49 @@ def test_canaries_are_planted_on_request_and_recorded(tmp_path):
     assert events[0]["n_train"] == 8 + 2 * 3  # each canary planted three times in a copy
     assert (run_dir / "data" / "train.jsonl").read_text() == train_file  # the snapshot copy is untouched
     assert all(c not in train_file for c in info["canaries"])
+
+
+def test_lean_lm_head_scores_only_trained_tokens_with_the_same_loss_and_gradient():
+    """On the CPU, training scores only the assistant positions, in narrow vocabulary tiles (the
+    peak-memory fix); the loss and gradients must be those of TRL's own head, and TRL is restored."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from engine.train.program import LM_HEAD_CHUNK_CPU, _cpu_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    assert model.config.vocab_size > 2 * LM_HEAD_CHUNK_CPU  # several tiles are exercised
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 48), generator=generator)
+    labels = input_ids.clone()
+    labels[:, :30] = -100  # the prompt: never trained
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=input_ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.detach(), model.model.norm.weight.grad.clone()
+
+    plain = loss_and_grad()
+    before = (trl_utils._use_triton, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    with _cpu_lm_head(enabled=True):
+        assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == LM_HEAD_CHUNK_CPU
+        lean = loss_and_grad()
+    assert (trl_utils._use_triton, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE) == before
+    torch.testing.assert_close(lean[0], plain[0])
+    torch.testing.assert_close(lean[1], plain[1])
+
+
+def test_lora_in_bf16_trains_evaluates_and_probes(tmp_path):
+    """bf16 compute skips PEFT's input casts during training and evaluation (autocast casts
+    anyway); generation afterwards, outside the trainer (the probe), must still work."""
+    run_dir = make_run_dir(tmp_path, tiny_base_dir(), pattern_examples(8), pattern_examples(2, 8), method="lora",
+                           precision="bf16", max_steps=2, max_length=128, eval_steps=2, save_steps=2, lora_r=4,
+                           lora_alpha=8)
+    code, events = run_in_process(run_dir)
+    assert code == 0, events[-1]
+    assert [e["event"] for e in events].count("eval") == 1 and events[-1]["event"] == "done"
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["compute_dtype"] == "bf16" and len(info["probe"]["greedy_ids"]) > 0

@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -450,7 +452,8 @@ def _run(run_dir: Path, resume: bool) -> int:
     trainer = _build_trainer(run_dir, config, base, tokenizer, train_set, validation_set, compute, state)
     previous_handlers = _install_signal_handlers(state)
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        with lean_training(trainer.model, config, compute):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
@@ -467,7 +470,8 @@ def _run(run_dir: Path, resume: bool) -> int:
         best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
         metrics["eval_loss"] = float(trainer.state.best_metric)
     elif validation_set is not None and state.last_eval_loss is None:
-        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+        with lean_training(trainer.model, config, compute):
+            metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
 
     # ---- save ----
     out_name = "model" if config.method == "full" else "adapter"
@@ -532,6 +536,61 @@ def _build_trainer(run_dir, config, base, tokenizer, train_set, validation_set, 
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
     return trainer
+
+
+# Vocabulary tile width of TRL's fused LM head on the CPU (TRL's own: 32,768). TRL (pinned 1.16.0) reads it
+# and `_use_triton` from trl.trainer.utils at call time, which is what _cpu_lm_head sets.
+LM_HEAD_CHUNK_CPU = 4096
+
+
+@contextmanager
+def lean_training(model, config: TrainConfig, compute: str) -> Iterator[None]:
+    """Around ``trainer.train()``/``evaluate()``: the same loss with far less memory and copying.
+
+    * **LM head on the CPU.** TRL's fused head never builds the full logits, but off CUDA it scores
+      every position, prompt tokens included, in ``[tokens, 32768]`` fp32 tiles: about 1 GiB of
+      transient memory for a packed batch of 1,024 tokens — the run's peak. Here it scores only
+      the trained (assistant) positions, as it already does on CUDA, in 4,096-wide vocabulary
+      tiles; log-probabilities are the same, only the summation order differs.
+    * **LoRA input casts under bf16 autocast.** PEFT casts each LoRA layer's input to the
+      adapter's fp32 before dropout, and autocast casts it straight back to bf16 for the matmul:
+      two full copies of the activations per adapted layer and per (re)computed forward, for
+      nothing. Autocast is on exactly when compute is bf16, so the cast is skipped then
+      (``peft.helpers.disable_input_dtype_casting``); without autocast it would be needed.
+
+    Both are undone on exit, so what runs after the trainer (the greedy probe) sees the libraries
+    as they were.
+    """
+    import torch
+
+    with _cpu_lm_head(enabled=not torch.cuda.is_available()):
+        if compute == "bf16" and config.method != "full":
+            from peft.helpers import disable_input_dtype_casting
+
+            with disable_input_dtype_casting(model):
+                yield
+        else:
+            yield
+
+
+@contextmanager
+def _cpu_lm_head(enabled: bool) -> Iterator[None]:
+    from trl.trainer import utils as trl_utils
+
+    names = ("_use_triton", "_CHUNKED_LOGPROB_CHUNK_SIZE")
+    if not enabled or not all(hasattr(trl_utils, name) for name in names):
+        yield  # another TRL: its defaults (more memory on the CPU, same loss)
+        return
+    saved = {name: getattr(trl_utils, name) for name in names}
+    # `_use_triton` there only decides whether to score the trained positions alone ("compact");
+    # the kernel module keeps its own copy to pick Triton or torch, so nothing else changes.
+    trl_utils._use_triton = lambda device: True
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(LM_HEAD_CHUNK_CPU, saved["_CHUNKED_LOGPROB_CHUNK_SIZE"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(trl_utils, name, value)
 
 
 def linear_module_names(model) -> list[str]:
