@@ -303,11 +303,27 @@ def test_admins_export_the_audit_log_redacted_with_feedback(env):
 # -- the same through a real vLLM server ----------------------------------------------------------
 
 
+def _add_model(url: str, adapter: Path, base: Path, rank: int) -> str:
+    """Another registry model on the seeded job and snapshot."""
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        job = s.exec(select(Job)).first()
+        name = registry.add_model(session=s, job_id=job.id, snapshot_id=job.snapshot_id, base_model=str(base),
+                                  adapter_path=str(adapter), checksum=checksum(adapter), rank=rank).name
+    engine.dispose()
+    return name
+
+
 @pytest.mark.slow
-def test_deploy_and_ask_through_vllm(tmp_path_factory, base_model_path):
-    """SmolLM2 on a real vLLM CPU server (``.venv-vllm``): /tune deploy probes the adapter served
-    by vLLM against the same adapter in-process, then /ask answers through vLLM with it."""
-    from tests.vllm_support import VLLM_PYTHON, make_lora_adapter
+@pytest.mark.timeout(2400)  # real training, then a vLLM server: minutes on a busy 2-core machine
+def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory, base_model_path):
+    """SmolLM2 on a real vLLM CPU server (``.venv-vllm``) behind a real ``threadtune serve``: an
+    adapter trained here by the real training program is deployed (the probe compares vLLM's
+    answers with the same adapter in-process) and answers /ask through vLLM; adapters for another
+    base model or above the server's rank are refused before any traffic; rollback brings the base
+    model's answers back; a stopped server gives the asker a sentence, not a hang."""
+    from tests.train_support import make_run_dir, run_program
+    from tests.vllm_support import VLLM_PYTHON, make_lora_adapter, tiny_llama
 
     if not VLLM_PYTHON.is_file():
         pytest.skip("no .venv-vllm: the vLLM server cannot run here")
@@ -315,9 +331,16 @@ def test_deploy_and_ask_through_vllm(tmp_path_factory, base_model_path):
     from engine.serving.vllm_server import VLLMServer
 
     tmp = tmp_path_factory.mktemp("ask-vllm")
-    adapter = make_lora_adapter(base_model_path, tmp / "adapter", r=8, b_std=0.05)
+    run_dir = make_run_dir(tmp / "run", base_model_path, pattern_rows(24), pattern_rows(4, start=50), method="lora",
+                           lora_r=8, max_steps=16, eval_steps=8, max_length=128, batch_size=4,
+                           early_stopping_patience=0)
+    code, _, stderr = run_program(run_dir, timeout=900)
+    assert code == 0, stderr[-3000:]
     url = f"sqlite:///{tmp / 'threadtune.db'}"
-    model = seed(url, tmp, base_model_path, adapter)
+    model = seed(url, tmp, base_model_path, run_dir / "adapter")
+    foreign = _add_model(url, make_lora_adapter(tiny_llama(tmp / "other-base"), tmp / "foreign", r=8),
+                         base_model_path, 8)
+    too_big = _add_model(url, make_lora_adapter(base_model_path, tmp / "r64", r=64), base_model_path, 64)
     port = free_port()
     with VLLMServer(base_model_path, python=VLLM_PYTHON, log_path=tmp / "vllm.log", max_lora_rank=16,
                     startup_timeout=600) as server, \
@@ -326,19 +349,45 @@ def test_deploy_and_ask_through_vllm(tmp_path_factory, base_model_path):
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
         bot = Bot(slack, port, tmp, url, base_model_path)
-        bot.env["VLLM_URL"] = server.url
+        bot.env.update(VLLM_URL=server.url, VLLM_MAX_LORA_RANK="16")
         bot.start()
         engine = make_engine(url)
         env = type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}))
         try:
+            before = ask(env, "UASK", QUESTION)
+            assert "Answered by the base model" in context_of(before)
             slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {model}")
             done = ephemeral(env, ADMIN, f"{model} is deployed behind /ask", 600)
             assert "answers differ from the base model" in done[0]["text"]
             assert model in server.backend().adapters
-            message = ask(env, "UASK", QUESTION)
-            assert f"Answered by *{model}*" in context_of(message)
-            row = ask_row(env, message["ts"])
+            trained = ask(env, "UOTH", QUESTION)
+            assert f"Answered by *{model}*" in context_of(trained)
+            assert sections_of(trained)[1:] != sections_of(before)[1:]
+            row = ask_row(env, trained["ts"])
             assert row.model_name == model and row.answer and not row.error
+            # refused before traffic: nothing loaded into vLLM, the trained model stays deployed
+            slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {foreign}")
+            refused = ephemeral(env, ADMIN, f"I didn't deploy {foreign}", 120)[0]["text"]
+            assert "trained on" in refused and "other-base" in refused and f"{model} stays deployed" in refused
+            slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {too_big}")
+            refused = ephemeral(env, ADMIN, f"I didn't deploy {too_big}", 120)[0]["text"]
+            assert "rank 64" in refused and "16" in refused
+            assert {foreign, too_big}.isdisjoint(server.backend().adapters)
+            with session_scope(engine) as s:
+                assert registry.deployed_model(session=s).name == model
+            # rollback: the base model's answer again (greedy, so the very same text)
+            slack.slash(ADMIN, CHANNEL, "/tune", "rollback")
+            ephemeral(env, ADMIN, f"Rolled back from {model} to the base model", 300)
+            after = ask(env, "UEXP", QUESTION)
+            assert "Answered by the base model" in context_of(after) and "cache" not in context_of(after)
+            assert sections_of(after)[1:] == sections_of(before)[1:]
+            # the server goes away: a sentence within seconds, logged
+            server.stop()
+            started = time.monotonic()
+            slack.slash("UASK", CHANNEL, "/ask", "Who approves staging deploys?")
+            failed = wait(lambda: [m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))], 120)[0]
+            assert time.monotonic() - started < 60
+            assert "I couldn't reach the model to answer this" in json.dumps(failed["blocks"], ensure_ascii=False)
         finally:
             bot.stop()
             engine.dispose()
