@@ -288,12 +288,15 @@ def test_rollback_reprobes_the_previous_model_then_goes_to_base(db, tmp_path, ti
     assert current == first and rows[-1] == ("rollback", first)
     with session_scope(db) as s:
         assert registry.get_model(session=s, ref=second).status == "retired"
-    # the previous model's adapter broke meanwhile: the rollback falls back to the base model
+    # rollback walks the history back (first ← second): deploy the second again, so the first is
+    # what the next rollback returns to; its adapter broke meanwhile, so the rollback falls back
+    # to the base model and says why
+    assert do_deploy(db, second, backends, tiny_model).ok
     with session_scope(db) as s:
-        registry.get_model(session=s, ref=second).checksum = "0" * 64
+        registry.get_model(session=s, ref=first).checksum = "0" * 64
     outcome = back()
     assert outcome.ok and outcome.model is None
-    assert f"Rolled back from {first} to the base model. {second} could not come back" in outcome.message
+    assert f"Rolled back from {second} to the base model. {first} could not come back" in outcome.message
     assert state(db)[0] is None
     nothing = back()
     assert not nothing.ok and "already uses the base model" in nothing.message
