@@ -81,10 +81,11 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
             return JSONResponse({"ok": False, "error": f"database unreachable: {type(exc).__name__}"}, status_code=503)
         return JSONResponse({"ok": True})
 
-    async def metrics(_: Request) -> Response:
-        from bot.metrics import METRICS
+    from bot.metrics import METRICS
 
-        METRICS.watch_jobs(db)
+    METRICS.watch_jobs(db)  # job counts are read from this database at each scrape
+
+    async def metrics(_: Request) -> Response:
         body, content_type = await run_in_threadpool(METRICS.render)  # job counts read the database
         return Response(body, media_type=content_type)
 

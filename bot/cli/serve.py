@@ -40,9 +40,6 @@ def build_runtime(settings: Settings):  # noqa: ANN201
     from bot.cli.jobs import make_observer
 
     services.extras["job_observer"] = make_observer(settings, db)
-    from bot.metrics import METRICS
-
-    METRICS.watch_jobs(db)
     if not settings.threadtune_encryption_key:
         log.warning("THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear")
     if not settings.curators:
