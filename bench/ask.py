@@ -249,6 +249,7 @@ def main() -> int:
     outside = [ask_seq[q] - bot_model[q] for q in seq if q in bot_model]
     slowdown = [bot_model[q] - backend_seq[q] for q in seq if q in bot_model]
     miss_conc = [s for s, _ in ask_conc]
+    outside_conc = [e2e - bot_model[q] for q, (e2e, _) in zip(conc, ask_conc, strict=True) if q in bot_model]
     semantic_hits = [s for s, cached in semantic if cached]
     n = len(conc)
     rows = [  # (phase, key in the JSON line, seconds)
@@ -259,6 +260,7 @@ def main() -> int:
         ("  of it the model slower in the bot", "overhead_model_slowdown", slowdown),
         (f"backend, {n} at once", f"backend_{n}_at_once", backend_conc),
         (f"/ask miss, {n} users at once", f"ask_miss_{n}_users_at_once", miss_conc),
+        ("  of it outside the model (bot's log)", f"ask_miss_{n}_at_once_outside_model", outside_conc),
         ("/ask exact hit, one at a time", "ask_exact_hit_one_at_a_time", [s for s, _ in hit_seq]),
         (f"/ask exact hit, {n} users at once", f"ask_exact_hit_{n}_users_at_once", [s for s, _ in hit_conc]),
         (f"/ask semantic hit, {n} users at once", f"ask_semantic_hit_{n}_users_at_once", semantic_hits),

@@ -90,7 +90,8 @@ class Serving:
             if self._serving is None:
                 from engine.serving.vllm import VLLMBackend
 
-                self._serving = VLLMBackend(self.settings.vllm_url)
+                self._serving = VLLMBackend(self.settings.vllm_url,
+                                            max_adapters=int(getattr(self.settings, "vllm_max_loras", 4)))
             return self._serving
 
     def for_questions(self) -> ModelBackend:

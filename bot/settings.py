@@ -60,6 +60,7 @@ class Settings(BaseSettings):
                     "question gets the cached answer; 0 turns the semantic match off (exact matches still hit).")
     probe_threshold: float = Field(0.9, description="Deploy probe: agreement needed between served and in-process answers.")
     vllm_max_lora_rank: int | None = Field(None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16).")
+    vllm_max_loras: int = Field(4, ge=1, description="Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); at most the server's --max-loras.")
 
     @field_validator("curators", "admins", mode="before")
     @classmethod

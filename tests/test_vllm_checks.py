@@ -265,3 +265,69 @@ def test_root_is_importable_without_heavy_libraries():
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+# -- how many adapters the server holds --------------------------------------------------------------
+
+
+class _AdapterServer(http.server.BaseHTTPRequestHandler):
+    """vLLM's runtime-adapter endpoints, /v1/models and chat completions, in memory."""
+
+    loaded: dict[str, str] = {}
+    calls: list[tuple[str, str]] = []
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        models = [{"id": "base"}] + [{"id": n, "parent": "base"} for n in self.loaded]
+        self._send(200, {"data": models})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/load_lora_adapter":
+            self.calls.append(("load", body["lora_name"]))
+            self.loaded[body["lora_name"]] = body["lora_path"]
+            return self._send(200, {})
+        if self.path == "/v1/unload_lora_adapter":
+            self.calls.append(("unload", body["lora_name"]))
+            self.loaded.pop(body["lora_name"], None)
+            return self._send(200, {})
+        self.calls.append(("ask", body["model"]))
+        self._send(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                         "usage": {"completion_tokens": 2}})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_client_never_lets_the_server_hold_more_adapters_than_it_can_keep():
+    """vLLM re-reads an evicted adapter from its path, which for an encrypted adapter no longer
+    exists; so loading one adapter too many unloads the least recently used one instead."""
+    _AdapterServer.loaded, _AdapterServer.calls = {"loaded-elsewhere": "/x"}, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AdapterServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = VLLMBackend(f"http://127.0.0.1:{server.server_address[1]}", max_adapters=3)
+        backend.load_adapter("a", "/adapters/a")
+        backend.load_adapter("b", "/adapters/b")
+        assert backend.adapters == ["a", "b", "loaded-elsewhere"]
+        backend.load_adapter("c", "/adapters/c")  # full: the one this client never used goes
+        assert backend.adapters == ["a", "b", "c"]
+        backend.generate(PROMPT, adapter="a")  # now b is the least recently used
+        backend.load_adapter("d", "/adapters/d")
+        assert backend.adapters == ["a", "c", "d"]
+        backend.load_adapter("d", "/adapters/d")  # already there: nothing is unloaded for it
+        assert backend.adapters == ["a", "c", "d"]
+        unloads = [name for kind, name in _AdapterServer.calls if kind == "unload"]
+        assert unloads == ["loaded-elsewhere", "b"]
+        with pytest.raises(ValueError, match="VLLM_MAX_LORAS"):
+            VLLMBackend("http://127.0.0.1:1", max_adapters=0)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,21 +9,31 @@ error (vllm#12106), and one whose target modules match nothing serves the base m
 (vllm#55193). :func:`check_adapter` reads the adapter folder and the served base model's files and
 lists such problems before the adapter is loaded; the deploy probe then compares answers.
 
+vLLM keeps at most ``--max-cpu-loras`` adapters (default: ``--max-loras``) in memory and silently
+re-reads an evicted one from its path when it is next asked for. Encrypted adapters are decrypted
+only for loading, to a folder removed right after, so a re-read would fail. The client therefore
+never lets the server hold more than ``max_adapters`` adapters: loading one more first unloads the
+adapter used least recently, and the bot loads (and decrypts) it again when it is next needed.
+
 Only ``requests`` is needed: the server does the heavy lifting in its own environment.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from engine.serving.base import BackendError, Generation, Message, conversation
+
+log = logging.getLogger(__name__)
 
 # vLLM's accepted ``--max-lora-rank`` values (vllm.config.lora.MaxLoRARanks, 0.32).
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -62,6 +72,7 @@ class VLLMBackend:
         connect_timeout: float = 5.0,
         served_base: str = "base",
         max_concurrency: int = 8,
+        max_adapters: int = 4,
         name: str = "vllm",
     ) -> None:
         if not re.match(r"^https?://", url):
@@ -70,13 +81,18 @@ class VLLMBackend:
             raise ValueError("timeouts must be positive.")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
+        if max_adapters < 1:
+            raise ValueError(f"max_adapters (VLLM_MAX_LORAS) must be at least 1, got {max_adapters}.")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.served_base = served_base
         self.max_concurrency = max_concurrency
+        self.max_adapters = max_adapters
         self.name = name
         self._local = threading.local()
+        self._used: dict[str, float] = {}  # adapter → when this client last loaded or asked it
+        self._loading = threading.Lock()
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -169,17 +185,21 @@ class VLLMBackend:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load the LoRA adapter folder ``path`` under ``name``; ``path`` is read by the server,
-        so it must exist on the server's machine."""
+        so it must exist on the server's machine. With ``max_adapters`` already loaded, the one
+        used least recently is unloaded first (see the module docstring)."""
         path = Path(path)
         if name == self.served_base:
             raise ServingError(
                 f"An adapter cannot be named {name!r}: that is the base model's name."
             )
-        response = self._request(
-            "POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
-        )
-        if response.status_code == 200:
-            return
+        with self._loading:
+            self._make_room(name)
+            response = self._request(
+                "POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
+            )
+            if response.status_code == 200:
+                self._used[name] = time.monotonic()
+                return
         text = self._error_text(response)
         rank = _RANK_ERROR.search(text)
         if rank:
@@ -205,9 +225,20 @@ class VLLMBackend:
             f"vLLM at {self.url} refused adapter {name!r} (HTTP {response.status_code}): {text}"
         )
 
+    def _make_room(self, name: str) -> None:
+        loaded = self.adapters
+        while name not in loaded and len(loaded) >= self.max_adapters:
+            # adapters this client never used (loaded by another process) count as the oldest
+            oldest = min(loaded, key=lambda a: self._used.get(a, 0.0))
+            log.info("unloading adapter %s from vLLM at %s to make room (at most %d loaded)",
+                     oldest, self.url, self.max_adapters)
+            self.unload_adapter(oldest)
+            loaded.remove(oldest)
+
     def unload_adapter(self, name: str) -> None:
         """Unload the adapter ``name`` from the server."""
         response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        self._used.pop(name, None)
         if response.status_code == 200:
             return
         text = self._error_text(response)
@@ -265,6 +296,8 @@ class VLLMBackend:
         if not conversations:
             return []
         model = adapter if adapter is not None else self.served_base
+        if adapter is not None:
+            self._used[adapter] = time.monotonic()
         if len(conversations) == 1:
             return [self._generate_one(conversations[0], model, max_new_tokens)]
         workers = min(self.max_concurrency, len(conversations))
