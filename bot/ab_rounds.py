@@ -43,7 +43,7 @@ from sqlalchemy.engine import Engine
 
 from bot import ids
 from bot.blocks import ab as blocks
-from bot.payloads_ab import BlockAction
+from bot.payloads import BlockAction
 from bot.slack_api import explain
 from engine.ab.stats import Battle, LeaderboardRow, leaderboard, model_choice, round_result
 from storage import ab, registry

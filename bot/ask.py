@@ -64,8 +64,7 @@ from storage import registry
 from storage.db import session_scope
 
 if TYPE_CHECKING:
-    from bot.payloads import Command
-    from bot.payloads_ab import BlockAction
+    from bot.payloads import BlockAction, Command
     from bot.services import Services
 
 log = logging.getLogger(__name__)

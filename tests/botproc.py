@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from bot.emulator import Emulator
+from engine import net
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,18 +23,10 @@ PEOPLE = ("UASK", "UEXP", "UOTH", *CURATORS, *ADMINS)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"threadtune serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"threadtune serve did not become healthy:\n{log.read_text()[-3000:]}")
+    try:
+        net.wait_healthy(url, proc, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        raise type(exc)(f"threadtune serve: {exc}:\n{log.read_text()[-3000:]}") from None
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from slack_sdk.models.blocks import Block
 
 from bot import ids
 from bot.blocks import ab
-from bot.payloads_ab import BlockAction, ViewSubmission
+from bot.payloads import BlockAction, ViewSubmission
 from engine.ab.stats import Battle, leaderboard, round_result
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slack"

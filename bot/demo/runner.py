@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.settings import Settings
+from engine.net import free_port, wait_healthy
 
 SIGNING_SECRET = "demo-signing-secret-3e9b"
 CURATE, REJECT = "white_check_mark", "x"
@@ -60,7 +61,7 @@ class Demo:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         workspace = load_workspace()
         _quiet_libraries()
-        port = _free_port()
+        port = free_port()
         c = self.console
         c.rule("[bold]threadtune demo")
         c.print("A local Slack workspace (the emulator), the bot on HTTP, SQLite, "
@@ -86,7 +87,7 @@ class Demo:
                                       kwargs=dict(signing_secret=SIGNING_SECRET, host="127.0.0.1",
                                                   port=port, stop=stop), daemon=True)
             server.start()
-            _wait_healthy(port)
+            wait_healthy(f"http://127.0.0.1:{port}/healthz")
             try:
                 admin = admins[0] if admins else curators[0]
                 self._seed(slack, workspace)
@@ -260,22 +261,3 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(port: int, timeout: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the bot did not start")

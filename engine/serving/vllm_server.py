@@ -26,12 +26,12 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from engine.net import free_port
 from engine.serving.vllm import ServingError, VLLMBackend, adapter_rank, lora_rank_limit
 
 DEFAULT_MIN_LORA_RANK = 16  # the training default r; a server started before training fits it
@@ -124,13 +124,6 @@ def vllm_env(*, device: str = "cpu", kv_cache_gib: int = 1) -> dict[str, str]:
 def shell_line(command: Sequence[str], env: Mapping[str, str]) -> str:
     """``K=V ... command`` quoted for a POSIX shell."""
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(command)])
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class VLLMServer:

@@ -1,5 +1,5 @@
 from bot.ab_rounds import rounds
-from bot.payloads_ab import BlockAction
+from bot.payloads import BlockAction
 
 
 def ab_why(ack, body, respond, client, context) -> None:  # noqa: ANN001

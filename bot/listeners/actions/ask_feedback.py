@@ -1,5 +1,5 @@
 from bot.ask import asking
-from bot.payloads_ab import BlockAction
+from bot.payloads import BlockAction
 
 
 def ask_feedback(ack, body, respond, context) -> None:  # noqa: ANN001

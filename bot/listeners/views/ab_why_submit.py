@@ -1,6 +1,6 @@
 from bot import ids
 from bot.ab_rounds import rounds
-from bot.payloads_ab import ViewSubmission
+from bot.payloads import ViewSubmission
 
 
 def ab_why_submit(ack, body, context) -> None:  # noqa: ANN001
