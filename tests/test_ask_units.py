@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from bot import ids
 from bot.ask import Answer, AnswerCache, AskConfig, RateLimiter, guard, normalise
 from bot.blocks.ask import answer_blocks, answer_sections, model_line
 from bot.blocks.models import ModelRow, models_blocks, models_text
+from engine.serving.compute import COMPUTE
 
 
 def test_a_long_answer_is_split_into_sections_within_slack_limits():
@@ -173,3 +176,24 @@ def test_a_slow_answer_shows_progress_at_most_once_a_second(tmp_path):
         final = slack.messages("CHELP")[-1]
         assert "Restart the runner" in json.dumps(final["blocks"]) and "Thinking…" not in json.dumps(final["blocks"])
     db.dispose()
+
+
+def test_questions_waiting_together_are_embedded_in_one_batch_with_the_same_vectors(embedder):
+    questions = [f"How do I get access to dashboard number {i}?" for i in range(12)]
+    alone = {q: embedder.embed(q) for q in questions}
+    gate, busy = threading.Event(), threading.Event()
+    blocker = threading.Thread(target=COMPUTE.run, args=(lambda: (busy.set(), gate.wait(30)),))
+    blocker.start()
+    busy.wait(30)  # the compute thread is taken: the embeddings below have to wait together
+    together: dict[str, np.ndarray] = {}
+    askers = [threading.Thread(target=lambda q=q: together.__setitem__(q, embedder.embed(q))) for q in questions]
+    for t in askers:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in askers + [blocker]:
+        t.join(timeout=60)
+    assert set(together) == set(questions)
+    for q in questions:
+        assert np.allclose(together[q], alone[q], atol=1e-5), q
+    assert max(embedder.batches[-len(questions):]) == len(questions)

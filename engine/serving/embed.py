@@ -6,12 +6,15 @@ Loading takes seconds, so :meth:`QuestionEmbedder.start_loading` loads in the ba
 loaded): a cache must never make a user wait. Both run on the process's compute thread
 (:data:`engine.serving.compute.COMPUTE`) like every other model call; an embedding is an urgent
 call there, so it runs between two tokens of an answer being generated rather than after it.
+Questions that wait for the compute thread together are embedded in one batch (sixteen people
+asking at once wait for one encode, not for sixteen in a row).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,12 +23,21 @@ from engine.serving.compute import COMPUTE
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Text:
+    text: str
+    vector: np.ndarray | None = None
+
+
 class QuestionEmbedder:
     """Unit-length embeddings of short texts (384 dimensions), or None while unavailable."""
 
     def __init__(self) -> None:
         self._model = None
         self._loading: threading.Thread | None = None
+        self._waiting: list[_Text] = []
+        self._waiting_lock = threading.Lock()
+        self.batches: list[int] = []  # sizes of the encode calls made, newest last (kept short)
         self.ready = threading.Event()
         self.error: str | None = None
 
@@ -51,6 +63,28 @@ class QuestionEmbedder:
     def embed(self, text: str) -> np.ndarray | None:
         if not self.ready.is_set():
             return None
-        vector = COMPUTE.run(self._model.encode, [text], urgent=True, normalize_embeddings=True,
-                             show_progress_bar=False)[0]
-        return np.asarray(vector, dtype=np.float32)
+        item = _Text(text)
+        with self._waiting_lock:
+            self._waiting.append(item)
+        # The first of the calls queued together encodes every text waiting; the others find
+        # theirs done. Ours was added before our call was queued, so some call that runs after
+        # the append — at the latest ours — takes it.
+        COMPUTE.run(self._encode_waiting, item, urgent=True)
+        assert item.vector is not None
+        return item.vector
+
+    def _encode_waiting(self, caller: _Text) -> None:
+        with self._waiting_lock:
+            batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        try:
+            vectors = self._model.encode([t.text for t in batch], normalize_embeddings=True,
+                                         show_progress_bar=False)
+        except BaseException:
+            with self._waiting_lock:  # the others' own calls, still queued, try again
+                self._waiting[:0] = [t for t in batch if t is not caller]
+            raise
+        for item, vector in zip(batch, vectors, strict=True):
+            item.vector = np.asarray(vector, dtype=np.float32)
+        self.batches = (self.batches + [len(batch)])[-100:]
