@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +27,7 @@ class _Pending:
     prompt: Sequence[Message]
     max_new_tokens: int
     adapter: str | None
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Generation | None = None
-    error: BaseException | None = None
+    answer: Future[Generation] = field(default_factory=Future)
 
     @property
     def key(self) -> tuple[str | None, int]:
@@ -62,11 +61,7 @@ class BatchingBackend:
                 self._worker = threading.Thread(target=self._work, name="batching-backend", daemon=True)
                 self._worker.start()
             self._wake.notify()
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return [pending.result]
+        return [pending.answer.result()]
 
     def _next_batch(self) -> list[_Pending]:
         """The oldest waiting call and the others that can share its batch (oldest first)."""
@@ -83,15 +78,13 @@ class BatchingBackend:
         while True:
             batch = self._next_batch()
             adapter, max_new_tokens = batch[0].key
+            self.batches = (self.batches + [len(batch)])[-100:]
             try:
                 results = self.backend.generate([p.prompt for p in batch], max_new_tokens=max_new_tokens,
                                                 adapter=adapter)
             except BaseException as exc:  # noqa: BLE001 - every caller in the batch hears it
                 for p in batch:
-                    p.error = exc
+                    p.answer.set_exception(exc)
             else:
                 for p, result in zip(batch, results, strict=True):
-                    p.result = result
-            self.batches = (self.batches + [len(batch)])[-100:]
-            for p in batch:
-                p.done.set()
+                    p.answer.set_result(result)

@@ -3,7 +3,7 @@
 On the CPU, PyTorch's OpenMP runtime keeps a team of worker threads for each Python thread that
 runs tensor work. Once two Python threads have both run a model in one process — /ask's question
 embedding on the request thread and the answer's generation on the batching thread — every later
-generation is slower, on whichever thread it runs (measured on 2-core machines: 8–15% on one, 65%
+generation is slower, on whichever thread it runs (measured on 2-core machines: 8–19% on one, 65%
 on another, in ``bench/ask.py`` and in a small script alternating an embedding and a generation).
 Keeping every model call of the process on one thread avoids it, so the
 in-process backend (loading, generation, scoring, adapters), the embedding model and the base-model
@@ -20,28 +20,25 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass
-class _Task:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
+class _Task(Future):
+    """A call waiting for the compute thread; its caller waits on the future."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__()
+        self.call = call
 
     def run(self) -> None:
         try:
-            self.result = self.fn(*self.args, **self.kwargs)
+            self.set_result(self.call())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-            self.error = exc
-        finally:
-            self.done.set()
+            self.set_exception(exc)
 
 
 class ComputeThread:
@@ -64,17 +61,14 @@ class ComputeThread:
         Called on the compute thread itself (a model call inside another), it runs at once."""
         if self.on_thread():
             return fn(*args, **kwargs)
-        task = _Task(fn, args, kwargs)
+        task = _Task(partial(fn, *args, **kwargs))
         with self._wake:
             (self._urgent if urgent else self._queued).append(task)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._wake.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.result
+        return task.result()
 
     def yield_point(self) -> None:
         """Run the urgent calls waiting now; long calls invoke this between their steps."""
