@@ -257,6 +257,10 @@ def test_metrics_count_asks_cache_hits_refusals_slack_errors_and_jobs(env):
     with session_scope(env.db) as s:
         rows = s.exec(select(AskLog)).all()
     answered = [r for r in rows if not r.error]
+    # The bot counts an answer right after posting it (the latency last), so the answer the previous
+    # test saw may not be counted yet: wait until every answered row is, then check every count.
+    wait(lambda: sum(metric(env, "threadtune_ask_latency_seconds_count", cached=c) for c in ("true", "false"))
+         >= len(answered))
     assert metric(env, "threadtune_ask_requests_total", outcome="answered") == len(answered)
     assert metric(env, "threadtune_ask_requests_total", outcome="rate_limited") == 1
     assert metric(env, "threadtune_ask_rate_limited_total") == 1
