@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bot.ab_rounds import DEFAULT_PAIRS, MAX_PAIRS, MIN_PAIRS, RoundRefused, rounds
-from bot.commands.tune import handler
 from bot.payloads import Command
 from bot.services import Services
 
@@ -14,8 +13,7 @@ USAGE = (f"Usage: `/tune ab <job> [pairs]` — a blind A/B round of that job's m
          f"from {MIN_PAIRS} to {MAX_PAIRS}.")
 
 
-@handler("ab")
-def _ab(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+def ab(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     args = command.words[1:]
     if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
         ack(text=USAGE)

@@ -1,4 +1,5 @@
-"""``/tune dataset`` (figures and the latest snapshot's findings) and ``/tune dataset build``."""
+"""``/tune status`` and ``/tune dataset`` (figures and the latest snapshot's findings), and
+``/tune dataset build`` (admins; the router checks that)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,18 @@ import threading
 from collections.abc import Callable
 
 from bot.blocks.dataset import dataset_blocks, snapshot_lines
-from bot.commands.tune import handler
 from bot.payloads import Command
 from bot.services import Services
+from engine.basemodel import ensure_base_model
+from engine.dataset.build import build_snapshot, read_manifest
 from storage.curation import curation_stats
+from storage.datasets import latest_snapshot
 from storage.db import session_scope
 
 log = logging.getLogger(__name__)
 
 
 def latest_snapshot_summary(services: Services) -> list[str]:
-    from engine.dataset.build import read_manifest
-    from storage.datasets import latest_snapshot
-
     with session_scope(services.db) as session:
         snapshot = latest_snapshot(session=session)
     if snapshot is None:
@@ -27,13 +27,16 @@ def latest_snapshot_summary(services: Services) -> list[str]:
     return snapshot_lines(snapshot.id, read_manifest(snapshot.path))
 
 
-@handler("dataset")
+def status(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+    with session_scope(services.db) as session:
+        stats = curation_stats(session=session)
+    text = f"threadtune is running: {stats['examples']} curated examples."
+    ack(text=text, blocks=dataset_blocks(stats))
+
+
 def dataset(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     words = command.words[1:]
     if words and words[0] == "build":
-        if not services.is_admin(command.user):
-            ack(text="Only admins can run `/tune dataset build`; ask one of the people listed in ADMINS.")
-            return
         ack(text="Building a dataset snapshot… I'll post the result here.")
         threading.Thread(target=_build, args=(command, services, respond), daemon=True,
                          name="dataset-build").start()
@@ -46,17 +49,12 @@ def dataset(command: Command, services: Services, ack: Callable, respond: Callab
 
 def build_snapshot_for(services: Services, created_by: str):  # noqa: ANN201
     """Build (or find again) the snapshot of the current curated examples."""
-    from engine.basemodel import ensure_base_model
-    from engine.dataset.build import build_snapshot
-
     base = ensure_base_model(services.settings.home, services.settings.base_model)
     with session_scope(services.db) as session:
         return build_snapshot(session, services.settings.home, base_model_path=base, created_by=created_by)
 
 
 def _build(command: Command, services: Services, respond: Callable) -> None:
-    from engine.dataset.build import read_manifest
-
     try:
         result = build_snapshot_for(services, command.user)
     except Exception as exc:  # noqa: BLE001 — the admin gets a sentence, the log the trace

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 from bot.backends import shared
 from bot.blocks.models import ModelRow, models_blocks, models_text
-from bot.commands.tune import handler
 from bot.payloads import Command
 from bot.services import Services
 from storage import registry
@@ -21,8 +20,7 @@ from storage.db import session_scope
 log = logging.getLogger(__name__)
 
 
-@handler("models")
-def _models(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+def models(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     with session_scope(services.db) as s:
         rows = [ModelRow.of(m) for m in registry.list_models(session=s)]
     ack(text=models_text(rows), blocks=models_blocks(rows))
@@ -40,8 +38,7 @@ def _in_background(name: str, work: Callable[[], str], respond: Callable) -> Non
     threading.Thread(target=run, name=f"tune-{name}", daemon=True).start()
 
 
-@handler("deploy")
-def _deploy(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+def deploy(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     args = command.words[1:]
     if len(args) != 1:
         ack(text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`).")
@@ -61,8 +58,7 @@ def _deploy(command: Command, services: Services, ack: Callable, respond: Callab
     _in_background("deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
 
 
-@handler("rollback")
-def _rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+def rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     serving = shared(services)
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bot.blocks.evaluation import started_text
-from bot.commands.tune import handler
 from bot.evaluation import EvaluationRefused, evaluations
 from bot.payloads import Command
 from bot.services import Services
@@ -14,8 +13,7 @@ from bot.services import Services
 USAGE = "Usage: `/tune eval <job>` — evaluate that job's model against the base model (see `/tune jobs`)."
 
 
-@handler("eval")
-def _eval(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
+def evaluate(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     args = command.words[1:]
     if len(args) != 1:
         ack(text=USAGE)

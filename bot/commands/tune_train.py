@@ -8,21 +8,22 @@ from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
 
+from bot.blocks.home import STATE_ICONS
 from bot.blocks.jobs import JobProgress, job_blocks, job_text
-from bot.commands.tune import handler
+from bot.commands.tune_dataset import build_snapshot_for
 from bot.payloads import Command
 from bot.services import Services
 from bot.slack_api import explain
+from engine.basemodel import ensure_base_model
+from engine.jobs.submit import SubmitError, parse_overrides, submit_training
 from storage import jobs as jobs_q
 from storage.db import session_scope
+from storage.models import DatasetSnapshot
 
 log = logging.getLogger(__name__)
 
 
-@handler("train")
 def train(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
-    from engine.jobs.submit import SubmitError, parse_overrides
-
     try:
         overrides = parse_overrides(command.words[1:])
     except SubmitError as exc:
@@ -35,10 +36,6 @@ def train(command: Command, services: Services, ack: Callable, respond: Callable
 
 def queue_training(command: Command, services: Services, overrides: dict[str, str], respond: Callable) -> int | None:
     """Snapshot → validated job → the job's message in the channel. Returns the job id."""
-    from bot.commands.tune_dataset import build_snapshot_for
-    from engine.jobs.submit import SubmitError, submit_training
-    from storage.models import DatasetSnapshot
-
     try:
         built = build_snapshot_for(services, command.user)
         with session_scope(services.db) as session:
@@ -60,8 +57,6 @@ def queue_training(command: Command, services: Services, overrides: dict[str, st
 
 
 def _base_model(services: Services):  # noqa: ANN202
-    from engine.basemodel import ensure_base_model
-
     return ensure_base_model(services.settings.home, services.settings.base_model)
 
 
@@ -80,10 +75,7 @@ def post_job_message(services: Services, job) -> None:  # noqa: ANN001
         session.add(row)
 
 
-@handler("jobs")
 def jobs(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
-    from bot.blocks.home import STATE_ICONS
-
     with session_scope(services.db) as session:
         rows = jobs_q.list_jobs(session=session, limit=10)
     if not rows:
@@ -99,7 +91,6 @@ def jobs(command: Command, services: Services, ack: Callable, respond: Callable)
     ack(text="\n".join(lines))
 
 
-@handler("cancel")
 def cancel(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     words = command.words[1:]
     if not words or not words[0].lstrip("#").isdigit():

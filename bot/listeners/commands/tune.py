@@ -1,9 +1,8 @@
-"""``/tune``: one listener, one handler per subcommand in ``bot/commands/tune``."""
+"""``/tune``: one listener; ``bot.commands.tune`` routes each subcommand from its table."""
 
-from bot.commands import tune as handlers
+from bot.commands.tune import dispatch
 from bot.payloads import Command
 
 
 def tune(ack, body, respond, context) -> None:  # noqa: ANN001
-    command = Command.parse(body)
-    handlers.dispatch(command, context["services"], ack=ack, respond=respond)
+    dispatch(Command.parse(body), context["services"], ack=ack, respond=respond)
