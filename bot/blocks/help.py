@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from slack_sdk.models.blocks import Block
+from slack_sdk.models.blocks import SectionBlock
 
 from bot.blocks.common import sections
 
@@ -30,7 +30,7 @@ def help_line(row: HelpRow) -> str:
     return f"`/tune {row.name}{usage}` — {row.help}{admins}"
 
 
-def help_blocks(curate_emoji: str, reject_emoji: str, rows: Sequence[HelpRow]) -> list[Block]:
+def help_blocks(curate_emoji: str, reject_emoji: str, rows: Sequence[HelpRow]) -> list[SectionBlock]:
     lines = [
         "*threadtune* turns your team's best Slack answers into its own model.",
         f"Curators mark a good answer in a thread with :{curate_emoji}:; "
