@@ -30,7 +30,9 @@ def help_line(row: HelpRow) -> str:
     return f"`/tune {row.name}{usage}` — {row.help}{admins}"
 
 
-def help_blocks(curate_emoji: str, reject_emoji: str, rows: Sequence[HelpRow]) -> list[SectionBlock]:
+def help_blocks(
+    curate_emoji: str, reject_emoji: str, rows: Sequence[HelpRow]
+) -> list[SectionBlock]:
     lines = [
         "*threadtune* turns your team's best Slack answers into its own model.",
         f"Curators mark a good answer in a thread with :{curate_emoji}:; "
