@@ -145,8 +145,8 @@ def test_preflight_refuses_a_configuration_that_cannot_fit(tmp_path):
 def test_loss_watchdog_stops_on_nan_and_on_divergence(tmp_path):
     from transformers import TrainerControl, TrainerState
 
-    from engine.train.config import TrainConfig
     from engine.train.callbacks import RunState, training_callbacks
+    from engine.train.config import TrainConfig
 
     def feed(losses):
         state = RunState(config=TrainConfig())
