@@ -28,9 +28,9 @@ def gather(db) -> HomeData:  # noqa: ANN001
             data.snapshot = {"id": snapshot.id, "counts": counts}
             snapshot_path = snapshot.path
         for job in session.exec(select(Job).order_by(Job.id.desc()).limit(8)).all():
-            progress = (job.config or {}).get("_progress", {})
+            progress = job.progress
             data.jobs.append({"id": job.id, "state": job.state, "method": job.method,
-                              "step": progress.get("step"), "total": progress.get("total_steps")})
+                              "step": progress.step, "total": progress.total_steps})
         model = deployed_model(session=session)
         if model is not None:
             data.deployed = {"name": model.name, "eval_verdict": model.eval_verdict, "ab_result": model.ab_result}

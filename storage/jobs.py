@@ -201,6 +201,24 @@ def requeue_expired(*, session: Session, now: datetime | None = None, max_attemp
     return requeued
 
 
+def record_progress(*, session: Session, job_id: int, step: int | None,
+                    total_steps: int | None) -> None:
+    """How far the job's training got (read back as ``Job.progress``). Only these two columns are
+    written, so a concurrent state change (a cancel) is never overwritten."""
+    session.execute(
+        update(Job).where(Job.id == job_id)
+        .values(progress_step=_whole(step), progress_total_steps=_whole(total_steps)),
+        execution_options=_NO_SYNC,
+    )
+
+
+def _whole(value: Any) -> int | None:
+    """A step count from an event as an int; anything that is not a number as unknown."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
 def add_event(*, session: Session, job_id: int, level: str, message: str,
               metrics: dict[str, Any] | None = None) -> JobEvent:
     """One line in the job's event log (``level``: info | warning | error)."""

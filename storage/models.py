@@ -3,6 +3,7 @@ these classes describe it for queries and must be kept in step with them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,6 +123,14 @@ class SnapshotExample(SQLModel, table=True):
     line: int = Field(default=0)
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """How far a job's training got: ``step`` of ``total_steps`` (None until the worker heard)."""
+
+    step: int | None = None
+    total_steps: int | None = None
+
+
 class Job(SQLModel, table=True):
     """A training job. States: validating → queued → running → succeeded | failed | cancelled."""
 
@@ -144,6 +153,13 @@ class Job(SQLModel, table=True):
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    # written by the worker (storage.jobs.record_progress), read through ``progress``
+    progress_step: int | None = Field(default=None)
+    progress_total_steps: int | None = Field(default=None)
+
+    @property
+    def progress(self) -> StepProgress:
+        return StepProgress(step=self.progress_step, total_steps=self.progress_total_steps)
 
 
 class JobEvent(SQLModel, table=True):

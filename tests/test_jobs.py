@@ -142,7 +142,7 @@ def test_worker_runs_a_job_to_success_and_records_events(db, tmp_path):
         row = q.get_job(session=s, job_id=job.id)
         assert row.state == "succeeded" and row.finished_at is not None
         assert (Path(row.run_dir) / "adapter" / "adapter_config.json").is_file()
-        assert row.config["_progress"]["total_steps"] == 6
+        assert row.progress.total_steps == 6
         stored = s.exec(select(JobEvent.message).where(JobEvent.job_id == job.id)).all()
         assert "step" in stored and any("succeeded" in m for m in stored)
 

@@ -31,12 +31,14 @@ def test_jobs_list_show_and_cancel(cli_db, capsys):
         q.claim_next_job(session=s, worker_id="w", lease_seconds=60)
         q.add_event(session=s, job_id=done.id, level="info", message="step",
                     metrics={"step": 3, "total_steps": 6, "loss": 1.23456789})
+        q.record_progress(session=s, job_id=done.id, step=3, total_steps=6)
         q.set_state(session=s, job=q.get_job(session=s, job_id=done.id), state="failed",
                     error="the loss became NaN at step 3.")
 
     assert main(["jobs"]) == 0
     out = capsys.readouterr().out
     assert "failed" in out and "queued" in out and "the loss became NaN" in out
+    assert "3/6" in out  # the job's progress, from its progress columns
 
     assert main(["jobs", "show", str(done.id)]) == 0
     out = capsys.readouterr().out

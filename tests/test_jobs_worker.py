@@ -18,7 +18,7 @@ from engine.jobs.runners import LocalRunner
 from engine.jobs.worker import Worker
 from storage import jobs as q
 from storage.db import session_scope
-from storage.models import JobEvent
+from storage.models import JobEvent, StepProgress
 from tests.jobs_support import STANDIN, invocations, make_snapshot, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,8 @@ def test_a_job_runs_to_success_with_its_events_stored(db, tmp_path):
     assert run_dir == tmp_path / "home" / "runs" / f"job-{job_id}"
     assert json.loads((run_dir / "config.json").read_text()) == {"total_steps": 4, "save_steps": 2}
     assert (run_dir / "data" / "validation.jsonl").read_text() == (tmp_path / "snapshot" / "validation.jsonl").read_text()
-    assert job.config["_progress"] == {"step": 4, "total_steps": 4}
+    assert job.progress == StepProgress(step=4, total_steps=4)
+    assert "_progress" not in job.config  # progress is not a training setting
     # one row per event, in order, with the event's numbers
     messages = [e.message for e in events]
     assert messages[0].startswith("attempt 1 started on w1")

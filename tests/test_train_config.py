@@ -36,6 +36,7 @@ def test_rank_above_serving_limit_is_refused_in_words():
         ({"packing": "maybe"}, r"packing must be true/false"),
         ({"method": "dora"}, r"method must be one of qlora, lora, full, not 'dora'"),
         ({"eval_steps": "10", "save_steps": "15"}, r"save_steps \(15\) must be a multiple of eval_steps \(10\)"),
+        ({"target_modules": "q_proj,,v_proj"}, r"target_modules must be 'all-linear' or a comma-separated list"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(overrides, message):
@@ -83,3 +84,31 @@ def test_resolve_fills_a_consistent_schedule():
     assert TrainConfig(max_steps=5).resolve(200, SMOLLM2_PARAMS).total_steps(30) == 5
     with pytest.raises(TrainConfigError, match="training split is empty"):
         TrainConfig().resolve(0, SMOLLM2_PARAMS)
+
+
+def test_target_modules_are_checked_against_the_model_and_spelled_out_in_the_lora_config():
+    """target_modules is parsed once (TrainConfig.target_names); the LoRA config refuses a name
+    that matches no linear layer and lists the layers "all-linear" stands for."""
+    pytest.importorskip("peft")
+    from engine.train import libconfig
+
+    linear = ["k_proj", "q_proj", "v_proj"]
+    assert TrainConfig(target_modules=" q_proj , v_proj").target_names() == ["q_proj", "v_proj"]
+    assert sorted(libconfig.lora_config(TrainConfig(), linear).target_modules) == linear
+    chosen = libconfig.lora_config(TrainConfig(target_modules="q_proj, v_proj"), linear)
+    assert sorted(chosen.target_modules) == ["q_proj", "v_proj"]
+    with pytest.raises(TrainConfigError, match="target_modules qkv match no linear layer of this "
+                                               "model; its linear layers are k_proj, q_proj, v_proj"):
+        libconfig.lora_config(TrainConfig(target_modules="q_proj,qkv"), linear)
+    assert libconfig.lora_config(TrainConfig(method="full"), linear) is None
+
+
+def test_each_method_decides_its_own_differences_in_one_place():
+    from engine.train.methods import BY_NAME
+
+    assert tuple(BY_NAME) == ("qlora", "lora", "full")
+    decided = {name: (m.lora, m.quantized, m.learning_rate_divisor, m.output_dir)
+               for name, m in BY_NAME.items()}
+    assert decided == {"qlora": (True, True, 1, "adapter"), "lora": (True, False, 1, "adapter"),
+                       "full": (False, False, 10, "model")}
+    assert TrainConfig(method="full", lora_r=512).training_method.output_dir == "model"  # no rank cap

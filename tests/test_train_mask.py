@@ -5,12 +5,8 @@ import pytest
 from train_support import tiny_base_dir
 
 from engine.basemodel import load_tokenizer
-from engine.train.program import (
-    TrainingError,
-    end_of_turn_token,
-    label_mask_preview,
-    tokenize_example,
-)
+from engine.train.data import end_of_turn_token, label_mask_preview, tokenize_example
+from engine.train.errors import TrainingError
 
 CONVERSATION = {
     "messages": [

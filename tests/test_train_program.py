@@ -145,12 +145,12 @@ def test_preflight_refuses_a_configuration_that_cannot_fit(tmp_path):
 def test_loss_watchdog_stops_on_nan_and_on_divergence(tmp_path):
     from transformers import TrainerControl, TrainerState
 
+    from engine.train.callbacks import RunState, training_callbacks
     from engine.train.config import TrainConfig
-    from engine.train.program import RunState, _callbacks
 
     def feed(losses):
         state = RunState(config=TrainConfig())
-        watchdog = _callbacks(tmp_path, state)[1]
+        watchdog = training_callbacks(tmp_path, state)[1]
         control = TrainerControl()
         for step, loss in enumerate(losses, 1):
             watchdog.on_log(None, TrainerState(global_step=step), control, logs={"loss": loss})
@@ -211,7 +211,7 @@ def test_lean_lm_head_scores_only_trained_tokens_with_the_same_loss_and_gradient
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils as trl_utils
 
-    from engine.train.program import LM_HEAD_CHUNK_CPU, _cpu_lm_head
+    from engine.train.patches import LM_HEAD_CHUNK_CPU, cpu_lm_head
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32)
     trl_utils.add_fused_lm_head(model)
@@ -229,7 +229,7 @@ def test_lean_lm_head_scores_only_trained_tokens_with_the_same_loss_and_gradient
 
     plain = loss_and_grad()
     before = (trl_utils._use_triton, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
-    with _cpu_lm_head(enabled=True):
+    with cpu_lm_head(enabled=True):
         assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == LM_HEAD_CHUNK_CPU
         lean = loss_and_grad()
     assert (trl_utils._use_triton, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE) == before

@@ -111,12 +111,12 @@ def run_in_process(run_dir: Path, resume: bool = False) -> tuple[int, list[dict]
     """``engine.train.program.run`` in this process, its events captured."""
     import io
 
-    from engine.train import program
+    from engine.train import events, program
 
     stream = io.StringIO()
-    previous, program.EVENT_STREAM = program.EVENT_STREAM, stream
+    previous, events.EVENT_STREAM = events.EVENT_STREAM, stream
     try:
         code = program.run(run_dir, resume=resume)
     finally:
-        program.EVENT_STREAM = previous
+        events.EVENT_STREAM = previous
     return code, parse_events(stream.getvalue())

@@ -119,9 +119,9 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     for column in ("job", "state", "method", "snapshot", "attempts", "progress", "error"):
         table.add_column(column)
     for job in rows:
-        p = (job.config or {}).get("_progress", {})
+        p = job.progress
         table.add_row(str(job.id), job.state, job.method, str(job.snapshot_id), str(job.attempts),
-                      f"{p.get('step', '')}/{p.get('total_steps', '')}" if p.get("total_steps") else "", job.error[:60])
+                      f"{p.step}/{p.total_steps}" if p.total_steps else "", job.error[:60])
     Console().print(table)
     return 0
 

@@ -83,8 +83,8 @@ def jobs(command: Command, services: Services, ack: Callable, respond: Callable)
         return
     lines = []
     for job in rows:
-        progress = (job.config or {}).get("_progress", {})
-        step = f", step {progress.get('step')}/{progress.get('total_steps')}" if progress.get("total_steps") else ""
+        progress = job.progress
+        step = f", step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
         why = f" — {job.error}" if job.state == "failed" and job.error else ""
         lines.append(f"{STATE_ICONS.get(job.state, '•')} Job {job.id} `{job.method}` {job.state}{step}"
                      f" (snapshot #{job.snapshot_id}, by <@{job.requested_by}>){why}")

@@ -59,9 +59,7 @@ def prepare_run_dir(home: Path, job: Job, snapshot: DatasetSnapshot | None) -> P
     run_dir = Path(home) / "runs" / f"job-{job.id}"
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    # keys starting with "_" are the worker's bookkeeping (progress), not training settings
-    config = {k: v for k, v in (job.config or {}).items() if not k.startswith("_")}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(job.config or {}, indent=2))
     if snapshot is not None:
         folder = Path(snapshot.path)
         for split in ("train", "validation"):
@@ -234,8 +232,9 @@ class Worker:
 
     def _record(self, job: Job, event: dict[str, Any], progress_throttle: Throttle) -> None:
         """One event → one JobEvent row (message: the event's kind, or its text for errors and
-        logs; metrics: its scalar fields), and the job's progress (step/total) at most once a
-        second, so that ``/tune jobs`` and the App Home show it without reading every event."""
+        logs; metrics: its scalar fields), and the job's progress (step/total, ``Job.progress``)
+        at most once a second, so that ``/tune jobs`` and the App Home show it without reading
+        every event."""
         kind = str(event.get("event"))
         metrics = {k: v for k, v in event.items() if k != "event" and isinstance(v, int | float | str | bool | None)}
         if kind in ("error", "log"):
@@ -249,12 +248,11 @@ class Worker:
             # the first and the last always go through, so what is shown at the end is exact
             last = kind != "step" or event.get("step") == event.get("total_steps")
             if kind in ("start", "step", "done") and progress_throttle.ready(final=last):
-                current = q.get_job(session=session, job_id=job.id)
-                before = (current.config or {}).get("_progress", {})
-                total = event.get("total_steps") or before.get("total_steps")
-                step = {"start": event.get("resumed_from") or 0, "step": event.get("step", 0)}.get(kind, total)
-                current.config = {**(current.config or {}), "_progress": {"step": step, "total_steps": total}}
-                session.add(current)
+                before = q.get_job(session=session, job_id=job.id).progress
+                total = event.get("total_steps") or before.total_steps
+                step = {"start": event.get("resumed_from") or 0,
+                        "step": event.get("step", 0)}.get(kind, total)
+                q.record_progress(session=session, job_id=job.id, step=step, total_steps=total)
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.observer is None:

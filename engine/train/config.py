@@ -26,7 +26,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-METHODS = ("qlora", "lora", "full")
+from .methods import BY_NAME, Method, method_named
+
+METHODS = tuple(BY_NAME)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -83,12 +85,13 @@ class TrainConfig:
                 raise TrainConfigError(f"{f.name} must be at least {low}, not {value}.")
             if high is not None and value > high:
                 raise TrainConfigError(f"{f.name} must be at most {high}, not {value}.")
-        if self.method != "full" and self.lora_r > self.max_lora_rank:
+        if self.training_method.lora and self.lora_r > self.max_lora_rank:
             raise TrainConfigError(
                 f"lora_r={self.lora_r} is above the rank serving allows (max_lora_rank={self.max_lora_rank}); "
                 f"choose a rank of at most {self.max_lora_rank} or raise vLLM's --max-lora-rank and max_lora_rank together."
             )
-        if not self.target_modules.strip():
+        if "" in self.target_names():
+            # an empty name ("q_proj,,v_proj") is a typo, not a request for fewer layers
             raise TrainConfigError("target_modules must be 'all-linear' or a comma-separated list of module names.")
         if (
             self.eval_steps is not None
@@ -100,6 +103,15 @@ class TrainConfig:
                 f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) so that the best "
                 "evaluated checkpoint is a saved one (early stopping keeps it)."
             )
+
+    @property
+    def training_method(self) -> Method:
+        """What this run's method decides (adapter or full weights, quantised base, ...)."""
+        return method_named(self.method)
+
+    def target_names(self) -> list[str]:
+        """``target_modules`` as a list of names ("all-linear" stays as it is written)."""
+        return [name.strip() for name in self.target_modules.split(",")]
 
     # -- building -------------------------------------------------------------------------------
 
@@ -151,8 +163,7 @@ class TrainConfig:
         if lr is None:
             lr = 2e-4 * (7e9 / max(model_params, 1)) ** (1 / 3)
             lr = min(max(lr, 5e-5), 1e-3)
-            if self.method == "full":
-                lr /= 10
+            lr /= self.training_method.learning_rate_divisor
             lr = float(f"{lr:.2g}")
 
         epochs = self.epochs

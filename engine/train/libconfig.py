@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 
 
 def compute_dtype_name(config: TrainConfig) -> str:
@@ -39,9 +39,15 @@ def torch_dtype(name: str):
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
+def model_dtype(config: TrainConfig, compute: str):
+    """The dtype the base model is loaded in: the compute dtype, except that full fine-tuning
+    keeps fp32 weights (the optimiser updates them directly)."""
+    return torch_dtype(compute if config.training_method.lora else "fp32")
+
+
 def bnb_config(config: TrainConfig, compute: str):
     """NF4 with double quantisation (QLoRA); ``None`` for methods that keep the base unquantised."""
-    if config.method != "qlora":
+    if not config.training_method.quantized:
         return None
     from transformers import BitsAndBytesConfig
 
@@ -56,16 +62,23 @@ def bnb_config(config: TrainConfig, compute: str):
 
 
 def lora_config(config: TrainConfig, linear_names: list[str]):
-    """LoRA on the chosen linear layers. No ``modules_to_save``: vLLM rejects adapters that carry
-    full copies of ``lm_head``/``embed_tokens``."""
-    if config.method == "full":
+    """LoRA on the chosen linear layers (``linear_names``: the model's, see
+    ``trainer.linear_module_names``); a name that matches none of them is refused. No
+    ``modules_to_save``: vLLM rejects adapters that carry full copies of ``lm_head`` or
+    ``embed_tokens``."""
+    if not config.training_method.lora:
         return None
     from peft import LoraConfig
 
-    if config.target_modules.strip() == "all-linear":
-        targets = linear_names  # spelled out, so adapter_config.json says exactly what was trained
-    else:
-        targets = [name.strip() for name in config.target_modules.split(",") if name.strip()]
+    names = config.target_names()
+    unknown = [name for name in names if name not in [*linear_names, "all-linear"]]
+    if unknown:
+        raise TrainConfigError(
+            f"target_modules {', '.join(unknown)} match no linear layer of this model; its linear "
+            f"layers are {', '.join(linear_names)}."
+        )
+    # "all-linear" spelled out, so adapter_config.json says exactly what was trained
+    targets = linear_names if names == ["all-linear"] else names
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -135,4 +148,5 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["bnb_config", "compute_dtype_name", "lora_config", "sft_config", "torch_dtype"]
+__all__ = ["bnb_config", "compute_dtype_name", "lora_config", "model_dtype", "sft_config",
+           "torch_dtype"]

@@ -1,0 +1,40 @@
+"""The program's event stream: one JSON object per line on the real stdout, nothing else.
+
+    start · step · eval · checkpoint · done | error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+# Where events go; None means sys.stdout. ``claim_stdout`` sets it, tests point it at a buffer.
+EVENT_STREAM: TextIO | None = None
+
+
+def claim_stdout() -> TextIO:
+    """Keep the real stdout for events and point fd 1 (and sys.stdout) at stderr, so nothing a
+    library prints — from Python or from C — can break the one-JSON-object-per-line contract."""
+    sys.stdout.flush()
+    events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return events
+
+
+def emit(event: str, **fields: Any) -> None:
+    stream = EVENT_STREAM or sys.stdout
+    stream.write(json.dumps({"event": event, **fields}, default=jsonable) + "\n")
+    stream.flush()
+
+
+def jsonable(value: Any) -> Any:
+    """Tensors and numpy scalars as numbers, anything else as its text."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+__all__ = ["EVENT_STREAM", "claim_stdout", "emit", "jsonable"]

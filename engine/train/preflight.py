@@ -1,0 +1,83 @@
+"""Memory preflight: refuse, before loading anything, a configuration that cannot fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig
+from .errors import TrainingError
+
+
+def estimate_memory(model_config, config: TrainConfig, compute: str) -> int:
+    """Rough peak bytes of a training step, from the architecture alone (before loading).
+
+    Counts weights (4-bit linear layers for qlora), trainable state (weights + grads + AdamW's two
+    moments in fp32), activations (layer inputs kept for checkpointing, one layer recomputed, or
+    all of them without checkpointing) and the logits; ×1.2 plus 0.5 GiB for the framework.
+    """
+    text = (model_config.get_text_config() if hasattr(model_config, "get_text_config")
+            else model_config)
+    h = text.hidden_size
+    inter = getattr(text, "intermediate_size", 4 * h)
+    layers = text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", heads) or heads
+    hd = getattr(text, "head_dim", None) or h // heads
+    vocab = text.vocab_size
+    tied = bool(getattr(text, "tie_word_embeddings", False))
+
+    linear_shapes = [(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h),
+                     (h, inter), (h, inter), (inter, h)]
+    linear_params = layers * sum(a * b for a, b in linear_shapes)
+    embed_params = vocab * h * (1 if tied else 2)
+    other_params = layers * 2 * h + h
+    width = 2 if compute == "bf16" else 4
+
+    method = config.training_method
+    if method.quantized:
+        weights = linear_params * 0.56 + (embed_params + other_params) * 4
+    elif method.lora:
+        weights = (linear_params + embed_params + other_params) * width
+    else:  # fp32 weight, grad and AdamW's two moments for every parameter
+        weights = (linear_params + embed_params + other_params) * 16
+    lora_params = (layers * config.lora_r * sum(a + b for a, b in linear_shapes)
+                   if method.lora else 0)
+    trainable = lora_params * 16
+
+    tokens = config.batch_size * config.max_length
+    per_layer = (tokens * (10 * h + 4 * inter) * 4
+                 + config.batch_size * heads * config.max_length**2 * 4)
+    if config.gradient_checkpointing:
+        activations = layers * tokens * h * width + per_layer
+    else:
+        activations = layers * per_layer
+    logits = tokens * vocab * 4 * 2
+    return int((weights + trainable + activations + logits) * 1.2 + 0.5 * 2**30)
+
+
+def available_memory() -> tuple[int, str]:
+    """Free bytes on the training device and its name."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), torch.cuda.get_device_name()
+    import psutil
+
+    return int(psutil.virtual_memory().available), "cpu"
+
+
+def preflight(model_config, config: TrainConfig, compute: str) -> dict[str, Any]:
+    """The estimate and what is free (recorded in run_info.json); raises when it cannot fit."""
+    needed = estimate_memory(model_config, config, compute)
+    free, device = available_memory()
+    if needed > free:
+        raise TrainingError(
+            f"This configuration needs about {needed / 2**30:.1f} GiB but only "
+            f"{free / 2**30:.1f} GiB is free on {device}; lower batch_size or max_length, keep "
+            "gradient_checkpointing on, or use method=qlora."
+        )
+    return {"estimated_bytes": needed, "available_bytes": free, "device": device}
+
+
+__all__ = ["available_memory", "estimate_memory", "preflight"]
