@@ -42,17 +42,26 @@ def current_versions(*, session: Session) -> dict[int, datetime]:
     return {example_id: updated for example_id, updated in rows}
 
 
-def examples_by_id(*, session: Session, ids: Iterable[int]) -> list[Example]:
-    found: list[Example] = []
+def example_texts(*, session: Session, ids: Iterable[int]) -> list[Any]:
+    """Rows of (``id``, ``channel``, ``thread_ts``, ``source``, ``messages``) — what the index
+    needs, without loading whole examples (a restart reads every one of them)."""
+    found: list[Any] = []
     for chunk in _chunks(ids):
-        found.extend(session.exec(select(Example).where(Example.id.in_(chunk))).all())  # type: ignore[union-attr]
+        found.extend(session.exec(
+            select(Example.id, Example.channel, Example.thread_ts, Example.source, Example.messages)
+            .where(Example.id.in_(chunk))  # type: ignore[union-attr]
+        ).all())
     return found
 
 
-def vectors_for(*, session: Session, ids: Iterable[int]) -> dict[int, RetrievalVector]:
-    found: dict[int, RetrievalVector] = {}
+def vectors_for(*, session: Session, ids: Iterable[int]) -> dict[int, Any]:
+    """Stored vectors by example id: rows of (``example_id``, ``model``, ``dimension``,
+    ``text_hash``, ``vector``)."""
+    found: dict[int, Any] = {}
     for chunk in _chunks(ids):
-        stmt = select(RetrievalVector).where(RetrievalVector.example_id.in_(chunk))  # type: ignore[attr-defined]
+        stmt = (select(RetrievalVector.example_id, RetrievalVector.model, RetrievalVector.dimension,
+                       RetrievalVector.text_hash, RetrievalVector.vector)
+                .where(RetrievalVector.example_id.in_(chunk)))  # type: ignore[attr-defined]
         found.update((row.example_id, row) for row in session.exec(stmt))
     return found
 

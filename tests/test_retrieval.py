@@ -43,15 +43,15 @@ def conversation(question: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-def curate(db, message_ts: str, question: str, answer: str, *, channel: str = "CHELP",
-           thread_ts: str | None = None) -> int:
-    thread_ts = thread_ts or str(float(message_ts) - 1)
-    fields = dict(channel=channel, thread_ts=thread_ts, message_ts=message_ts, answer_user="UEXP",
-                  messages=conversation(question, answer), redactions={},
+def curate(db, message_ts: str, question: str, answer: str, *, channel: str = "CHELP") -> int:
+    """Save through the curation queries; #CHELP is recorded as public, other channels are not."""
+    fields = dict(channel=channel, thread_ts=str(float(message_ts) - 1), message_ts=message_ts,
+                  answer_user="UEXP", messages=conversation(question, answer), redactions={},
                   content_hash=f"{channel}/{message_ts}/{hash(question + answer)}")
     with session_scope(db) as s:
         example, _ = q.save_example(session=s, fields=fields, curator="UCUR")
-        rq.record_channel(session=s, channel=channel, private=False) if channel == "CHELP" else None
+        if channel == "CHELP":
+            rq.record_channel(session=s, channel=channel, private=False)
         return example.id
 
 
@@ -98,6 +98,12 @@ def test_curate_edit_withdraw_delete_exclude(db, index):
     assert (report.updated, report.embedded, report.reused) == (1, 1, 0)
     top = index.search("revert the last release", k=1)[0]
     assert top.example_id == by_ts["101.0"] and top.answer == "Run `make rollback VERSION=previous`."
+
+    # an edit of the answer alone: the stored vector still fits, the new answer is handed over
+    curate(db, "101.0", "How do I roll back a bad deploy?", "Use the Rollback button in Argo.")
+    report = sync(db, index)
+    assert (report.updated, report.embedded, report.reused) == (1, 0, 1)
+    assert index.search("revert the last release", k=1)[0].answer == "Use the Rollback button in Argo."
 
     # withdrawn, deleted (the answer's message deleted), excluded: gone from every result
     with session_scope(db) as s:
