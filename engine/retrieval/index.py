@@ -100,12 +100,12 @@ class _Snapshot:
     """Everything one search reads; never changed after it is built."""
 
     def __init__(self, entries: list[_Entry], visibility: dict[str, bool], dimension: int) -> None:
+        import torch
+
         self.entries = entries
         self.private = [
             e.source != IMPORT_SOURCE and visibility.get(e.channel, True) for e in entries
         ]
-        import torch
-
         # half precision: half the memory and, on the CPU, half the time of a float32 product
         # (memory-bound: 50,000 x 384 is 38 MB instead of 77); cosines move by about 1e-3
         matrix = (np.stack([e.vector for e in entries]) if entries
