@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -302,3 +302,32 @@ class AskFeedback(SQLModel, table=True):
     user: str = Field(max_length=32)
     value: str = Field(max_length=8)  # up | down
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+
+
+# --- Index of curated examples (issue 13) --------------------------------------------------------
+
+class RetrievalVector(SQLModel, table=True):
+    """The stored embedding of one current example's question turns, so that a restart rebuilds
+    the in-memory index without re-embedding. ``text_hash`` identifies the text and model it was
+    computed from: an example whose text changed is embedded again."""
+
+    __tablename__ = "retrieval_vector"
+
+    example_id: int = Field(primary_key=True, foreign_key="example.id", ondelete="CASCADE",
+                            sa_column_kwargs={"autoincrement": False})
+    model: str = Field(max_length=128)
+    dimension: int
+    text_hash: str = Field(max_length=64)
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, little-endian
+    indexed_at: datetime = _ts()
+
+
+class ChannelVisibility(SQLModel, table=True):
+    """Whether a channel examples were curated in is private, as Slack last said. An example from
+    a channel with no row here is treated as private (see ``engine.retrieval``)."""
+
+    __tablename__ = "channel_visibility"
+
+    channel: str = Field(primary_key=True, max_length=32)
+    private: bool
+    checked_at: datetime = _ts()
