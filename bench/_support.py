@@ -21,4 +21,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank), NaN for no values."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+    return (
+        ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+        if ordered
+        else float("nan")
+    )

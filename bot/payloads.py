@@ -143,7 +143,9 @@ class BlockAction:
         try:
             return int(self.value)
         except ValueError:
-            raise PayloadError(f"button {self.action_id} carries {self.value!r}, not an id") from None
+            raise PayloadError(
+                f"button {self.action_id} carries {self.value!r}, not an id"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ class ViewSubmission:
         view = body.get("view") or {}
         raw = (view.get("state") or {}).get("values") or {}
         values = {
-            block: {action: str((field or {}).get("value") or "") for action, field in actions.items()}
+            block: {
+                action: str((field or {}).get("value") or "") for action, field in actions.items()
+            }
             for block, actions in raw.items()
         }
         return cls(

@@ -87,7 +87,9 @@ def explain(error: SlackApiError | Exception) -> str:
     """A sentence for a Slack API failure."""
     if isinstance(error, SlackApiError):
         code = str(error.response.get("error", "")) if error.response is not None else ""
-        return SLACK_ERRORS.get(code, f"Slack answered with an error ({code or error.response.status_code}).")
+        return SLACK_ERRORS.get(
+            code, f"Slack answered with an error ({code or error.response.status_code})."
+        )
     return f"I couldn't reach Slack ({type(error).__name__})."
 
 
@@ -112,7 +114,9 @@ def fetch_thread(client: WebClient, channel: str, ts: str) -> tuple[str | None, 
         raw = []
         cursor = None
         while True:
-            page = client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+            page = client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=200, cursor=cursor
+            )
             raw.extend(page.get("messages") or [])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
             if not page.get("has_more") or not cursor:

@@ -122,7 +122,9 @@ def build_example(
     if answer is None:
         raise Refusal("not_found", "I couldn't find that reply in its thread any more.")
     if answer.bot:
-        raise Refusal("bot_answer", "That answer was posted by a bot; only people's answers are curated.")
+        raise Refusal(
+            "bot_answer", "That answer was posted by a bot; only people's answers are curated."
+        )
     replies = [m for m in ordered if float(m.ts) <= float(answer.ts)]
     asker, answerer = parent.user, answer.user
 
@@ -146,7 +148,9 @@ def build_example(
 
     final_answer = slack_to_text(answer.text)
     if not final_answer:
-        raise Refusal("empty_answer", "That answer has no text I can learn from (only files or attachments).")
+        raise Refusal(
+            "empty_answer", "That answer has no text I can learn from (only files or attachments)."
+        )
     if len(final_answer) < min_answer_chars:
         raise Refusal(
             "too_short",

@@ -62,7 +62,9 @@ def examples_in_thread(*, session: Session, channel: str, thread_ts: str) -> lis
     return list(session.exec(stmt).all())
 
 
-def find_duplicate(*, session: Session, content_hash: str, channel: str, message_ts: str) -> Example | None:
+def find_duplicate(
+    *, session: Session, content_hash: str, channel: str, message_ts: str
+) -> Example | None:
     """An active example with the same normalised content from another message."""
     stmt = select(Example).where(
         Example.content_hash == content_hash,
@@ -81,13 +83,17 @@ def curators_of(*, session: Session, example_id: int) -> list[str]:
     return list(session.exec(stmt).all())
 
 
-def save_example(*, session: Session, fields: dict[str, Any], curator: str | None) -> tuple[Example, bool]:
+def save_example(
+    *, session: Session, fields: dict[str, Any], curator: str | None
+) -> tuple[Example, bool]:
     """Insert or refresh the example for (channel, message_ts) and add ``curator``.
 
     Returns the example and whether this call created or re-activated it. Safe against a
     concurrent insert of the same message: the unique constraint decides, the loser updates.
     """
-    example = get_example(session=session, channel=fields["channel"], message_ts=fields["message_ts"])
+    example = get_example(
+        session=session, channel=fields["channel"], message_ts=fields["message_ts"]
+    )
     created = False
     if example is None:
         try:
@@ -97,7 +103,9 @@ def save_example(*, session: Session, fields: dict[str, Any], curator: str | Non
                 session.flush()
             created = True
         except IntegrityError:
-            example = get_example(session=session, channel=fields["channel"], message_ts=fields["message_ts"])
+            example = get_example(
+                session=session, channel=fields["channel"], message_ts=fields["message_ts"]
+            )
             assert example is not None
     if not created:
         created = example.status != "active"
@@ -130,7 +138,11 @@ def remove_curator(*, session: Session, example_id: int, user_id: str) -> int:
             ExampleCurator.example_id == example_id, ExampleCurator.user_id == user_id
         )
     )
-    stmt = select(func.count()).select_from(ExampleCurator).where(ExampleCurator.example_id == example_id)
+    stmt = (
+        select(func.count())
+        .select_from(ExampleCurator)
+        .where(ExampleCurator.example_id == example_id)
+    )
     return int(session.exec(stmt).one())
 
 
@@ -143,7 +155,9 @@ def withdraw(*, session: Session, example: Example, reason: str) -> None:
 
 def active_examples(*, session: Session) -> list[tuple[Example, list[str]]]:
     """Every active example, oldest first, with its curators."""
-    examples = list(session.exec(select(Example).where(Example.status == "active").order_by(Example.id)).all())
+    examples = list(
+        session.exec(select(Example).where(Example.status == "active").order_by(Example.id)).all()
+    )
     if not examples:
         return []
     rows = session.exec(

@@ -73,7 +73,13 @@ def percent(value: float | None) -> str:
 
 
 def round_blocks(
-    round_id: int, candidate: str, opponent: str, pairs: int, deadline: datetime, *, status: str = "open"
+    round_id: int,
+    candidate: str,
+    opponent: str,
+    pairs: int,
+    deadline: datetime,
+    *,
+    status: str = "open",
 ) -> list[Block]:
     if status == "open":
         how = (
@@ -236,7 +242,9 @@ def result_blocks(
     (``LeaderboardRow.to_dict()`` rows, best first)."""
     ci = result.get("ci") or {}
     bias = result.get("position_bias") or {}
-    why = {"deadline": "at its deadline", "decided": "early: the result is clear"}.get(reason, reason)
+    why = {"deadline": "at its deadline", "decided": "early: the result is clear"}.get(
+        reason, reason
+    )
     lines = [
         f"*{escape(result['candidate'])}* against *{escape(opponent)}*, closed {why}.",
         f"*Votes:* {result['votes']} on {result['pairs']} pairs — {result['wins']} won, "
@@ -265,11 +273,22 @@ def result_blocks(
         ]
         blocks.append(DividerBlock())
         blocks.append(
-            SectionBlock(text=MarkdownTextObject(text="*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows)))
+            SectionBlock(
+                text=MarkdownTextObject(
+                    text="*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows)
+                )
+            )
         )
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(
-            text="Ratings from every A/B vote so far; 95% intervals by bootstrap. Models whose intervals "
-            "overlap share a rank.")]))
+        blocks.append(
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(
+                        text="Ratings from every A/B vote so far; 95% intervals by bootstrap. Models whose intervals "
+                        "overlap share a rank."
+                    )
+                ]
+            )
+        )
     return blocks
 
 

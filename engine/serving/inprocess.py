@@ -186,7 +186,9 @@ class InProcessBackend:
                 chunk = order[start : start + self.batch_size]
                 ids, mask = self._left_pad([encoded[i] for i in chunk])
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=config,
                     streamer=_YieldEachToken(),
                 )
                 for row, index in zip(out[:, ids.shape[1] :].tolist(), chunk, strict=True):
