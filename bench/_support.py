@@ -11,7 +11,8 @@ __all__ = ["free_port", "pct", "wait_healthy"]
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    """Until ``GET /healthz`` on ``port`` answers; exits the bench if the server dies or never does."""
+    """Until ``GET /healthz`` on ``port`` answers; exits the bench if the server dies or never
+    does."""
     try:
         net.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, timeout)
     except (RuntimeError, TimeoutError) as exc:

@@ -19,9 +19,9 @@ user per question): one at a time — each question goes to both arms back to ba
 first alternating, so the machine's drift and any order effect cancel (overhead = /ask − backend
 for the same question, paired) — and ``--users`` at once, ``--rounds`` times per arm, arms
 alternating (questions that arrive together share batches of up to 8 in both arms, and how the
-batches form varies from round to round; the overhead is the difference of the medians). Then cache hits:
-the same questions again (exact match) and reworded (semantic match, counted: a rewording that
-misses is a miss, not a hit).
+batches form varies from round to round; the overhead is the difference of the medians). Then
+cache hits: the same questions again (exact match) and reworded (semantic match, counted: a
+rewording that misses is a miss, not a hit).
 
 The bot also logs its own model time for every answer (``ask N answered by M in T ms (model G
 ms)``); the bench reads it back (ask ids from the bot's audit log) and splits the one-at-a-time
@@ -69,7 +69,8 @@ def questions(n: int) -> list[str]:
 
 
 def backend_timer(base: Path, max_new_tokens: int) -> Callable[[str], float]:
-    """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one question."""
+    """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one
+    question."""
     from engine.serving.batching import BatchingBackend
     from engine.serving.inprocess import InProcessBackend
 
@@ -272,7 +273,8 @@ def main() -> int:
                     unexpected_hits += 1
                     del ask_seq[q], backend_seq[q]
             console.print(
-                f"{args.rounds} rounds of {len(conc)} questions at once, to the backend and to /ask in turn…"
+                f"{args.rounds} rounds of {len(conc)} questions at once, "
+                "to the backend and to /ask in turn…"
             )
             backend_conc, ask_conc, conc_asked = [], [], []
             slack_cpu = 0.0
@@ -288,7 +290,8 @@ def main() -> int:
                         slack_cpu += time.process_time() - cpu
                 conc_asked += round_qs
             console.print(
-                "/ask cache hits: the same questions one at a time, then at once, then reworded at once…"
+                "/ask cache hits: the same questions one at a time, then at once, "
+                "then reworded at once…"
             )
             hit_seq = [driver.ask(q) for q in seq]
             hit_conc = driver.ask_all(conc)
@@ -340,7 +343,8 @@ def main() -> int:
     ]
     figures: dict = {"users": args.users, "max_new_tokens": args.max_new_tokens}
     table = Table(
-        title=f"/ask latency on SmolLM2-135M-Instruct (in-process backend, {args.max_new_tokens} new tokens)"
+        title="/ask latency on SmolLM2-135M-Instruct "
+        f"(in-process backend, {args.max_new_tokens} new tokens)"
     )
     for name in ("phase", "n", "p50 ms", "p99 ms"):
         table.add_column(name, justify="left" if name == "phase" else "right")
@@ -368,9 +372,11 @@ def main() -> int:
     console.print(table)
     console.print(
         f"overhead on a miss, p50: {figures['overhead_miss_p50_ms']} ms one at a time, "
-        f"{figures['overhead_concurrent_p50_ms']} ms with {len(conc)} users at once (target < 100 ms); "
+        f"{figures['overhead_concurrent_p50_ms']} ms with {len(conc)} users at once "
+        "(target < 100 ms); "
         f"cache hit p50 {figures['hit_p50_ms']} ms (target < 50 ms); "
-        f"the emulator (Slack's side) used {figures['emulator_cpu_ms_per_concurrent_ask']} ms of CPU "
+        "the emulator (Slack's side) used "
+        f"{figures['emulator_cpu_ms_per_concurrent_ask']} ms of CPU "
         f"per answer while {len(conc)} were answered at once; "
         f"exact hits {figures['exact_hits']}/{figures['exact_asked']}, "
         f"semantic hits {figures['semantic_hits']}/{figures['semantic_asked']}"

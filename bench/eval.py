@@ -89,19 +89,22 @@ def main() -> int:
     speedup = rows[1][4] / rows[0][4]
 
     print(
-        f"SmolLM2-135M-Instruct at {base} (prepared in {prepare_s:.1f} s), device {backend.device}, "
+        f"SmolLM2-135M-Instruct at {base} (prepared in {prepare_s:.1f} s), "
+        f"device {backend.device}, "
         f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
     )
     print(f"{args.prompts} probe prompts, greedy, max_new_tokens={args.max_new_tokens}")
     print()
     print(
-        f"{'mode':<16} {'answers':>7} {'tokens':>7} {'seconds':>8} {'answers/s':>10} {'tokens/s':>9}"
+        f"{'mode':<16} {'answers':>7} {'tokens':>7} {'seconds':>8} "
+        f"{'answers/s':>10} {'tokens/s':>9}"
     )
     for mode, n, tokens, seconds, aps, tps in rows:
         print(f"{mode:<16} {n:>7} {tokens:>7} {seconds:>8.2f} {aps:>10.2f} {tps:>9.1f}")
     print()
     print(
-        f"batched / one at a time: {speedup:.2f}x (target >= 3x); identical answers: {same}/{len(prompts)}"
+        f"batched / one at a time: {speedup:.2f}x (target >= 3x); "
+        f"identical answers: {same}/{len(prompts)}"
     )
     print(
         json.dumps(

@@ -215,7 +215,8 @@ def main() -> int:
             console.print(f"Bare Bolt app: {args.events} events at {args.rate:g}/s…")
             bare_lat, bare_err = send_at_rate(bare_port, bodies, args.rate)
             console.print(
-                f"threadtune serve: {args.events} events at {args.rate:g}/s (every 10th also retried)…"
+                f"threadtune serve: {args.events} events at {args.rate:g}/s "
+                "(every 10th also retried)…"
             )
             engine = make_engine(db_url)
             start = time.monotonic()

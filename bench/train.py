@@ -44,32 +44,38 @@ TOPICS = [
     (
         "VPN",
         "The VPN client says 'authentication failed' since this morning.",
-        "Your VPN certificate rotated overnight. Open the Self Service app, choose 'Renew VPN profile', then restart the client.",
+        "Your VPN certificate rotated overnight. Open the Self Service app, "
+        "choose 'Renew VPN profile', then restart the client.",
     ),
     (
         "laptop",
         "My laptop fan is loud and the battery drains in an hour.",
-        "Check Activity Monitor for a runaway process first; if none, book a hardware check at the IT desk on floor 3.",
+        "Check Activity Monitor for a runaway process first; "
+        "if none, book a hardware check at the IT desk on floor 3.",
     ),
     (
         "password",
         "How do I reset my SSO password?",
-        "Go to id.example.com, click 'Forgot password' and follow the email link; the new password syncs to all apps within five minutes.",
+        "Go to id.example.com, click 'Forgot password' and follow the email link; "
+        "the new password syncs to all apps within five minutes.",
     ),
     (
         "printer",
         "The third-floor printer shows 'paper jam' but there is no paper stuck.",
-        "Open tray 2 and the rear door, remove the grey roller cover and reseat it; the sensor there often sticks.",
+        "Open tray 2 and the rear door, remove the grey roller cover and reseat it; "
+        "the sensor there often sticks.",
     ),
     (
         "access",
         "I need access to the finance shared drive.",
-        "Request it in the access portal under 'Shared drives → Finance'; your manager approves and access lands within a day.",
+        "Request it in the access portal under 'Shared drives → Finance'; "
+        "your manager approves and access lands within a day.",
     ),
     (
         "email",
         "Outlook keeps asking for my password in a loop.",
-        "Remove the account's saved credentials from the keychain, quit Outlook, sign in again and approve the MFA prompt.",
+        "Remove the account's saved credentials from the keychain, quit Outlook, "
+        "sign in again and approve the MFA prompt.",
     ),
     (
         "wifi",
@@ -79,12 +85,14 @@ TOPICS = [
     (
         "deploy",
         "The staging deploy has been stuck on 'waiting for approval' for an hour.",
-        "Approvals moved to the #deploy-approvals channel last week; post the run link there and the on-call approves it.",
+        "Approvals moved to the #deploy-approvals channel last week; "
+        "post the run link there and the on-call approves it.",
     ),
 ]
 FILLER = (
-    "I already restarted twice and cleared the cache, and a colleague on the same team sees the same thing "
-    "on a different machine, so it is probably not just my setup. It started after the update on Monday. "
+    "I already restarted twice and cleared the cache, and a colleague on the same team sees the "
+    "same thing on a different machine, so it is probably not just my setup. It started after the "
+    "update on Monday. "
 ).split()
 
 
@@ -296,8 +304,8 @@ def main() -> int:
     }
 
     table = Table(
-        title=f"SmolLM2-135M {METHOD} ({compute}), {args.steps} steps, batch 2, max_length {args.max_length}, "
-        f"{args.examples} examples"
+        title=f"SmolLM2-135M {METHOD} ({compute}), {args.steps} steps, batch 2, "
+        f"max_length {args.max_length}, {args.examples} examples"
     )
     table.add_column("")
     table.add_column("threadtune (packing)", justify="right")
@@ -316,7 +324,8 @@ def main() -> int:
     verdict = "met" if figures["target_met"] else "NOT met"
     console.print(
         f"ratio {ratio:.2f}× (target ≥ 1.5× with no more peak memory: {verdict}); "
-        f"CPU matmul peak {flops / 1e9:.0f} GFLOP/s ({compute}, measured in this run); logs in {home}"
+        f"CPU matmul peak {flops / 1e9:.0f} GFLOP/s ({compute}, measured in this run); "
+        f"logs in {home}"
     )
     print(json.dumps(figures))
     return 0

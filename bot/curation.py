@@ -137,7 +137,8 @@ class CurationService:
             if q.is_excluded(session=session, channel=reaction.channel, thread_ts=draft.thread_ts):
                 refusal = Refusal(
                     "excluded",
-                    "That thread was excluded by a curator with the reject emoji, so it can't become an example.",
+                    "That thread was excluded by a curator with the reject emoji, "
+                    "so it can't become an example.",
                 )
             elif dup := q.find_duplicate(
                 session=session,
@@ -147,7 +148,8 @@ class CurationService:
             ):
                 refusal = Refusal(
                     "duplicate",
-                    f"This conversation is already an example (from the thread {dup.channel}/{dup.thread_ts}).",
+                    "This conversation is already an example "
+                    f"(from the thread {dup.channel}/{dup.thread_ts}).",
                 )
             else:
                 refusal = None

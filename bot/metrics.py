@@ -73,7 +73,8 @@ class Metrics:
         self.asks = Counter(
             "threadtune_ask_requests",
             "/ask questions by outcome: answered, failed "
-            "(no answer: model unreachable or an error), rate_limited, refused (empty or too long).",
+            "(no answer: model unreachable or an error), rate_limited, "
+            "refused (empty or too long).",
             ["outcome"],
             registry=r,
         )

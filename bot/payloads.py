@@ -20,7 +20,8 @@ def _need(mapping: dict[str, Any], key: str, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Reaction:
-    """``reaction_added`` / ``reaction_removed`` on a message (no thread_ts: Slack doesn't send it)."""
+    """``reaction_added`` / ``reaction_removed`` on a message (no thread_ts: Slack doesn't send
+    it)."""
 
     event_id: str
     user: str

@@ -25,7 +25,9 @@ SLACK_ERRORS = {
     "thread_not_found": "That thread no longer exists.",
     "message_not_found": "That message no longer exists.",
     "ratelimited": "Slack is rate-limiting me right now; please try again in a minute.",
-    "missing_scope": "I lack a permission for this; an admin should reinstall the app from manifest.yml.",
+    "missing_scope": (
+        "I lack a permission for this; an admin should reinstall the app from manifest.yml."
+    ),
     "invalid_auth": "My Slack token is invalid; an admin should check SLACK_BOT_TOKEN.",
     "not_authed": "My Slack token is missing; an admin should check SLACK_BOT_TOKEN.",
 }

@@ -72,7 +72,8 @@ def ensure_base_model(home: Path, base_model: str = EMBEDDED_NAME) -> Path:
         return local
     if local.exists():
         raise BaseModelError(
-            f"BASE_MODEL {base_model} is a path but holds no config.json: point it at a Hugging Face model folder."
+            f"BASE_MODEL {base_model} is a path but holds no config.json: "
+            "point it at a Hugging Face model folder."
         )
     return _from_hf_cache(base_model)
 
@@ -84,9 +85,10 @@ def _from_hf_cache(model_id: str) -> Path:
         return Path(snapshot_download(model_id, local_files_only=True))
     except Exception as exc:  # the hub library raises several kinds for "not cached"
         raise BaseModelError(
-            f"BASE_MODEL {model_id} is neither a local model folder nor a model in the local Hugging Face "
-            f"cache; threadtune never downloads models at run time, so download it first "
-            f"(`huggingface-cli download {model_id}`) or use the embedded default ({EMBEDDED_NAME})."
+            f"BASE_MODEL {model_id} is neither a local model folder nor a model in the local "
+            "Hugging Face cache; threadtune never downloads models at run time, so download it "
+            f"first (`huggingface-cli download {model_id}`) or use the embedded default "
+            f"({EMBEDDED_NAME})."
         ) from exc
 
 

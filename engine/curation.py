@@ -110,12 +110,15 @@ def build_example(
     turns of one role are joined. Raises :class:`Refusal` with a sentence for the curator.
     """
     if not thread:
-        raise Refusal("not_found", "I couldn't find that message any more; it may have been deleted.")
+        raise Refusal(
+            "not_found", "I couldn't find that message any more; it may have been deleted."
+        )
     parent = thread[0]
     if reacted_ts == parent.ts:
         raise Refusal(
             "thread_parent",
-            "That's the question that starts the thread: put the emoji on the reply that answers it.",
+            "That's the question that starts the thread: "
+            "put the emoji on the reply that answers it.",
         )
     ordered = sorted(thread[1:], key=lambda m: float(m.ts))
     answer = next((m for m in ordered if m.ts == reacted_ts), None)

@@ -226,8 +226,8 @@ def set_comment(*, session: Session, pair_id: int, voter: str, comment: str) -> 
 
 
 def round_counts(*, session: Session, round_id: int) -> dict[int, dict[str, int]]:
-    """Votes per pair of a round, by choice plus ``total``: ``{pair_id: {"a": 2, ..., "total": 5}}``,
-    every pair present, in position order."""
+    """Votes per pair of a round, by choice plus ``total``:
+    ``{pair_id: {"a": 2, ..., "total": 5}}``, every pair present, in position order."""
     counts = {
         p.id: {c: 0 for c in (*CHOICES, "total")}
         for p in pairs_of(session=session, round_id=round_id)

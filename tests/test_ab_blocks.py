@@ -1,4 +1,5 @@
-"""A/B Block Kit builders and payload parsing: real slack_sdk models (to_dict validates), no mocks."""
+"""A/B Block Kit builders and payload parsing: real slack_sdk models (to_dict validates), no
+mocks."""
 
 import json
 from datetime import UTC, datetime

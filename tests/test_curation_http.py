@@ -451,7 +451,10 @@ def test_malformed_body_gets_400_and_server_keeps_serving(env, body):
 
 
 def test_huge_and_odd_unicode_messages(env):
-    odd = "Zero\u200bwidth, RTL \u05e2\u05d1\u05e8\u05d9\u05ea, emoji 🚀✅, combining e\u0301, NUL-free \ufeff BOM."
+    odd = (
+        "Zero\u200bwidth, RTL \u05e2\u05d1\u05e8\u05d9\u05ea, emoji 🚀✅, combining e\u0301, "
+        "NUL-free \ufeff BOM."
+    )
     _, a = qa(env, "Unicode question ✓ — does it survive?", odd)
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     ex = _wait(lambda: example(env, a), 15)

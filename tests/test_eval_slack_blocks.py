@@ -1,5 +1,6 @@
-"""The evaluation summary's Block Kit, validated by slack_sdk's models (no mocks): the verdict, the
-metric table with changes, samples side by side, Block Kit limits with very long and hostile text."""
+"""The evaluation summary's Block Kit, validated by slack_sdk's models (no mocks): the verdict,
+the metric table with changes, samples side by side, Block Kit limits with very long and hostile
+text."""
 
 from __future__ import annotations
 

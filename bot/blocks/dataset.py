@@ -13,7 +13,10 @@ def readiness_line(count: int, *, minimum: int = 10, target: int = TARGET) -> st
     if count < minimum:
         return f"Not ready to train: {count} of the {minimum} examples needed."
     if count < target:
-        return f"Ready to train ({count} examples); {target}+ is the target for a meaningful improvement."
+        return (
+            f"Ready to train ({count} examples); "
+            f"{target}+ is the target for a meaningful improvement."
+        )
     return f"Ready to train: {count} examples, at or above the {target}-example target."
 
 
@@ -48,7 +51,8 @@ def snapshot_lines(snapshot_id: int, manifest: dict[str, Any], *, limit: int = 8
     """The latest snapshot in a few lines: splits, duplicates, errors first, then warnings."""
     counts = manifest.get("counts", {})
     lines = [
-        f"*Snapshot #{snapshot_id}:* {counts.get('train', 0)} train / {counts.get('validation', 0)} validation / "
+        f"*Snapshot #{snapshot_id}:* {counts.get('train', 0)} train / "
+        f"{counts.get('validation', 0)} validation / "
         f"{counts.get('test', 0)} test · {counts.get('duplicates', 0)} duplicates collapsed · "
         f"{counts.get('errors', 0)} errors · {counts.get('warnings', 0)} warnings"
     ]

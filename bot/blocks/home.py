@@ -31,10 +31,12 @@ def home_view(data: HomeData) -> View:
     blocks: list[Block] = [
         HeaderBlock(text="threadtune"),
         *sections(
-            f"*Dataset* — {count} curated examples `{'█' * filled}{'░' * (20 - filled)}` {count}/{TARGET}\n"
+            f"*Dataset* — {count} curated examples "
+            f"`{'█' * filled}{'░' * (20 - filled)}` {count}/{TARGET}\n"
             + readiness_line(count)
             + (
-                f"\nLatest snapshot: #{data.snapshot['id']} ({data.snapshot.get('counts', {}).get('train', '?')} train / "
+                f"\nLatest snapshot: #{data.snapshot['id']} "
+                f"({data.snapshot.get('counts', {}).get('train', '?')} train / "
                 f"{data.snapshot.get('counts', {}).get('validation', '?')} validation / "
                 f"{data.snapshot.get('counts', {}).get('test', '?')} test)"
                 if data.snapshot
@@ -54,7 +56,8 @@ def home_view(data: HomeData) -> View:
         for job in data.jobs[:8]:
             progress = f" — step {job['step']}/{job['total']}" if job.get("total") else ""
             lines.append(
-                f"{STATE_ICONS.get(job['state'], '•')} Job {job['id']} ({job.get('method', 'qlora')}): "
+                f"{STATE_ICONS.get(job['state'], '•')} Job {job['id']} "
+                f"({job.get('method', 'qlora')}): "
                 f"{job['state']}{progress}"
             )
         blocks += sections("*Recent jobs*\n" + "\n".join(lines))
@@ -70,7 +73,8 @@ def home_view(data: HomeData) -> View:
             else "no A/B round yet"
         )
         blocks += sections(
-            f"*Deployed behind /ask:* `{d['name']}` — eval verdict *{d.get('eval_verdict') or 'n/a'}*, {ab_text}"
+            f"*Deployed behind /ask:* `{d['name']}` — "
+            f"eval verdict *{d.get('eval_verdict') or 'n/a'}*, {ab_text}"
         )
     else:
         blocks += sections("*Deployed behind /ask:* the base model (nothing deployed yet).")
@@ -84,7 +88,8 @@ def home_view(data: HomeData) -> View:
         blocks += sections("*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows))
     blocks.append(
         context(
-            f"Curate with :white_check_mark: on a thread reply · {data.stats.get('withdrawn', 0)} withdrawn · "
+            "Curate with :white_check_mark: on a thread reply · "
+            f"{data.stats.get('withdrawn', 0)} withdrawn · "
             f"{data.stats.get('excluded_threads', 0)} threads excluded · `/tune help`"
         )
     )

@@ -75,7 +75,8 @@ def job_blocks(p: JobProgress) -> list[Block]:
         lines.append(" · ".join(metrics))
     if p.resumed_from:
         lines.append(
-            f"Resumed from the checkpoint at step {p.resumed_from} after the previous worker stopped."
+            f"Resumed from the checkpoint at step {p.resumed_from} "
+            "after the previous worker stopped."
         )
     if p.error:
         lines.append(f"*Why it stopped:* {p.error}")

@@ -75,6 +75,7 @@ def models_blocks(rows: list[ModelRow]) -> list[Block]:
         HeaderBlock(text=PlainTextObject(text="Models")),
         *sections(head + "\n\n" + "\n".join(model_line(r) for r in rows)),
         context(
-            "`/tune deploy <model>` serves one behind /ask after a probe; `/tune rollback` goes back."
+            "`/tune deploy <model>` serves one behind /ask after a probe; "
+            "`/tune rollback` goes back."
         ),
     ]

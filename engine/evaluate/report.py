@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.evaluate.run import EvalReport
+from engine.evaluate.run import Check, EvalReport
 
 VERDICT_TEXT = {
     "promote": "Promote: the candidate is better and passed every check.",
-    "needs_ab": "Needs A/B: no check failed hard, but the numbers alone do not settle it; let people vote.",
+    "needs_ab": (
+        "Needs A/B: no check failed hard, but the numbers alone do not settle it; let people vote."
+    ),
     "reject": "Reject: the candidate failed a hard check.",
 }
 
@@ -89,6 +91,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
+def _result(check: Check) -> str:
+    if check.status != "fail":
+        return check.status
+    return f"fail ({'hard' if check.hard else 'soft'})"
+
+
 def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
     """The report as Markdown: verdict and reasons, metric table, checks, samples, charts."""
     lines = [
@@ -98,7 +106,8 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "",
         *[f"- {r}" for r in report.reasons],
         "",
-        f"{report.n_test} test examples, {report.n_probes} general probes, {report.n_canaries} canaries; "
+        f"{report.n_test} test examples, {report.n_probes} general probes, "
+        f"{report.n_canaries} canaries; "
         f"{report.elapsed_s:.0f} s; {report.created_at}.",
         "",
         "## Metrics",
@@ -112,7 +121,7 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "| Check | Result | Value | Rule |",
         "|---|---|---|---|",
         *[
-            f"| {c.name} | {c.status}{'' if c.status != 'fail' else (' (hard)' if c.hard else ' (soft)')} | {_cell(c.value)} | {_cell(c.rule)} |"
+            f"| {c.name} | {_result(c)} | {_cell(c.value)} | {_cell(c.rule)} |"
             for c in report.checks
         ],
         "",

@@ -167,7 +167,9 @@ class InProcessBackend:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         return COMPUTE.run(self._generate, prompts, max_new_tokens, adapter)
 
-    def _generate(self, prompts: Conversations, max_new_tokens: int, adapter: str | None) -> list[Generation]:
+    def _generate(
+        self, prompts: Conversations, max_new_tokens: int, adapter: str | None
+    ) -> list[Generation]:
         import torch
         from transformers import GenerationConfig
 

@@ -10,7 +10,8 @@ Flags and why (see also ``vllm_env``):
 - ``--served-model-name base``: requests name the base model ``base`` and adapters by their own
   names, whatever the base folder is called.
 - ``--enable-lora --max-lora-rank R``: vLLM refuses adapters above R (default 16); R is the
-  smallest value vLLM accepts that fits the largest adapter rank (at least 16, the training default).
+  smallest value vLLM accepts that fits the largest adapter rank (at least 16, the training
+  default).
 - ``--max-loras N``: adapters usable in one batch (and kept in memory); at least ``VLLM_MAX_LORAS``
   and enough for every adapter given plus a candidate.
 - ``--lora-modules name=path``: adapters loaded at start; others can be loaded at run time.
@@ -201,7 +202,8 @@ class VLLMServer:
             if code is not None:
                 self.process = None
                 raise ServingError(
-                    f"vLLM exited with code {code} while starting; the end of {self.log_path}:\n{self.log_tail()}"
+                    f"vLLM exited with code {code} while starting; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
                 )
             if client.is_healthy():
                 self.startup_seconds = time.monotonic() - started
