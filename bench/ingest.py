@@ -234,7 +234,7 @@ def main() -> int:
             with session_scope(engine) as s:
                 stored = s.exec(select(func.count()).select_from(Example)).one()
                 curator_rows = s.exec(select(func.count()).select_from(ExampleCurator)).one()
-            acks = [c for c in slack.calls("reactions.add")]
+            acks = slack.calls("reactions.add")
             duplicated = (curator_rows - stored) + max(
                 0, len(acks) - len({c["args"]["timestamp"] for c in acks})
             )

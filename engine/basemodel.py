@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -148,7 +147,7 @@ def _convert_embedded(target: Path) -> None:
         )
         if target.exists():  # an incomplete earlier attempt
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        tmp.replace(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

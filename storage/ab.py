@@ -229,7 +229,7 @@ def round_counts(*, session: Session, round_id: int) -> dict[int, dict[str, int]
     """Votes per pair of a round, by choice plus ``total``:
     ``{pair_id: {"a": 2, ..., "total": 5}}``, every pair present, in position order."""
     counts = {
-        p.id: {c: 0 for c in (*CHOICES, "total")}
+        p.id: dict.fromkeys((*CHOICES, "total"), 0)
         for p in pairs_of(session=session, round_id=round_id)
     }
     stmt = (

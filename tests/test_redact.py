@@ -139,7 +139,7 @@ def test_placeholders(text, expected):
 
 
 def test_every_kind_has_its_placeholder():
-    assert PLACEHOLDERS == {kind: f"[{kind.upper()}]" for kind in KINDS}
+    assert {kind: f"[{kind.upper()}]" for kind in KINDS} == PLACEHOLDERS
 
 
 def test_counts_per_kind():

@@ -42,7 +42,7 @@ def _delta(a: float | None, b: float | None, digits: int = 3) -> str:
 def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
     """(metric, base, candidate, change) rows shared by the Markdown table and the Slack summary."""
     b, c = report.base, report.candidate
-    rows = [
+    return [
         ("Test loss", _num(b.loss), _num(c.loss), _delta(b.loss, c.loss)),
         (
             "Perplexity",
@@ -84,7 +84,6 @@ def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
             f"{c.pii_findings - b.pii_findings:+d}",
         ),
     ]
-    return rows
 
 
 def _cell(text: str) -> str:

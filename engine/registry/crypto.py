@@ -105,7 +105,7 @@ def opened_adapter(
         )
     tmp = Path(tempfile.mkdtemp(prefix="tt-adapter-"))
     try:
-        os.chmod(tmp, 0o700)
+        tmp.chmod(0o700)
         decrypt_dir(path, tmp, key)
         if expected_checksum and checksum(tmp) != expected_checksum:
             raise AdapterIntegrityError(

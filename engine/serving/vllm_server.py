@@ -25,6 +25,7 @@ Flags and why (see also ``vllm_env``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -221,18 +222,13 @@ class VLLMServer:
         process, self.process = self.process, None
         if process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # children may outlive the leader; the group id is the leader's pid
+        # children may outlive the leader; the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def __enter__(self) -> VLLMServer:
