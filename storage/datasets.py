@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import DatasetSnapshot, Example, ExampleCurator, SnapshotExample, utcnow
 
@@ -32,18 +32,26 @@ class StoredExample:
 
 def active_examples_with_curators(*, session: Session) -> list[StoredExample]:
     """Every active example with its curators, in id order. Two queries whatever the size."""
+    # sqlmodel types select() for at most four columns; these seven come back as a plain tuple
     rows = session.exec(
-        select(Example.id, Example.source, Example.channel, Example.thread_ts, Example.message_ts,
-               Example.messages, Example.created_at)
+        select(  # type: ignore[call-overload]
+            Example.id,
+            Example.source,
+            Example.channel,
+            Example.thread_ts,
+            Example.message_ts,
+            Example.messages,
+            Example.created_at,
+        )
         .where(Example.status == "active")
-        .order_by(Example.id)
+        .order_by(col(Example.id))
     ).all()
     curators: dict[int, list[str]] = {}
     pairs = session.exec(
         select(ExampleCurator.example_id, ExampleCurator.user_id)
-        .join(Example, Example.id == ExampleCurator.example_id)
+        .join(Example, col(Example.id) == col(ExampleCurator.example_id))
         .where(Example.status == "active")
-        .order_by(ExampleCurator.id)
+        .order_by(col(ExampleCurator.id))
     ).all()
     for example_id, user_id in pairs:
         curators.setdefault(example_id, []).append(user_id)
@@ -113,7 +121,7 @@ def snapshot_members(*, session: Session, snapshot_id: int) -> list[SnapshotExam
     stmt = (
         select(SnapshotExample)
         .where(SnapshotExample.snapshot_id == snapshot_id)
-        .order_by(SnapshotExample.split, SnapshotExample.line)
+        .order_by(col(SnapshotExample.split), col(SnapshotExample.line))
     )
     return list(session.exec(stmt).all())
 
@@ -125,8 +133,10 @@ def existing_content_hashes(*, session: Session, hashes: Iterable[str]) -> set[s
     for start in range(0, len(wanted), IN_CHUNK):
         chunk = wanted[start : start + IN_CHUNK]
         found.update(
-            session.exec(select(Example.content_hash).where(Example.content_hash.in_(chunk))).all()
-        )  # type: ignore[attr-defined]
+            session.exec(
+                select(Example.content_hash).where(col(Example.content_hash).in_(chunk))
+            ).all()
+        )
     return found
 
 

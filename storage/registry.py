@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import AskFeedback, AskLog, Deployment, Model, utcnow
 
@@ -31,7 +31,7 @@ def get_model(*, session: Session, ref: str | int) -> Model | None:
     text = str(ref).strip().lstrip("#")
     if text.startswith("job-") and text[4:].isdigit():
         return session.exec(
-            select(Model).where(Model.job_id == int(text[4:])).order_by(Model.id.desc())
+            select(Model).where(Model.job_id == int(text[4:])).order_by(col(Model.id).desc())
         ).first()
     model = session.exec(select(Model).where(Model.name == text)).first()
     if model is None and text.isdigit():
@@ -41,12 +41,12 @@ def get_model(*, session: Session, ref: str | int) -> Model | None:
 
 def model_for_job(*, session: Session, job_id: int) -> Model | None:
     return session.exec(
-        select(Model).where(Model.job_id == job_id).order_by(Model.id.desc())
+        select(Model).where(Model.job_id == job_id).order_by(col(Model.id).desc())
     ).first()
 
 
 def list_models(*, session: Session, limit: int = 20) -> list[Model]:
-    return list(session.exec(select(Model).order_by(Model.id.desc()).limit(limit)).all())
+    return list(session.exec(select(Model).order_by(col(Model.id).desc()).limit(limit)).all())
 
 
 def deployed_model(*, session: Session) -> Model | None:
@@ -104,10 +104,10 @@ def previous_deployed(*, session: Session) -> Model | None:
     current model and lands on the model it names (a rollback to the base model empties it)."""
     rows = session.exec(
         select(Deployment)
-        .where(Deployment.action.in_(["deploy", "rollback"]))
-        .order_by(Deployment.id)  # type: ignore[attr-defined]
+        .where(col(Deployment.action).in_(["deploy", "rollback"]))
+        .order_by(col(Deployment.id))
     ).all()
-    stack: list[int] = []
+    stack: list[int | None] = []
     for row in rows:
         if row.action == "deploy":
             if not stack or stack[-1] != row.model_id:  # deploying what is deployed changes nothing
@@ -122,7 +122,8 @@ def previous_deployed(*, session: Session) -> Model | None:
             stack.pop()
         if not stack:
             stack.append(row.model_id)
-    return session.get(Model, stack[-2]) if len(stack) >= 2 else None
+    previous = stack[-2] if len(stack) >= 2 else None
+    return None if previous is None else session.get(Model, previous)
 
 
 def undeploy(*, session: Session, by_user: str, detail: str) -> None:
@@ -207,16 +208,16 @@ def audit_rows(
     votes = (
         select(
             AskFeedback.ask_id,
-            func.sum(case((AskFeedback.value == "up", 1), else_=0)).label("up"),
-            func.sum(case((AskFeedback.value == "down", 1), else_=0)).label("down"),
+            func.sum(case((col(AskFeedback.value) == "up", 1), else_=0)).label("up"),
+            func.sum(case((col(AskFeedback.value) == "down", 1), else_=0)).label("down"),
         )
-        .group_by(AskFeedback.ask_id)
+        .group_by(col(AskFeedback.ask_id))
         .subquery()
     )
     stmt = (
         select(AskLog, func.coalesce(votes.c.up, 0), func.coalesce(votes.c.down, 0))
         .outerjoin(votes, votes.c.ask_id == AskLog.id)
-        .order_by(AskLog.id)
+        .order_by(col(AskLog.id))
     )
     if since is not None:
         stmt = stmt.where(AskLog.created_at >= since)

@@ -278,8 +278,8 @@ def test_fifty_thousand_characters():
 @pytest.mark.parametrize(
     "text",
     [
-        "xoxb-"
-        * 10_000,  # once took 44 s: an unbounded key prefix made the password rule quadratic
+        # once took 44 s: an unbounded key prefix made the password rule quadratic
+        "xoxb-" * 10_000,
         "1234 " * 10_000,
         "1." * 25_000,
         "-----BEGIN RSA PRIVATE KEY-----\n" + ("A" * 63 + "\n") * 780,

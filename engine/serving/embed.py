@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class QuestionEmbedder:
     """Unit-length embeddings of short texts (384 dimensions), or None while unavailable."""
 
     def __init__(self) -> None:
-        self._model = None
+        self._model: Any = None  # a sentence-transformers model once loaded
         self._loading: threading.Thread | None = None
         self._waiting: list[_Text] = []
         self._waiting_lock = threading.Lock()
