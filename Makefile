@@ -43,8 +43,10 @@ test: $(STAMP) $(VLLM_STAMP)
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# ruff over everything; mypy over the layers below the Slack app (config in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot engine storage tests bench
+	$(VENV)/bin/mypy storage engine
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

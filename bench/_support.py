@@ -11,7 +11,8 @@ __all__ = ["free_port", "pct", "wait_healthy"]
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    """Until ``GET /healthz`` on ``port`` answers; exits the bench if the server dies or never does."""
+    """Until ``GET /healthz`` on ``port`` answers; exits the bench if the server dies or never
+    does."""
     try:
         net.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, timeout)
     except (RuntimeError, TimeoutError) as exc:
@@ -21,4 +22,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank), NaN for no values."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+    return (
+        ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+        if ordered
+        else float("nan")
+    )

@@ -19,9 +19,9 @@ user per question): one at a time — each question goes to both arms back to ba
 first alternating, so the machine's drift and any order effect cancel (overhead = /ask − backend
 for the same question, paired) — and ``--users`` at once, ``--rounds`` times per arm, arms
 alternating (questions that arrive together share batches of up to 8 in both arms, and how the
-batches form varies from round to round; the overhead is the difference of the medians). Then cache hits:
-the same questions again (exact match) and reworded (semantic match, counted: a rewording that
-misses is a miss, not a hit).
+batches form varies from round to round; the overhead is the difference of the medians). Then
+cache hits: the same questions again (exact match) and reworded (semantic match, counted: a
+rewording that misses is a miss, not a hit).
 
 The bot also logs its own model time for every answer (``ask N answered by M in T ms (model G
 ms)``); the bench reads it back (ask ids from the bot's audit log) and splits the one-at-a-time
@@ -69,7 +69,8 @@ def questions(n: int) -> list[str]:
 
 
 def backend_timer(base: Path, max_new_tokens: int) -> Callable[[str], float]:
-    """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one question."""
+    """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one
+    question."""
     from engine.serving.batching import BatchingBackend
     from engine.serving.inprocess import InProcessBackend
 
@@ -99,8 +100,10 @@ def bot_model_seconds(log_text: str, db_path: Path, asked: dict[str, str]) -> di
     """question → the model time the bot logged for it (``asked``: user → question)."""
     import sqlite3
 
-    model_ms = {int(m.group(1)): int(m.group(2))
-                for m in re.finditer(r"ask (\d+) answered by \S+ in \d+ ms \(model (\d+) ms\)", log_text)}
+    model_ms = {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"ask (\d+) answered by \S+ in \d+ ms \(model (\d+) ms\)", log_text)
+    }
     with sqlite3.connect(db_path) as db:
         users = dict(db.execute("SELECT id, user FROM ask_log").fetchall())
     return {asked[users[i]]: ms / 1000 for i, ms in model_ms.items() if users.get(i) in asked}
@@ -179,10 +182,21 @@ def ms(seconds: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=16, help="questions per phase and concurrent users (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of --users questions at once per arm (default 3; batch formation varies)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=16,
+        help="questions per phase and concurrent users (default 16)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=48, help="answer length limit in tokens (default 48)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of --users questions at once per arm (default 3; batch formation varies)",
+    )
     parser.add_argument("--serve-log", type=Path, default=None, help="keep the bot's log here")
     args = parser.parse_args()
 
@@ -198,35 +212,56 @@ def main() -> int:
     home = Path(home_env or tmp.name)
     base = ensure_base_model(home, os.environ.get("BASE_MODEL", "smollm2-135m-instruct"))
     qs = questions(2 * args.users)
-    seq, conc = qs[: args.users], qs[args.users:]
+    seq, conc = qs[: args.users], qs[args.users :]
 
     console.print("Loading the model for the backend arm…")
     backend = backend_timer(base, args.max_new_tokens)
 
     port = free_port()
     work = Path(tmp.name)
-    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SECRET) as slack:
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SECRET
+    ) as slack:
         slack.add_channel(CHANNEL, "ask-bench")
-        env = {**os.environ, "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_API_URL": slack.api_url, "SLACK_APP_TOKEN": "",
-               "DATABASE_URL": f"sqlite:///{work / 'bench-ask.db'}", "THREADTUNE_HOME": str(home),
-               "BASE_MODEL": str(base), "ASK_MAX_NEW_TOKENS": str(args.max_new_tokens), "ASK_RATE_LIMIT": "1000"}
+        env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "SLACK_APP_TOKEN": "",
+            "DATABASE_URL": f"sqlite:///{work / 'bench-ask.db'}",
+            "THREADTUNE_HOME": str(home),
+            "BASE_MODEL": str(base),
+            "ASK_MAX_NEW_TOKENS": str(args.max_new_tokens),
+            "ASK_RATE_LIMIT": "1000",
+        }
         log_path = work / "serve.log"
         with log_path.open("w") as log:
-            bot = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            bot = subprocess.Popen(
+                [sys.executable, "-m", "bot", "serve", "--port", str(port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_healthy(port, bot)
             driver = AskDriver(slack)
             console.print("Warming up /ask (model and embedding model load)…")
             driver.ask("Hello, who are you?")
             deadline = time.monotonic() + 300
-            while "semantic /ask cache ready" not in log_path.read_text() and time.monotonic() < deadline:
+            while (
+                "semantic /ask cache ready" not in log_path.read_text()
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
-            console.print(f"{len(seq)} questions one at a time, to the backend and to /ask in turn…")
+            console.print(
+                f"{len(seq)} questions one at a time, to the backend and to /ask in turn…"
+            )
             backend_seq: dict[str, float] = {}
             ask_seq: dict[str, float] = {}
-            unexpected_hits = 0  # a "miss" question the cache answered (a rewording of an earlier one)
+            unexpected_hits = 0
             for i, q in enumerate(seq):
                 if i % 2:
                     backend_seq[q] = backend(q)
@@ -237,9 +272,12 @@ def main() -> int:
                 if cached:
                     unexpected_hits += 1
                     del ask_seq[q], backend_seq[q]
-            console.print(f"{args.rounds} rounds of {len(conc)} questions at once, to the backend and to /ask in turn…")
+            console.print(
+                f"{args.rounds} rounds of {len(conc)} questions at once, "
+                "to the backend and to /ask in turn…"
+            )
             backend_conc, ask_conc, conc_asked = [], [], []
-            slack_cpu = 0.0  # this process's CPU during the /ask rounds: the emulator (Slack's side)
+            slack_cpu = 0.0
             for r in range(args.rounds):
                 # new words each round, or the cache would answer; which arm goes first alternates
                 round_qs = conc if r == 0 else [f"{q} (asking again, {r + 1})" for q in conc]
@@ -251,7 +289,10 @@ def main() -> int:
                         ask_conc += driver.ask_all(round_qs)
                         slack_cpu += time.process_time() - cpu
                 conc_asked += round_qs
-            console.print("/ask cache hits: the same questions one at a time, then at once, then reworded at once…")
+            console.print(
+                "/ask cache hits: the same questions one at a time, then at once, "
+                "then reworded at once…"
+            )
             hit_seq = [driver.ask(q) for q in seq]
             hit_conc = driver.ask_all(conc)
             semantic = driver.ask_all([REWORD.format(q=q) for q in conc])
@@ -268,7 +309,11 @@ def main() -> int:
     slowdown = [bot_model[q] - backend_seq[q] for q in ask_seq if q in bot_model]
     miss_conc = [s for s, cached in ask_conc if not cached]
     unexpected_hits += len(ask_conc) - len(miss_conc)
-    outside_conc = [e2e - bot_model[q] for q, (e2e, _) in zip(conc_asked, ask_conc, strict=True) if q in bot_model]
+    outside_conc = [
+        e2e - bot_model[q]
+        for q, (e2e, _) in zip(conc_asked, ask_conc, strict=True)
+        if q in bot_model
+    ]
     semantic_hits = [s for s, cached in semantic if cached]
     n = len(conc)
     rows = [  # (phase, key in the JSON line, seconds)
@@ -279,18 +324,38 @@ def main() -> int:
         ("  of it the model slower in the bot", "overhead_model_slowdown", slowdown),
         (f"backend, {n} at once", f"backend_{n}_at_once", backend_conc),
         (f"/ask miss, {n} users at once", f"ask_miss_{n}_users_at_once", miss_conc),
-        ("  of it outside the model (bot's log)", f"ask_miss_{n}_at_once_outside_model", outside_conc),
+        (
+            "  of it outside the model (bot's log)",
+            f"ask_miss_{n}_at_once_outside_model",
+            outside_conc,
+        ),
         ("/ask exact hit, one at a time", "ask_exact_hit_one_at_a_time", [s for s, _ in hit_seq]),
-        (f"/ask exact hit, {n} users at once", f"ask_exact_hit_{n}_users_at_once", [s for s, _ in hit_conc]),
-        (f"/ask semantic hit, {n} users at once", f"ask_semantic_hit_{n}_users_at_once", semantic_hits),
+        (
+            f"/ask exact hit, {n} users at once",
+            f"ask_exact_hit_{n}_users_at_once",
+            [s for s, _ in hit_conc],
+        ),
+        (
+            f"/ask semantic hit, {n} users at once",
+            f"ask_semantic_hit_{n}_users_at_once",
+            semantic_hits,
+        ),
     ]
     figures: dict = {"users": args.users, "max_new_tokens": args.max_new_tokens}
-    table = Table(title=f"/ask latency on SmolLM2-135M-Instruct (in-process backend, {args.max_new_tokens} new tokens)")
+    table = Table(
+        title="/ask latency on SmolLM2-135M-Instruct "
+        f"(in-process backend, {args.max_new_tokens} new tokens)"
+    )
     for name in ("phase", "n", "p50 ms", "p99 ms"):
         table.add_column(name, justify="left" if name == "phase" else "right")
     for name, key, values in rows:
-        figures[f"{key}_p50_ms"], figures[f"{key}_p99_ms"] = ms(pct(values, 0.5)), ms(pct(values, 0.99))
-        table.add_row(name, str(len(values)), f"{ms(pct(values, 0.5)):,.1f}", f"{ms(pct(values, 0.99)):,.1f}")
+        figures[f"{key}_p50_ms"], figures[f"{key}_p99_ms"] = (
+            ms(pct(values, 0.5)),
+            ms(pct(values, 0.99)),
+        )
+        table.add_row(
+            name, str(len(values)), f"{ms(pct(values, 0.5)):,.1f}", f"{ms(pct(values, 0.99)):,.1f}"
+        )
     figures["overhead_miss_p50_ms"] = ms(pct(paired, 0.5))
     figures["overhead_concurrent_p50_ms"] = ms(pct(miss_conc, 0.5) - pct(backend_conc, 0.5))
     figures["exact_hits"] = sum(cached for _, cached in hit_seq + hit_conc)
@@ -305,13 +370,17 @@ def main() -> int:
     figures["miss_questions_answered_from_cache"] = unexpected_hits  # left out of the miss rows
     figures["target_overhead_ms"], figures["target_hit_ms"] = 100, 50
     console.print(table)
-    console.print(f"overhead on a miss, p50: {figures['overhead_miss_p50_ms']} ms one at a time, "
-                  f"{figures['overhead_concurrent_p50_ms']} ms with {len(conc)} users at once (target < 100 ms); "
-                  f"cache hit p50 {figures['hit_p50_ms']} ms (target < 50 ms); "
-                  f"the emulator (Slack's side) used {figures['emulator_cpu_ms_per_concurrent_ask']} ms of CPU "
-                  f"per answer while {len(conc)} were answered at once; "
-                  f"exact hits {figures['exact_hits']}/{figures['exact_asked']}, "
-                  f"semantic hits {figures['semantic_hits']}/{figures['semantic_asked']}")
+    console.print(
+        f"overhead on a miss, p50: {figures['overhead_miss_p50_ms']} ms one at a time, "
+        f"{figures['overhead_concurrent_p50_ms']} ms with {len(conc)} users at once "
+        "(target < 100 ms); "
+        f"cache hit p50 {figures['hit_p50_ms']} ms (target < 50 ms); "
+        "the emulator (Slack's side) used "
+        f"{figures['emulator_cpu_ms_per_concurrent_ask']} ms of CPU "
+        f"per answer while {len(conc)} were answered at once; "
+        f"exact hits {figures['exact_hits']}/{figures['exact_asked']}, "
+        f"semantic hits {figures['semantic_hits']}/{figures['semantic_asked']}"
+    )
     if args.serve_log:
         args.serve_log.write_text(log_path.read_text())
     tmp.cleanup()

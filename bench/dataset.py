@@ -42,7 +42,9 @@ CURATORS = [f"UCUR{i}" for i in range(12)]
 def vocabulary() -> list[str]:
     import pydoc_data.topics as topics
 
-    words = re.findall(r"[a-z]{3,12}", " ".join(topics.topics[k] for k in sorted(topics.topics)).lower())
+    words = re.findall(
+        r"[a-z]{3,12}", " ".join(topics.topics[k] for k in sorted(topics.topics)).lower()
+    )
     return sorted(set(words))
 
 
@@ -64,7 +66,10 @@ def generate(n: int, seed: int = 7) -> tuple[list[dict], list[tuple[int, int]]]:
             origin = block_start + rng.randrange(max(1, k)) if k else None
             roll = rng.random()
             if origin is not None and roll < 0.01:  # exact duplicate: case and spacing changed
-                messages = [{"role": m["role"], "content": "  " + m["content"].upper().replace(" ", "   ")} for m in rows[origin]["messages"]]
+                messages = [
+                    {"role": m["role"], "content": "  " + m["content"].upper().replace(" ", "   ")}
+                    for m in rows[origin]["messages"]
+                ]
                 planted.append((origin, i))
             elif origin is not None and roll < 0.06:  # near duplicate: 1-3 words replaced
                 messages = [dict(m) for m in rows[origin]["messages"]]
@@ -77,13 +82,21 @@ def generate(n: int, seed: int = 7) -> tuple[list[dict], list[tuple[int, int]]]:
             else:
                 question = " ".join(sentence(rng, words, rng.randint(8, 30))) + "?"
                 answer = " ".join(sentence(rng, words, rng.randint(15, 80))) + "."
-                messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+                messages = [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
             thread = f"{1_700_000_000 + (i // 2) * 10}.000100"  # two examples per thread
-            rows.append({
-                "channel": channel, "thread_ts": thread, "message_ts": f"{1_700_000_000 + i * 10 + 1}.000200",
-                "messages": messages, "content_hash": f"bench{i}",
-                "curators": rng.sample(CURATORS, rng.choice((1, 1, 1, 2))),
-            })
+            rows.append(
+                {
+                    "channel": channel,
+                    "thread_ts": thread,
+                    "message_ts": f"{1_700_000_000 + i * 10 + 1}.000200",
+                    "messages": messages,
+                    "content_hash": f"bench{i}",
+                    "curators": rng.sample(CURATORS, rng.choice((1, 1, 1, 2))),
+                }
+            )
     return rows, planted
 
 
@@ -101,13 +114,32 @@ def store(rows: list[dict], url: str) -> None:
     engine = make_engine(url)
     now = utcnow()
     with session_scope(engine) as session:
-        session.execute(insert(Example), [
-            {k: v for k, v in r.items() if k != "curators"} | {"status": "active", "status_reason": "", "team_id": "",
-             "answer_user": "U1", "redactions": {}, "source": "slack", "created_at": now, "updated_at": now}
-            for r in rows])
+        session.execute(
+            insert(Example),
+            [
+                {k: v for k, v in r.items() if k != "curators"}
+                | {
+                    "status": "active",
+                    "status_reason": "",
+                    "team_id": "",
+                    "answer_user": "U1",
+                    "redactions": {},
+                    "source": "slack",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in rows
+            ],
+        )
         ids = dict(session.execute(select(Example.message_ts, Example.id)).all())
-        session.execute(insert(ExampleCurator), [
-            {"example_id": ids[r["message_ts"]], "user_id": c, "created_at": now} for r in rows for c in r["curators"]])
+        session.execute(
+            insert(ExampleCurator),
+            [
+                {"example_id": ids[r["message_ts"]], "user_id": c, "created_at": now}
+                for r in rows
+                for c in r["curators"]
+            ],
+        )
     engine.dispose()
 
 
@@ -145,7 +177,9 @@ def main() -> int:
     engine = make_engine(url)
     t0 = time.perf_counter()
     with session_scope(engine) as session:
-        result = build_snapshot(session, home, base_model_path=gguf.parent, config=config, tokenizer=tokenizer)
+        result = build_snapshot(
+            session, home, base_model_path=gguf.parent, config=config, tokenizer=tokenizer
+        )
     build_s = time.perf_counter() - t0
     rss_peak = peak_rss_mib()
     analysis = result.analysis
@@ -157,7 +191,9 @@ def main() -> int:
     key = [f"{r['channel']}/{r['message_ts']}" for r in rows]
     root_of = cluster_roots(analysis.dedupe.clusters)
     sets = [shingles(r["messages"]) for r in rows]
-    true_planted = [(a, b) for a, b in planted if jaccard(sets[a], sets[b]) >= config.near_dup_threshold]
+    true_planted = [
+        (a, b) for a, b in planted if jaccard(sets[a], sets[b]) >= config.near_dup_threshold
+    ]
 
     def same_cluster(a: int, b: int) -> bool:
         return root_of.get(key[a], key[a]) == root_of.get(key[b], key[b])
@@ -168,7 +204,9 @@ def main() -> int:
     # The subset: LSH against the exact all-pairs baseline on the same shingle sets.
     subset = sets[: args.subset]
     t0 = time.perf_counter()
-    lsh_pairs, candidates = NearDuplicateIndex(config.near_dup_threshold, config.num_perm).pairs(subset)
+    lsh_pairs, candidates = NearDuplicateIndex(config.near_dup_threshold, config.num_perm).pairs(
+        subset
+    )
     lsh_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     exact_pairs = all_pairs(subset, config.near_dup_threshold)
@@ -183,7 +221,9 @@ def main() -> int:
         "build_seconds": round(build_s, 2),
         "peak_rss_mib": round(rss_peak, 1),
         "rss_before_build_mib": round(rss_before, 1),
-        "train": result.counts["train"], "validation": result.counts["validation"], "test": result.counts["test"],
+        "train": result.counts["train"],
+        "validation": result.counts["validation"],
+        "test": result.counts["test"],
         "duplicates_collapsed": result.counts["duplicates"],
         "planted_pairs_at_threshold": len(true_planted),
         "planted_recall": round(planted_recall, 4),
@@ -194,16 +234,27 @@ def main() -> int:
         "lsh_seconds": round(lsh_s, 3),
         "baseline_seconds": round(baseline_s, 2),
         "speedup": round(speedup, 1),
-        "tokens_p50": analysis.tokens.p50, "tokens_p95": analysis.tokens.p95, "tokens_max": analysis.tokens.max,
-        "setup_seconds": round(setup_s, 1), "tokenizer_load_seconds": round(tokenizer_s, 1),
+        "tokens_p50": analysis.tokens.p50,
+        "tokens_p95": analysis.tokens.p95,
+        "tokens_max": analysis.tokens.max,
+        "setup_seconds": round(setup_s, 1),
+        "tokenizer_load_seconds": round(tokenizer_s, 1),
         "cpus": os.cpu_count(),
-        "targets_met": build_s < 60 and planted_recall >= 0.95 and subset_recall >= 0.95 and speedup >= 50,
+        "targets_met": build_s < 60
+        and planted_recall >= 0.95
+        and subset_recall >= 0.95
+        and speedup >= 50,
     }
     table = Table(title=f"Dataset build: {args.examples:,} examples")
     table.add_column("Figure")
     table.add_column("Value", justify="right")
     table.add_column("Target", justify="right")
-    targets = {"build_seconds": "< 60", "planted_recall": "≥ 0.95", "subset_recall": "≥ 0.95", "speedup": "≥ 50×"}
+    targets = {
+        "build_seconds": "< 60",
+        "planted_recall": "≥ 0.95",
+        "subset_recall": "≥ 0.95",
+        "speedup": "≥ 50×",
+    }
     for name, value in figures.items():
         table.add_row(name, str(value), targets.get(name, ""))
     Console().print(table)

@@ -31,8 +31,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16, help="number of prompts (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="token limit per answer (default 32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size of the batched mode (default 8)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="token limit per answer (default 32)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="batch size of the batched mode (default 8)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -44,11 +48,15 @@ def main() -> int:
     home = os.environ.get("THREADTUNE_HOME")
     tmp = None if home else tempfile.TemporaryDirectory(prefix="tt-bench-eval-")
     started = time.monotonic()
-    base = ensure_base_model(Path(home or tmp.name), os.environ.get("BASE_MODEL", "smollm2-135m-instruct"))
+    base = ensure_base_model(
+        Path(home or tmp.name), os.environ.get("BASE_MODEL", "smollm2-135m-instruct")
+    )
     prepare_s = time.monotonic() - started
 
     probes = load_probes()
-    prompts = [[{"role": "user", "content": probes[i % len(probes)].question}] for i in range(args.prompts)]
+    prompts = [
+        [{"role": "user", "content": probes[i % len(probes)].question}] for i in range(args.prompts)
+    ]
     backend = InProcessBackend(base, batch_size=args.batch_size, name="bench")
     backend.generate(prompts[:2], max_new_tokens=4)  # warm-up: first-call allocations and kernels
 
@@ -72,27 +80,51 @@ def main() -> int:
     same = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
 
     rows = []
-    for mode, answers, seconds in (("one at a time", single, single_s), (f"batched ({args.batch_size})", batched, batched_s)):
+    for mode, answers, seconds in (
+        ("one at a time", single, single_s),
+        (f"batched ({args.batch_size})", batched, batched_s),
+    ):
         tokens = sum(a.n_tokens for a in answers)
         rows.append((mode, len(answers), tokens, seconds, len(answers) / seconds, tokens / seconds))
     speedup = rows[1][4] / rows[0][4]
 
-    print(f"SmolLM2-135M-Instruct at {base} (prepared in {prepare_s:.1f} s), device {backend.device}, "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
+    print(
+        f"SmolLM2-135M-Instruct at {base} (prepared in {prepare_s:.1f} s), "
+        f"device {backend.device}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
+    )
     print(f"{args.prompts} probe prompts, greedy, max_new_tokens={args.max_new_tokens}")
     print()
-    print(f"{'mode':<16} {'answers':>7} {'tokens':>7} {'seconds':>8} {'answers/s':>10} {'tokens/s':>9}")
+    print(
+        f"{'mode':<16} {'answers':>7} {'tokens':>7} {'seconds':>8} "
+        f"{'answers/s':>10} {'tokens/s':>9}"
+    )
     for mode, n, tokens, seconds, aps, tps in rows:
         print(f"{mode:<16} {n:>7} {tokens:>7} {seconds:>8.2f} {aps:>10.2f} {tps:>9.1f}")
     print()
-    print(f"batched / one at a time: {speedup:.2f}x (target >= 3x); identical answers: {same}/{len(prompts)}")
-    print(json.dumps({
-        "bench": "eval", "model": "SmolLM2-135M-Instruct", "device": backend.device, "prompts": len(prompts),
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "single_answers_per_s": round(rows[0][4], 3), "batched_answers_per_s": round(rows[1][4], 3),
-        "single_tokens_per_s": round(rows[0][5], 1), "batched_tokens_per_s": round(rows[1][5], 1),
-        "speedup": round(speedup, 2), "target_speedup": 3.0, "identical_answers": same,
-    }))
+    print(
+        f"batched / one at a time: {speedup:.2f}x (target >= 3x); "
+        f"identical answers: {same}/{len(prompts)}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "eval",
+                "model": "SmolLM2-135M-Instruct",
+                "device": backend.device,
+                "prompts": len(prompts),
+                "max_new_tokens": args.max_new_tokens,
+                "batch_size": args.batch_size,
+                "single_answers_per_s": round(rows[0][4], 3),
+                "batched_answers_per_s": round(rows[1][4], 3),
+                "single_tokens_per_s": round(rows[0][5], 1),
+                "batched_tokens_per_s": round(rows[1][5], 1),
+                "speedup": round(speedup, 2),
+                "target_speedup": 3.0,
+                "identical_answers": same,
+            }
+        )
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -43,25 +43,45 @@ def bare_server(port: int) -> None:
 
     from bot.server import serve_http
 
-    app = App(signing_secret=SECRET, authorize=lambda **_: AuthorizeResult(
-        enterprise_id=None, team_id="T111", bot_token="xoxb-bare", bot_user_id="U0BOT", bot_id="B0BOT"))
+    app = App(
+        signing_secret=SECRET,
+        authorize=lambda **_: AuthorizeResult(
+            enterprise_id=None,
+            team_id="T111",
+            bot_token="xoxb-bare",
+            bot_user_id="U0BOT",
+            bot_id="B0BOT",
+        ),
+    )
     app.event("reaction_added")(lambda: None)
     serve_http(app, create_engine("sqlite://"), signing_secret=SECRET, host="127.0.0.1", port=port)
 
 
 def event_body(i: int, channel: str, ts: str) -> bytes:
-    return json.dumps({
-        "token": "bench", "team_id": "T111", "api_app_id": "A111", "type": "event_callback",
-        "event_id": f"EvBench{i:07d}", "event_time": int(time.time()),
-        "event": {"type": "reaction_added", "user": CURATOR, "reaction": "white_check_mark",
-                  "item": {"type": "message", "channel": channel, "ts": ts}, "item_user": "UEXP",
-                  "event_ts": f"{time.time():.6f}"},
-        "authorizations": [{"team_id": "T111", "user_id": "U0BOT", "is_bot": True}],
-    }).encode()
+    return json.dumps(
+        {
+            "token": "bench",
+            "team_id": "T111",
+            "api_app_id": "A111",
+            "type": "event_callback",
+            "event_id": f"EvBench{i:07d}",
+            "event_time": int(time.time()),
+            "event": {
+                "type": "reaction_added",
+                "user": CURATOR,
+                "reaction": "white_check_mark",
+                "item": {"type": "message", "channel": channel, "ts": ts},
+                "item_user": "UEXP",
+                "event_ts": f"{time.time():.6f}",
+            },
+            "authorizations": [{"team_id": "T111", "user_id": "U0BOT", "is_bot": True}],
+        }
+    ).encode()
 
 
-def send_at_rate(port: int, bodies: list[bytes], rate: float, workers: int = 16,
-                 retry_every: int = 0) -> tuple[list[float], int]:
+def send_at_rate(
+    port: int, bodies: list[bytes], rate: float, workers: int = 16, retry_every: int = 0
+) -> tuple[list[float], int]:
     """Open-loop sender: request i leaves at t0 + i/rate. Returns ack latencies (ms) and errors."""
     verifier = SignatureVerifier(SECRET)
     latencies: list[float] = []
@@ -85,10 +105,18 @@ def send_at_rate(port: int, bodies: list[bytes], rate: float, workers: int = 16,
             for retry in sends:
                 stamp = str(int(time.time()))
                 body = bodies[i]
-                headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
-                           "X-Slack-Signature": verifier.generate_signature(timestamp=stamp, body=body.decode())}
+                headers = {
+                    "Content-Type": "application/json",
+                    "X-Slack-Request-Timestamp": stamp,
+                    "X-Slack-Signature": verifier.generate_signature(
+                        timestamp=stamp, body=body.decode()
+                    ),
+                }
                 if retry:
-                    headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+                    headers |= {
+                        "X-Slack-Retry-Num": str(retry),
+                        "X-Slack-Retry-Reason": "http_timeout",
+                    }
                 start = time.perf_counter()
                 try:
                     conn.request("POST", "/slack/events", body=body, headers=headers)
@@ -143,23 +171,53 @@ def main() -> int:
         console.print(f"Seeding {args.events} threads in the emulator…")
         answers = []
         for i in range(args.events):
-            q = slack.post("UASK", "CBENCH", f"Benchmark question number {i}: how do I do thing {i}?")
-            answers.append(slack.post("UEXP", "CBENCH", f"For thing {i}, run the step-{i} script and check the output.", thread_ts=q))
-        env = {**os.environ, "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_API_URL": slack.api_url, "SLACK_APP_TOKEN": "", "DATABASE_URL": db_url,
-               "THREADTUNE_HOME": str(home), "CURATORS": CURATOR}
+            q = slack.post(
+                "UASK", "CBENCH", f"Benchmark question number {i}: how do I do thing {i}?"
+            )
+            answers.append(
+                slack.post(
+                    "UEXP",
+                    "CBENCH",
+                    f"For thing {i}, run the step-{i} script and check the output.",
+                    thread_ts=q,
+                )
+            )
+        env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "SLACK_APP_TOKEN": "",
+            "DATABASE_URL": db_url,
+            "THREADTUNE_HOME": str(home),
+            "CURATORS": CURATOR,
+        }
         log = (home / "serve.log").open("w")
-        bot = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(bot_port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        bot = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--port", str(bot_port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--bare-server", str(bare_port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_healthy(bot_port, bot)
             wait_healthy(bare_port, bare)
             bodies = [event_body(i, "CBENCH", ts) for i, ts in enumerate(answers)]
             console.print(f"Bare Bolt app: {args.events} events at {args.rate:g}/s…")
             bare_lat, bare_err = send_at_rate(bare_port, bodies, args.rate)
-            console.print(f"threadtune serve: {args.events} events at {args.rate:g}/s (every 10th also retried)…")
+            console.print(
+                f"threadtune serve: {args.events} events at {args.rate:g}/s "
+                "(every 10th also retried)…"
+            )
             engine = make_engine(db_url)
             start = time.monotonic()
             lat, err = send_at_rate(bot_port, bodies, args.rate, retry_every=10)
@@ -176,8 +234,10 @@ def main() -> int:
             with session_scope(engine) as s:
                 stored = s.exec(select(func.count()).select_from(Example)).one()
                 curator_rows = s.exec(select(func.count()).select_from(ExampleCurator)).one()
-            acks = [c for c in slack.calls("reactions.add")]
-            duplicated = (curator_rows - stored) + max(0, len(acks) - len({c["args"]["timestamp"] for c in acks}))
+            acks = slack.calls("reactions.add")
+            duplicated = (curator_rows - stored) + max(
+                0, len(acks) - len({c["args"]["timestamp"] for c in acks})
+            )
         finally:
             for proc in (bot, bare):
                 if proc.poll() is None:
@@ -185,13 +245,19 @@ def main() -> int:
                     proc.wait(timeout=15)
 
     figures = {
-        "events": args.events, "rate_per_s": args.rate,
-        "ack_p50_ms": round(pct(lat, 0.50), 2), "ack_p99_ms": round(pct(lat, 0.99), 2),
-        "bare_ack_p50_ms": round(pct(bare_lat, 0.50), 2), "bare_ack_p99_ms": round(pct(bare_lat, 0.99), 2),
+        "events": args.events,
+        "rate_per_s": args.rate,
+        "ack_p50_ms": round(pct(lat, 0.50), 2),
+        "ack_p99_ms": round(pct(lat, 0.99), 2),
+        "bare_ack_p50_ms": round(pct(bare_lat, 0.50), 2),
+        "bare_ack_p99_ms": round(pct(bare_lat, 0.99), 2),
         "p99_overhead_ratio": round(pct(lat, 0.99) / pct(bare_lat, 0.99), 2),
-        "examples_per_s": round(stored / elapsed, 1), "stored": int(stored),
-        "lost": int(args.events - stored), "duplicated": int(duplicated),
-        "http_errors": err + bare_err, "target_p99_ms": 50,
+        "examples_per_s": round(stored / elapsed, 1),
+        "stored": int(stored),
+        "lost": int(args.events - stored),
+        "duplicated": int(duplicated),
+        "http_errors": err + bare_err,
+        "target_p99_ms": 50,
     }
     table = Table(title=f"Ingest: {args.events} reaction_added events at {args.rate:g}/s")
     table.add_column("figure")

@@ -42,7 +42,9 @@ def default_redactor() -> Callable:
 
 
 class CurationService:
-    def __init__(self, db: Engine, client: WebClient, rules: CurationRules, redact: Callable | None = None):
+    def __init__(
+        self, db: Engine, client: WebClient, rules: CurationRules, redact: Callable | None = None
+    ):
         self.db = db
         self.client = client
         self.rules = rules
@@ -80,10 +82,16 @@ class CurationService:
     def _curate(self, reaction: Reaction, thread_ts: str | None, thread: list[SlackMessage]) -> str:
         try:
             if thread_ts is None:
-                raise Refusal("not_in_thread", "That message isn't in a thread: I learn from answers given as thread replies.")
+                raise Refusal(
+                    "not_in_thread",
+                    "That message isn't in a thread: I learn from answers given as thread replies.",
+                )
             draft = build_example(
-                reaction.channel, thread, reaction.ts,
-                min_answer_chars=self.rules.min_answer_chars, redact=self.redact,
+                reaction.channel,
+                thread,
+                reaction.ts,
+                min_answer_chars=self.rules.min_answer_chars,
+                redact=self.redact,
             )
         except Refusal as refusal:
             return self._refuse(reaction, refusal, thread_ts)
@@ -101,59 +109,108 @@ class CurationService:
             row = ask_for_message(session=session, channel=reaction.channel, message_ts=reaction.ts)
             if row is None or row.error or not row.answer.strip() or not row.question.strip():
                 return None
-            messages = [{"role": "user", "content": row.question}, {"role": "assistant", "content": row.answer}]
+            messages = [
+                {"role": "user", "content": row.question},
+                {"role": "assistant", "content": row.answer},
+            ]
             model = row.model_name
         if len(row.answer.strip()) < self.rules.min_answer_chars:
-            raise Refusal("too_short", f"That answer is too short to teach anything ({len(row.answer.strip())} "
-                                       f"characters; at least {self.rules.min_answer_chars} are needed).")
-        return ExampleDraft(channel=reaction.channel, thread_ts=reaction.ts, message_ts=reaction.ts,
-                            answer_user=f"model:{model}"[:32], messages=messages)
+            raise Refusal(
+                "too_short",
+                f"That answer is too short to teach anything ({len(row.answer.strip())} "
+                f"characters; at least {self.rules.min_answer_chars} are needed).",
+            )
+        return ExampleDraft(
+            channel=reaction.channel,
+            thread_ts=reaction.ts,
+            message_ts=reaction.ts,
+            answer_user=f"model:{model}"[:32],
+            messages=messages,
+        )
 
     def _store(self, reaction: Reaction, draft: ExampleDraft, thread_ts: str | None) -> str:
         with session_scope(self.db) as session:
-            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+            if not q.claim_event(
+                session=session, event_id=reaction.event_id, kind="reaction_added"
+            ):
                 return "duplicate_event"
             if q.is_excluded(session=session, channel=reaction.channel, thread_ts=draft.thread_ts):
-                refusal = Refusal("excluded", "That thread was excluded by a curator with the reject emoji, so it can't become an example.")
-            elif dup := q.find_duplicate(session=session, content_hash=draft.content_hash,
-                                         channel=draft.channel, message_ts=draft.message_ts):
-                refusal = Refusal("duplicate", f"This conversation is already an example (from the thread {dup.channel}/{dup.thread_ts}).")
+                refusal = Refusal(
+                    "excluded",
+                    "That thread was excluded by a curator with the reject emoji, "
+                    "so it can't become an example.",
+                )
+            elif dup := q.find_duplicate(
+                session=session,
+                content_hash=draft.content_hash,
+                channel=draft.channel,
+                message_ts=draft.message_ts,
+            ):
+                refusal = Refusal(
+                    "duplicate",
+                    "This conversation is already an example "
+                    f"(from the thread {dup.channel}/{dup.thread_ts}).",
+                )
             else:
                 refusal = None
-                example, created = q.save_example(session=session, fields=self._fields(draft), curator=reaction.user)
+                example, created = q.save_example(
+                    session=session, fields=self._fields(draft), curator=reaction.user
+                )
                 example_id = example.id
         if refusal is not None:
             return self._refuse(reaction, refusal, thread_ts, claimed=True)
         if created:
             self._react(reaction.channel, reaction.ts, add=True)
-        log.info("curated example %s from %s/%s by %s", example_id, reaction.channel, reaction.ts, reaction.user)
+        log.info(
+            "curated example %s from %s/%s by %s",
+            example_id,
+            reaction.channel,
+            reaction.ts,
+            reaction.user,
+        )
         return "accepted" if created else "curator_added"
 
     def _reject(self, reaction: Reaction, thread_ts: str) -> str:
         with session_scope(self.db) as session:
-            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+            if not q.claim_event(
+                session=session, event_id=reaction.event_id, kind="reaction_added"
+            ):
                 return "duplicate_event"
-            removed = q.exclude_thread(session=session, channel=reaction.channel, thread_ts=thread_ts, user=reaction.user)
+            removed = q.exclude_thread(
+                session=session, channel=reaction.channel, thread_ts=thread_ts, user=reaction.user
+            )
             removed_ts = [e.message_ts for e in removed if e.status == "active"]
         for ts in removed_ts:
             self._react(reaction.channel, ts, add=False)
         note = f" and removed {len(removed)} example(s) taken from it" if removed else ""
-        self._ephemeral(reaction, f"Thread excluded for good{note}: it will never be used for training.", thread_ts)
+        self._ephemeral(
+            reaction,
+            f"Thread excluded for good{note}: it will never be used for training.",
+            thread_ts,
+        )
         return "excluded"
 
     def reaction_removed(self, reaction: Reaction) -> str:
         if reaction.name != self.rules.curate_emoji or reaction.user not in self.rules.curators:
             return "ignored"
         with self._lock(reaction.channel), session_scope(self.db) as session:
-            if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_removed"):
+            if not q.claim_event(
+                session=session, event_id=reaction.event_id, kind="reaction_removed"
+            ):
                 return "duplicate_event"
-            example = q.get_example(session=session, channel=reaction.channel, message_ts=reaction.ts)
+            example = q.get_example(
+                session=session, channel=reaction.channel, message_ts=reaction.ts
+            )
             if example is None:
                 return "no_example"
-            remaining = q.remove_curator(session=session, example_id=example.id, user_id=reaction.user)
+            remaining = q.remove_curator(
+                session=session, example_id=example.id, user_id=reaction.user
+            )
             withdrawn = remaining == 0 and example.status == "active"
             if withdrawn:
-                q.withdraw(session=session, example=example, reason="the last curator removed the emoji")
+                q.withdraw(
+                    session=session, example=example, reason="the last curator removed the emoji"
+                )
         if withdrawn:
             self._react(reaction.channel, reaction.ts, add=False)
             return "withdrawn"
@@ -165,7 +222,9 @@ class CurationService:
         thread_ts = change.thread_ts or change.ts
         with self._lock(change.channel):
             with session_scope(self.db) as session:
-                affected = q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts)
+                affected = q.examples_in_thread(
+                    session=session, channel=change.channel, thread_ts=thread_ts
+                )
                 if not affected:
                     q.claim_event(session=session, event_id=change.event_id, kind=change.kind)
                     return "no_example"
@@ -176,7 +235,12 @@ class CurationService:
             try:
                 _, thread = fetch_thread(self.client, change.channel, thread_ts)
             except SlackApiError as exc:
-                log.warning("could not re-read thread %s/%s after an edit: %s", change.channel, thread_ts, explain(exc))
+                log.warning(
+                    "could not re-read thread %s/%s after an edit: %s",
+                    change.channel,
+                    thread_ts,
+                    explain(exc),
+                )
                 return "slack_error"
             return self._rederive(change, thread)
 
@@ -184,7 +248,9 @@ class CurationService:
         with session_scope(self.db) as session:
             if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
                 return "duplicate_event"
-            for example in q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts):
+            for example in q.examples_in_thread(
+                session=session, channel=change.channel, thread_ts=thread_ts
+            ):
                 if every or example.message_ts == change.ts:
                     session.delete(example)
         return "deleted"
@@ -195,10 +261,17 @@ class CurationService:
             if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
                 return "duplicate_event"
             thread_ts = change.thread_ts or change.ts
-            for example in q.examples_in_thread(session=session, channel=change.channel, thread_ts=thread_ts):
+            for example in q.examples_in_thread(
+                session=session, channel=change.channel, thread_ts=thread_ts
+            ):
                 try:
-                    draft = build_example(change.channel, thread, example.message_ts,
-                                          min_answer_chars=self.rules.min_answer_chars, redact=self.redact)
+                    draft = build_example(
+                        change.channel,
+                        thread,
+                        example.message_ts,
+                        min_answer_chars=self.rules.min_answer_chars,
+                        redact=self.redact,
+                    )
                 except Refusal as refusal:
                     q.withdraw(session=session, example=example, reason=f"after an edit: {refusal}")
                     outcome = "withdrawn"
@@ -206,7 +279,9 @@ class CurationService:
                 if example.status == "active" or example.status_reason.startswith("after an edit"):
                     for key, value in self._fields(draft).items():
                         setattr(example, key, value)
-                    if example.status_reason.startswith("after an edit") and q.curators_of(session=session, example_id=example.id):
+                    if example.status_reason.startswith("after an edit") and q.curators_of(
+                        session=session, example_id=example.id
+                    ):
                         example.status, example.status_reason = "active", ""
                     session.add(example)
         return outcome
@@ -225,34 +300,59 @@ class CurationService:
             "content_hash": draft.content_hash,
         }
 
-    def _refuse(self, reaction: Reaction, refusal: Refusal, thread_ts: str | None, *, claimed: bool = False) -> str:
+    def _refuse(
+        self, reaction: Reaction, refusal: Refusal, thread_ts: str | None, *, claimed: bool = False
+    ) -> str:
         if not claimed:
             with session_scope(self.db) as session:
-                if not q.claim_event(session=session, event_id=reaction.event_id, kind="reaction_added"):
+                if not q.claim_event(
+                    session=session, event_id=reaction.event_id, kind="reaction_added"
+                ):
                     return "duplicate_event"
         self._ephemeral(reaction, f"I didn't save that answer as an example: {refusal}", thread_ts)
         return f"refused:{refusal.code}"
 
     def _slack_failure(self, reaction: Reaction, exc: SlackApiError) -> str:
-        log.warning("could not read the thread of %s/%s: %s", reaction.channel, reaction.ts, explain(exc))
-        self._ephemeral(reaction, f"I couldn't read that thread, so nothing was saved: {explain(exc)} "
-                        "Remove the emoji and add it again to retry.", None)
+        log.warning(
+            "could not read the thread of %s/%s: %s", reaction.channel, reaction.ts, explain(exc)
+        )
+        self._ephemeral(
+            reaction,
+            f"I couldn't read that thread, so nothing was saved: {explain(exc)} "
+            "Remove the emoji and add it again to retry.",
+            None,
+        )
         return "slack_error"
 
     def _ephemeral(self, reaction: Reaction, text: str, thread_ts: str | None) -> None:
         try:
             kwargs = {"thread_ts": thread_ts} if thread_ts else {}
-            self.client.chat_postEphemeral(channel=reaction.channel, user=reaction.user, text=text, **kwargs)
+            self.client.chat_postEphemeral(
+                channel=reaction.channel, user=reaction.user, text=text, **kwargs
+            )
         except SlackApiError as exc:
-            log.warning("could not tell %s in %s: %s", reaction.user, reaction.channel, explain(exc))
+            log.warning(
+                "could not tell %s in %s: %s", reaction.user, reaction.channel, explain(exc)
+            )
 
     def _react(self, channel: str, ts: str, *, add: bool) -> None:
         try:
             if add:
                 self.client.reactions_add(channel=channel, timestamp=ts, name=self.rules.ack_emoji)
             else:
-                self.client.reactions_remove(channel=channel, timestamp=ts, name=self.rules.ack_emoji)
+                self.client.reactions_remove(
+                    channel=channel, timestamp=ts, name=self.rules.ack_emoji
+                )
         except SlackApiError as exc:
-            if exc.response.get("error") not in ("already_reacted", "no_reaction", "message_not_found"):
-                log.warning("could not %s the acknowledgement on %s/%s: %s",
-                            "add" if add else "remove", channel, ts, explain(exc))
+            if exc.response.get("error") not in (
+                "already_reacted",
+                "no_reaction",
+                "message_not_found",
+            ):
+                log.warning(
+                    "could not %s the acknowledgement on %s/%s: %s",
+                    "add" if add else "remove",
+                    channel,
+                    ts,
+                    explain(exc),
+                )

@@ -57,8 +57,11 @@ class JobCollector(Collector):
         for state, n in counts.items():
             states.add_metric([state], n)
         yield states
-        yield GaugeMetricFamily("threadtune_job_queue_depth", "Jobs waiting for a worker (state queued).",
-                                value=counts["queued"])
+        yield GaugeMetricFamily(
+            "threadtune_job_queue_depth",
+            "Jobs waiting for a worker (state queued).",
+            value=counts["queued"],
+        )
 
 
 class Metrics:
@@ -67,25 +70,53 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.asks = Counter("threadtune_ask_requests", "/ask questions by outcome: answered, failed "
-                            "(no answer: model unreachable or an error), rate_limited, refused (empty or too long).",
-                            ["outcome"], registry=r)
-        self.ask_latency = Histogram("threadtune_ask_latency_seconds", "/ask latency from the accepted slash "
-                                     "command to the posted answer.", ["cached"], buckets=LATENCY_BUCKETS, registry=r)
-        self.cache_hits = Counter("threadtune_ask_cache_hits", "/ask answers served from the cache, by match "
-                                  "(exact: same normalised question; semantic: a near-identical question).",
-                                  ["match"], registry=r)
-        self.rate_limited = Counter("threadtune_ask_rate_limited", "/ask questions refused by the per-person "
-                                    "rate limit.", registry=r)
-        self.slack_errors = Counter("threadtune_slack_api_errors", "Slack Web API calls that failed, by method "
-                                    "and error (Slack's error code, or the exception for network failures).",
-                                    ["method", "error"], registry=r)
-        self.slack_retries = Counter("threadtune_slack_api_retries", "Slack Web API calls retried by slack_sdk, "
-                                     "by reason (rate_limited, server_error, connection_error).", ["reason"], registry=r)
+        self.asks = Counter(
+            "threadtune_ask_requests",
+            "/ask questions by outcome: answered, failed "
+            "(no answer: model unreachable or an error), rate_limited, "
+            "refused (empty or too long).",
+            ["outcome"],
+            registry=r,
+        )
+        self.ask_latency = Histogram(
+            "threadtune_ask_latency_seconds",
+            "/ask latency from the accepted slash command to the posted answer.",
+            ["cached"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "threadtune_ask_cache_hits",
+            "/ask answers served from the cache, by match "
+            "(exact: same normalised question; semantic: a near-identical question).",
+            ["match"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "threadtune_ask_rate_limited",
+            "/ask questions refused by the per-person rate limit.",
+            registry=r,
+        )
+        self.slack_errors = Counter(
+            "threadtune_slack_api_errors",
+            "Slack Web API calls that failed, by method "
+            "and error (Slack's error code, or the exception for network failures).",
+            ["method", "error"],
+            registry=r,
+        )
+        self.slack_retries = Counter(
+            "threadtune_slack_api_retries",
+            "Slack Web API calls retried by slack_sdk, "
+            "by reason (rate_limited, server_error, connection_error).",
+            ["reason"],
+            registry=r,
+        )
         self.jobs = JobCollector()
         r.register(self.jobs)
         for outcome in ("answered", "failed", "rate_limited", "refused"):
-            self.asks.labels(outcome)  # present at 0 from the start, so rates work from the first scrape
+            self.asks.labels(
+                outcome
+            )  # present at 0 from the start, so rates work from the first scrape
         for match in ("exact", "semantic"):
             self.cache_hits.labels(match)
 

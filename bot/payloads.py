@@ -20,7 +20,8 @@ def _need(mapping: dict[str, Any], key: str, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Reaction:
-    """``reaction_added`` / ``reaction_removed`` on a message (no thread_ts: Slack doesn't send it)."""
+    """``reaction_added`` / ``reaction_removed`` on a message (no thread_ts: Slack doesn't send
+    it)."""
 
     event_id: str
     user: str
@@ -143,7 +144,9 @@ class BlockAction:
         try:
             return int(self.value)
         except ValueError:
-            raise PayloadError(f"button {self.action_id} carries {self.value!r}, not an id") from None
+            raise PayloadError(
+                f"button {self.action_id} carries {self.value!r}, not an id"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,9 @@ class ViewSubmission:
         view = body.get("view") or {}
         raw = (view.get("state") or {}).get("values") or {}
         values = {
-            block: {action: str((field or {}).get("value") or "") for action, field in actions.items()}
+            block: {
+                action: str((field or {}).get("value") or "") for action, field in actions.items()
+            }
             for block, actions in raw.items()
         }
         return cls(

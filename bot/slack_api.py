@@ -25,7 +25,9 @@ SLACK_ERRORS = {
     "thread_not_found": "That thread no longer exists.",
     "message_not_found": "That message no longer exists.",
     "ratelimited": "Slack is rate-limiting me right now; please try again in a minute.",
-    "missing_scope": "I lack a permission for this; an admin should reinstall the app from manifest.yml.",
+    "missing_scope": (
+        "I lack a permission for this; an admin should reinstall the app from manifest.yml."
+    ),
     "invalid_auth": "My Slack token is invalid; an admin should check SLACK_BOT_TOKEN.",
     "not_authed": "My Slack token is missing; an admin should check SLACK_BOT_TOKEN.",
 }
@@ -87,7 +89,9 @@ def explain(error: SlackApiError | Exception) -> str:
     """A sentence for a Slack API failure."""
     if isinstance(error, SlackApiError):
         code = str(error.response.get("error", "")) if error.response is not None else ""
-        return SLACK_ERRORS.get(code, f"Slack answered with an error ({code or error.response.status_code}).")
+        return SLACK_ERRORS.get(
+            code, f"Slack answered with an error ({code or error.response.status_code})."
+        )
     return f"I couldn't reach Slack ({type(error).__name__})."
 
 
@@ -112,7 +116,9 @@ def fetch_thread(client: WebClient, channel: str, ts: str) -> tuple[str | None, 
         raw = []
         cursor = None
         while True:
-            page = client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+            page = client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=200, cursor=cursor
+            )
             raw.extend(page.get("messages") or [])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
             if not page.get("has_more") or not cursor:

@@ -36,8 +36,13 @@ class SlackJobObserver:
         with self._lock:
             p = self._progress.get(job.id)
             if p is None:
-                p = self._progress[job.id] = JobProgress(job.id, job.state, method=job.method,
-                                                          snapshot_id=job.snapshot_id, requested_by=job.requested_by)
+                p = self._progress[job.id] = JobProgress(
+                    job.id,
+                    job.state,
+                    method=job.method,
+                    snapshot_id=job.snapshot_id,
+                    requested_by=job.requested_by,
+                )
             p.state = job.state
             return p
 
@@ -54,7 +59,9 @@ class SlackJobObserver:
             p.total_steps = int(event.get("total_steps") or p.total_steps)
             p.loss = event.get("loss", p.loss)
             start, first_step = self._started.get(job.id, (now, 0))
-            eta = eta_seconds(elapsed_s=now - start, step=p.step, total_steps=p.total_steps, first_step=first_step)
+            eta = eta_seconds(
+                elapsed_s=now - start, step=p.step, total_steps=p.total_steps, first_step=first_step
+            )
             if eta is not None:
                 p.eta_s = eta
         elif kind == "eval":
@@ -93,7 +100,9 @@ class SlackJobObserver:
                 return
             p = self._progress[job.id]
         try:
-            self.client.chat_update(channel=job.channel, ts=job.status_ts, text=job_text(p), blocks=job_blocks(p))
+            self.client.chat_update(
+                channel=job.channel, ts=job.status_ts, text=job_text(p), blocks=job_blocks(p)
+            )
         except SlackApiError as exc:
             log.warning("could not update job %s's message: %s", job.id, explain(exc))
 
@@ -114,8 +123,13 @@ class SlackJobObserver:
                 return
             path = Path(job.run_dir) / "loss_curve.png"
             figure.savefig(path, dpi=110, bbox_inches="tight")
-            self.client.files_upload_v2(channel=job.channel, thread_ts=job.status_ts or None, file=str(path),
-                                        filename="loss_curve.png", title=f"Job {job.id}: training and validation loss")
+            self.client.files_upload_v2(
+                channel=job.channel,
+                thread_ts=job.status_ts or None,
+                file=str(path),
+                filename="loss_curve.png",
+                title=f"Job {job.id}: training and validation loss",
+            )
         except SlackApiError as exc:
             log.warning("could not post job %s's loss curve: %s", job.id, explain(exc))
         except Exception:  # noqa: BLE001 — a chart must not fail a finished job

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,7 +70,10 @@ def ensure_base_model(home: Path, base_model: str = EMBEDDED_NAME) -> Path:
     if (local / "config.json").is_file():
         return local
     if local.exists():
-        raise BaseModelError(f"BASE_MODEL {base_model} is a path but holds no config.json: point it at a Hugging Face model folder.")
+        raise BaseModelError(
+            f"BASE_MODEL {base_model} is a path but holds no config.json: "
+            "point it at a Hugging Face model folder."
+        )
     return _from_hf_cache(base_model)
 
 
@@ -82,9 +84,10 @@ def _from_hf_cache(model_id: str) -> Path:
         return Path(snapshot_download(model_id, local_files_only=True))
     except Exception as exc:  # the hub library raises several kinds for "not cached"
         raise BaseModelError(
-            f"BASE_MODEL {model_id} is neither a local model folder nor a model in the local Hugging Face "
-            f"cache; threadtune never downloads models at run time, so download it first "
-            f"(`huggingface-cli download {model_id}`) or use the embedded default ({EMBEDDED_NAME})."
+            f"BASE_MODEL {model_id} is neither a local model folder nor a model in the local "
+            "Hugging Face cache; threadtune never downloads models at run time, so download it "
+            f"first (`huggingface-cli download {model_id}`) or use the embedded default "
+            f"({EMBEDDED_NAME})."
         ) from exc
 
 
@@ -96,8 +99,12 @@ def _convert_embedded(target: Path) -> None:
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not tokenizer.chat_template:
-        raise BaseModelError(f"{gguf.name} carries no chat template; the embedded model cannot be prepared.")
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        raise BaseModelError(
+            f"{gguf.name} carries no chat template; the embedded model cannot be prepared."
+        )
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     state = {name: tensor.detach() for name, tensor in loaded.state_dict().items()}
 
     # The GGUF loader attaches a quantizer that refuses to serialise; rebuild a plain model from
@@ -107,10 +114,14 @@ def _convert_embedded(target: Path) -> None:
         del config.quantization_config
     config.dtype = torch.bfloat16
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    result = plain.load_state_dict({k: v.to(torch.bfloat16) for k, v in state.items()}, strict=False)
+    result = plain.load_state_dict(
+        {k: v.to(torch.bfloat16) for k, v in state.items()}, strict=False
+    )
     plain.tie_weights()
     # Only a tied lm_head may be absent from the file; anything else means a broken conversion.
-    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    missing = [
+        k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)
+    ]
     if missing or result.unexpected_keys:
         raise BaseModelError(
             f"The embedded GGUF does not match its architecture (missing {missing[:3]}, "
@@ -125,11 +136,18 @@ def _convert_embedded(target: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(
-            json.dumps({"source": f"{EMBEDDED_PACKAGE}/{gguf.name}", "dtype": "bfloat16", "name": EMBEDDED_NAME}, indent=2)
+            json.dumps(
+                {
+                    "source": f"{EMBEDDED_PACKAGE}/{gguf.name}",
+                    "dtype": "bfloat16",
+                    "name": EMBEDDED_NAME,
+                },
+                indent=2,
+            )
         )
         if target.exists():  # an incomplete earlier attempt
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        tmp.replace(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -145,4 +163,10 @@ def load_tokenizer(path: Path | str):
     return tokenizer
 
 
-__all__ = ["BaseModelError", "EMBEDDED_NAME", "embedded_gguf_path", "ensure_base_model", "load_tokenizer"]
+__all__ = [
+    "BaseModelError",
+    "EMBEDDED_NAME",
+    "embedded_gguf_path",
+    "ensure_base_model",
+    "load_tokenizer",
+]

@@ -110,19 +110,24 @@ def build_example(
     turns of one role are joined. Raises :class:`Refusal` with a sentence for the curator.
     """
     if not thread:
-        raise Refusal("not_found", "I couldn't find that message any more; it may have been deleted.")
+        raise Refusal(
+            "not_found", "I couldn't find that message any more; it may have been deleted."
+        )
     parent = thread[0]
     if reacted_ts == parent.ts:
         raise Refusal(
             "thread_parent",
-            "That's the question that starts the thread: put the emoji on the reply that answers it.",
+            "That's the question that starts the thread: "
+            "put the emoji on the reply that answers it.",
         )
     ordered = sorted(thread[1:], key=lambda m: float(m.ts))
     answer = next((m for m in ordered if m.ts == reacted_ts), None)
     if answer is None:
         raise Refusal("not_found", "I couldn't find that reply in its thread any more.")
     if answer.bot:
-        raise Refusal("bot_answer", "That answer was posted by a bot; only people's answers are curated.")
+        raise Refusal(
+            "bot_answer", "That answer was posted by a bot; only people's answers are curated."
+        )
     replies = [m for m in ordered if float(m.ts) <= float(answer.ts)]
     asker, answerer = parent.user, answer.user
 
@@ -146,7 +151,9 @@ def build_example(
 
     final_answer = slack_to_text(answer.text)
     if not final_answer:
-        raise Refusal("empty_answer", "That answer has no text I can learn from (only files or attachments).")
+        raise Refusal(
+            "empty_answer", "That answer has no text I can learn from (only files or attachments)."
+        )
     if len(final_answer) < min_answer_chars:
         raise Refusal(
             "too_short",

@@ -21,7 +21,9 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode} before {url} answered")
+            raise RuntimeError(
+                f"the server exited with status {proc.returncode} before {url} answered"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:

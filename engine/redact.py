@@ -393,7 +393,10 @@ _NOT_SECRET_KEY = re.compile(
     r"(?i)(?:^|[_.-])(?:eos|bos|pad|unk|sep|cls|mask|max|min|num|n|special|stop|start|end|total|"
     r"prompt|completion|input|output|new|next|page|continuation|cancellation)[_.-]?token$"
 )
-_VALUE = r"""(?:"(?P<dq>[^"\n]{1,256})"|'(?P<sq>[^'\n]{1,256})'|`(?P<bq>[^`\n]{1,256})`|(?P<bare>[^\s"'`]{1,256}))"""
+_VALUE = (
+    r"""(?:"(?P<dq>[^"\n]{1,256})"|'(?P<sq>[^'\n]{1,256})'"""
+    r"""|`(?P<bq>[^`\n]{1,256})`|(?P<bare>[^\s"'`]{1,256}))"""
+)
 _PROSE_VALUES = frozenset(
     """a an the is was are be been being not no none null nil true false yes undefined empty
     required optional reset resets expired expires expiring expiry changed change rotated rotate
@@ -416,7 +419,8 @@ _PLACEHOLDER_VALUE = re.compile(
     """
 )
 _TYPE_ANNOTATION = re.compile(
-    r"^(?:(?:Optional|Union|list|List|Annotated)\[)?(?:str|bytes|int|Any|SecretStr|SecretBytes)\b[\]|, ]*\)?[,:)]?$"
+    r"^(?:(?:Optional|Union|list|List|Annotated)\[)?"
+    r"(?:str|bytes|int|Any|SecretStr|SecretBytes)\b[\]|, ]*\)?[,:)]?$"
 )
 _CODE_VALUE = re.compile(
     r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\(|\[)|^(?:[a-z_]+\.)+[a-z_]+$|^[a-z_]+\($"
@@ -490,7 +494,8 @@ def _secret_recognizers() -> list[Callable[[str], Iterable[Finding]]]:
                 r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
                 # Only key material (base64, "Proc-Type: 4,ENCRYPTED" headers) up to END, so a
                 # key cut short never swallows the text up to the END of a later key.
-                r"(?:(?:(?!-----BEGIN)[A-Za-z0-9+/=:,\s-]|\\n)*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+                r"(?:(?:(?!-----BEGIN)[A-Za-z0-9+/=:,\s-]|\\n)*?"
+                r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
                 r"|(?:(?:\\n|\s)*[A-Z][A-Za-z-]+: [^\n]*)*(?:(?:\\n|\s)*[A-Za-z0-9+/=]{16,})+)",
             ),
         ),
@@ -538,7 +543,8 @@ def _secret_recognizers() -> list[Callable[[str], Iterable[Finding]]]:
             group="value",
             accept=_has_digit("value"),
         ),
-        # Passwords and other secrets written as key=value, key: value, "key": "value", key => value.
+        # Passwords and other secrets written as key=value, key: value, "key": "value",
+        # key => value.
         _Rule(
             "password",
             c(
@@ -563,7 +569,8 @@ def _secret_recognizers() -> list[Callable[[str], Iterable[Finding]]]:
         _Rule(
             "password",
             c(
-                r"""\b(?P<key>(?:docker|podman) login\b[^\n]{0,200}?\s-p[ \t]+|mysql\w*\b[^\n]{0,200}?\s-p)(?P<sep>)"""
+                r"\b(?P<key>(?:docker|podman) login\b[^\n]{0,200}?\s-p[ \t]+"
+                r"|mysql\w*\b[^\n]{0,200}?\s-p)(?P<sep>)"
                 + _VALUE
             ),
             group=_password_group,

@@ -1,1 +1,3 @@
-"""Persistence: sqlmodel tables, sessions, queries and Alembic migrations. Imports nothing of ours."""
+"""Persistence: sqlmodel tables, sessions, queries and Alembic migrations.
+
+Imports nothing of ours."""

@@ -15,7 +15,7 @@ lock on its round while it writes, on SQLite a vote re-checks the round after wr
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
@@ -113,11 +113,11 @@ def add_pair(
 
 
 def set_round_message(*, session: Session, round_id: int, message_ts: str) -> None:
-    session.exec(update(ABRound).where(ABRound.id == round_id).values(message_ts=message_ts))
+    session.exec(update(ABRound).where(col(ABRound.id) == round_id).values(message_ts=message_ts))
 
 
 def set_pair_message(*, session: Session, pair_id: int, message_ts: str) -> None:
-    session.exec(update(ABPair).where(ABPair.id == pair_id).values(message_ts=message_ts))
+    session.exec(update(ABPair).where(col(ABPair.id) == pair_id).values(message_ts=message_ts))
 
 
 def get_round(*, session: Session, round_id: int) -> ABRound | None:
@@ -181,7 +181,9 @@ def cast_vote(
     if comment is not None:
         values["comment"] = comment
     replace = (
-        update(ABVote).where(ABVote.pair_id == pair_id, ABVote.voter == voter).values(**values)
+        update(ABVote)
+        .where(col(ABVote.pair_id) == pair_id, col(ABVote.voter) == voter)
+        .values(**values)
     )
     # a savepoint, so that a refused vote leaves nothing behind even if the caller commits
     with session.begin_nested():
@@ -218,6 +220,7 @@ def set_comment(*, session: Session, pair_id: int, voter: str, comment: str) -> 
     if vote is None:
         return False
     pair = session.get(ABPair, pair_id)
+    assert pair is not None  # a vote's pair exists (foreign key)
     _check_open(session, pair.round_id, utcnow(), lock=True)
     vote.comment = comment
     session.add(vote)
@@ -226,17 +229,17 @@ def set_comment(*, session: Session, pair_id: int, voter: str, comment: str) -> 
 
 
 def round_counts(*, session: Session, round_id: int) -> dict[int, dict[str, int]]:
-    """Votes per pair of a round, by choice plus ``total``: ``{pair_id: {"a": 2, ..., "total": 5}}``,
-    every pair present, in position order."""
+    """Votes per pair of a round, by choice plus ``total``:
+    ``{pair_id: {"a": 2, ..., "total": 5}}``, every pair present, in position order."""
     counts = {
-        p.id: {c: 0 for c in (*CHOICES, "total")}
+        cast(int, p.id): dict.fromkeys((*CHOICES, "total"), 0)  # stored rows have ids
         for p in pairs_of(session=session, round_id=round_id)
     }
     stmt = (
         select(ABVote.pair_id, ABVote.choice, func.count())
         .join(ABPair, col(ABPair.id) == col(ABVote.pair_id))
         .where(ABPair.round_id == round_id)
-        .group_by(ABVote.pair_id, ABVote.choice)
+        .group_by(col(ABVote.pair_id), col(ABVote.choice))
     )
     for pair_id, choice, n in session.exec(stmt).all():
         counts[pair_id][choice] += n
@@ -272,7 +275,11 @@ def close_round(
     values: dict[str, Any] = {"status": "closed", "closed_at": now or utcnow()}
     if result is not None:
         values["result"] = result
-    stmt = update(ABRound).where(ABRound.id == round_id, ABRound.status == "open").values(**values)
+    stmt = (
+        update(ABRound)
+        .where(col(ABRound.id) == round_id, col(ABRound.status) == "open")
+        .values(**values)
+    )
     closed = session.exec(stmt).rowcount == 1
     # the identity map may hold the round as it was before the UPDATE
     row = session.get(ABRound, round_id)
@@ -283,7 +290,7 @@ def close_round(
 
 def save_result(*, session: Session, round_id: int, result: dict[str, Any]) -> None:
     """Store a round's statistics (JSON-safe: no NaN)."""
-    session.exec(update(ABRound).where(ABRound.id == round_id).values(result=result))
+    session.exec(update(ABRound).where(col(ABRound.id) == round_id).values(result=result))
     row = session.get(ABRound, round_id)
     if row is not None:
         session.refresh(row)
@@ -302,7 +309,8 @@ def votes_with_pairs(
 
 def all_battles(*, session: Session, round_id: int | None = None) -> list[BattleRow]:
     """Every vote as a :class:`BattleRow` — across all rounds for Bradley–Terry, or one round's."""
-    stmt = select(
+    # sqlmodel types select() for at most four columns; these seven come back as a plain tuple
+    stmt = select(  # type: ignore[call-overload]
         ABPair.round_id,
         ABPair.id,
         ABPair.model_a,

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import Example, ExampleCurator, ExcludedThread, ProcessedEvent, utcnow
 
@@ -27,7 +27,7 @@ def claim_event(*, session: Session, event_id: str, kind: str = "") -> bool:
 
 def release_event(*, session: Session, event_id: str) -> None:
     """Forget an event whose application failed, so that a redelivery can apply it."""
-    session.exec(delete(ProcessedEvent).where(ProcessedEvent.event_id == event_id))
+    session.exec(delete(ProcessedEvent).where(col(ProcessedEvent.event_id) == event_id))
 
 
 def is_excluded(*, session: Session, channel: str, thread_ts: str) -> bool:
@@ -62,12 +62,14 @@ def examples_in_thread(*, session: Session, channel: str, thread_ts: str) -> lis
     return list(session.exec(stmt).all())
 
 
-def find_duplicate(*, session: Session, content_hash: str, channel: str, message_ts: str) -> Example | None:
+def find_duplicate(
+    *, session: Session, content_hash: str, channel: str, message_ts: str
+) -> Example | None:
     """An active example with the same normalised content from another message."""
     stmt = select(Example).where(
         Example.content_hash == content_hash,
         Example.status == "active",
-        ~((Example.channel == channel) & (Example.message_ts == message_ts)),
+        ~((col(Example.channel) == channel) & (col(Example.message_ts) == message_ts)),
     )
     return session.exec(stmt).first()
 
@@ -76,18 +78,22 @@ def curators_of(*, session: Session, example_id: int) -> list[str]:
     stmt = (
         select(ExampleCurator.user_id)
         .where(ExampleCurator.example_id == example_id)
-        .order_by(ExampleCurator.id)
+        .order_by(col(ExampleCurator.id))
     )
     return list(session.exec(stmt).all())
 
 
-def save_example(*, session: Session, fields: dict[str, Any], curator: str | None) -> tuple[Example, bool]:
+def save_example(
+    *, session: Session, fields: dict[str, Any], curator: str | None
+) -> tuple[Example, bool]:
     """Insert or refresh the example for (channel, message_ts) and add ``curator``.
 
     Returns the example and whether this call created or re-activated it. Safe against a
     concurrent insert of the same message: the unique constraint decides, the loser updates.
     """
-    example = get_example(session=session, channel=fields["channel"], message_ts=fields["message_ts"])
+    example = get_example(
+        session=session, channel=fields["channel"], message_ts=fields["message_ts"]
+    )
     created = False
     if example is None:
         try:
@@ -97,7 +103,9 @@ def save_example(*, session: Session, fields: dict[str, Any], curator: str | Non
                 session.flush()
             created = True
         except IntegrityError:
-            example = get_example(session=session, channel=fields["channel"], message_ts=fields["message_ts"])
+            example = get_example(
+                session=session, channel=fields["channel"], message_ts=fields["message_ts"]
+            )
             assert example is not None
     if not created:
         created = example.status != "active"
@@ -109,6 +117,7 @@ def save_example(*, session: Session, fields: dict[str, Any], curator: str | Non
         session.add(example)
         session.flush()
     if curator:
+        assert example.id is not None  # stored and flushed above
         add_curator(session=session, example_id=example.id, user_id=curator)
     return example, created
 
@@ -127,10 +136,14 @@ def remove_curator(*, session: Session, example_id: int, user_id: str) -> int:
     """Remove one curator; returns how many remain."""
     session.exec(
         delete(ExampleCurator).where(
-            ExampleCurator.example_id == example_id, ExampleCurator.user_id == user_id
+            col(ExampleCurator.example_id) == example_id, col(ExampleCurator.user_id) == user_id
         )
     )
-    stmt = select(func.count()).select_from(ExampleCurator).where(ExampleCurator.example_id == example_id)
+    stmt = (
+        select(func.count())
+        .select_from(ExampleCurator)
+        .where(ExampleCurator.example_id == example_id)
+    )
     return int(session.exec(stmt).one())
 
 
@@ -143,15 +156,19 @@ def withdraw(*, session: Session, example: Example, reason: str) -> None:
 
 def active_examples(*, session: Session) -> list[tuple[Example, list[str]]]:
     """Every active example, oldest first, with its curators."""
-    examples = list(session.exec(select(Example).where(Example.status == "active").order_by(Example.id)).all())
+    examples = list(
+        session.exec(
+            select(Example).where(Example.status == "active").order_by(col(Example.id))
+        ).all()
+    )
     if not examples:
         return []
     rows = session.exec(
         select(ExampleCurator.example_id, ExampleCurator.user_id)
-        .where(ExampleCurator.example_id.in_([e.id for e in examples]))  # type: ignore[union-attr]
-        .order_by(ExampleCurator.id)
+        .where(col(ExampleCurator.example_id).in_([e.id for e in examples]))
+        .order_by(col(ExampleCurator.id))
     ).all()
-    curators: dict[int, list[str]] = {}
+    curators: dict[int | None, list[str]] = {}
     for example_id, user_id in rows:
         curators.setdefault(example_id, []).append(user_id)
     return [(e, curators.get(e.id, [])) for e in examples]

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import DatasetSnapshot, Example, ExampleCurator, SnapshotExample, utcnow
 
@@ -32,26 +32,39 @@ class StoredExample:
 
 def active_examples_with_curators(*, session: Session) -> list[StoredExample]:
     """Every active example with its curators, in id order. Two queries whatever the size."""
+    # sqlmodel types select() for at most four columns; these seven come back as a plain tuple
     rows = session.exec(
-        select(Example.id, Example.source, Example.channel, Example.thread_ts, Example.message_ts,
-               Example.messages, Example.created_at)
+        select(  # type: ignore[call-overload]
+            Example.id,
+            Example.source,
+            Example.channel,
+            Example.thread_ts,
+            Example.message_ts,
+            Example.messages,
+            Example.created_at,
+        )
         .where(Example.status == "active")
-        .order_by(Example.id)
+        .order_by(col(Example.id))
     ).all()
     curators: dict[int, list[str]] = {}
     pairs = session.exec(
         select(ExampleCurator.example_id, ExampleCurator.user_id)
-        .join(Example, Example.id == ExampleCurator.example_id)
+        .join(Example, col(Example.id) == col(ExampleCurator.example_id))
         .where(Example.status == "active")
-        .order_by(ExampleCurator.id)
+        .order_by(col(ExampleCurator.id))
     ).all()
     for example_id, user_id in pairs:
         curators.setdefault(example_id, []).append(user_id)
-    return [StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(curators.get(r[0], ()))) for r in rows]
+    return [
+        StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(curators.get(r[0], ())))
+        for r in rows
+    ]
 
 
 def snapshot_by_hash(*, session: Session, content_hash: str) -> DatasetSnapshot | None:
-    return session.exec(select(DatasetSnapshot).where(DatasetSnapshot.content_hash == content_hash)).first()
+    return session.exec(
+        select(DatasetSnapshot).where(DatasetSnapshot.content_hash == content_hash)
+    ).first()
 
 
 def get_snapshot(*, session: Session, snapshot_id: int) -> DatasetSnapshot | None:
@@ -75,7 +88,9 @@ def create_snapshot(
     hash already exists — built concurrently; the unique constraint decides."""
     try:
         with session.begin_nested():
-            snapshot = DatasetSnapshot(content_hash=content_hash, path=path, counts=counts, created_by=created_by)
+            snapshot = DatasetSnapshot(
+                content_hash=content_hash, path=path, counts=counts, created_by=created_by
+            )
             session.add(snapshot)
             session.flush()
     except IntegrityError:
@@ -93,16 +108,21 @@ def add_snapshot_examples(
     *, session: Session, snapshot_id: int, members: Iterable[tuple[int | None, str, int]]
 ) -> int:
     """Record which example sits in which split (and line) of a snapshot; returns the count."""
-    rows = [{"snapshot_id": snapshot_id, "example_id": example_id, "split": split, "line": line}
-            for example_id, split, line in members]
+    rows = [
+        {"snapshot_id": snapshot_id, "example_id": example_id, "split": split, "line": line}
+        for example_id, split, line in members
+    ]
     if rows:
         session.execute(insert(SnapshotExample), rows)
     return len(rows)
 
 
 def snapshot_members(*, session: Session, snapshot_id: int) -> list[SnapshotExample]:
-    stmt = (select(SnapshotExample).where(SnapshotExample.snapshot_id == snapshot_id)
-            .order_by(SnapshotExample.split, SnapshotExample.line))
+    stmt = (
+        select(SnapshotExample)
+        .where(SnapshotExample.snapshot_id == snapshot_id)
+        .order_by(col(SnapshotExample.split), col(SnapshotExample.line))
+    )
     return list(session.exec(stmt).all())
 
 
@@ -111,8 +131,12 @@ def existing_content_hashes(*, session: Session, hashes: Iterable[str]) -> set[s
     wanted = sorted(set(hashes))
     found: set[str] = set()
     for start in range(0, len(wanted), IN_CHUNK):
-        chunk = wanted[start:start + IN_CHUNK]
-        found.update(session.exec(select(Example.content_hash).where(Example.content_hash.in_(chunk))).all())  # type: ignore[attr-defined]
+        chunk = wanted[start : start + IN_CHUNK]
+        found.update(
+            session.exec(
+                select(Example.content_hash).where(col(Example.content_hash).in_(chunk))
+            ).all()
+        )
     return found
 
 
@@ -122,7 +146,18 @@ def insert_examples(*, session: Session, examples: Sequence[dict[str, Any]]) -> 
     if not examples:
         return 0
     now = utcnow()
-    rows = [{"status": "active", "status_reason": "", "team_id": "", "answer_user": "", "redactions": {},
-             "created_at": now, "updated_at": now, **example} for example in examples]
+    rows = [
+        {
+            "status": "active",
+            "status_reason": "",
+            "team_id": "",
+            "answer_user": "",
+            "redactions": {},
+            "created_at": now,
+            "updated_at": now,
+            **example,
+        }
+        for example in examples
+    ]
     session.execute(insert(Example), rows)
     return len(rows)

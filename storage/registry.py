@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import AskFeedback, AskLog, Deployment, Model, utcnow
 
@@ -30,7 +30,9 @@ def get_model(*, session: Session, ref: str | int) -> Model | None:
     """A model by name (``tt-3``), id, or job id written as ``job-7``/``#7``."""
     text = str(ref).strip().lstrip("#")
     if text.startswith("job-") and text[4:].isdigit():
-        return session.exec(select(Model).where(Model.job_id == int(text[4:])).order_by(Model.id.desc())).first()
+        return session.exec(
+            select(Model).where(Model.job_id == int(text[4:])).order_by(col(Model.id).desc())
+        ).first()
     model = session.exec(select(Model).where(Model.name == text)).first()
     if model is None and text.isdigit():
         model = session.get(Model, int(text))
@@ -38,18 +40,22 @@ def get_model(*, session: Session, ref: str | int) -> Model | None:
 
 
 def model_for_job(*, session: Session, job_id: int) -> Model | None:
-    return session.exec(select(Model).where(Model.job_id == job_id).order_by(Model.id.desc())).first()
+    return session.exec(
+        select(Model).where(Model.job_id == job_id).order_by(col(Model.id).desc())
+    ).first()
 
 
 def list_models(*, session: Session, limit: int = 20) -> list[Model]:
-    return list(session.exec(select(Model).order_by(Model.id.desc()).limit(limit)).all())
+    return list(session.exec(select(Model).order_by(col(Model.id).desc()).limit(limit)).all())
 
 
 def deployed_model(*, session: Session) -> Model | None:
     return session.exec(select(Model).where(Model.status == "deployed")).first()
 
 
-def mark_deployed(*, session: Session, model: Model, by_user: str, action: str = "deploy", detail: str = "") -> Model | None:
+def mark_deployed(
+    *, session: Session, model: Model, by_user: str, action: str = "deploy", detail: str = ""
+) -> Model | None:
     """Make ``model`` the deployed one; the previous one is retired. Returns the previous model."""
     previous = deployed_model(session=session)
     if previous is not None and previous.id != model.id:
@@ -63,16 +69,25 @@ def mark_deployed(*, session: Session, model: Model, by_user: str, action: str =
     return previous if previous is None or previous.id != model.id else None
 
 
-def record_ab_result(*, session: Session, name: str, round_id: int, opponent: str, result: dict[str, Any]) -> bool:
+def record_ab_result(
+    *, session: Session, name: str, round_id: int, opponent: str, result: dict[str, Any]
+) -> bool:
     """Keep a closed A/B round's headline on the candidate's model row (what ``/tune models`` and
     the Home tab show); False when the candidate is not a registry model (e.g. the base model)."""
     model = session.exec(select(Model).where(Model.name == name)).first()
     if model is None:
         return False
     ci = result.get("ci") or {}
-    model.ab_result = {"round": round_id, "opponent": opponent, "win_rate": result.get("win_rate"),
-                       "ci_low": ci.get("low"), "ci_high": ci.get("high"), "votes": result.get("votes"),
-                       "decided": result.get("decided"), "reason": result.get("reason", "")}
+    model.ab_result = {
+        "round": round_id,
+        "opponent": opponent,
+        "win_rate": result.get("win_rate"),
+        "ci_low": ci.get("low"),
+        "ci_high": ci.get("high"),
+        "votes": result.get("votes"),
+        "decided": result.get("decided"),
+        "reason": result.get("reason", ""),
+    }
     session.add(model)
     return True
 
@@ -88,9 +103,11 @@ def previous_deployed(*, session: Session) -> Model | None:
     The stack is replayed from the deployment log: a deploy pushes its model; a rollback pops the
     current model and lands on the model it names (a rollback to the base model empties it)."""
     rows = session.exec(
-        select(Deployment).where(Deployment.action.in_(["deploy", "rollback"])).order_by(Deployment.id)  # type: ignore[attr-defined]
+        select(Deployment)
+        .where(col(Deployment.action).in_(["deploy", "rollback"]))
+        .order_by(col(Deployment.id))
     ).all()
-    stack: list[int] = []
+    stack: list[int | None] = []
     for row in rows:
         if row.action == "deploy":
             if not stack or stack[-1] != row.model_id:  # deploying what is deployed changes nothing
@@ -105,7 +122,8 @@ def previous_deployed(*, session: Session) -> Model | None:
             stack.pop()
         if not stack:
             stack.append(row.model_id)
-    return session.get(Model, stack[-2]) if len(stack) >= 2 else None
+    previous = stack[-2] if len(stack) >= 2 else None
+    return None if previous is None else session.get(Model, previous)
 
 
 def undeploy(*, session: Session, by_user: str, detail: str) -> None:
@@ -133,13 +151,19 @@ def update_ask(*, session: Session, ask_id: int, **fields: Any) -> None:
 
 
 def asks_since(*, session: Session, user: str, since) -> int:  # noqa: ANN001
-    stmt = select(func.count()).select_from(AskLog).where(AskLog.user == user, AskLog.created_at >= since)
+    stmt = (
+        select(func.count())
+        .select_from(AskLog)
+        .where(AskLog.user == user, AskLog.created_at >= since)
+    )
     return int(session.exec(stmt).one())
 
 
 def record_feedback(*, session: Session, ask_id: int, user: str, value: str) -> bool:
     """Store 👍/👎; returns True when it replaced an earlier click by the same person."""
-    existing = session.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id, AskFeedback.user == user)).first()
+    existing = session.exec(
+        select(AskFeedback).where(AskFeedback.ask_id == ask_id, AskFeedback.user == user)
+    ).first()
     if existing is not None:
         existing.value = value
         session.add(existing)
@@ -176,16 +200,25 @@ def feedback_of(*, session: Session, ask_id: int) -> dict[str, str]:
     return {row.user: row.value for row in rows}
 
 
-def audit_rows(*, session: Session, since: datetime | None = None,
-               until: datetime | None = None) -> Iterator[tuple[AskLog, int, int]]:
+def audit_rows(
+    *, session: Session, since: datetime | None = None, until: datetime | None = None
+) -> Iterator[tuple[AskLog, int, int]]:
     """The /ask audit log, oldest first, with each answer's 👍 and 👎 counts; ``since`` inclusive,
     ``until`` exclusive. Rows stream in batches, so a long log is never held in memory at once."""
-    votes = (select(AskFeedback.ask_id,
-                    func.sum(case((AskFeedback.value == "up", 1), else_=0)).label("up"),
-                    func.sum(case((AskFeedback.value == "down", 1), else_=0)).label("down"))
-             .group_by(AskFeedback.ask_id).subquery())
-    stmt = (select(AskLog, func.coalesce(votes.c.up, 0), func.coalesce(votes.c.down, 0))
-            .outerjoin(votes, votes.c.ask_id == AskLog.id).order_by(AskLog.id))
+    votes = (
+        select(
+            AskFeedback.ask_id,
+            func.sum(case((col(AskFeedback.value) == "up", 1), else_=0)).label("up"),
+            func.sum(case((col(AskFeedback.value) == "down", 1), else_=0)).label("down"),
+        )
+        .group_by(col(AskFeedback.ask_id))
+        .subquery()
+    )
+    stmt = (
+        select(AskLog, func.coalesce(votes.c.up, 0), func.coalesce(votes.c.down, 0))
+        .outerjoin(votes, votes.c.ask_id == AskLog.id)
+        .order_by(col(AskLog.id))
+    )
     if since is not None:
         stmt = stmt.where(AskLog.created_at >= since)
     if until is not None:

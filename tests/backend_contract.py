@@ -18,7 +18,8 @@ PROMPTS = [
     [
         {
             "role": "user",
-            "content": "Which queue handles ticket 7 for the blue team? Please answer in one short sentence.",
+            "content": "Which queue handles ticket 7 for the blue team? "
+            "Please answer in one short sentence.",
         }
     ],
     [

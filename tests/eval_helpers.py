@@ -156,7 +156,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model, tmp_path_factory) -> Path:
-    """A LoRA adapter that answers every ticket question "Route it to the triage queue." and stops."""
+    """A LoRA adapter that answers every ticket question "Route it to the triage queue." and
+    stops."""
     return train_lora(tiny_model, pattern_rows(8), _shared(tmp_path_factory) / "adapter-pattern")
 
 

@@ -1,4 +1,5 @@
-"""A/B Block Kit builders and payload parsing: real slack_sdk models (to_dict validates), no mocks."""
+"""A/B Block Kit builders and payload parsing: real slack_sdk models (to_dict validates), no
+mocks."""
 
 import json
 from datetime import UTC, datetime
@@ -17,9 +18,17 @@ DEADLINE = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
 
 
 def card(**kw):
-    fields = dict(round_id=7, pair_id=42, position=2, pairs=10, prompt="How do I rotate the DB password?",
-                  answer_a="Use vault.", answer_b="Ask ops.", counts={"A": 3, "B": 1, "tie": 1, "both_bad": 0},
-                  deadline=DEADLINE)
+    fields = dict(
+        round_id=7,
+        pair_id=42,
+        position=2,
+        pairs=10,
+        prompt="How do I rotate the DB password?",
+        answer_a="Use vault.",
+        answer_b="Ask ops.",
+        counts={"A": 3, "B": 1, "tie": 1, "both_bad": 0},
+        deadline=DEADLINE,
+    )
     fields.update(kw)
     return ab.PairCard(**fields)
 
@@ -39,7 +48,13 @@ def test_open_pair_has_five_buttons_carrying_the_pair_and_shows_only_the_vote_co
     [actions] = [b for b in blocks if b["type"] == "actions"]
     assert [e["action_id"] for e in actions["elements"]] == [*ids.AB_VOTES, ids.AB_WHY]
     assert {e["value"] for e in actions["elements"]} == {"42"}
-    assert [e["text"]["text"] for e in actions["elements"]] == ["A is better", "B is better", "Tie", "Both bad", "why?"]
+    assert [e["text"]["text"] for e in actions["elements"]] == [
+        "A is better",
+        "B is better",
+        "Tie",
+        "Both bad",
+        "why?",
+    ]
     body = texts(blocks)
     assert "5 votes so far" in body and "Pair 3 of 10" in body
     # not who is winning, and not which model wrote which answer
@@ -69,9 +84,27 @@ def test_why_modal_round_trips_through_the_submission_parser():
     view = ab.why_modal(42, 2, "shorter and right").to_dict()
     assert view["callback_id"] == ids.AB_WHY_MODAL and view["private_metadata"] == "42"
     [field] = [b for b in view["blocks"] if b["type"] == "input"]
-    assert field["block_id"] == ids.AB_WHY_BLOCK and field["element"]["initial_value"] == "shorter and right"
-    body = {"type": "view_submission", "user": {"id": "U9"},
-            "view": {**view, "state": {"values": {ids.AB_WHY_BLOCK: {ids.AB_WHY_INPUT: {"type": "plain_text_input", "value": "B cites the runbook"}}}}}}
+    assert (
+        field["block_id"] == ids.AB_WHY_BLOCK
+        and field["element"]["initial_value"] == "shorter and right"
+    )
+    body = {
+        "type": "view_submission",
+        "user": {"id": "U9"},
+        "view": {
+            **view,
+            "state": {
+                "values": {
+                    ids.AB_WHY_BLOCK: {
+                        ids.AB_WHY_INPUT: {
+                            "type": "plain_text_input",
+                            "value": "B cites the runbook",
+                        }
+                    }
+                }
+            },
+        },
+    }
     form = ViewSubmission.parse(body)
     assert (form.user, form.callback_id, form.private_metadata) == ("U9", ids.AB_WHY_MODAL, "42")
     assert form.value(ids.AB_WHY_BLOCK, ids.AB_WHY_INPUT) == "B cites the runbook"
@@ -85,7 +118,10 @@ def test_recorded_payloads_parse():
 
 
 def test_result_blocks_show_the_statistics_and_leaderboard():
-    battles = [Battle("tt-3", "base", "a" if i % 4 else "tie", "a" if i % 2 else "b", pair=i % 8) for i in range(16)]
+    battles = [
+        Battle("tt-3", "base", "a" if i % 4 else "tie", "a" if i % 2 else "b", pair=i % 8)
+        for i in range(16)
+    ]
     result = round_result(battles, "tt-3", seed=1).to_dict()
     board = [r.to_dict() for r in leaderboard(battles, "base", n_resamples=1000)]
     blocks = dicts(ab.result_blocks(7, "base", result, board, reason="decided"))

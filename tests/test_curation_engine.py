@@ -23,7 +23,13 @@ def thread(*replies):
 
 
 def test_single_answer_becomes_user_then_assistant():
-    t = thread(msg("101.0", EXPERT, "Run `vault write -f database/rotate-root/staging`, then restart the pods."))
+    t = thread(
+        msg(
+            "101.0",
+            EXPERT,
+            "Run `vault write -f database/rotate-root/staging`, then restart the pods.",
+        )
+    )
     draft = build_example("C1", t, "101.0", min_answer_chars=20)
     assert [m["role"] for m in draft.messages] == ["user", "assistant"]
     assert draft.messages[1]["content"].startswith("Run `vault write")
@@ -42,12 +48,17 @@ def test_multi_turn_drops_other_people_and_bots_and_stops_at_reacted_reply():
     draft = build_example("C1", t, "105.0", min_answer_chars=20)
     assert [m["role"] for m in draft.messages] == ["user", "assistant", "user", "assistant"]
     assert "+1" not in str(draft.messages) and "standup" not in str(draft.messages)
-    assert draft.messages[-1]["content"] == "Then run the rotate-root job in the eu vault namespace."
+    assert (
+        draft.messages[-1]["content"] == "Then run the rotate-root job in the eu vault namespace."
+    )
 
 
 def test_consecutive_turns_of_one_role_are_joined():
-    t = thread(msg("101.0", ASKER, "It's for the billing service."),
-               msg("102.0", EXPERT, "First, open the vault UI."), msg("103.0", EXPERT, "Then click rotate."))
+    t = thread(
+        msg("101.0", ASKER, "It's for the billing service."),
+        msg("102.0", EXPERT, "First, open the vault UI."),
+        msg("103.0", EXPERT, "Then click rotate."),
+    )
     draft = build_example("C1", t, "103.0", min_answer_chars=10)
     assert draft.messages[0]["content"].endswith("It's for the billing service.")
     assert draft.messages[1]["content"] == "First, open the vault UI.\n\nThen click rotate."
@@ -56,7 +67,11 @@ def test_consecutive_turns_of_one_role_are_joined():
 @pytest.mark.parametrize(
     ("reacted", "replies", "code"),
     [
-        ("100.000001", [msg("101.0", EXPERT, "a long enough answer to the question")], "thread_parent"),
+        (
+            "100.000001",
+            [msg("101.0", EXPERT, "a long enough answer to the question")],
+            "thread_parent",
+        ),
         ("101.0", [msg("101.0", EXPERT, "ok, thx")], "too_short"),
         ("101.0", [msg("101.0", EXPERT, "")], "empty_answer"),
         ("101.0", [msg("101.0", "B1", "an automated answer long enough", bot=True)], "bot_answer"),
@@ -80,7 +95,10 @@ def test_too_short_message_says_the_numbers():
     [
         ("ask <@U024BE7LH> about it", f"ask {NEUTRAL_NAME} about it"),
         ("ask <@U024BE7LH|bob>", f"ask {NEUTRAL_NAME}"),
-        ("see <https://wiki.example.com/db|the runbook>", "see the runbook (https://wiki.example.com/db)"),
+        (
+            "see <https://wiki.example.com/db|the runbook>",
+            "see the runbook (https://wiki.example.com/db)",
+        ),
         ("see <https://wiki.example.com/db>", "see https://wiki.example.com/db"),
         ("in <#C123ABC|ops-help>", "in #ops-help"),
         ("<!here> deploy freeze", "@here deploy freeze"),
@@ -107,9 +125,18 @@ def test_redaction_is_applied_and_counted():
 
 
 def test_content_hash_ignores_case_and_whitespace_only():
-    a = [{"role": "user", "content": "How  do I\nrotate?"}, {"role": "assistant", "content": "Run X."}]
-    b = [{"role": "user", "content": "how do i rotate?"}, {"role": "assistant", "content": "run x."}]
-    c = [{"role": "user", "content": "how do i rotate?"}, {"role": "assistant", "content": "run y."}]
+    a = [
+        {"role": "user", "content": "How  do I\nrotate?"},
+        {"role": "assistant", "content": "Run X."},
+    ]
+    b = [
+        {"role": "user", "content": "how do i rotate?"},
+        {"role": "assistant", "content": "run x."},
+    ]
+    c = [
+        {"role": "user", "content": "how do i rotate?"},
+        {"role": "assistant", "content": "run y."},
+    ]
     assert content_hash(a) == content_hash(b) != content_hash(c)
 
 

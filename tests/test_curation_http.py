@@ -27,10 +27,27 @@ def env(request, tmp_path_factory, base_model_path):
     tmp = tmp_path_factory.mktemp(f"bot-{request.param}")
     url = f"sqlite:///{tmp / 'threadtune.db'}" if request.param == "sqlite" else _fresh_pg("")
     try:
-        with workspace_with_bot(tmp, url, BASE_MODEL=str(base_model_path)) as (slack, proc, log, port):
+        with workspace_with_bot(tmp, url, BASE_MODEL=str(base_model_path)) as (
+            slack,
+            proc,
+            log,
+            port,
+        ):
             engine = make_engine(url)
-            yield type("Env", (), dict(slack=slack, proc=proc, log=log, port=port, db=engine,
-                                       url=url, tmp=tmp, kind=request.param))
+            yield type(
+                "Env",
+                (),
+                dict(
+                    slack=slack,
+                    proc=proc,
+                    log=log,
+                    port=port,
+                    db=engine,
+                    url=url,
+                    tmp=tmp,
+                    kind=request.param,
+                ),
+            )
             engine.dispose()
     finally:
         if request.param == "postgresql":
@@ -53,8 +70,9 @@ def curators(env, ts):
         ex = s.exec(select(Example).where(Example.message_ts == ts)).first()
         if ex is None:
             return None
-        return sorted(s.exec(select(ExampleCurator.user_id).where(ExampleCurator.example_id == ex.id)).all())
-
+        return sorted(
+            s.exec(select(ExampleCurator.user_id).where(ExampleCurator.example_id == ex.id)).all()
+        )
 
 
 def _wait(predicate, timeout):
@@ -68,7 +86,9 @@ def _wait(predicate, timeout):
 
 
 def ephemeral_for(env, user, contains):
-    return _wait(lambda: [e for e in env.slack.ephemerals(user=user) if contains in e.get("text", "")], 15)
+    return _wait(
+        lambda: [e for e in env.slack.ephemerals(user=user) if contains in e.get("text", "")], 15
+    )
 
 
 def settle(env, seconds=0.6):
@@ -78,6 +98,7 @@ def settle(env, seconds=0.6):
 
 
 # -- accepting ------------------------------------------------------------------------------------
+
 
 def test_curator_emoji_on_reply_stores_example_and_acknowledges(env):
     q, a = qa(env)
@@ -90,7 +111,8 @@ def test_curator_emoji_on_reply_stores_example_and_acknowledges(env):
     assert (ex.channel, ex.thread_ts, ex.status) == ("CHELP", q, "active")
     _wait(lambda: env.slack.reactions("CHELP", a).get(ACK) == [env.slack.bot_user_id], 10)
     assert not env.slack.ephemerals(user="UCUR1") or all(
-        "didn't save" not in e["text"] for e in env.slack.ephemerals(user="UCUR1"))
+        "didn't save" not in e["text"] for e in env.slack.ephemerals(user="UCUR1")
+    )
 
 
 def test_multi_turn_thread_keeps_asker_and_answerer_only(env):
@@ -98,17 +120,29 @@ def test_multi_turn_thread_keeps_asker_and_answerer_only(env):
     env.slack.post("UOTH", "CHELP", "same here", thread_ts=q)
     env.slack.post("UEXP", "CHELP", "Which region are you deploying to?", thread_ts=q)
     env.slack.post("UASK", "CHELP", "eu-west-1", thread_ts=q)
-    a = env.slack.post("UEXP", "CHELP", "Then see <https://wiki.example.com/deploy|the runbook>, step 4 :wrench:", thread_ts=q)
+    a = env.slack.post(
+        "UEXP",
+        "CHELP",
+        "Then see <https://wiki.example.com/deploy|the runbook>, step 4 :wrench:",
+        thread_ts=q,
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     ex = _wait(lambda: example(env, a), 15)
     assert [m["role"] for m in ex.messages] == ["user", "assistant", "user", "assistant"]
     assert ex.messages[0]["content"] == "Our deploy to #help fails, @user any idea?"
-    assert ex.messages[-1]["content"] == "Then see the runbook (https://wiki.example.com/deploy), step 4 :wrench:"
+    assert (
+        ex.messages[-1]["content"]
+        == "Then see the runbook (https://wiki.example.com/deploy), step 4 :wrench:"
+    )
     assert "same here" not in json.dumps(ex.messages)
 
 
 def test_two_curators_make_one_example_listing_both(env):
-    _, a = qa(env, "Where are the on-call docs kept these days?", "They live in the ops wiki under On-call > Handbook.")
+    _, a = qa(
+        env,
+        "Where are the on-call docs kept these days?",
+        "They live in the ops wiki under On-call > Handbook.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     env.slack.react("UCUR2", "CHELP", a, CURATE)
     _wait(lambda: curators(env, a) == ["UCUR1", "UCUR2"], 15)
@@ -117,7 +151,9 @@ def test_two_curators_make_one_example_listing_both(env):
 
 
 def test_non_curator_reaction_is_ignored_silently(env):
-    _, a = qa(env, "Is the VPN down?", "No, the VPN is fine; it's the SSO provider that is degraded.")
+    _, a = qa(
+        env, "Is the VPN down?", "No, the VPN is fine; it's the SSO provider that is degraded."
+    )
     before = len(env.slack.ephemerals())
     env.slack.react("UOTH", "CHELP", a, CURATE)
     settle(env)
@@ -127,6 +163,7 @@ def test_non_curator_reaction_is_ignored_silently(env):
 
 
 # -- refusing -------------------------------------------------------------------------------------
+
 
 def test_refusal_not_in_thread(env):
     lone = env.slack.post("UEXP", "CHELP", "Reminder: the staging DB is read-only until Friday.")
@@ -144,14 +181,22 @@ def test_refusal_on_thread_parent(env):
 def test_refusal_too_short(env):
     _, a = qa(env, "Can I deploy on Fridays?", "nope")
     env.slack.react("UCUR1", "CHELP", a, CURATE)
-    ephemeral_for(env, "UCUR1", "too short to teach anything (4 characters; at least 20 are needed)")
+    ephemeral_for(
+        env, "UCUR1", "too short to teach anything (4 characters; at least 20 are needed)"
+    )
     assert example(env, a) is None
 
 
 def refusals_in_thread(env, user, thread_ts):
     """The refusal ephemerals ``user`` got in the thread ``thread_ts`` (waits for at least one)."""
-    return _wait(lambda: [e["text"] for e in env.slack.ephemerals(user=user, channel="CHELP")
-                          if e.get("thread_ts") == thread_ts], 15)
+    return _wait(
+        lambda: [
+            e["text"]
+            for e in env.slack.ephemerals(user=user, channel="CHELP")
+            if e.get("thread_ts") == thread_ts
+        ],
+        15,
+    )
 
 
 @pytest.mark.parametrize("answer", ["", "   \n\t  "], ids=["no-text", "only-whitespace"])
@@ -160,43 +205,60 @@ def test_refusal_empty_answer_has_its_exact_sentence(env, answer):
     env.slack.react("UCUR2", "CHELP", a, CURATE)
     assert refusals_in_thread(env, "UCUR2", q) == [
         "I didn't save that answer as an example: "
-        "That answer has no text I can learn from (only files or attachments)."]
+        "That answer has no text I can learn from (only files or attachments)."
+    ]
     settle(env)
     assert example(env, a) is None
     assert ACK not in env.slack.reactions("CHELP", a)
 
 
-@pytest.mark.parametrize(("answer", "length"), [(":+1:", 4), ("<@UASK> :tada:", 12)],
-                         ids=["only-an-emoji", "mention-and-emoji"])
+@pytest.mark.parametrize(
+    ("answer", "length"),
+    [(":+1:", 4), ("<@UASK> :tada:", 12)],
+    ids=["only-an-emoji", "mention-and-emoji"],
+)
 def test_refusal_too_short_has_its_exact_sentence(env, answer, length):
     q, a = qa(env, f"Did the rollback finish? {uuid.uuid4().hex[:8]}", answer)
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     assert refusals_in_thread(env, "UCUR1", q) == [
         "I didn't save that answer as an example: "
-        f"That answer is too short to teach anything ({length} characters; at least 20 are needed)."]
+        f"That answer is too short to teach anything ({length} characters; at least 20 are needed)."
+    ]
     settle(env)
     assert example(env, a) is None
     assert ACK not in env.slack.reactions("CHELP", a)
 
 
 def test_refusal_duplicate(env):
-    _, a1 = qa(env, "How do I get prod read access?", "File an ACCESS ticket and ask your lead to approve it.")
+    _, a1 = qa(
+        env,
+        "How do I get prod read access?",
+        "File an ACCESS ticket and ask your lead to approve it.",
+    )
     env.slack.react("UCUR1", "CHELP", a1, CURATE)
     _wait(lambda: example(env, a1), 15)
-    _, a2 = qa(env, "How do I get  PROD read access?", "File an ACCESS ticket and ask your lead to approve it.")
+    _, a2 = qa(
+        env,
+        "How do I get  PROD read access?",
+        "File an ACCESS ticket and ask your lead to approve it.",
+    )
     env.slack.react("UCUR2", "CHELP", a2, CURATE)
     ephemeral_for(env, "UCUR2", "already an example")
     assert example(env, a2) is None
 
 
 def test_reject_emoji_excludes_thread_and_removes_its_examples(env):
-    q, a = qa(env, "How do I reset my laptop password?", "Press ctrl-alt-del and pick 'change password'.")
+    q, a = qa(
+        env, "How do I reset my laptop password?", "Press ctrl-alt-del and pick 'change password'."
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 15)
     env.slack.react("UCUR2", "CHELP", q, REJECT)
     _wait(lambda: example(env, a) is None, 15)
     ephemeral_for(env, "UCUR2", "Thread excluded for good")
-    a2 = env.slack.post("UEXP", "CHELP", "Or use the self-service portal at id.example.com.", thread_ts=q)
+    a2 = env.slack.post(
+        "UEXP", "CHELP", "Or use the self-service portal at id.example.com.", thread_ts=q
+    )
     env.slack.react("UCUR1", "CHELP", a2, CURATE)
     ephemeral_for(env, "UCUR1", "excluded by a curator")
     assert example(env, a2) is None
@@ -204,8 +266,13 @@ def test_reject_emoji_excludes_thread_and_removes_its_examples(env):
 
 # -- keeping in step ------------------------------------------------------------------------------
 
+
 def test_removing_last_curate_emoji_withdraws(env):
-    _, a = qa(env, "Who approves budget requests?", "Budget requests go to finance-approvals with a cost centre.")
+    _, a = qa(
+        env,
+        "Who approves budget requests?",
+        "Budget requests go to finance-approvals with a cost centre.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     env.slack.react("UCUR2", "CHELP", a, CURATE)
     _wait(lambda: curators(env, a) == ["UCUR1", "UCUR2"], 15)
@@ -218,10 +285,12 @@ def test_removing_last_curate_emoji_withdraws(env):
 
 
 def test_edit_rederives_and_delete_deletes(env):
-    q, a = qa(env, "Where do I find the staging logs?", "In Kibana, index staging-*, last 24 hours.")
+    q, a = qa(
+        env, "Where do I find the staging logs?", "In Kibana, index staging-*, last 24 hours."
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 15)
-    env.slack.edit("UEXP", "CHELP", a, "In Grafana Loki now: query {env=\"staging\"}, last 24 hours.")
+    env.slack.edit("UEXP", "CHELP", a, 'In Grafana Loki now: query {env="staging"}, last 24 hours.')
     _wait(lambda: "Loki" in example(env, a).messages[-1]["content"], 15)
     env.slack.edit("UASK", "CHELP", q, "Where do I find the staging logs for the api service?")
     _wait(lambda: "api service" in example(env, a).messages[0]["content"], 15)
@@ -230,10 +299,20 @@ def test_edit_rederives_and_delete_deletes(env):
 
 
 def test_deleting_the_thread_parent_removes_all_its_examples(env):
-    q, a1 = qa(env, "How do I get a staging database of my own?",
-               "Run `make staging-db NAME=you`; it clones last night's snapshot.")
-    a2 = env.slack.post("UEXP", "CHELP", "When you are done, `make drop-staging-db NAME=you` frees the disk.", thread_ts=q)
-    _, other = qa(env, "Who owns the staging cluster?", "The platform team; page them in #platform-oncall.")
+    q, a1 = qa(
+        env,
+        "How do I get a staging database of my own?",
+        "Run `make staging-db NAME=you`; it clones last night's snapshot.",
+    )
+    a2 = env.slack.post(
+        "UEXP",
+        "CHELP",
+        "When you are done, `make drop-staging-db NAME=you` frees the disk.",
+        thread_ts=q,
+    )
+    _, other = qa(
+        env, "Who owns the staging cluster?", "The platform team; page them in #platform-oncall."
+    )
     for ts in (a1, a2, other):
         env.slack.react("UCUR1", "CHELP", ts, CURATE)
     _wait(lambda: all(example(env, ts) for ts in (a1, a2, other)), 15)
@@ -248,7 +327,11 @@ def test_deleting_the_thread_parent_removes_all_its_examples(env):
 
 
 def test_edit_to_something_too_short_withdraws(env):
-    _, a = qa(env, "Is there a staging freeze this week?", "Yes, from Wednesday noon until Monday morning.")
+    _, a = qa(
+        env,
+        "Is there a staging freeze this week?",
+        "Yes, from Wednesday noon until Monday morning.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 15)
     env.slack.edit("UEXP", "CHELP", a, "yes")
@@ -258,8 +341,11 @@ def test_edit_to_something_too_short_withdraws(env):
 
 # -- retries and forged requests ------------------------------------------------------------------
 
+
 def test_slack_retry_is_applied_once(env):
-    _, a = qa(env, "How long are backups kept?", "Thirty days for daily backups, a year for monthly ones.")
+    _, a = qa(
+        env, "How long are backups kept?", "Thirty days for daily backups, a year for monthly ones."
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     event_id = env.slack.last_event("reaction_added")["event_id"]
     _wait(lambda: example(env, a), 15)
@@ -274,7 +360,11 @@ def test_slack_retry_is_applied_once(env):
 
 
 def test_retry_after_withdrawal_does_not_bring_it_back(env):
-    _, a = qa(env, "What is the wifi password policy?", "Rotated quarterly; ask IT for the current one in person.")
+    _, a = qa(
+        env,
+        "What is the wifi password policy?",
+        "Rotated quarterly; ask IT for the current one in person.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     added = env.slack.last_event("reaction_added")["event_id"]
     _wait(lambda: example(env, a), 15)
@@ -286,8 +376,9 @@ def test_retry_after_withdrawal_does_not_bring_it_back(env):
 
 
 def _post_raw(env, body: bytes, headers: dict) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{env.port}/slack/events", data=body,
-                                     headers=headers, method="POST")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{env.port}/slack/events", data=body, headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
@@ -297,12 +388,22 @@ def _post_raw(env, body: bytes, headers: dict) -> int:
 
 def _signed(body: bytes, ts: int | None = None, secret: str = SIGNING_SECRET) -> dict:
     stamp = str(ts if ts is not None else int(time.time()))
-    sig = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body.decode("utf-8", "replace"))
-    return {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig}
+    sig = SignatureVerifier(secret).generate_signature(
+        timestamp=stamp, body=body.decode("utf-8", "replace")
+    )
+    return {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": sig,
+    }
 
 
 def test_forged_and_stale_signatures_get_401_and_change_nothing(env):
-    _, a = qa(env, "Which region hosts the billing DB?", "Billing runs in eu-central-1, with a replica in eu-west-1.")
+    _, a = qa(
+        env,
+        "Which region hosts the billing DB?",
+        "Billing runs in eu-central-1, with a replica in eu-west-1.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     event_id = env.slack.last_event("reaction_added")["event_id"]
     _wait(lambda: example(env, a), 15)
@@ -311,26 +412,49 @@ def test_forged_and_stale_signatures_get_401_and_change_nothing(env):
     forged = env.slack.deliver(event_id, signing_secret="not-the-secret")
     stale = env.slack.deliver(event_id, timestamp=int(time.time()) - 600)
     assert (forged.status, stale.status) == (401, 401)
-    body = json.dumps({"type": "event_callback", "event_id": "EvForged1", "event": {
-        "type": "reaction_added", "user": "UCUR1", "reaction": CURATE,
-        "item": {"type": "message", "channel": "CHELP", "ts": a}}}).encode()
+    body = json.dumps(
+        {
+            "type": "event_callback",
+            "event_id": "EvForged1",
+            "event": {
+                "type": "reaction_added",
+                "user": "UCUR1",
+                "reaction": CURATE,
+                "item": {"type": "message", "channel": "CHELP", "ts": a},
+            },
+        }
+    ).encode()
     assert _post_raw(env, body, {"Content-Type": "application/json"}) == 401
     settle(env)
     assert example(env, a).status == "withdrawn"
 
 
-@pytest.mark.parametrize("body", [b'{"type": "event_callback", "event": ', b"[1, 2, 3]", b'"just a string"',
-                                  b'{"type": "event_callback", "event": "nope"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "event_callback", "event": ',
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b'{"type": "event_callback", "event": "nope"}',
+    ],
+)
 def test_malformed_body_gets_400_and_server_keeps_serving(env, body):
     assert _post_raw(env, body, _signed(body)) == 400
     assert urllib.request.urlopen(f"http://127.0.0.1:{env.port}/healthz").status == 200
-    _, a = qa(env, f"Still there after bad request {uuid.uuid4().hex[:8]}?", "Yes: a malformed request is refused and nothing else changes.")
+    _, a = qa(
+        env,
+        f"Still there after bad request {uuid.uuid4().hex[:8]}?",
+        "Yes: a malformed request is refused and nothing else changes.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 15)
 
 
 def test_huge_and_odd_unicode_messages(env):
-    odd = "Zero\u200bwidth, RTL \u05e2\u05d1\u05e8\u05d9\u05ea, emoji 🚀✅, combining e\u0301, NUL-free \ufeff BOM."
+    odd = (
+        "Zero\u200bwidth, RTL \u05e2\u05d1\u05e8\u05d9\u05ea, emoji 🚀✅, combining e\u0301, "
+        "NUL-free \ufeff BOM."
+    )
     _, a = qa(env, "Unicode question ✓ — does it survive?", odd)
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     ex = _wait(lambda: example(env, a), 15)
@@ -345,12 +469,16 @@ def test_huge_and_odd_unicode_messages(env):
 def test_bot_messages_are_ignored(env):
     q = env.slack.post("UASK", "CHELP", "Is the release train on time?")
     env.slack.add_user("UOTHERBOT", "deploybot", is_bot=True)
-    b = env.slack.post("UOTHERBOT", "CHELP", "Release 42 is on schedule for 14:00 UTC today.", thread_ts=q)
+    b = env.slack.post(
+        "UOTHERBOT", "CHELP", "Release 42 is on schedule for 14:00 UTC today.", thread_ts=q
+    )
     env.slack.react("UCUR1", "CHELP", b, CURATE)
     ephemeral_for(env, "UCUR1", "posted by a bot")
     assert example(env, b) is None
     # the bot's own acknowledgement reaction comes back as an event; it must change nothing
-    a = env.slack.post("UEXP", "CHELP", "Confirmed with the release manager: 14:00 UTC.", thread_ts=q)
+    a = env.slack.post(
+        "UEXP", "CHELP", "Confirmed with the release manager: 14:00 UTC.", thread_ts=q
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: env.slack.reactions("CHELP", a).get(ACK), 15)
     settle(env)
@@ -360,23 +488,36 @@ def test_bot_messages_are_ignored(env):
 
 # -- Slack API errors -----------------------------------------------------------------------------
 
+
 def test_rate_limit_and_server_errors_are_retried(env):
-    _, a = qa(env, "How do I request a new repo?", "Open a ticket in the platform queue with the repo name and owners.")
+    _, a = qa(
+        env,
+        "How do I request a new repo?",
+        "Open a ticket in the platform queue with the repo name and owners.",
+    )
     env.slack.fail_next("conversations.replies", "ratelimited", retry_after=1)
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 20)
-    _, b = qa(env, "How do I request a new bucket?", "Same platform queue; name the bucket, its owners and the retention.")
+    _, b = qa(
+        env,
+        "How do I request a new bucket?",
+        "Same platform queue; name the bucket, its owners and the retention.",
+    )
     env.slack.fail_next("conversations.replies", "internal_error", status=500, count=2)
     env.slack.react("UCUR1", "CHELP", b, CURATE)
     _wait(lambda: example(env, b), 20)
-    failures = [c for c in env.slack.calls("conversations.replies") if c.get("status") in (429, 500)]
+    failures = [
+        c for c in env.slack.calls("conversations.replies") if c.get("status") in (429, 500)
+    ]
     assert len(failures) >= 3
 
 
 def test_channel_not_found_is_reported_and_nothing_is_lost(env):
     with session_scope(env.db) as s:
         before = len(s.exec(select(Example)).all())
-    _, a = qa(env, "Why is the build queue slow?", "Two runners are down for maintenance until noon.")
+    _, a = qa(
+        env, "Why is the build queue slow?", "Two runners are down for maintenance until noon."
+    )
     env.slack.fail_next("conversations.replies", "channel_not_found")
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     _wait(lambda: "I can't see that channel" in env.log.read_text(), 15)
@@ -391,11 +532,15 @@ def test_channel_not_found_is_reported_and_nothing_is_lost(env):
 
 # -- redaction ------------------------------------------------------------------------------------
 
+
 def test_secrets_never_reach_database_or_logs(env):
     secret = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
     email = "jane.doe@example.com"
-    _, a = qa(env, f"My token {secret} stopped working, mail me at {email}",
-              f"Revoke {secret} in the admin console and create a new one; I'll write to {email}.")
+    _, a = qa(
+        env,
+        f"My token {secret} stopped working, mail me at {email}",
+        f"Revoke {secret} in the admin console and create a new one; I'll write to {email}.",
+    )
     env.slack.react("UCUR1", "CHELP", a, CURATE)
     ex = _wait(lambda: example(env, a), 15)
     dumped = json.dumps(ex.messages)
@@ -412,8 +557,13 @@ def test_secrets_never_reach_database_or_logs(env):
 
 # -- /tune dataset --------------------------------------------------------------------------------
 
+
 def test_tune_dataset_reports_counts_and_readiness(env):
-    _, a = qa(env, "Where is the style guide?", "In the design repo, docs/style-guide.md, kept by the docs team.")
+    _, a = qa(
+        env,
+        "Where is the style guide?",
+        "In the design repo, docs/style-guide.md, kept by the docs team.",
+    )
     env.slack.react("UCUR2", "CHELP", a, CURATE)
     _wait(lambda: example(env, a), 15)
     with session_scope(env.db) as s:
@@ -433,12 +583,20 @@ def test_tune_dataset_build_is_for_admins_and_reports_the_snapshot(env):
     assert "Built snapshot #1." in built and "train /" in built
     again = env.slack.slash("UADMIN", "CHELP", "/tune", "dataset build")
     assert again.status == 200
-    _wait(lambda: [e for e in env.slack.ephemerals(user="UADMIN") if "no new snapshot was made" in e.get("text", "")], 60)
+    _wait(
+        lambda: [
+            e
+            for e in env.slack.ephemerals(user="UADMIN")
+            if "no new snapshot was made" in e.get("text", "")
+        ],
+        60,
+    )
     shown = env.slack.slash("UASK", "CHELP", "/tune", "dataset").body
     assert "Snapshot #1:" in shown
 
 
 # -- App Home -------------------------------------------------------------------------------------
+
 
 def test_home_tab_is_published_on_open(env):
     env.slack.open_home("UASK")

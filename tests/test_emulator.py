@@ -437,7 +437,8 @@ def test_home_tab_modals_and_view_submission(slack, client, receiver):
         "type": "modal",
         "callback_id": "feedback",
         "title": {"type": "plain_text", "text": "Why?"},
-        "blocks": [{"type": "input", "block_id": "why", "label": {"type": "plain_text", "text": "Why"},
+        "blocks": [{"type": "input", "block_id": "why",
+                    "label": {"type": "plain_text", "text": "Why"},
                     "element": {"type": "plain_text_input", "action_id": "text"}}],
     }  # fmt: skip
     view_id = client.views_open(trigger_id=trigger, view=modal)["view"]["id"]

@@ -1,5 +1,6 @@
-"""The evaluation summary's Block Kit, validated by slack_sdk's models (no mocks): the verdict, the
-metric table with changes, samples side by side, Block Kit limits with very long and hostile text."""
+"""The evaluation summary's Block Kit, validated by slack_sdk's models (no mocks): the verdict,
+the metric table with changes, samples side by side, Block Kit limits with very long and hostile
+text."""
 
 from __future__ import annotations
 
@@ -24,21 +25,45 @@ from engine.evaluate.run import EvalConfig, EvalReport, ModelScores, Sample, bui
 
 def scores(name: str, rouge: float, loss: float, words: list[int]) -> ModelScores:
     return ModelScores(
-        name=name, rouge_l=rouge, bleu=rouge * 80, token_f1=rouge, exact_match=None, loss=loss,
-        perplexity=2.718**loss, probe_accuracy=0.4, probe_f1=0.3, finished_share=1.0,
-        length_ratio=1.0, answer_words=words, pii_findings=0, pii_kinds={},
+        name=name,
+        rouge_l=rouge,
+        bleu=rouge * 80,
+        token_f1=rouge,
+        exact_match=None,
+        loss=loss,
+        perplexity=2.718**loss,
+        probe_accuracy=0.4,
+        probe_f1=0.3,
+        finished_share=1.0,
+        length_ratio=1.0,
+        answer_words=words,
+        pii_findings=0,
+        pii_kinds={},
     )
 
 
-def report_with(samples: list[Sample], *, cand_rouge: float = 0.61, n_reasons: int = 1) -> EvalReport:
+def report_with(
+    samples: list[Sample], *, cand_rouge: float = 0.61, n_reasons: int = 1
+) -> EvalReport:
     base = scores("base", 0.12, 3.2, [5, 7, 9])
     cand = scores("tt-4", cand_rouge, 1.1, [6, 6, 8])
     checks = build_checks(base, cand, EvalConfig())
     verdict, reasons = decide(checks)
     return EvalReport(
-        candidate=cand, base=base, checks=checks, verdict=verdict, reasons=reasons * n_reasons,
-        samples=samples, n_test=3, n_probes=65, n_short_answers=0, n_canaries=0,
-        reference_words=[6, 6, 8], train_curve=None, config={}, elapsed_s=12.0,
+        candidate=cand,
+        base=base,
+        checks=checks,
+        verdict=verdict,
+        reasons=reasons * n_reasons,
+        samples=samples,
+        n_test=3,
+        n_probes=65,
+        n_short_answers=0,
+        n_canaries=0,
+        reference_words=[6, 6, 8],
+        train_curve=None,
+        config={},
+        elapsed_s=12.0,
         created_at="2026-01-01T00:00:00+00:00",
     )
 
@@ -56,10 +81,16 @@ def rendered(blocks: list[Block]) -> list[dict]:
 
 
 SAMPLES = [
-    Sample("How do I reset my VPN token?", "Open the portal and click Reset.",
-           "I am not sure.", "Open the portal and click Reset."),
+    Sample(
+        "How do I reset my VPN token?",
+        "Open the portal and click Reset.",
+        "I am not sure.",
+        "Open the portal and click Reset.",
+    ),
     Sample("Who owns the billing queue?", "Priya Raman.", "The billing team.", "Priya Raman."),
-    Sample("Où est le serveur de build ?", "Dans la salle B.", "Je ne sais pas.", "Dans la salle B."),
+    Sample(
+        "Où est le serveur de build ?", "Dans la salle B.", "Je ne sais pas.", "Dans la salle B."
+    ),
 ]
 
 
@@ -92,7 +123,11 @@ def test_needs_ab_verdict_and_round_note():
     assert report.verdict == "needs_ab"
     ctx = ReportContext(job_id=5, model_name="tt-5", ab_note="A blind A/B round is starting.")
     text = json.dumps(rendered(summary_blocks(report, ctx)))
-    assert "Needs A/B" in text and "quality_gain failed" in text and "A blind A/B round is starting." in text
+    assert (
+        "Needs A/B" in text
+        and "quality_gain failed" in text
+        and "A blind A/B round is starting." in text
+    )
 
 
 def test_long_answers_are_split_and_the_message_stays_within_limits():

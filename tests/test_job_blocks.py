@@ -11,8 +11,21 @@ def render(p):
 
 
 def test_running_job_shows_step_loss_and_eta():
-    text = render(JobProgress(7, "running", step=30, total_steps=120, loss=1.23456, eval_loss=1.5, eta_s=125, snapshot_id=3))
-    assert "step 30/120 (25%)" in text and "loss 1.2346" in text and "validation loss 1.5000" in text
+    text = render(
+        JobProgress(
+            7,
+            "running",
+            step=30,
+            total_steps=120,
+            loss=1.23456,
+            eval_loss=1.5,
+            eta_s=125,
+            snapshot_id=3,
+        )
+    )
+    assert (
+        "step 30/120 (25%)" in text and "loss 1.2346" in text and "validation loss 1.5000" in text
+    )
     assert "ETA 2m 05s" in text and "snapshot #3" in text
 
 
@@ -23,5 +36,9 @@ def test_failed_job_says_why():
 
 def test_helpers():
     assert progress_bar(5, 10, 10) == "█████░░░░░" and progress_bar(0, 0, 4) == "░░░░"
-    assert format_duration(None) == "estimating…" and format_duration(3725) == "1h 02m" and format_duration(9) == "9s"
+    assert (
+        format_duration(None) == "estimating…"
+        and format_duration(3725) == "1h 02m"
+        and format_duration(9) == "9s"
+    )
     assert isinstance(job_blocks(JobProgress(1, "queued"))[0], Block)

@@ -1,7 +1,8 @@
 """PII and secret redaction (engine/redact.py): recall and precision per kind on the labelled set
 in tests/fixtures/redaction_cases.jsonl, and the behaviour callers rely on.
 
-Run with ``-s`` to see the recall / precision table: ``.venv/bin/pytest tests/test_redact.py -s -q``.
+Run with ``-s`` to see the recall / precision table:
+``.venv/bin/pytest tests/test_redact.py -s -q``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ CASES: list[dict] = [
 ]
 
 SECRET_KINDS = ("slack_token", "api_key", "private_key", "password")
-# Recall must be perfect for secrets and e-mail; the other PII kinds may miss or over-match a little.
+# Recall must be perfect for secrets and e-mail; the other PII kinds may miss or over-match a
+# little.
 FULL_RECALL_KINDS = (*SECRET_KINDS, "email")
 MIN_RECALL, MIN_PRECISION = 0.95, 0.95
 
@@ -119,7 +121,8 @@ def test_redacting_twice_changes_nothing():
         (f"bot token {SLACK_TOKEN} leaked", "bot token [SLACK_TOKEN] leaked"),
         (f"key {OPENAI_KEY} revoked", "key [API_KEY] revoked"),
         (
-            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx4Zk9\n-----END RSA PRIVATE KEY-----\nok?",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx4Zk9\n"
+            "-----END RSA PRIVATE KEY-----\nok?",
             "[PRIVATE_KEY]\nok?",
         ),
         (f"password={PASSWORD}", "password=[PASSWORD]"),
@@ -136,7 +139,7 @@ def test_placeholders(text, expected):
 
 
 def test_every_kind_has_its_placeholder():
-    assert PLACEHOLDERS == {kind: f"[{kind.upper()}]" for kind in KINDS}
+    assert {kind: f"[{kind.upper()}]" for kind in KINDS} == PLACEHOLDERS
 
 
 def test_counts_per_kind():
@@ -275,8 +278,8 @@ def test_fifty_thousand_characters():
 @pytest.mark.parametrize(
     "text",
     [
-        "xoxb-"
-        * 10_000,  # once took 44 s: an unbounded key prefix made the password rule quadratic
+        # once took 44 s: an unbounded key prefix made the password rule quadratic
+        "xoxb-" * 10_000,
         "1234 " * 10_000,
         "1." * 25_000,
         "-----BEGIN RSA PRIVATE KEY-----\n" + ("A" * 63 + "\n") * 780,
@@ -391,7 +394,10 @@ def test_analyzer_is_built_once_under_concurrent_first_use(monkeypatch):
 
 
 def test_importing_the_module_does_not_load_presidio():
-    code = "import sys, engine.redact; sys.exit('presidio_analyzer' in sys.modules or 'spacy' in sys.modules)"
+    code = (
+        "import sys, engine.redact; "
+        "sys.exit('presidio_analyzer' in sys.modules or 'spacy' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode
         == 0

@@ -42,9 +42,11 @@ def test_tampered_file_is_refused(adapter, tmp_path):
     blob = bytearray(target.read_bytes())
     blob[100] ^= 1
     target.write_bytes(bytes(blob))
-    with pytest.raises(AdapterIntegrityError, match="adapter_model.safetensors does not decrypt"):
-        with opened_adapter(stored, key):
-            pass
+    with (
+        pytest.raises(AdapterIntegrityError, match="adapter_model.safetensors does not decrypt"),
+        opened_adapter(stored, key),
+    ):
+        pass
 
 
 def test_swapped_files_and_wrong_key_are_refused(adapter, tmp_path):
@@ -55,21 +57,24 @@ def test_swapped_files_and_wrong_key_are_refused(adapter, tmp_path):
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
-    with pytest.raises(AdapterIntegrityError):
-        with opened_adapter(stored, key):
-            pass
+    with pytest.raises(AdapterIntegrityError), opened_adapter(stored, key):
+        pass
     encrypt_dir(adapter, tmp_path / "again", key)
-    with pytest.raises(AdapterIntegrityError, match="not the key"):
-        with opened_adapter(tmp_path / "again", parse_key(generate_key())):
-            pass
+    with (
+        pytest.raises(AdapterIntegrityError, match="not the key"),
+        opened_adapter(tmp_path / "again", parse_key(generate_key())),
+    ):
+        pass
 
 
 def test_plain_adapter_checksum_mismatch(adapter):
     good = checksum(adapter)
     (adapter / "adapter_config.json").write_text('{"r": 64}')
-    with pytest.raises(AdapterIntegrityError, match="checksum mismatch"):
-        with opened_adapter(adapter, None, good):
-            pass
+    with (
+        pytest.raises(AdapterIntegrityError, match="checksum mismatch"),
+        opened_adapter(adapter, None, good),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("text", ["not base64!!", "c2hvcnQ="])

@@ -8,13 +8,22 @@ from storage.db import session_scope
 
 def _models(db, n: int) -> list[int]:
     with session_scope(db) as s:
-        return [registry.add_model(session=s, base_model="base", adapter_path=f"/a/{i}", checksum="0" * 64).id
-                for i in range(n)]
+        return [
+            registry.add_model(
+                session=s, base_model="base", adapter_path=f"/a/{i}", checksum="0" * 64
+            ).id
+            for i in range(n)
+        ]
 
 
 def _deploy(db, model_id: int, action: str = "deploy") -> None:
     with session_scope(db) as s:
-        registry.mark_deployed(session=s, model=registry.get_model(session=s, ref=model_id), by_user="UADM", action=action)
+        registry.mark_deployed(
+            session=s,
+            model=registry.get_model(session=s, ref=model_id),
+            by_user="UADM",
+            action=action,
+        )
 
 
 def _previous(db) -> int | None:

@@ -29,7 +29,9 @@ class RecordingBackend:
             time.sleep(self.seconds)
             if self.fail_on in texts:
                 raise RuntimeError("the model fell over")
-            return [Generation(text=f"{t.upper()}/{adapter}", finished=True, n_tokens=1) for t in texts]
+            return [
+                Generation(text=f"{t.upper()}/{adapter}", finished=True, n_tokens=1) for t in texts
+            ]
 
 
 def ask_together(backend, questions, adapters=None, limits=None):
@@ -37,8 +39,11 @@ def ask_together(backend, questions, adapters=None, limits=None):
 
     def one(i, q):
         try:
-            answers[q] = backend.generate([[{"role": "user", "content": q}]], max_new_tokens=(limits or {}).get(q, 32),
-                                          adapter=(adapters or {}).get(q))[0].text
+            answers[q] = backend.generate(
+                [[{"role": "user", "content": q}]],
+                max_new_tokens=(limits or {}).get(q, 32),
+                adapter=(adapters or {}).get(q),
+            )[0].text
         except Exception as exc:  # noqa: BLE001
             errors[q] = str(exc)
 
@@ -72,7 +77,9 @@ def test_a_batch_never_mixes_adapters_or_token_limits():
     answers, errors = ask_together(backend, questions, adapters, limits)
     assert not errors and all(answers[q] == f"{q.upper()}/{adapters[q]}" for q in questions)
     for texts, limit, adapter in inner.calls:
-        assert {adapters[q] for q in texts} == {adapter} and {limits.get(q, 32) for q in texts} == {limit}
+        assert {adapters[q] for q in texts} == {adapter} and {limits.get(q, 32) for q in texts} == {
+            limit
+        }
 
 
 def test_a_failure_reaches_every_caller_in_its_batch_and_the_next_batch_still_runs():
@@ -88,7 +95,9 @@ def test_a_batch_given_by_the_caller_goes_straight_through():
     inner = RecordingBackend(seconds=0)
     backend = BatchingBackend(inner)
     out = backend.generate([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]])
-    assert [g.text for g in out] == ["A/None", "B/None"] and inner.calls == [(["a", "b"], 256, None)]
+    assert [g.text for g in out] == ["A/None", "B/None"] and inner.calls == [
+        (["a", "b"], 256, None)
+    ]
     assert backend.name == "recording"  # everything else is the wrapped backend's
     with pytest.raises(ValueError):
         BatchingBackend(inner, max_batch=0)

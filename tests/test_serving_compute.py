@@ -28,7 +28,9 @@ def call_from_threads(fn, n):
 
 def test_calls_from_many_threads_run_on_one_and_return_their_own_results():
     compute = ComputeThread("test-compute")
-    results = call_from_threads(lambda i: compute.run(lambda: (i * i, threading.current_thread().name)), 12)
+    results = call_from_threads(
+        lambda i: compute.run(lambda: (i * i, threading.current_thread().name)), 12
+    )
     assert [r[0] for r in results] == [i * i for i in range(12)]
     assert {r[1] for r in results} == {"test-compute"}
     assert not compute.on_thread()
@@ -96,11 +98,22 @@ def backend(tiny_model):
 
 def test_the_inprocess_backend_runs_every_forward_pass_on_the_compute_thread(backend):
     seen: set[str] = set()
-    hook = backend.model.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+    hook = backend.model.register_forward_pre_hook(
+        lambda *_: seen.add(threading.current_thread().name)
+    )
     try:
         prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
-        call_from_threads(lambda i: backend.generate(prompts[i:i + 1], max_new_tokens=4), 3)
-        backend.loss([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+        call_from_threads(lambda i: backend.generate(prompts[i : i + 1], max_new_tokens=4), 3)
+        backend.loss(
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            ]
+        )
     finally:
         hook.remove()
     assert seen == {COMPUTE.name}

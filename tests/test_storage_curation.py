@@ -43,7 +43,10 @@ def test_concurrent_claims_of_one_event_let_exactly_one_win(db):
     [t.start() for t in threads]
     [t.join() for t in threads]
     with session_scope(db) as s:
-        assert len(s.exec(select(ProcessedEvent).where(ProcessedEvent.event_id == "EvRace")).all()) == 1
+        assert (
+            len(s.exec(select(ProcessedEvent).where(ProcessedEvent.event_id == "EvRace")).all())
+            == 1
+        )
     assert len(wins) == 1
 
 
@@ -69,8 +72,14 @@ def test_two_curators_one_example_and_withdraw_on_last_removal(db):
 def test_duplicates_exclusion_and_stats(db):
     with session_scope(db) as s:
         q.save_example(session=s, fields=fields("101.0", "100.0", "same"), curator="UA")
-        assert q.find_duplicate(session=s, content_hash="same", channel="C1", message_ts="101.0") is None
-        assert q.find_duplicate(session=s, content_hash="same", channel="C1", message_ts="201.0") is not None
+        assert (
+            q.find_duplicate(session=s, content_hash="same", channel="C1", message_ts="101.0")
+            is None
+        )
+        assert (
+            q.find_duplicate(session=s, content_hash="same", channel="C1", message_ts="201.0")
+            is not None
+        )
         q.save_example(session=s, fields=fields("301.0", "300.0", "other"), curator="UB")
     with session_scope(db) as s:
         removed = q.exclude_thread(session=s, channel="C1", thread_ts="100.0", user="UA")

@@ -51,9 +51,18 @@ def test_deleting_an_example_cascades_to_its_curators(db_url):
 
     engine = make_engine(db_url)
     try:
-        fields = dict(channel="C1", thread_ts="100.0", message_ts="101.0", answer_user="U9",
-                      messages=[{"role": "user", "content": "q?"}, {"role": "assistant", "content": "an answer"}],
-                      redactions={}, content_hash="h1")
+        fields = dict(
+            channel="C1",
+            thread_ts="100.0",
+            message_ts="101.0",
+            answer_user="U9",
+            messages=[
+                {"role": "user", "content": "q?"},
+                {"role": "assistant", "content": "an answer"},
+            ],
+            redactions={},
+            content_hash="h1",
+        )
         with session_scope(engine) as s:
             example, _ = q.save_example(session=s, fields=fields, curator="UCUR1")
             q.add_curator(session=s, example_id=example.id, user_id="UCUR2")
@@ -63,4 +72,3 @@ def test_deleting_an_example_cascades_to_its_curators(db_url):
             assert conn.execute(text("SELECT count(*) FROM example_curator")).scalar() == 0
     finally:
         engine.dispose()
-

@@ -133,7 +133,8 @@ def test_rank_too_big_is_refused_with_the_flag_to_change(backend, adapters, base
     # Loaded anyway, the server refuses it and the error says how to restart it.
     with pytest.raises(
         ServingError,
-        match=r"rank 32 is above the server's --max-lora-rank 16\. Restart vLLM with --max-lora-rank 32",
+        match=r"rank 32 is above the server's --max-lora-rank 16\. "
+        r"Restart vLLM with --max-lora-rank 32",
     ):
         backend.load_adapter("wide", adapters["wide"])
     backend.health()  # the server survives the refusal

@@ -73,18 +73,27 @@ def percent(value: float | None) -> str:
 
 
 def round_blocks(
-    round_id: int, candidate: str, opponent: str, pairs: int, deadline: datetime, *, status: str = "open"
+    round_id: int,
+    candidate: str,
+    opponent: str,
+    pairs: int,
+    deadline: datetime,
+    *,
+    status: str = "open",
 ) -> list[Block]:
     if status == "open":
         how = (
-            f"{pairs} pairs follow. Each shows a question from the held-out test set and two answers: "
-            f"one by *{candidate}*, one by *{opponent}*, in random order. Click the better answer "
-            f"(or *Tie* / *Both bad*); *why?* adds a comment. One vote per person per pair: a later "
-            f"click replaces your vote.\nVoting closes {slack_date(deadline)}, or earlier once the "
-            "result is clear."
+            f"{pairs} pairs follow. Each shows a question from the held-out test set and two "
+            f"answers: one by *{candidate}*, one by *{opponent}*, in random order. Click the "
+            "better answer (or *Tie* / *Both bad*); *why?* adds a comment. One vote per person "
+            "per pair: a later click replaces your vote.\n"
+            f"Voting closes {slack_date(deadline)}, or earlier once the result is clear."
         )
     else:
-        how = f"This round is closed: {candidate} against {opponent} on {pairs} pairs. The result is posted below."
+        how = (
+            f"This round is closed: {candidate} against {opponent} on {pairs} pairs. "
+            "The result is posted below."
+        )
     return [
         HeaderBlock(text=f"Blind A/B round #{round_id}"),
         SectionBlock(text=MarkdownTextObject(text=how)),
@@ -122,7 +131,10 @@ def _button(label: str, action_id: str, value: str, style: str | None = None) ->
 
 def pair_text(card: PairCard) -> str:
     """The notification text of a pair message (what a screen reader or a push shows)."""
-    return f"A/B round #{card.round_id}, pair {card.position + 1} of {card.pairs}: which answer is better?"
+    return (
+        f"A/B round #{card.round_id}, pair {card.position + 1} of {card.pairs}: "
+        "which answer is better?"
+    )
 
 
 def pair_blocks(card: PairCard) -> list[Block]:
@@ -133,7 +145,8 @@ def pair_blocks(card: PairCard) -> list[Block]:
     blocks: list[Block] = [
         SectionBlock(
             text=MarkdownTextObject(
-                text=f"*Pair {card.position + 1} of {card.pairs}* · round #{card.round_id}\n{quoted(card.prompt)}"
+                text=f"*Pair {card.position + 1} of {card.pairs}* · round #{card.round_id}\n"
+                f"{quoted(card.prompt)}"
             )
         ),
         DividerBlock(),
@@ -163,7 +176,8 @@ def pair_blocks(card: PairCard) -> list[Block]:
         c = card.counts
         blocks.append(
             context(
-                f"Closed · {card.votes} votes: A is better {c.get('A', 0)} · B is better {c.get('B', 0)}"
+                f"Closed · {card.votes} votes: A is better {c.get('A', 0)} · "
+                f"B is better {c.get('B', 0)}"
                 f" · tie {c.get('tie', 0)} · both bad {c.get('both_bad', 0)}"
             )
         )
@@ -208,8 +222,8 @@ def why_modal(pair_id: int, position: int, comment: str = "") -> View:
 
 def result_text(round_id: int, result: dict[str, Any]) -> str:
     return (
-        f"A/B round #{round_id} closed: {result['candidate']} won {percent(result.get('win_rate'))} "
-        f"of {result['votes']} votes."
+        f"A/B round #{round_id} closed: {result['candidate']} won "
+        f"{percent(result.get('win_rate'))} of {result['votes']} votes."
     )
 
 
@@ -236,12 +250,15 @@ def result_blocks(
     (``LeaderboardRow.to_dict()`` rows, best first)."""
     ci = result.get("ci") or {}
     bias = result.get("position_bias") or {}
-    why = {"deadline": "at its deadline", "decided": "early: the result is clear"}.get(reason, reason)
+    why = {"deadline": "at its deadline", "decided": "early: the result is clear"}.get(
+        reason, reason
+    )
     lines = [
         f"*{escape(result['candidate'])}* against *{escape(opponent)}*, closed {why}.",
         f"*Votes:* {result['votes']} on {result['pairs']} pairs — {result['wins']} won, "
         f"{result['losses']} lost, {result['ties']} ties, {result['both_bad']} both bad",
-        f"*Win rate of {escape(result['candidate'])}* (ties count half): *{percent(result.get('win_rate'))}*, "
+        f"*Win rate of {escape(result['candidate'])}* (ties count half): "
+        f"*{percent(result.get('win_rate'))}*, "
         f"95% CI {percent(ci.get('low'))}–{percent(ci.get('high'))} (bootstrap over pairs)",
         _verdict(result, escape(opponent)),
     ]
@@ -265,11 +282,22 @@ def result_blocks(
         ]
         blocks.append(DividerBlock())
         blocks.append(
-            SectionBlock(text=MarkdownTextObject(text="*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows)))
+            SectionBlock(
+                text=MarkdownTextObject(
+                    text="*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows)
+                )
+            )
         )
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(
-            text="Ratings from every A/B vote so far; 95% intervals by bootstrap. Models whose intervals "
-            "overlap share a rank.")]))
+        blocks.append(
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(
+                        text="Ratings from every A/B vote so far; 95% intervals by bootstrap. "
+                        "Models whose intervals overlap share a rank."
+                    )
+                ]
+            )
+        )
     return blocks
 
 

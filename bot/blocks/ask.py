@@ -51,10 +51,21 @@ def answer_blocks(user: str, question: str, answer: str, *, model: str | None, s
         question_block(user, question),
         *answer_sections(answer),
         context(model_line(model, seconds, cached=cached)),
-        ActionsBlock(block_id=f"ask_feedback_{ask_id}", elements=[
-            ButtonElement(text=PlainTextObject(text="👍", emoji=True), action_id=ids.ASK_UP, value=str(ask_id)),
-            ButtonElement(text=PlainTextObject(text="👎", emoji=True), action_id=ids.ASK_DOWN, value=str(ask_id)),
-        ]),
+        ActionsBlock(
+            block_id=f"ask_feedback_{ask_id}",
+            elements=[
+                ButtonElement(
+                    text=PlainTextObject(text="👍", emoji=True),
+                    action_id=ids.ASK_UP,
+                    value=str(ask_id),
+                ),
+                ButtonElement(
+                    text=PlainTextObject(text="👎", emoji=True),
+                    action_id=ids.ASK_DOWN,
+                    value=str(ask_id),
+                ),
+            ],
+        ),
     ]
 
 
@@ -68,4 +79,11 @@ def answer_text(user: str, answer: str) -> str:
     return f"Answer for <@{user}>: {escape(first[:150])}{'…' if len(first) > 150 else ''}"
 
 
-__all__ = ["answer_blocks", "answer_sections", "answer_text", "failure_blocks", "model_line", "placeholder_blocks"]
+__all__ = [
+    "answer_blocks",
+    "answer_sections",
+    "answer_text",
+    "failure_blocks",
+    "model_line",
+    "placeholder_blocks",
+]

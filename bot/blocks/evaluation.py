@@ -51,7 +51,8 @@ def split_escaped(text: str, limit: int) -> list[str]:
     """``text`` escaped and split into pieces of at most ``limit`` characters, never inside an
     entity such as ``&amp;``."""
     out: list[str] = []
-    # Split 4 short of the limit: a cut entity (at most 4 of its characters) moves to the next piece.
+    # Split 4 short of the limit: a cut entity (at most 4 of its characters) moves to the next
+    # piece.
     for piece in chunks(escape(text), limit - 4):
         if out:
             amp = out[-1].rfind("&")
@@ -201,8 +202,8 @@ def started_text(job_id: int, n_test: int, in_thread: bool) -> str:
 
 def ab_started_note(pairs: int) -> str:
     return (
-        f":ballot_box_with_ballot: The numbers alone don't settle it, so a blind A/B round on {pairs} "
-        "held-out questions is starting in this channel: please vote."
+        ":ballot_box_with_ballot: The numbers alone don't settle it, so a blind A/B round on "
+        f"{pairs} held-out questions is starting in this channel: please vote."
     )
 
 
@@ -225,4 +226,3 @@ __all__ = [
     "summary_blocks",
     "summary_text",
 ]
-

@@ -28,23 +28,38 @@ class HomeData:
 def home_view(data: HomeData) -> View:
     count = data.stats["examples"]
     filled = min(20, round(20 * count / TARGET))
-    blocks: list[Block] = [HeaderBlock(text="threadtune"), *sections(
-        f"*Dataset* — {count} curated examples `{'█' * filled}{'░' * (20 - filled)}` {count}/{TARGET}\n"
-        + readiness_line(count)
-        + (f"\nLatest snapshot: #{data.snapshot['id']} ({data.snapshot.get('counts', {}).get('train', '?')} train / "
-           f"{data.snapshot.get('counts', {}).get('validation', '?')} validation / "
-           f"{data.snapshot.get('counts', {}).get('test', '?')} test)" if data.snapshot else "\nNo snapshot yet: `/tune dataset build`.")
-    )]
+    blocks: list[Block] = [
+        HeaderBlock(text="threadtune"),
+        *sections(
+            f"*Dataset* — {count} curated examples "
+            f"`{'█' * filled}{'░' * (20 - filled)}` {count}/{TARGET}\n"
+            + readiness_line(count)
+            + (
+                f"\nLatest snapshot: #{data.snapshot['id']} "
+                f"({data.snapshot.get('counts', {}).get('train', '?')} train / "
+                f"{data.snapshot.get('counts', {}).get('validation', '?')} validation / "
+                f"{data.snapshot.get('counts', {}).get('test', '?')} test)"
+                if data.snapshot
+                else "\nNo snapshot yet: `/tune dataset build`."
+            )
+        ),
+    ]
     if data.findings:
-        blocks += sections("*Findings*\n" + "\n".join(f"• {f}" for f in data.findings[:10])
-                           + (f"\n…and {len(data.findings) - 10} more" if len(data.findings) > 10 else ""))
+        blocks += sections(
+            "*Findings*\n"
+            + "\n".join(f"• {f}" for f in data.findings[:10])
+            + (f"\n…and {len(data.findings) - 10} more" if len(data.findings) > 10 else "")
+        )
     blocks.append(DividerBlock())
     if data.jobs:
         lines = []
         for job in data.jobs[:8]:
             progress = f" — step {job['step']}/{job['total']}" if job.get("total") else ""
-            lines.append(f"{STATE_ICONS.get(job['state'], '•')} Job {job['id']} ({job.get('method', 'qlora')}): "
-                         f"{job['state']}{progress}")
+            lines.append(
+                f"{STATE_ICONS.get(job['state'], '•')} Job {job['id']} "
+                f"({job.get('method', 'qlora')}): "
+                f"{job['state']}{progress}"
+            )
         blocks += sections("*Recent jobs*\n" + "\n".join(lines))
     else:
         blocks += sections("*Recent jobs*\nNone yet: an admin starts one with `/tune train`.")
@@ -52,16 +67,30 @@ def home_view(data: HomeData) -> View:
     if data.deployed:
         d = data.deployed
         ab = d.get("ab_result") or {}
-        ab_text = (f"A/B win rate {ab['win_rate']:.0%} (95% CI {ab['ci_low']:.0%}–{ab['ci_high']:.0%})"
-                   if ab.get("win_rate") is not None and ab.get("ci_low") is not None else "no A/B round yet")
-        blocks += sections(f"*Deployed behind /ask:* `{d['name']}` — eval verdict *{d.get('eval_verdict') or 'n/a'}*, {ab_text}")
+        ab_text = (
+            f"A/B win rate {ab['win_rate']:.0%} (95% CI {ab['ci_low']:.0%}–{ab['ci_high']:.0%})"
+            if ab.get("win_rate") is not None and ab.get("ci_low") is not None
+            else "no A/B round yet"
+        )
+        blocks += sections(
+            f"*Deployed behind /ask:* `{d['name']}` — "
+            f"eval verdict *{d.get('eval_verdict') or 'n/a'}*, {ab_text}"
+        )
     else:
         blocks += sections("*Deployed behind /ask:* the base model (nothing deployed yet).")
     if data.leaderboard:
-        rows = [f"{i + 1}. `{r['model']}` {r['rating']:.0f}"
-                + (f" ({r['lo']:.0f}–{r['hi']:.0f})" if r.get("lo") is not None else "")
-                + f" · {r.get('votes', 0)} votes" for i, r in enumerate(data.leaderboard[:10])]
+        rows = [
+            f"{i + 1}. `{r['model']}` {r['rating']:.0f}"
+            + (f" ({r['lo']:.0f}–{r['hi']:.0f})" if r.get("lo") is not None else "")
+            + f" · {r.get('votes', 0)} votes"
+            for i, r in enumerate(data.leaderboard[:10])
+        ]
         blocks += sections("*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows))
-    blocks.append(context(f"Curate with :white_check_mark: on a thread reply · {data.stats.get('withdrawn', 0)} withdrawn · "
-                          f"{data.stats.get('excluded_threads', 0)} threads excluded · `/tune help`"))
+    blocks.append(
+        context(
+            "Curate with :white_check_mark: on a thread reply · "
+            f"{data.stats.get('withdrawn', 0)} withdrawn · "
+            f"{data.stats.get('excluded_threads', 0)} threads excluded · `/tune help`"
+        )
+    )
     return View(type="home", blocks=blocks)

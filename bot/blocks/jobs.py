@@ -48,15 +48,22 @@ def progress_bar(step: int, total: int, width: int = 20) -> str:
 
 def job_text(p: JobProgress) -> str:
     """The plain-text fallback (notifications, screen readers)."""
-    return f"Training job {p.job_id}: {p.state}" + (f", step {p.step}/{p.total_steps}" if p.total_steps else "")
+    return f"Training job {p.job_id}: {p.state}" + (
+        f", step {p.step}/{p.total_steps}" if p.total_steps else ""
+    )
 
 
 def job_blocks(p: JobProgress) -> list[Block]:
     icon = STATE_ICONS.get(p.state, "•")
-    lines = [f"{icon} *{p.state}*" + (f" — `{p.method}` on snapshot #{p.snapshot_id}" if p.snapshot_id else f" — `{p.method}`")]
+    lines = [
+        f"{icon} *{p.state}*"
+        + (f" — `{p.method}` on snapshot #{p.snapshot_id}" if p.snapshot_id else f" — `{p.method}`")
+    ]
     if p.total_steps:
         pct = 100 * p.step / p.total_steps
-        lines.append(f"`{progress_bar(p.step, p.total_steps)}` step {p.step}/{p.total_steps} ({pct:.0f}%)")
+        lines.append(
+            f"`{progress_bar(p.step, p.total_steps)}` step {p.step}/{p.total_steps} ({pct:.0f}%)"
+        )
     metrics = []
     if p.loss is not None:
         metrics.append(f"loss {p.loss:.4f}")
@@ -67,10 +74,16 @@ def job_blocks(p: JobProgress) -> list[Block]:
     if metrics:
         lines.append(" · ".join(metrics))
     if p.resumed_from:
-        lines.append(f"Resumed from the checkpoint at step {p.resumed_from} after the previous worker stopped.")
+        lines.append(
+            f"Resumed from the checkpoint at step {p.resumed_from} "
+            "after the previous worker stopped."
+        )
     if p.error:
         lines.append(f"*Why it stopped:* {p.error}")
-    blocks: list[Block] = [HeaderBlock(text=f"Training job {p.job_id}"), *sections("\n".join(lines))]
+    blocks: list[Block] = [
+        HeaderBlock(text=f"Training job {p.job_id}"),
+        *sections("\n".join(lines)),
+    ]
     who = f"requested by <@{p.requested_by}> · " if p.requested_by else ""
     blocks.append(context(f"{who}`/tune jobs` for all jobs · `/tune cancel {p.job_id}` to stop it"))
     return blocks

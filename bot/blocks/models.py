@@ -30,8 +30,16 @@ class ModelRow:
     @classmethod
     def of(cls, model: Any) -> ModelRow:
         win = (model.ab_result or {}).get("win_rate")
-        return cls(model.name, model.status, model.job_id, model.rank, model.eval_verdict or "",
-                   float(win) if isinstance(win, int | float) else None, model.created_at, bool(model.encrypted))
+        return cls(
+            model.name,
+            model.status,
+            model.job_id,
+            model.rank,
+            model.eval_verdict or "",
+            float(win) if isinstance(win, int | float) else None,
+            model.created_at,
+            bool(model.encrypted),
+        )
 
 
 def model_line(row: ModelRow) -> str:
@@ -56,11 +64,18 @@ def models_text(rows: list[ModelRow]) -> str:
 
 def models_blocks(rows: list[ModelRow]) -> list[Block]:
     deployed = next((r for r in rows if r.status == "deployed"), None)
-    head = f"/ask answers with *{deployed.name}*." if deployed else "/ask answers with the base model: nothing is deployed."
+    head = (
+        f"/ask answers with *{deployed.name}*."
+        if deployed
+        else "/ask answers with the base model: nothing is deployed."
+    )
     if not rows:
         return [*sections(head + "\nNo trained models yet: `/tune train` makes one.")]
     return [
         HeaderBlock(text=PlainTextObject(text="Models")),
         *sections(head + "\n\n" + "\n".join(model_line(r) for r in rows)),
-        context("`/tune deploy <model>` serves one behind /ask after a probe; `/tune rollback` goes back."),
+        context(
+            "`/tune deploy <model>` serves one behind /ask after a probe; "
+            "`/tune rollback` goes back."
+        ),
     ]

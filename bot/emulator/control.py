@@ -417,7 +417,8 @@ class Controller:
         """Every Web API call the app made (from the ``since``-th on): method, args (no token),
         time, status, error."""
         with self.lock:
-            return [dict(c) for c in self.transcript[since:] if method is None or c["method"] == method]
+            made = self.transcript[since:]
+            return [dict(c) for c in made if method is None or c["method"] == method]
 
     # -- inspection ----------------------------------------------------------------------------
 

@@ -518,7 +518,8 @@ class Workspace:
     def history(
         self, channel_id: str, *, start_ts: str | None, limit: int
     ) -> tuple[list[JSON], str | None]:
-        """Top-level messages, newest first, from ``start_ts`` down; and where the next page starts."""
+        """Top-level messages, newest first, from ``start_ts`` down; and where the next page
+        starts."""
         with self.lock:
             channel = self.channel(channel_id, need_member=self.bot.id)
             newest_first = list(reversed(channel.timeline))

@@ -191,7 +191,8 @@ class WebApi:
         return channel_id
 
     def permalink(self, message: Message) -> str:
-        link = f"https://{self.ws.domain}.slack.com/archives/{message.channel}/p{message.ts.replace('.', '')}"
+        ts = message.ts.replace(".", "")
+        link = f"https://{self.ws.domain}.slack.com/archives/{message.channel}/p{ts}"
         if message.thread_ts and message.thread_ts != message.ts:
             link += f"?thread_ts={message.thread_ts}&cid={message.channel}"
         return link

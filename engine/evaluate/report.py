@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.evaluate.run import EvalReport
+from engine.evaluate.run import Check, EvalReport
 
 VERDICT_TEXT = {
     "promote": "Promote: the candidate is better and passed every check.",
-    "needs_ab": "Needs A/B: no check failed hard, but the numbers alone do not settle it; let people vote.",
+    "needs_ab": (
+        "Needs A/B: no check failed hard, but the numbers alone do not settle it; let people vote."
+    ),
     "reject": "Reject: the candidate failed a hard check.",
 }
 
@@ -40,7 +42,7 @@ def _delta(a: float | None, b: float | None, digits: int = 3) -> str:
 def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
     """(metric, base, candidate, change) rows shared by the Markdown table and the Slack summary."""
     b, c = report.base, report.candidate
-    rows = [
+    return [
         ("Test loss", _num(b.loss), _num(c.loss), _delta(b.loss, c.loss)),
         (
             "Perplexity",
@@ -82,11 +84,16 @@ def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
             f"{c.pii_findings - b.pii_findings:+d}",
         ),
     ]
-    return rows
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _result(check: Check) -> str:
+    if check.status != "fail":
+        return check.status
+    return f"fail ({'hard' if check.hard else 'soft'})"
 
 
 def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
@@ -98,7 +105,8 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "",
         *[f"- {r}" for r in report.reasons],
         "",
-        f"{report.n_test} test examples, {report.n_probes} general probes, {report.n_canaries} canaries; "
+        f"{report.n_test} test examples, {report.n_probes} general probes, "
+        f"{report.n_canaries} canaries; "
         f"{report.elapsed_s:.0f} s; {report.created_at}.",
         "",
         "## Metrics",
@@ -112,7 +120,7 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "| Check | Result | Value | Rule |",
         "|---|---|---|---|",
         *[
-            f"| {c.name} | {c.status}{'' if c.status != 'fail' else (' (hard)' if c.hard else ' (soft)')} | {_cell(c.value)} | {_cell(c.rule)} |"
+            f"| {c.name} | {_result(c)} | {_cell(c.value)} | {_cell(c.rule)} |"
             for c in report.checks
         ],
         "",

