@@ -1,0 +1,166 @@
+"""One question in, one grounded answer out: retrieve, decide, prompt, generate.
+
+Every Slack surface (``/ask``, @mentions, DMs, the assistant pane) and ``threadtune ask`` call
+:func:`answer`. The steps:
+
+1. **Retrieve** the nearest curated examples the asker may see (``allowed`` goes to the index,
+   which drops the others before ranking, so a private thread can't even push an allowed one out of
+   the top k).
+2. **Decide.** Hits whose ``dense`` similarity is at least ``config.threshold`` may ground the
+   answer; the best ``top_k`` of them, in the index's order, become the context. With none, the
+   pipeline abstains **without calling the model**: a sentence that nothing curated answers this yet
+   and the closest threads (all below the threshold), which the surface shows with their links.
+3. **Prompt** with :func:`engine.answer.prompt.build_prompt` (context as data, instruction after
+   it, the thread's earlier turns as prior turns), **generate** with the backend, and drop any
+   echo of the prompt's scaffolding from the reply (:func:`engine.answer.prompt.clean_reply`).
+
+The sources of an answer are exactly the examples that were in its prompt, numbered as the model
+saw them. With grounding off, the question goes to the model closed-book, as ``/ask`` did before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.answer.config import GroundingConfig
+from engine.answer.prompt import build_prompt, clean_reply, fit_context
+from engine.serving.base import Message, ModelBackend
+
+
+class Hit(Protocol):
+    """A retrieved curated example, as ``engine.retrieval.Hit`` gives it."""
+
+    example_id: int
+    channel: str
+    thread_ts: str
+    private: bool
+    question: str
+    answer: str
+    score: float  # fused rank score in [0, 1]
+    dense: float  # cosine similarity of the query to the example's question turns
+    rank: int
+
+
+class Retriever(Protocol):
+    """Searches the curated examples (``engine.retrieval.Index`` is one)."""
+
+    def search(
+        self, query: str, *, k: int = 5, allowed: Callable[[Any], bool] | None = None
+    ) -> Sequence[Hit]: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """A curated thread an answer drew on (or, when abstaining, one that came closest).
+
+    ``number`` is its ``[n]`` in the prompt (0 for the closest threads of an abstention);
+    ``permalink`` is empty here and filled by the surface, which can ask Slack for it.
+    """
+
+    example_id: int
+    channel: str
+    thread_ts: str
+    score: float
+    dense: float
+    question: str
+    private: bool = False
+    number: int = 0
+    permalink: str = ""
+
+
+@dataclass(frozen=True)
+class GroundedAnswer:
+    """What the pipeline answers. ``model`` is the adapter used (None: the base model, or no model
+    at all when it abstained); ``grounded`` is true when curated context was in the prompt."""
+
+    text: str
+    abstained: bool
+    sources: list[Source] = field(default_factory=list)
+    closest: list[Source] = field(default_factory=list)
+    model: str | None = None
+    latency_ms: int = 0
+    grounded: bool = False
+
+
+NO_CURATED_ANSWER = "Nobody has curated an answer to this yet, so I won't guess."
+
+
+def abstention_text(closest: Sequence[Source]) -> str:
+    """The abstention sentence, with the closest curated questions when there are any."""
+    if not closest:
+        return f"{NO_CURATED_ANSWER} Nothing curated comes close."
+    lines = [f"{NO_CURATED_ANSWER} The closest curated threads, which may not answer it:"]
+    for i, source in enumerate(closest, 1):
+        question = " ".join(source.question.split())
+        if len(question) > 120:
+            question = question[:119] + "…"
+        lines.append(f"{i}. {question}")
+    return "\n".join(lines)
+
+
+def _source(hit: Hit, number: int = 0) -> Source:
+    return Source(example_id=hit.example_id, channel=hit.channel, thread_ts=hit.thread_ts,
+                  score=float(hit.score), dense=float(hit.dense), question=hit.question,
+                  private=bool(hit.private), number=number)
+
+
+def answer(
+    question: str,
+    *,
+    retriever: Retriever | None,
+    backend: ModelBackend,
+    adapter: str | None = None,
+    config: GroundingConfig | None = None,
+    allowed: Callable[[Any], bool] | None = None,
+    history: Sequence[Message] = (),
+    max_new_tokens: int = 256,
+) -> GroundedAnswer:
+    """Answer ``question`` from the curated examples the asker may see (see the module docstring).
+
+    ``retriever`` None (no index yet) or ``config.enabled`` false answers closed-book.
+    ``allowed`` decides which examples this asker may see; ``history`` holds the conversation's
+    earlier turns, oldest first. Backend failures (:class:`engine.serving.base.BackendError`)
+    propagate: the surface turns them into a sentence.
+    """
+    config = config or GroundingConfig()
+    start = time.perf_counter()
+
+    def elapsed() -> int:
+        return int((time.perf_counter() - start) * 1000)
+
+    if not config.enabled or retriever is None:
+        prompt = build_prompt(question, [], history)
+        text = backend.generate([prompt], max_new_tokens=max_new_tokens, adapter=adapter)[0].text
+        return GroundedAnswer(text=text, abstained=False, model=adapter, latency_ms=elapsed())
+
+    # Twice what is needed: a fused-rank neighbour under the threshold must not cost a place.
+    wanted = 2 * max(config.top_k, config.closest_k)
+    hits = list(retriever.search(question, k=wanted, allowed=allowed))
+    usable = [h for h in hits if h.dense >= config.threshold][: config.top_k]
+    if not usable:
+        closest = [_source(h) for h in hits[: config.closest_k]]
+        return GroundedAnswer(text=abstention_text(closest), abstained=True, closest=closest,
+                              model=None, latency_ms=elapsed())
+
+    items = fit_context(usable, config.max_context_chars)
+    prompt = build_prompt(question, [i.hit for i in items], history,
+                          max_context_chars=config.max_context_chars)
+    generated = backend.generate([prompt], max_new_tokens=max_new_tokens, adapter=adapter)[0]
+    text = clean_reply(generated.text)
+    sources = [_source(i.hit, i.number) for i in items]
+    return GroundedAnswer(text=text, abstained=False, sources=sources, model=adapter,
+                          latency_ms=elapsed(), grounded=True)
+
+
+__all__ = [
+    "NO_CURATED_ANSWER",
+    "GroundedAnswer",
+    "Hit",
+    "Retriever",
+    "Source",
+    "abstention_text",
+    "answer",
+]
