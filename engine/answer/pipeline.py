@@ -31,17 +31,31 @@ from engine.serving.base import Message, ModelBackend
 
 
 class Hit(Protocol):
-    """A retrieved curated example, as ``engine.retrieval.Hit`` gives it."""
+    """A retrieved curated example, as ``engine.retrieval.Hit`` gives it (read-only, so a frozen
+    dataclass fits)."""
 
-    example_id: int
-    channel: str
-    thread_ts: str
-    private: bool
-    question: str
-    answer: str
-    score: float  # fused rank score in [0, 1]
-    dense: float  # cosine similarity of the query to the example's question turns
-    rank: int
+    @property
+    def example_id(self) -> int: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def thread_ts(self) -> str: ...
+    @property
+    def private(self) -> bool: ...
+    @property
+    def question(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def score(self) -> float:
+        """Fused rank score in [0, 1]."""
+        ...
+    @property
+    def dense(self) -> float:
+        """Cosine similarity of the query to the example's question turns."""
+        ...
+    @property
+    def rank(self) -> int: ...
 
 
 class Retriever(Protocol):
@@ -145,12 +159,12 @@ def answer(
         return GroundedAnswer(text=abstention_text(closest), abstained=True, closest=closest,
                               model=None, latency_ms=elapsed())
 
-    items = fit_context(usable, config.max_context_chars)
-    prompt = build_prompt(question, [i.hit for i in items], history,
-                          max_context_chars=config.max_context_chars)
+    # fit_context keeps a prefix of the hits (the best ones): those are the sources.
+    used = usable[: len(fit_context(usable, config.max_context_chars))]
+    prompt = build_prompt(question, used, history, max_context_chars=config.max_context_chars)
     generated = backend.generate([prompt], max_new_tokens=max_new_tokens, adapter=adapter)[0]
     text = clean_reply(generated.text)
-    sources = [_source(i.hit, i.number) for i in items]
+    sources = [_source(hit, number) for number, hit in enumerate(used, 1)]
     return GroundedAnswer(text=text, abstained=False, sources=sources, model=adapter,
                           latency_ms=elapsed(), grounded=True)
 

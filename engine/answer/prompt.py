@@ -50,8 +50,10 @@ _CONTROL = re.compile(r"<\|")
 class Curated(Protocol):
     """What the prompt needs of a retrieved example (``engine.retrieval.Hit`` has it)."""
 
-    question: str
-    answer: str
+    @property
+    def question(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
 
 
 @dataclass(frozen=True)
