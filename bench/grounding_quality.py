@@ -2,7 +2,7 @@
 "I don't know" when nothing curated covers the question? Same run, in-process backend on the base
 model (SmolLM2-135M-Instruct), closed-book against grounded.
 
-    .venv/bin/python bench/grounding_quality.py [--max-new-tokens 48] [--threshold 0.5]
+    .venv/bin/python bench/grounding_quality.py [--max-new-tokens 64] [--threshold 0.5]
 
 The set (built here, all invented so the base model cannot know any of it): 20 internal systems,
 each with one curated Q&A that holds one key fact (an owner channel, a port, a command, a
@@ -226,7 +226,7 @@ def pct(part: int, whole: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threshold", type=float, default=GroundingConfig().threshold)
     args = parser.parse_args()
 
@@ -310,6 +310,16 @@ def main() -> None:
         print(f"- {q}  [fact: {fact}]\n    closed:   {c.text[:160]!r}\n    grounded: {g.text[:160]!r}")
     for q, a in list(zip(uncovered, outside, strict=True))[:2]:
         print(f"- {q}\n    {a.text[:200]!r}")
+    misses = [(q, fact, a) for (q, _, fact), a in zip(covered, grounded, strict=True)
+              if a.abstained or not has_fact(a.text, fact)]
+    print(f"\ngrounded answers without their key fact ({len(misses)}):")
+    for q, fact, a in misses:
+        used = ",".join(str(s.example_id) for s in a.sources)
+        print(f"- {q}  [fact: {fact}; sources {used or 'none'}]\n    {a.text[:200]!r}")
+    wrong = [(q, a) for q, a in zip(uncovered, outside, strict=True) if not a.abstained]
+    print(f"\nuncovered questions answered anyway ({len(wrong)}):")
+    for q, a in wrong:
+        print(f"- {q}  [best match {a.sources[0].dense:.2f}: {a.sources[0].question}]")
     print(json.dumps(figures))
     if tmp is not None:
         tmp.cleanup()

@@ -149,6 +149,8 @@ def test_an_echo_of_the_scaffolding_is_dropped_from_the_reply():
     assert clean_reply("Ask in #team-zephyr-ops [1].\n\n1. step\n2. step") == (
         "Ask in #team-zephyr-ops [1].\n\n1. step\n2. step")
     assert clean_reply("<context>\n</context>") == "<context>\n</context>"
+    assert clean_reply("Run `lumenctl restart`.\n</it") == "Run `lumenctl restart`."
+    assert clean_reply("Run it.\n<") == "Run it."
 
 
 def test_neutralise_keeps_the_text_readable_but_not_markup():
@@ -224,7 +226,7 @@ def test_sources_are_exactly_the_hits_in_the_prompt():
             hit(10, 0.7, answer="ten"), hit(11, 0.6, answer="eleven")]
     backend = RecordingBackend()
     result = answer("q?", retriever=ListRetriever(hits), backend=backend, adapter="tt-3",
-                    config=GroundingConfig(threshold=0.5, top_k=3), max_new_tokens=32)
+                    config=GroundingConfig(threshold=0.5, top_k=3, margin=1.0), max_new_tokens=32)
 
     assert not result.abstained and result.grounded and result.text == backend.reply
     assert result.model == "tt-3" and backend.adapters == ["tt-3"]
@@ -236,6 +238,17 @@ def test_sources_are_exactly_the_hits_in_the_prompt():
     assert all(f"Answer: {w}\n" in block for w in ("seven", "nine", "ten"))
     assert "eight" not in block and "eleven" not in block
     assert result.closest == [] and result.latency_ms >= 0
+
+
+def test_weak_neighbours_of_a_strong_match_stay_out_of_the_context():
+    hits = [hit(1, 0.9), hit(2, 0.82), hit(3, 0.75), hit(4, 0.6)]
+    backend = RecordingBackend()
+    strict = answer("q?", retriever=ListRetriever(hits), backend=backend,
+                    config=GroundingConfig(threshold=0.5, margin=0.1))
+    loose = answer("q?", retriever=ListRetriever(hits), backend=backend,
+                   config=GroundingConfig(threshold=0.5, margin=1.0))
+    assert [s.example_id for s in strict.sources] == [1, 2]
+    assert [s.example_id for s in loose.sources] == [1, 2, 3]
 
 
 def test_a_hit_that_does_not_fit_the_budget_is_not_a_source():
@@ -255,7 +268,8 @@ def test_allowed_goes_to_the_retriever_and_hidden_examples_never_reach_the_promp
     def allowed(h) -> bool:
         return not h.private
 
-    result = answer("q?", retriever=retriever, backend=backend, allowed=allowed)
+    result = answer("q?", retriever=retriever, backend=backend, allowed=allowed,
+                    config=GroundingConfig(margin=1.0))
     assert retriever.calls and all(call[2] is allowed for call in retriever.calls)
     assert [s.example_id for s in result.sources] == [2]
     assert "private secret" not in json.dumps(backend.prompts)
@@ -345,8 +359,8 @@ def test_a_fact_the_base_model_cannot_know_reaches_the_answer_only_when_grounded
         answer=f"The payments platform team owns Zephyr billing. Ask in {fact} for access.")])
     question = "Where do I ask about the Zephyr billing pipeline?"
 
-    grounded = answer(question, retriever=retriever, backend=backend, max_new_tokens=48)
-    closed = answer(question, retriever=retriever, backend=backend, max_new_tokens=48,
+    grounded = answer(question, retriever=retriever, backend=backend, max_new_tokens=64)
+    closed = answer(question, retriever=retriever, backend=backend, max_new_tokens=64,
                     config=GroundingConfig(enabled=False))
 
     assert grounded.grounded and [s.example_id for s in grounded.sources] == [1]

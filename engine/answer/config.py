@@ -6,10 +6,18 @@ fusion ranks well but says nothing absolute (the best of a bad lot still ranks f
 cosine means the same thing whatever else is indexed.
 
 Default 0.50, measured with ``bench/grounding_quality.py`` (20 invented internal systems, 30
-paraphrased questions whose answer is curated, 10 that nothing covers): the paraphrases' best
-cosine ranged 0.55–0.93 (p10 0.64), the uncovered questions' best 0.11–0.41. 0.50 sits in the gap
-with room on both sides; raising it toward 0.6 starts refusing loose paraphrases, lowering it
-toward 0.4 starts answering same-domain questions nothing covers.
+curated examples, 30 paraphrased questions whose answer is curated, 10 questions nothing covers;
+MiniLM cosine): the paraphrases' best match scored 0.55–0.97 (p10 0.68), the uncovered questions'
+best 0.18–0.46 but for one at 0.54 — "What port does the Mistral broker use?" against the curated
+"What port does the Falcon cache use?", same shape, another system, which a dense similarity can't
+tell apart (the index's lexical half is the remedy, not a threshold). At 0.50: 9/10 uncovered
+questions abstained, no paraphrase refused; 0.55 would refuse the loosest paraphrases, 0.45 answer
+more same-domain questions nothing covers.
+
+``margin`` (default 0.10) keeps a strong match's weak neighbours out of the prompt. Measured on the
+same set with SmolLM2-135M-Instruct untuned: with every hit above the threshold in the context (up
+to 3), the curated key fact reached 15/30 answers — the model copied a neighbour as often as the
+match; see the module docstring of ``bench/grounding_quality.py`` for the figure with the margin.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ class GroundingConfig:
     threshold: float = field(default=0.50, metadata=_help(
         "Least cosine similarity (question to a curated question) for an example to ground an "
         "answer; below it for every hit, the bot says it has no curated answer yet.",
+        min=0.0, max=1.0))
+    margin: float = field(default=0.10, metadata=_help(
+        "Examples more than this below the best match's similarity stay out of the context: a "
+        "small model copies from whichever example it reads, so a strong match's weak neighbours "
+        "do more harm than good. 1 = keep every example above the threshold.",
         min=0.0, max=1.0))
     max_context_chars: int = field(default=4000, metadata=_help(
         "Characters of curated text (questions and answers) in the prompt at most; the best "

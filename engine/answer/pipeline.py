@@ -6,8 +6,9 @@ Every Slack surface (``/ask``, @mentions, DMs, the assistant pane) and ``threadt
 1. **Retrieve** the nearest curated examples the asker may see (``allowed`` goes to the index,
    which drops the others before ranking, so a private thread can't even push an allowed one out of
    the top k).
-2. **Decide.** Hits whose ``dense`` similarity is at least ``config.threshold`` may ground the
-   answer; the best ``top_k`` of them, in the index's order, become the context. With none, the
+2. **Decide.** Hits whose ``dense`` similarity is at least ``config.threshold``, and no more than
+   ``config.margin`` below the best hit's, may ground the answer; the first ``top_k`` of them, in
+   the index's order, become the context. With none, the
    pipeline abstains **without calling the model**: a sentence that nothing curated answers this yet
    and the closest threads (all below the threshold), which the surface shows with their links.
 3. **Prompt** with :func:`engine.answer.prompt.build_prompt` (context as data, instruction after
@@ -153,7 +154,9 @@ def answer(
     # Twice what is needed: a fused-rank neighbour under the threshold must not cost a place.
     wanted = 2 * max(config.top_k, config.closest_k)
     hits = list(retriever.search(question, k=wanted, allowed=allowed))
-    usable = [h for h in hits if h.dense >= config.threshold][: config.top_k]
+    best = max((h.dense for h in hits), default=0.0)
+    floor = max(config.threshold, best - config.margin)
+    usable = [h for h in hits if h.dense >= floor][: config.top_k]
     if not usable:
         closest = [_source(h) for h in hits[: config.closest_k]]
         return GroundedAnswer(text=abstention_text(closest), abstained=True, closest=closest,

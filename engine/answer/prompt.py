@@ -112,6 +112,7 @@ def context_block(items: Sequence[ContextItem]) -> str:
 
 _ECHO_LINE = re.compile(r'^\s*(</?context>|<item n="\d+">|</item>)\s*$')
 _INSTRUCTION_START = INSTRUCTION.split(",")[0]
+_DELIMITERS = ("<context>", "</context>", '<item n="', "</item>")
 
 
 def clean_reply(text: str) -> str:
@@ -131,6 +132,8 @@ def clean_reply(text: str) -> str:
             continue
         kept.append(line[line.index("Answer:") + len("Answer:"):].strip()
                     if stripped.startswith("Answer:") else line)
+    while kept and kept[-1].strip() and any(d.startswith(kept[-1].strip()) for d in _DELIMITERS):
+        kept.pop()  # a delimiter cut short by the token limit
     cleaned = "\n".join(kept).strip()
     return re.sub(r"\n{3,}", "\n\n", cleaned) if cleaned else text.strip()
 
