@@ -39,24 +39,55 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 class GroundingConfig:
     """Settings of the answering pipeline (:func:`engine.answer.answer`)."""
 
-    enabled: bool = field(default=True, metadata=_help(
-        "Ground answers in the curated examples; off = the model answers closed-book, as before."))
-    top_k: int = field(default=3, metadata=_help(
-        "Curated examples put into the prompt as numbered context.", min=1, max=10))
-    threshold: float = field(default=0.50, metadata=_help(
-        "Least cosine similarity (question to a curated question) for an example to ground an "
-        "answer; below it for every hit, the bot says it has no curated answer yet.",
-        min=0.0, max=1.0))
-    margin: float = field(default=0.10, metadata=_help(
-        "Examples more than this below the best match's similarity stay out of the context: a "
-        "small model copies from whichever example it reads, so a strong match's weak neighbours "
-        "do more harm than good. 1 = keep every example above the threshold.",
-        min=0.0, max=1.0))
-    max_context_chars: int = field(default=4000, metadata=_help(
-        "Characters of curated text (questions and answers) in the prompt at most; the best "
-        "matches go first and the last one in is cut to fit.", min=200, max=100_000))
-    closest_k: int = field(default=3, metadata=_help(
-        "Nearest threads listed when the bot abstains.", min=0, max=10))
+    enabled: bool = field(
+        default=True,
+        metadata=_help(
+            "Ground answers in the curated examples; off = the model answers closed-book as before."
+        ),
+    )
+    top_k: int = field(
+        default=3,
+        metadata=_help("Curated examples put into the prompt as numbered context.", min=1, max=10),
+    )
+    threshold: float = field(
+        default=0.50,
+        metadata=_help(
+            "Least cosine similarity (question to a curated question) for an example to ground an "
+            "answer; below it for every hit, the bot says it has no curated answer yet.",
+            min=0.0,
+            max=1.0,
+        ),
+    )
+    margin: float = field(
+        default=0.10,
+        metadata=_help(
+            "Examples more than this below the best match's similarity stay out of the context: "
+            "a small model copies from whichever example it reads, so a strong match's weak "
+            "neighbours do more harm than good. 1 = keep every example above the threshold.",
+            min=0.0,
+            max=1.0,
+        ),
+    )
+    quote_when_missing: bool = field(
+        default=True,
+        metadata=_help(
+            "When the model's reply repeats none of the best curated answer's verbatim facts "
+            "(channels, numbers, hostnames, commands), append that answer, quoted as the curated "
+            "answer [1]: an untuned small model often drops or garbles them."
+        ),
+    )
+    max_context_chars: int = field(
+        default=4000,
+        metadata=_help(
+            "Characters of curated text (questions and answers) in the prompt at most; the best "
+            "matches go first and the last one in is cut to fit.",
+            min=200,
+            max=100_000,
+        ),
+    )
+    closest_k: int = field(
+        default=3, metadata=_help("Nearest threads listed when the bot abstains.", min=0, max=10)
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -110,32 +110,58 @@ def context_block(items: Sequence[ContextItem]) -> str:
     return "\n".join(parts)
 
 
-_ECHO_LINE = re.compile(r'^\s*(</?context>|<item n="\d+">|</item>)\s*$')
-_INSTRUCTION_START = INSTRUCTION.split(",")[0]
-_DELIMITERS = ("<context>", "</context>", '<item n="', "</item>")
+# Our delimiters and any other lone tag the model invents in their likeness (``<channel>``).
+_ECHO_LINE = re.compile(r'^\s*</?[A-Za-z_]+( n="\d+")?>?\s*$')
+_INSTRUCTION_START = "Answer the question"
+_CUT_SHORT = ("<context>", "</context>", '<item n="', "</item>", INSTRUCTION)
 
 
 def clean_reply(text: str) -> str:
     """The model's reply without an echo of the prompt's scaffolding.
 
     A small model (SmolLM2-135M-Instruct, untuned) often answers by repeating the context block
-    — tags, ``Question:`` line and all — before or instead of answering: measured on
-    ``bench/grounding_quality.py``, most of its grounded replies start that way, and the curated
-    facts they carry are the useful part. So our delimiter lines, echoed ``Question:`` lines and
-    the instruction are dropped and ``Answer:`` prefixes removed. A reply that is nothing but
-    scaffolding is returned as it was.
+    — tags, ``Question:`` line and all — before or instead of answering (seen often in
+    ``bench/grounding_quality.py``), and the curated facts it copies are the useful part. So
+    delimiter lines (ours, and lone tags made up in their likeness), echoed ``Question:`` lines
+    and the instruction are dropped and ``Answer:`` prefixes removed. A reply that is nothing but
+    scaffolding comes back empty.
     """
     kept = []
     for line in text.splitlines():
         stripped = line.strip()
         if _ECHO_LINE.match(line) or stripped.startswith(("Question:", _INSTRUCTION_START)):
             continue
-        kept.append(line[line.index("Answer:") + len("Answer:"):].strip()
-                    if stripped.startswith("Answer:") else line)
-    while kept and kept[-1].strip() and any(d.startswith(kept[-1].strip()) for d in _DELIMITERS):
-        kept.pop()  # a delimiter cut short by the token limit
-    cleaned = "\n".join(kept).strip()
-    return re.sub(r"\n{3,}", "\n\n", cleaned) if cleaned else text.strip()
+        kept.append(
+            line[line.index("Answer:") + len("Answer:") :].strip()
+            if stripped.startswith("Answer:")
+            else line
+        )
+    while kept and kept[-1].strip() and any(d.startswith(kept[-1].strip()) for d in _CUT_SHORT):
+        kept.pop()  # a delimiter or the instruction, cut short by the token limit
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept).strip())
+
+
+# Words that carry a curated fact verbatim: anything with a digit or with #, ., -, _, /, :, @ inside
+# (channels, ports, hostnames, commands, form codes), and whatever is written as `code`.
+_SPECIFIC = re.compile(r"`[^`\n]+`|[#@]?\w[\w.\-/:@#]*\w|\d")
+
+
+def specifics(text: str) -> set[str]:
+    """The verbatim facts of a curated answer (see :data:`_SPECIFIC`), lower-cased, without
+    backticks."""
+    found = set()
+    for token in _SPECIFIC.findall(text):
+        if token.startswith("`") or any(c.isdigit() or c in "#.-_/:@" for c in token):
+            found.add(token.strip("`").lower())
+    return found
+
+
+def carries(reply: str, curated_answer: str) -> bool:
+    """Whether ``reply`` repeats at least one verbatim fact of ``curated_answer`` (true when the
+    curated answer has none to repeat)."""
+    facts = specifics(curated_answer)
+    lowered = reply.lower()
+    return not facts or any(fact in lowered for fact in facts)
 
 
 def build_prompt(
@@ -174,9 +200,11 @@ __all__ = [
     "ContextItem",
     "Curated",
     "build_prompt",
+    "carries",
     "clean_reply",
     "context_block",
     "fit_context",
     "neutralise",
     "neutralise_controls",
+    "specifics",
 ]
