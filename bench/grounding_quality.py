@@ -16,9 +16,11 @@ Figures:
 * **key fact, closed-book / grounded** — the key fact (case-insensitive) in the answer of the
   model asked the bare question / through :func:`engine.answer.answer`. A grounded question the
   pipeline abstains on counts as a miss.
-* **key fact in the model's own words** — the same, in the reply before the pipeline appends the
-  best curated answer (it does when the reply repeats none of that answer's verbatim facts:
-  ``GroundingConfig.quote_when_missing``); **quoted** — how often it did.
+* **key fact in the model's own words** — the same, in the model's reply, before the pipeline
+  shows the best curated answer in its place (it does when the reply repeats none of that answer's
+  verbatim facts: ``GroundingConfig.quote_when_missing``); **quoted** — how often it did. With
+  quoting on, the grounded figure is at least the share whose best source is the right one, by
+  construction: the model's own figure is the one that says how well it uses context.
 * **abstention** — uncovered questions the pipeline abstains on; **wrong abstentions** —
   paraphrases it abstains on.
 * the best dense similarity of covered and uncovered questions (what the threshold splits).

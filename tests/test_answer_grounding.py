@@ -339,9 +339,7 @@ def test_a_reply_that_drops_the_curated_facts_gets_the_curated_answer_quoted():
     retriever = ListRetriever([hit(1, 0.9, answer="Ask in #team-zephyr-ops for access.")])
     dropped = answer("q?", retriever=retriever, backend=RecordingBackend("Ask the payments team."))
     assert dropped.quoted and dropped.reply == "Ask the payments team."
-    assert dropped.text == (
-        "Ask the payments team.\n\nThe curated answer [1]: Ask in #team-zephyr-ops for access."
-    )
+    assert dropped.text == "The curated answer [1]: Ask in #team-zephyr-ops for access."
     kept = answer("q?", retriever=retriever, backend=RecordingBackend("Try #team-zephyr-ops."))
     assert not kept.quoted and kept.text == kept.reply == "Try #team-zephyr-ops."
     junk = answer("q?", retriever=retriever, backend=RecordingBackend('<item n="1">\n<item n="2">'))
@@ -520,5 +518,5 @@ def test_a_fact_the_base_model_cannot_know_reaches_the_answer_only_when_grounded
     )
 
     assert grounded.grounded and [s.example_id for s in grounded.sources] == [1]
-    assert fact in grounded.text, grounded.text
+    assert fact in grounded.reply, grounded.text  # in the model's own words, not only a quote
     assert fact not in closed.text, closed.text

@@ -72,8 +72,9 @@ class GroundingConfig:
         default=True,
         metadata=_help(
             "When the model's reply repeats none of the best curated answer's verbatim facts "
-            "(channels, numbers, hostnames, commands), append that answer, quoted as the curated "
-            "answer [1]: an untuned small model often drops or garbles them."
+            "(channels, numbers, hostnames, commands), show that answer, quoted as the curated "
+            "answer [1], instead of the reply: an untuned small model often drops or garbles "
+            "them."
         ),
     )
     max_context_chars: int = field(

@@ -15,11 +15,11 @@ Every Slack surface (``/ask``, @mentions, DMs, the assistant pane) and ``threadt
    it, the thread's earlier turns as prior turns), **generate** with the backend, and drop any
    echo of the prompt's scaffolding from the reply (:func:`engine.answer.prompt.clean_reply`).
 4. **Check** that the reply carries the best curated answer's verbatim facts (a channel, a port,
-   a command…); when it carries none, the curated answer is appended, marked as such
-   (``quote_when_missing``). Measured on ``bench/grounding_quality.py``: the untuned
+   a command…); when it carries none, the curated answer, marked as such, is shown instead of the
+   reply (``quote_when_missing``; the reply stays in :attr:`GroundedAnswer.reply`). Measured on ``bench/grounding_quality.py``: the untuned
    SmolLM2-135M-Instruct, given the right context, still dropped or garbled the key fact in 9 of
-   30 answers (a hallucinated channel among them); a tuned model trained with context should
-   rarely need it.
+   30 answers, and 5 of those 9 stated another channel, number or hostname in its place; a model
+   trained with context should rarely need it.
 
 The sources of an answer are exactly the examples that were in its prompt, numbered as the model
 saw them. With grounding off, the question goes to the model closed-book, as ``/ask`` did before.
@@ -107,7 +107,7 @@ class GroundedAnswer:
     latency_ms: int = 0
     grounded: bool = False
     reply: str = ""  # the model's own words, before any quote (empty when it abstained)
-    quoted: bool = False  # the best curated answer was appended (``quote_when_missing``)
+    quoted: bool = False  # the best curated answer was shown instead (``quote_when_missing``)
 
 
 NO_CURATED_ANSWER = "Nobody has curated an answer to this yet, so I won't guess."
@@ -193,10 +193,9 @@ def answer(
     reply = clean_reply(generated.text)
     best = used[0].answer.strip()
     quoted = config.quote_when_missing and not carries(reply, best)
-    if quoted:
-        text = quote(reply, best)
-    else:
-        text = reply or generated.text.strip()
+    # A reply that carries none of the curated facts is not shown beside the quote: measured, it
+    # often states a different fact in their place (another channel, another number).
+    text = quote(best) if quoted else (reply or generated.text.strip())
     sources = [_source(hit, number) for number, hit in enumerate(used, 1)]
     return GroundedAnswer(
         text=text,
@@ -213,17 +212,12 @@ def answer(
 QUOTE_CHARS = 700
 
 
-def quote(reply: str, curated_answer: str) -> str:
-    """The reply followed by the best curated answer, marked as such (cut to
-    :data:`QUOTE_CHARS`; the thread itself is one click away in the sources)."""
-    cut = (
-        curated_answer
-        if len(curated_answer) <= QUOTE_CHARS
-        else curated_answer[: QUOTE_CHARS - 1] + "…"
-    )
-    return (
-        f"{reply}\n\nThe curated answer [1]: {cut}" if reply else f"The curated answer [1]: {cut}"
-    )
+def quote(curated_answer: str) -> str:
+    """The best curated answer, marked as such (cut to :data:`QUOTE_CHARS`; the thread itself is
+    one click away in the sources)."""
+    if len(curated_answer) > QUOTE_CHARS:
+        curated_answer = curated_answer[: QUOTE_CHARS - 1] + "…"
+    return f"The curated answer [1]: {curated_answer}"
 
 
 __all__ = [
