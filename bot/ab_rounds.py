@@ -46,6 +46,7 @@ from bot.blocks import ab as blocks
 from bot.payloads import BlockAction
 from bot.slack_api import explain
 from engine.ab.stats import Battle, LeaderboardRow, leaderboard, model_choice, round_result
+from engine.dataset.heldout import HeldOutError, HeldOutExample, NoTestSplit, held_out_examples
 from storage import ab, registry
 from storage.datasets import get_snapshot
 from storage.db import session_scope
@@ -138,73 +139,18 @@ class BackendAnswers:
 # -- held-out prompts -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HeldOutPrompt:
-    """A conversation up to (not including) its final answer, and how a pair shows it."""
-
-    messages: tuple[dict[str, str], ...]
-    text: str
-
-
-def _prompt_of(row: dict[str, Any]) -> HeldOutPrompt | None:
-    messages = row.get("messages") or []
-    if len(messages) < 2 or messages[-1].get("role") != "assistant":
-        return None
-    before = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in messages[:-1]]
-    turns = [m for m in before if m["role"] != "system"]
-    if not turns or turns[-1]["role"] != "user":
-        return None
-    if len(turns) == 1:
-        text = turns[0]["content"]
-    else:  # a follow-up question: show the whole exchange so the last question makes sense
-        text = "\n".join(f"{'Q' if m['role'] == 'user' else 'A'}: {m['content']}" for m in turns)
-    return HeldOutPrompt(tuple(before), text)
-
-
-def _read_prompts(path: Path) -> list[HeldOutPrompt]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            prompt = _prompt_of(json.loads(line))
-            if prompt is not None:
-                out.append(prompt)
-    return out
-
-
-def _key(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def snapshot_dir(path: str | Path) -> Path:
-    """A snapshot's folder (``dataset_snapshot.path`` names the folder or one of its files)."""
-    path = Path(path)
-    return path.parent if path.suffix in (".jsonl", ".json") else path
-
-
-def held_out_prompts(snapshot: str | Path, n: int, seed: int) -> list[HeldOutPrompt]:
-    """Up to ``n`` prompts drawn at random (seeded) from the snapshot's ``test.jsonl``.
-
-    The split already keeps every thread in one split; as a second guard a test prompt whose text
-    also occurs in ``train.jsonl`` or ``validation.jsonl`` is dropped, since a model asked what it
-    was trained on says nothing about how it handles new questions.
-    """
-    folder = snapshot_dir(snapshot)
-    test = folder / "test.jsonl"
-    if not test.is_file():
-        raise RoundRefused(f"The dataset snapshot at {folder} has no test.jsonl, so there are no held-out questions to ask.")
-    seen = {
-        _key(p.text)
-        for name in ("train.jsonl", "validation.jsonl")
-        if (folder / name).is_file()
-        for p in _read_prompts(folder / name)
-    }
-    unique: dict[str, HeldOutPrompt] = {}
-    for p in _read_prompts(test):
-        if _key(p.text) not in seen:
-            unique.setdefault(_key(p.text), p)
-    prompts = list(unique.values())
+def held_out_prompts(snapshot: str | Path, n: int, seed: int) -> list[HeldOutExample]:
+    """Up to ``n`` of the snapshot's held-out examples (:func:`engine.dataset.heldout.held_out_examples`,
+    which also drops test prompts seen in training), drawn at random with ``seed``."""
+    try:
+        prompts = held_out_examples(snapshot)
+    except NoTestSplit as exc:
+        raise RoundRefused(f"The dataset snapshot at {exc.folder} has no test.jsonl, so there are no "
+                           "held-out questions to ask.") from None
+    except HeldOutError as exc:
+        raise RoundRefused(f"I can't read the held-out questions: {exc}") from None
     rng = random.Random(seed)
-    return rng.sample(prompts, n) if len(prompts) > n else rng.sample(prompts, len(prompts))
+    return rng.sample(prompts, min(n, len(prompts)))
 
 
 # -- pacing Slack calls ---------------------------------------------------------------------------
@@ -286,7 +232,7 @@ class RoundPlan:
     channel: str
     requested_by: str
     job_id: int | None
-    prompts: list[HeldOutPrompt]
+    prompts: list[HeldOutExample]
     seed: int
 
 

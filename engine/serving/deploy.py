@@ -36,6 +36,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from engine.dataset.heldout import HeldOutError, has_test_split, held_out_examples
 from engine.serving.base import BackendError, Message
 from storage import registry
 from storage.models import DatasetSnapshot, Job, Model
@@ -209,27 +210,20 @@ def _is_vllm(backend: Any) -> bool:
 
 
 def probe_prompts(session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS) -> list[list[Message]]:
-    """Up to ``n`` held-out conversations (the turns before the answer) from ``model``'s snapshot
-    test split, in file order; a few general questions when it has none."""
+    """Up to ``n`` held-out conversations (the turns before the answer) of ``model``'s snapshot
+    (:func:`engine.dataset.heldout.held_out_examples`), in file order; a few general questions
+    when it has none or its test split cannot be read."""
     snapshot_id = model.snapshot_id
     if snapshot_id is None and model.job_id is not None:
         job = session.get(Job, model.job_id)
         snapshot_id = job.snapshot_id if job is not None else None
     snapshot = session.get(DatasetSnapshot, snapshot_id) if snapshot_id is not None else None
     prompts: list[list[Message]] = []
-    if snapshot is not None:
-        folder = Path(snapshot.path)
-        folder = folder.parent if folder.suffix in (".jsonl", ".json") else folder
-        test = folder / "test.jsonl"
-        if test.is_file():
-            for line in test.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                messages = json.loads(line).get("messages") or []
-                if len(messages) >= 2 and messages[-1].get("role") == "assistant" and messages[-2].get("role") == "user":
-                    prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
-                if len(prompts) >= n:
-                    break
+    if snapshot is not None and has_test_split(snapshot.path):
+        try:
+            prompts = [list(e.messages) for e in held_out_examples(snapshot.path)[:n]]
+        except HeldOutError as exc:  # the probe tests the server, not the data: general questions do
+            log.warning("probing %s with general questions: %s", model.name, exc)
     if not prompts:
         prompts = [[{"role": "user", "content": q}] for q in FALLBACK_PROMPTS[:n]]
     return prompts
