@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -45,6 +45,7 @@ from bot import ids
 from bot.blocks import ab as blocks
 from bot.payloads import BlockAction
 from bot.slack_api import explain
+from engine.ab.answers import AnswerSource, BackendAnswers, RoundModel  # noqa: F401 (re-export)
 from engine.ab.stats import Battle, LeaderboardRow, leaderboard, model_choice, round_result
 from engine.dataset.heldout import HeldOutError, HeldOutExample, NoTestSplit, held_out_examples
 from storage import ab, registry
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
     from bot.scheduler import BotScheduler
     from bot.services import Services
-    from engine.serving.base import ModelBackend
 
 log = logging.getLogger(__name__)
 
@@ -71,69 +71,6 @@ LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Bot
 
 class RoundRefused(Exception):
     """A round cannot start; the message says why in a sentence for the person who asked."""
-
-
-# -- where answers come from ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RoundModel:
-    """A model taking part in a round: ``adapter_path`` None means the bare base model."""
-
-    name: str
-    adapter_path: str | None = None
-    checksum: str | None = None
-
-
-class AnswerSource(Protocol):
-    """Generates one answer per conversation (the turns before the answer) with ``model``."""
-
-    def answers(self, model: RoundModel, conversations: Sequence[Sequence[dict[str, str]]]) -> list[str]: ...
-
-
-class BackendAnswers:
-    """Answers from a :class:`engine.serving.base.ModelBackend` that serves the base model and can
-    load adapters (``load_adapter(name, path)``, as the in-process backend does).
-
-    The backend is built on first use (loading a model takes seconds) and kept; an adapter is
-    loaded once under the model's name, decrypted for the moment of loading when it is stored
-    encrypted, and checked against its registered checksum.
-    """
-
-    def __init__(
-        self,
-        backend_factory: Callable[[], ModelBackend],
-        *,
-        encryption_key: bytes | None = None,
-        max_new_tokens: int = 256,
-    ) -> None:
-        self._factory = backend_factory
-        self._backend: ModelBackend | None = None
-        self._key = encryption_key
-        self.max_new_tokens = max_new_tokens
-        self._lock = threading.Lock()
-
-    def backend(self) -> ModelBackend:
-        with self._lock:
-            if self._backend is None:
-                self._backend = self._factory()
-            return self._backend
-
-    def _adapter(self, backend: Any, model: RoundModel) -> str | None:
-        if model.adapter_path is None:
-            return None
-        if model.name not in getattr(backend, "adapters", []):
-            from engine.registry.crypto import opened_adapter
-
-            with opened_adapter(Path(model.adapter_path), self._key, model.checksum or None) as plain:
-                backend.load_adapter(model.name, plain)
-        return model.name
-
-    def answers(self, model: RoundModel, conversations: Sequence[Sequence[dict[str, str]]]) -> list[str]:
-        backend = self.backend()
-        adapter = self._adapter(backend, model)
-        generations = backend.generate([list(c) for c in conversations], max_new_tokens=self.max_new_tokens, adapter=adapter)
-        return [g.text for g in generations]
 
 
 # -- held-out prompts -----------------------------------------------------------------------------
