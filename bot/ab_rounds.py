@@ -46,7 +46,8 @@ from bot.blocks import ab as blocks
 from bot.payloads import BlockAction
 from bot.slack_api import explain
 from engine.ab.answers import AnswerSource, BackendAnswers, RoundModel  # noqa: F401 (re-export)
-from engine.ab.stats import Battle, LeaderboardRow, leaderboard, model_choice, round_result
+from engine.ab.board import BASE, battles_of, overall_leaderboard
+from engine.ab.stats import Battle, LeaderboardRow, model_choice, round_result
 from engine.dataset.heldout import HeldOutError, HeldOutExample, NoTestSplit, held_out_examples
 from storage import ab, registry
 from storage.datasets import get_snapshot
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASE = "base"  # the base model's name in rounds and on the leaderboard (its Bradley–Terry anchor)
 DEFAULT_PAIRS = 10
 MIN_PAIRS, MAX_PAIRS = 2, 40
 DEFAULT_DEADLINE = timedelta(hours=24)
@@ -394,7 +394,7 @@ class ABRoundService:
             rnd = ab.get_round(session=s, round_id=round_id)
             if rnd is None or rnd.status != "open":
                 return
-            battles = _battles(ab.all_battles(session=s, round_id=round_id))
+            battles = battles_of(session=s, round_id=round_id)
             candidate = rnd.candidate
         if len(battles) >= self.min_votes and self.statistics(battles, candidate, round_id).decided:
             self.close(round_id, "decided")
@@ -411,7 +411,7 @@ class ABRoundService:
             if not ab.close_round(session=s, round_id=round_id):
                 return False
             rnd = ab.get_round(session=s, round_id=round_id)
-            battles = _battles(ab.all_battles(session=s, round_id=round_id))
+            battles = battles_of(session=s, round_id=round_id)
             result = {**self.statistics(battles, rnd.candidate, round_id).to_dict(), "reason": reason}
             ab.save_result(session=s, round_id=round_id, result=result)
             registry.record_ab_result(session=s, name=rnd.candidate, round_id=round_id, opponent=rnd.opponent,
@@ -453,18 +453,10 @@ class ABRoundService:
         return len(rounds)
 
     def leaderboard(self) -> list[LeaderboardRow]:
-        """Bradley–Terry ratings over every vote so far, anchored on the base model when it has
-        votes (else on the most compared model)."""
+        """Every vote so far on one scale (:func:`engine.ab.board.overall_leaderboard`)."""
         with session_scope(self.db) as s:
-            battles = _battles(ab.all_battles(session=s))
-        if not battles:
-            return []
-        counts: dict[str, int] = {}
-        for b in battles:
-            for m in (b.model_a, b.model_b):
-                counts[m] = counts.get(m, 0) + 1
-        anchor = BASE if BASE in counts else max(counts, key=counts.__getitem__)
-        return leaderboard(battles, anchor, n_resamples=1000, seed=0)
+            battles = battles_of(session=s)
+        return overall_leaderboard(battles)
 
     # -- Slack ------------------------------------------------------------------------------------
 
@@ -522,10 +514,6 @@ class ABRoundService:
             self.client.chat_postEphemeral(channel=channel, user=user, text=text)
         except SlackApiError as exc:
             log.warning("could not tell %s in %s: %s (%s)", user, channel, explain(exc), text)
-
-
-def _battles(rows: Sequence[ab.BattleRow]) -> list[Battle]:
-    return [Battle(r.model_a, r.model_b, r.outcome, r.left, pair=r.pair_id) for r in rows]
 
 
 def _sentence(exc: Exception) -> str:
