@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import secrets
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -43,6 +41,7 @@ from sqlalchemy.engine import Engine
 
 from bot import ids
 from bot.blocks import ab as blocks
+from bot.pacing import ChannelPacer, Coalescer
 from bot.payloads import BlockAction
 from bot.slack_api import explain
 from engine.ab.answers import AnswerSource, BackendAnswers, RoundModel  # noqa: F401 (re-export)
@@ -90,73 +89,6 @@ def held_out_prompts(snapshot: str | Path, n: int, seed: int) -> list[HeldOutExa
     return rng.sample(prompts, min(n, len(prompts)))
 
 
-# -- pacing Slack calls ---------------------------------------------------------------------------
-
-
-class ChannelPacer:
-    """At most one message per ``interval`` seconds per channel (Slack's chat.postMessage limit)."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def run(self, channel: str, fn: Callable[[], Any]) -> Any:
-        with self._guard:
-            lock = self._locks.setdefault(channel, threading.Lock())
-        with lock:
-            wait = self._last.get(channel, -math.inf) + self.interval - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                return fn()
-            finally:
-                self._last[channel] = time.monotonic()
-
-
-class Throttle:
-    """Runs ``fn`` for a key at most once per ``interval`` seconds; calls in between are merged
-    into one deferred call. ``fn`` reads the current state when it runs, so the last run always
-    shows the latest votes. Runs for one key never overlap."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last: dict[Any, float] = {}
-        self._pending: set[Any] = set()
-        self._running: dict[Any, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def call(self, key: Any, fn: Callable[[], Any]) -> None:
-        with self._guard:
-            if key in self._pending:
-                return  # a deferred run is coming and will read the state then
-            wait = self._last.get(key, -math.inf) + self.interval - time.monotonic()
-            if wait > 0:
-                self._pending.add(key)
-                timer = threading.Timer(wait, self._deferred, (key, fn))
-                timer.daemon = True
-                timer.start()
-                return
-            self._last[key] = time.monotonic()
-        self._run(key, fn)
-
-    def _deferred(self, key: Any, fn: Callable[[], Any]) -> None:
-        with self._guard:
-            self._pending.discard(key)
-            self._last[key] = time.monotonic()
-        self._run(key, fn)
-
-    def _run(self, key: Any, fn: Callable[[], Any]) -> None:
-        with self._guard:
-            lock = self._running.setdefault(key, threading.Lock())
-        with lock:
-            try:
-                fn()
-            except Exception:  # a failed refresh must not break the vote that asked for it
-                log.exception("throttled call for %s failed", key)
-
-
 # -- the service ----------------------------------------------------------------------------------
 
 
@@ -195,13 +127,13 @@ class ABRoundService:
     update_interval: float = 1.0
     on_closed: list[Callable[[], None]] = field(default_factory=list)  # e.g. refresh App Home
     _pacer: ChannelPacer = field(init=False)
-    _throttle: Throttle = field(init=False)
+    _coalescer: Coalescer = field(init=False)
     _bots: dict[str, bool] = field(init=False, default_factory=dict)
     _bot_user_id: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._pacer = ChannelPacer(self.post_interval)
-        self._throttle = Throttle(self.update_interval)
+        self._coalescer = Coalescer(self.update_interval)
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -495,7 +427,7 @@ class ABRoundService:
             if ts:
                 self._update(channel, ts, blocks.pair_text(card), blocks.pair_blocks(card))
 
-        self._throttle.call(("pair", pair_id), render)
+        self._coalescer.call(("pair", pair_id), render)
 
     def _post(self, channel: str, text: str, content: list) -> str:
         rendered = [b.to_dict() for b in content]
