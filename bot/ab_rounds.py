@@ -253,7 +253,7 @@ class ABRoundService:
             else:
                 closed = None
         if closed is not None:
-            if "deadline" in str(closed):  # its deadline passed a moment ago: close it now
+            if closed.past_deadline:  # its deadline passed a moment ago: close it now
                 threading.Thread(target=self.close, args=(round_id, "deadline"), daemon=True).start()
             return VoteOutcome(False, f"A/B round #{round_id} is closed, so your vote wasn't counted; "
                                       "the result is posted in the channel.")
