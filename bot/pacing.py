@@ -43,7 +43,8 @@ class ChannelPacer:
 class Coalescer:
     """Runs ``fn`` for a key at most once per ``interval`` seconds; calls in between are merged
     into one deferred call. ``fn`` reads the current state when it runs, so the last run always
-    shows the latest votes. Runs for one key never overlap."""
+    shows the latest votes. Runs for one key never overlap, and the interval counts from the end
+    of the previous run — when Slack has seen its call — so a slow run does not shorten the gap."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
@@ -56,27 +57,42 @@ class Coalescer:
         with self._guard:
             if key in self._pending:
                 return  # a deferred run is coming and will read the state then
-            wait = self._last.get(key, -math.inf) + self.interval - time.monotonic()
+            wait = self._due(key)
             if wait > 0:
                 self._pending.add(key)
-                timer = threading.Timer(wait, self._deferred, (key, fn))
-                timer.daemon = True
-                timer.start()
+                self._later(wait, key, fn)
                 return
-            self._last[key] = time.monotonic()
-        self._run(key, fn)
+            self._last[key] = time.monotonic()  # claims the slot: calls until it ends are deferred
+            lock = self._running.setdefault(key, threading.Lock())
+        with lock:
+            self._invoke(key, fn)
 
     def _deferred(self, key: Any, fn: Callable[[], Any]) -> None:
         with self._guard:
-            self._pending.discard(key)
-            self._last[key] = time.monotonic()
-        self._run(key, fn)
-
-    def _run(self, key: Any, fn: Callable[[], Any]) -> None:
-        with self._guard:
             lock = self._running.setdefault(key, threading.Lock())
-        with lock:
-            try:
-                fn()
-            except Exception:  # a failed refresh must not break the vote that asked for it
-                log.exception("coalesced call for %s failed", key)
+        with lock:  # after a run in progress has ended
+            with self._guard:
+                wait = self._due(key)
+                if wait > 0:  # the previous run ended later than planned: keep the gap
+                    self._later(wait, key, fn)
+                    return
+                self._pending.discard(key)
+                self._last[key] = time.monotonic()
+            self._invoke(key, fn)
+
+    def _invoke(self, key: Any, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception:  # a failed refresh must not break the vote that asked for it
+            log.exception("coalesced call for %s failed", key)
+        finally:
+            with self._guard:
+                self._last[key] = time.monotonic()
+
+    def _due(self, key: Any) -> float:
+        return self._last.get(key, -math.inf) + self.interval - time.monotonic()
+
+    def _later(self, wait: float, key: Any, fn: Callable[[], Any]) -> None:
+        timer = threading.Timer(wait, self._deferred, (key, fn))
+        timer.daemon = True
+        timer.start()

@@ -44,3 +44,24 @@ def test_a_failed_update_is_logged_not_raised(caplog):
 
     Coalescer(0.0).call("pair-2", broken)
     assert "coalesced call for pair-2 failed" in caplog.text
+
+
+def test_the_gap_counts_from_the_end_of_a_slow_run():
+    # Slack sees a call when it is made; a run that takes longer than planned must not let the
+    # next one follow it closer than the interval (the chat.update limit the rounds rely on).
+    coalescer = Coalescer(0.2)
+    spans: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def slow() -> None:
+        start = time.monotonic()
+        time.sleep(0.3)
+        spans.append((start, time.monotonic()))
+        if len(spans) == 2:
+            done.set()
+
+    coalescer.call("pair-3", slow)  # runs now, on this thread, for 0.3 s
+    coalescer.call("pair-3", slow)  # deferred: 0.2 s after the first *ended*, not started
+    assert done.wait(3)
+    (_, first_end), (second_start, _) = spans
+    assert second_start - first_end >= 0.19
