@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+from engine.serving.adapters import load_once
 from storage import registry
 from storage.db import session_scope
 
@@ -113,15 +114,8 @@ class Serving:
         run in another process, or the server restarted)."""
         if model is None:
             return None
-        backend = self.serving()
-        with self._adapter_lock:
-            if model.name not in (getattr(backend, "adapters", None) or []):
-                from engine.registry.crypto import opened_adapter
-
-                with opened_adapter(Path(model.adapter_path), self.key, model.checksum or None) as plain:
-                    backend.load_adapter(model.name, plain)
-                log.info("loaded the deployed adapter %s into %s", model.name, getattr(backend, "name", "?"))
-        return model.name
+        return load_once(self.serving(), model.name, model.adapter_path, key=self.key,
+                         checksum=model.checksum)
 
     # -- deploys ----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.blocks.home import HomeData, home_view
 from bot.slack_api import explain
+from engine.ab.board import battles_of, overall_leaderboard
 from storage.curation import curation_stats
 from storage.db import session_scope
 
@@ -46,22 +47,10 @@ def gather(db) -> HomeData:  # noqa: ANN001
 
 
 def _leaderboard(db) -> list[dict]:  # noqa: ANN001
-    try:
-        from engine.ab.stats import MIN_RESAMPLES, Battle, leaderboard
-        from storage.ab import all_battles
-    except ImportError:
-        return []
     with session_scope(db) as session:
-        rows = all_battles(session=session)
-    battles = [Battle(r.model_a, r.model_b, r.outcome, left=r.left, pair=r.pair_id) for r in rows]
-    if not battles:
-        return []
-    try:
-        board = leaderboard(battles, anchor="base", n_resamples=MIN_RESAMPLES)
-    except Exception:  # noqa: BLE001 — a leaderboard that can't be fitted yet is left out
-        log.exception("could not compute the leaderboard")
-        return []
-    return [{"model": r.model, "rating": r.rating, "lo": r.low, "hi": r.high, "votes": r.votes} for r in board]
+        battles = battles_of(session=session)
+    return [{"model": r.model, "rating": r.rating, "lo": r.low, "hi": r.high, "votes": r.votes}
+            for r in overall_leaderboard(battles)]
 
 
 def publish(client, db, user: str) -> None:  # noqa: ANN001

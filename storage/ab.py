@@ -29,8 +29,11 @@ CHOICES = ("a", "b", "tie", "both_bad")
 class RoundClosed(Exception):
     """A vote on a round that is closed or past its deadline."""
 
-    def __init__(self, round_id: int, reason: str = "closed") -> None:
+    def __init__(self, round_id: int, *, past_deadline: bool = False) -> None:
         self.round_id = round_id
+        # still open but past its deadline: nobody has closed it yet, so the caller may
+        self.past_deadline = past_deadline
+        reason = "past its deadline" if past_deadline else "closed"
         super().__init__(f"A/B round {round_id} is {reason}; votes are no longer accepted")
 
 
@@ -147,7 +150,7 @@ def _check_open(session: Session, round_id: int, now: datetime, lock: bool) -> N
     if status != "open":
         raise RoundClosed(round_id)
     if now >= deadline:
-        raise RoundClosed(round_id, "past its deadline")
+        raise RoundClosed(round_id, past_deadline=True)
 
 
 def _vote(session: Session, pair_id: int, voter: str) -> ABVote | None:

@@ -83,8 +83,9 @@ def test_closed_and_expired_rounds_refuse_votes(db):
     with session_scope(db) as s:
         ab.cast_vote(session=s, pair_id=p0, voter="U1", choice="a", now=T0)
     with session_scope(db) as s:
-        with pytest.raises(ab.RoundClosed, match="past its deadline"):
+        with pytest.raises(ab.RoundClosed, match="past its deadline") as late:
             ab.cast_vote(session=s, pair_id=p0, voter="U2", choice="a", now=T0 + timedelta(days=2))
+        assert late.value.past_deadline  # typed: the bot closes such a round on the spot
         with pytest.raises(ab.UnknownPair):
             ab.cast_vote(session=s, pair_id=999999, voter="U2", choice="a", now=T0)
         with pytest.raises(ValueError, match="choice"):
@@ -93,8 +94,9 @@ def test_closed_and_expired_rounds_refuse_votes(db):
         assert ab.close_round(session=s, round_id=round_id, now=T0) is True
         assert ab.close_round(session=s, round_id=round_id, now=T0) is False  # once only
     with session_scope(db) as s:
-        with pytest.raises(ab.RoundClosed, match=f"round {round_id} is closed"):
+        with pytest.raises(ab.RoundClosed, match=f"round {round_id} is closed") as closed:
             ab.cast_vote(session=s, pair_id=p0, voter="U1", choice="b", now=T0)
+        assert not closed.value.past_deadline
         with pytest.raises(ab.RoundClosed):
             ab.set_comment(session=s, pair_id=p0, voter="U1", comment="too late")
     with session_scope(db) as s:

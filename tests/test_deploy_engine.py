@@ -170,6 +170,23 @@ def test_adapter_problems_name_base_rank_and_modules(tiny_model, tiny_adapter, w
 
 # -- deploy ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("rank", [8, 0])  # 8: the registry row tells; 0 (unknown): the files do
+def test_the_rank_limit_is_the_serving_backend_s_own(db, tmp_path, tiny_model, tiny_adapter, rank):  # noqa: F811
+    class Remote:  # no vLLM in its name: the limit is what the backend declares, not its class
+        name = "remote"
+        max_lora_rank = 4
+        adapters: list[str] = []
+
+        def load_adapter(self, name, path):  # noqa: ANN001, ANN201
+            raise AssertionError("an adapter that does not fit is never loaded")
+
+    name = add(db, tmp_path, tiny_adapter, tiny_model, rank=rank)
+    outcome = do_deploy(db, name, (Remote(), Remote()), tiny_model)
+    assert not outcome.ok and "rank 8 is above the server's maximum 4" in outcome.message
+    assert "--max-lora-rank 8" in outcome.message
+
+
+
 def test_probe_passes_for_a_real_adapter_and_deploys(db, tmp_path, tiny_model, tiny_adapter, backends):  # noqa: F811
     name = add(db, tmp_path, tiny_adapter, tiny_model)
     outcome = do_deploy(db, name, backends, tiny_model)

@@ -58,6 +58,7 @@ def test_inputs_of_a_finished_job(db, tmp_path, fake_run):
         ("full model", "trained the full model"),
         ("no test split", "has no test.jsonl"),
         ("empty test split", "holds no question with an answer"),
+        ("damaged test split", "test.jsonl line 2 is not JSON"),
     ],
 )
 def test_refusals_say_why(damage, message, tmp_path, fake_run):
@@ -76,6 +77,8 @@ def test_refusals_say_why(damage, message, tmp_path, fake_run):
         (snapshot / "test.jsonl").unlink()
     elif damage == "empty test split":
         (snapshot / "test.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    elif damage == "damaged test split":
+        (snapshot / "test.jsonl").write_text('{"messages": []}\n{"messages": [\n')
     with pytest.raises(EvaluationError, match=message):
         job_inputs(db, job_id)
     db.dispose()

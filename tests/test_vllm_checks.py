@@ -336,3 +336,45 @@ def test_the_client_never_lets_the_server_hold_more_adapters_than_it_can_keep():
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- one set of checks for the deploy and the vLLM client (engine.serving.adapters) --------------
+
+
+def test_the_deploy_and_the_vllm_client_run_the_same_checks(models, tmp_path):
+    import shutil
+
+    from engine.serving.adapters import adapter_problems
+
+    for name in ("good", "r32", "foreign"):
+        assert check_adapter(models[name], models["base"], 16) == \
+            adapter_problems(models[name], models["base"], 16)
+    # the stricter rules win for both: a per-module rank_pattern counts (the deploy read only r)
+    patterned = tmp_path / "patterned"
+    shutil.copytree(models["good"], patterned)
+    edit_adapter_config(patterned, rank_pattern={"q_proj": 64})
+    assert adapter_rank(patterned) == 64
+    [problem] = adapter_problems(patterned, models["base"], 16)
+    assert "rank 64 is above the server's maximum 16" in problem and "--max-lora-rank 64" in problem
+    # and DoRA is refused whatever serves it (vLLM serves plain LoRA only)
+    dora = tmp_path / "dora"
+    shutil.copytree(models["good"], dora)
+    edit_adapter_config(dora, use_dora=True)
+    assert any("DoRA" in p for p in adapter_problems(dora, models["base"], None))
+    # no limit (in-process): any rank loads
+    assert adapter_problems(models["r32"], models["base"], None) == []
+
+
+def test_a_copy_of_the_base_elsewhere_is_the_same_base_but_a_lookalike_is_not(models, tmp_path):
+    import shutil
+
+    from engine.serving.adapters import same_base
+
+    copy = tmp_path / models["base"].name
+    shutil.copytree(models["base"], copy)
+    assert same_base(str(copy), models["base"])  # a worker's copy: same name, same shape
+    lookalike = tmp_path / "renamed"
+    shutil.copytree(models["base"], lookalike)
+    assert not same_base(str(lookalike), models["base"])  # same shape, another model's name
+    assert not same_base("", models["base"])
+    assert same_base(f"SomeOrg/{models['base'].name}", models["base"])

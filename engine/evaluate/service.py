@@ -27,6 +27,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from engine.dataset.heldout import (
+    TEST,
+    HeldOutError,
+    has_test_split,
+    held_out_examples,
+    snapshot_dir,
+)
 from engine.evaluate.run import EvalConfig, EvalReport, Probe, evaluate
 from engine.registry.crypto import checksum, encrypt_dir, opened_adapter
 from storage import registry
@@ -97,27 +104,6 @@ class JobEvaluation:
         return [p for p in self.paths if p.suffix == ".png"]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise EvaluationError(f"{path} line {number} is not JSON.") from None
-        messages = row.get("messages") if isinstance(row, dict) else None
-        # Rows that do not end with an answer have nothing to compare against.
-        if messages and isinstance(messages, list) and messages[-1].get("role") == "assistant":
-            rows.append(row)
-    return rows
-
-
-def _snapshot_folder(path: str) -> Path:
-    folder = Path(path)
-    return folder.parent if folder.suffix in (".jsonl", ".json") else folder
-
-
 def job_inputs(db: Engine, job_id: int) -> JobInputs:
     """Check that job ``job_id`` can be evaluated and read its inputs; raises
     :class:`EvaluationError` with a sentence otherwise. Fast: no model is loaded."""
@@ -150,17 +136,19 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
 
     # The snapshot's own test split is the reference; the copy in the run folder (the worker copies
     # every split there) serves when the snapshot folder is gone.
-    candidates = []
-    if snapshot_path:
-        candidates.append(_snapshot_folder(snapshot_path) / "test.jsonl")
-    candidates.append(run_dir / "data" / "test.jsonl")
-    test_path = next((p for p in candidates if p.is_file()), None)
-    if test_path is None:
+    folders = [snapshot_dir(snapshot_path)] if snapshot_path else []
+    folders.append(run_dir / "data")
+    folder = next((f for f in folders if has_test_split(f)), None)
+    if folder is None:
         raise EvaluationError(
             f"Job {job_id}'s dataset snapshot has no test.jsonl, so there are no held-out "
             "questions to evaluate on."
         )
-    test_rows = _read_jsonl(test_path)
+    test_path = folder / TEST
+    try:
+        test_rows = [e.row() for e in held_out_examples(folder)]
+    except HeldOutError as exc:
+        raise EvaluationError(str(exc)) from None
     if not test_rows:
         raise EvaluationError(
             f"The test split of job {job_id}'s dataset ({test_path}) holds no question with an "

@@ -4,11 +4,11 @@ The best-known failure when serving LoRA adapters is silence: vLLM answers with 
 for another base model (vllm#12106) and serves the bare base model when an adapter's target modules
 match nothing (vllm#55193) — no error either way. So a deploy takes effect only after:
 
-1. **Static checks** on the adapter's ``adapter_config.json`` (decrypted only for this and for
-   loading, :func:`engine.registry.crypto.opened_adapter`, which also verifies the checksum): it
-   was trained on the served base model, its rank fits the server's ``--max-lora-rank``, it saves
-   no ``modules_to_save``. With a vLLM backend the vLLM client's own ``check_adapter`` adds its
-   findings.
+1. **Static checks** on the adapter's files (decrypted only for this and for loading,
+   :func:`engine.registry.crypto.opened_adapter`, which also verifies the checksum):
+   :func:`engine.serving.adapters.adapter_problems` — the same checks whatever the backend: it
+   was trained on the served base model, its rank fits the backend's ``max_lora_rank``, its
+   weights fit the base, it uses nothing vLLM refuses.
 2. **Loading** it into the serving backend under the model's name.
 3. **The probe**: greedy answers to a few held-out prompts (the model's snapshot test split)
    through the serving backend must *differ* from the base model's answers through the same
@@ -26,7 +26,6 @@ failure is a sentence (:attr:`DeployOutcome.message`).
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from typing import Any
 
 from sqlmodel import Session
 
+from engine.dataset.heldout import HeldOutError, has_test_split, held_out_examples
+from engine.serving.adapters import AdapterHost, adapter_problems, rank_problem, same_base
 from engine.serving.base import BackendError, Message
 from storage import registry
 from storage.models import DatasetSnapshot, Job, Model
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_PROBE_PROMPTS = 4
 PROBE_NEW_TOKENS = 48
-VLLM_DEFAULT_MAX_RANK = 16
 PROBE_SUFFIX = "--probe"  # the in-process reference copy's adapter name
 
 #: used only when a model's snapshot has no test split (e.g. an imported adapter)
@@ -136,100 +136,24 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text)
 
 
-def same_base(trained: str, served: str | Path) -> bool:
-    """Whether an adapter trained on ``trained`` belongs on ``served``: the same folder, or the
-    same model name (the last path component, so a worker's copy of the base still matches)."""
-    if not trained:
-        return False
-    a, b = Path(str(trained)).expanduser(), Path(str(served)).expanduser()
-    try:
-        if a.exists() and b.exists() and a.resolve() == b.resolve():
-            return True
-    except OSError:
-        pass
-    if not a.name or a.name.lower() != b.name.lower():
-        return False
-    # Same name in two places: when both are here, their shapes must agree too.
-    shape = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
-    try:
-        ca = json.loads((a / "config.json").read_text())
-        cb = json.loads((b / "config.json").read_text())
-    except (OSError, ValueError):
-        return True
-    return all(ca.get(k) == cb.get(k) for k in shape)
-
-
-def adapter_problems(adapter_dir: Path, served_base: str | Path, max_lora_rank: int | None) -> list[str]:
-    """Why ``adapter_dir`` must not be served on ``served_base`` (empty when it may), from its
-    ``adapter_config.json``: wrong base model, a rank above the server's limit, saved
-    ``modules_to_save`` (vLLM rejects them), not a LoRA adapter at all."""
-    path = Path(adapter_dir) / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        return ["it has no adapter_config.json, so it is not a LoRA adapter"]
-    except (OSError, ValueError):
-        return ["its adapter_config.json is not valid JSON"]
-    problems = []
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        problems.append(f"it is a {config.get('peft_type')} adapter, and only LoRA adapters are served")
-    trained = str(config.get("base_model_name_or_path") or "")
-    if not same_base(trained, served_base):
-        problems.append(f"it was trained on {trained or 'an unnamed base model'}, "
-                        f"but the server runs {served_base}")
-    rank = int(config.get("r") or 0)
-    if max_lora_rank is not None and rank > max_lora_rank:
-        problems.append(f"its LoRA rank {rank} is above the server's maximum {max_lora_rank} "
-                        f"(start the server with --max-lora-rank {rank} or more)")
-    if config.get("modules_to_save"):
-        problems.append(f"it saves whole modules ({', '.join(config['modules_to_save'])}), which "
-                        "vLLM rejects; train without modules_to_save")
-    return problems
-
-
-def _serving_checks(backend: Any, adapter_dir: Path, served_base: str | Path, max_lora_rank: int | None) -> list[str]:
-    """The vLLM client's ``check_adapter`` (weight shapes too) when serving through vLLM, else
-    :func:`adapter_problems`."""
-    if _is_vllm(backend):
-        try:
-            from engine.serving.vllm import check_adapter
-        except ImportError:  # an older tree without the vLLM client: our own checks stand
-            pass
-        else:
-            # vLLM's own default --max-lora-rank is 16
-            return list(check_adapter(adapter_dir, served_base, max_lora_rank or VLLM_DEFAULT_MAX_RANK))
-    return adapter_problems(adapter_dir, served_base, max_lora_rank)
-
-
-def _is_vllm(backend: Any) -> bool:
-    return type(backend).__name__.lower().startswith("vllm")
-
-
 # -- probe prompts ---------------------------------------------------------------------------------
 
 
 def probe_prompts(session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS) -> list[list[Message]]:
-    """Up to ``n`` held-out conversations (the turns before the answer) from ``model``'s snapshot
-    test split, in file order; a few general questions when it has none."""
+    """Up to ``n`` held-out conversations (the turns before the answer) of ``model``'s snapshot
+    (:func:`engine.dataset.heldout.held_out_examples`), in file order; a few general questions
+    when it has none or its test split cannot be read."""
     snapshot_id = model.snapshot_id
     if snapshot_id is None and model.job_id is not None:
         job = session.get(Job, model.job_id)
         snapshot_id = job.snapshot_id if job is not None else None
     snapshot = session.get(DatasetSnapshot, snapshot_id) if snapshot_id is not None else None
     prompts: list[list[Message]] = []
-    if snapshot is not None:
-        folder = Path(snapshot.path)
-        folder = folder.parent if folder.suffix in (".jsonl", ".json") else folder
-        test = folder / "test.jsonl"
-        if test.is_file():
-            for line in test.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                messages = json.loads(line).get("messages") or []
-                if len(messages) >= 2 and messages[-1].get("role") == "assistant" and messages[-2].get("role") == "user":
-                    prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
-                if len(prompts) >= n:
-                    break
+    if snapshot is not None and has_test_split(snapshot.path):
+        try:
+            prompts = [list(e.messages) for e in held_out_examples(snapshot.path)[:n]]
+        except HeldOutError as exc:  # the probe tests the server, not the data: general questions do
+            log.warning("probing %s with general questions: %s", model.name, exc)
     if not prompts:
         prompts = [[{"role": "user", "content": q}] for q in FALLBACK_PROMPTS[:n]]
     return prompts
@@ -273,24 +197,24 @@ def run_probe(
 # -- deploy and rollback ---------------------------------------------------------------------------
 
 
-def _unload(backend: Any, name: str) -> None:
+def _unload(backend: AdapterHost, name: str) -> None:
     try:
-        if name in (getattr(backend, "adapters", None) or [name]):
+        if name in (backend.adapters or [name]):
             backend.unload_adapter(name)
     except Exception as exc:  # cleaning up must not hide the reason the deploy failed
         log.warning("could not unload adapter %s from %s: %s", name, getattr(backend, "name", backend), exc)
 
 
-def _loaded(backend: Any, name: str) -> bool:
-    return name in (getattr(backend, "adapters", None) or [])
+def _loaded(backend: AdapterHost, name: str) -> bool:
+    return name in backend.adapters
 
 
 def deploy(
     session: Session,
     model: Model,
     *,
-    serving_backend: Any,
-    inprocess_backend: Any,
+    serving_backend: AdapterHost,
+    inprocess_backend: AdapterHost,
     base_model_path: str | Path,
     key: bytes | None,
     probe_prompts: Sequence[Sequence[Message]],
@@ -326,9 +250,10 @@ def deploy(
                              probe, reason)
 
     if max_lora_rank is None:
-        max_lora_rank = getattr(serving_backend, "max_lora_rank", None)
-    if model.rank and max_lora_rank is not None and model.rank > max_lora_rank:
-        return refuse(f"its LoRA rank {model.rank} is above the server's maximum {max_lora_rank}")
+        max_lora_rank = serving_backend.max_lora_rank
+    too_big = rank_problem(model.rank, max_lora_rank)
+    if too_big:  # the registry row says so already: no need to decrypt anything
+        return refuse(too_big)
     if model.base_model and not same_base(model.base_model, base_model_path):
         return refuse(f"it was trained on {model.base_model}, but the server runs {base_model_path}")
 
@@ -337,7 +262,7 @@ def deploy(
     loaded_serving = loaded_reference = False
     try:
         with opened_adapter(Path(model.adapter_path), key, model.checksum or None) as plain:
-            problems = _serving_checks(serving_backend, plain, base_model_path, max_lora_rank)
+            problems = adapter_problems(plain, base_model_path, max_lora_rank)
             if problems:
                 return refuse("; ".join(p.rstrip(".") for p in problems))
             if not _loaded(serving_backend, name):
@@ -379,8 +304,8 @@ def deploy(
 def rollback(
     session: Session,
     *,
-    serving_backend: Any,
-    inprocess_backend: Any,
+    serving_backend: AdapterHost,
+    inprocess_backend: AdapterHost,
     base_model_path: str | Path,
     key: bytes | None,
     threshold: float = DEFAULT_THRESHOLD,

@@ -37,6 +37,8 @@ class InProcessBackend:
     thread, which also keeps the active adapter (state of the whole model) to the call that set it.
     """
 
+    max_lora_rank: int | None = None  # peft loads any rank
+
     def __init__(
         self,
         base_model_path: str | Path,

@@ -6,8 +6,9 @@ on the server). A request names the adapter as its ``model``; the base model is 
 
 vLLM fails quietly in two known ways: an adapter trained for another base model answers without
 error (vllm#12106), and one whose target modules match nothing serves the base model
-(vllm#55193). :func:`check_adapter` reads the adapter folder and the served base model's files and
-lists such problems before the adapter is loaded; the deploy probe then compares answers.
+(vllm#55193). :func:`check_adapter` (the checks of :mod:`engine.serving.adapters`) reads the
+adapter folder and the served base model's files and lists such problems before the adapter is
+loaded; the deploy probe then compares answers.
 
 vLLM keeps at most ``--max-cpu-loras`` adapters (default: ``--max-loras``) in memory and silently
 re-reads an evicted one from its path when it is next asked for. Encrypted adapters are decrypted
@@ -20,10 +21,8 @@ Only ``requests`` is needed: the server does the heavy lifting in its own enviro
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from engine.serving import adapters as adapter_checks
+from engine.serving.adapters import ALLOWED_MAX_LORA_RANKS
 from engine.serving.base import BackendError, Generation, Message, conversation
 
 log = logging.getLogger(__name__)
 
-# vLLM's accepted ``--max-lora-rank`` values (vllm.config.lora.MaxLoRARanks, 0.32).
-ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _RANK_ERROR = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)")
 
 
@@ -73,6 +72,7 @@ class VLLMBackend:
         served_base: str = "base",
         max_concurrency: int = 8,
         max_adapters: int = 4,
+        max_lora_rank: int = 16,
         name: str = "vllm",
     ) -> None:
         if not re.match(r"^https?://", url):
@@ -89,6 +89,8 @@ class VLLMBackend:
         self.served_base = served_base
         self.max_concurrency = max_concurrency
         self.max_adapters = max_adapters
+        # the server's --max-lora-rank (vLLM's default is 16); the deploy refuses larger adapters
+        self.max_lora_rank: int | None = max_lora_rank
         self.name = name
         self._local = threading.local()
         self._used: dict[str, float] = {}  # adapter → when this client last loaded or asked it
@@ -318,220 +320,21 @@ def _short(exc: Exception) -> str:
 # -- adapter checks ---------------------------------------------------------------------------------
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name → shape from a safetensors file's JSON header (no tensor is read)."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
-def _base_weight_shapes(base: Path) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    for file in sorted(base.glob("*.safetensors")):
-        shapes.update(_safetensors_shapes(file))
-    return shapes
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-_ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
-
-
-def _describe(config: Mapping[str, Any]) -> str:
-    arch = ",".join(config.get("architectures") or []) or config.get("model_type", "?")
-    return (
-        f"{arch}, hidden size {config.get('hidden_size')}, {config.get('num_hidden_layers')} layers, "
-        f"vocabulary {config.get('vocab_size')}"
-    )
-
-
-def _same_architecture(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return list(a.get("architectures") or []) == list(b.get("architectures") or []) and all(
-        a.get(k) == b.get(k) for k in _ARCH_KEYS
-    )
-
-
-def _base_names(base: Path, config: Mapping[str, Any]) -> set[str]:
-    """Names the served base goes by: its folder, its recorded name and its hub id."""
-    names = {base.name}
-    marker = _read_json(base / "threadtune_model.json") or {}
-    for value in (marker.get("name"), config.get("_name_or_path")):
-        if value:
-            names.add(str(value))
-    return {n.rstrip("/").rsplit("/", 1)[-1].lower() for n in names}
-
-
-def _module_of(adapter_key: str) -> tuple[str, str] | None:
-    """("model.layers.0.self_attn.q_proj", "lora_A") from a PEFT adapter tensor name."""
-    match = re.match(
-        r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$",
-        adapter_key,
-    )
-    if not match:
-        return None
-    return match.group(1), match.group(2)
-
-
-def _matches_target(module: str, targets: str | Sequence[str]) -> bool:
-    """PEFT's rule: a string is a regex that must match the whole name; a list matches suffixes."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, module) is not None
-    return any(module == t or module.endswith("." + t) for t in targets)
-
-
 def adapter_rank(adapter_dir: str | Path) -> int:
     """The largest LoRA rank in an adapter folder (``r`` and any per-module ``rank_pattern``)."""
-    config = _read_json(Path(adapter_dir) / "adapter_config.json")
-    if config is None:
-        raise ServingError(f"{adapter_dir} holds no readable adapter_config.json.")
-    ranks = [
-        int(config.get("r") or 0),
-        *(int(v) for v in (config.get("rank_pattern") or {}).values()),
-    ]
-    return max(ranks)
+    try:
+        return adapter_checks.adapter_rank(adapter_dir)
+    except ValueError as exc:
+        raise ServingError(str(exc)) from None
 
 
 def check_adapter(
     adapter_dir: str | Path, served_base_path: str | Path, max_lora_rank: int
 ) -> list[str]:
-    """Problems that would make vLLM refuse ``adapter_dir`` or, worse, serve it silently wrong.
-
-    Empty list = fit to load. Checked: the adapter's declared base model against the served one
-    (same folder, or same architecture and sizes, or same name when the declared base is not on
-    this machine); every LoRA weight's shape against the served base's weight of the same module
-    (what catches an adapter for another base with the same layer names); rank against the
-    server's ``--max-lora-rank``; ``modules_to_save``; DoRA; target modules that match nothing.
-    """
-    adapter = Path(adapter_dir)
-    base = Path(served_base_path)
-    config = _read_json(adapter / "adapter_config.json")
-    if config is None:
-        return [
-            f"{adapter} holds no readable adapter_config.json: it is not a PEFT adapter folder."
-        ]
-    if config.get("peft_type", "LORA") != "LORA":
-        return [
-            f"{adapter} is a {config.get('peft_type')} adapter; vLLM serves only LoRA adapters."
-        ]
-    base_config = _read_json(base / "config.json")
-    if base_config is None:
-        return [f"The served base model {base} has no readable config.json."]
-
-    problems: list[str] = []
-
-    # 1. The declared base model.
-    declared = str(config.get("base_model_name_or_path") or "")
-    declared_path = Path(declared).expanduser() if declared else None
-    candidates = (
-        [declared_path]
-        if declared_path and declared_path.is_absolute()
-        else ([Path.cwd() / declared_path, adapter / declared_path] if declared_path else [])
-    )
-    declared_dir = next((p for p in candidates if (p / "config.json").is_file()), None)
-    if not declared:
-        problems.append(
-            f"{adapter}/adapter_config.json names no base model (base_model_name_or_path)."
-        )
-    elif declared_dir is not None:
-        declared_config = _read_json(declared_dir / "config.json") or {}
-        if declared_dir.resolve() != base.resolve() and not _same_architecture(
-            declared_config, base_config
-        ):
-            problems.append(
-                f"The adapter was trained on {declared} ({_describe(declared_config)}), but vLLM "
-                f"serves {base} ({_describe(base_config)}): it would answer wrongly without an error."
-            )
-    elif declared.rstrip("/").rsplit("/", 1)[-1].lower() not in _base_names(base, base_config):
-        problems.append(
-            f"The adapter was trained on {declared!r}, which is not the served base model "
-            f"{base.name!r} (and not on this machine to compare): retrain it on the served base."
-        )
-
-    # 2. Rank.
-    rank = adapter_rank(adapter)
-    if rank > max_lora_rank:
-        problems.append(
-            f"The adapter's LoRA rank is {rank}, above the server's --max-lora-rank {max_lora_rank}: "
-            f"restart vLLM with --max-lora-rank {lora_rank_limit(rank)}."
-        )
-
-    # 3. Features vLLM refuses or drops.
-    if config.get("modules_to_save"):
-        problems.append(
-            f"The adapter saves whole modules ({', '.join(config['modules_to_save'])}) "
-            "(modules_to_save); vLLM refuses or ignores them: train without modules_to_save."
-        )
-    if config.get("use_dora"):
-        problems.append("The adapter is a DoRA adapter (use_dora); vLLM serves plain LoRA only.")
-
-    # 4. Weights against the base: targets that match nothing, and shapes.
-    weights = sorted(adapter.glob("adapter_model*.safetensors"))
-    if not weights:
-        problems.append(f"{adapter} has no adapter_model.safetensors weights.")
-        return problems
-    adapter_shapes: dict[str, list[int]] = {}
-    for file in weights:
-        adapter_shapes.update(_safetensors_shapes(file))
-    base_shapes = _base_weight_shapes(base)
-    if not base_shapes:
-        problems.append(f"The served base model {base} has no safetensors weights to compare with.")
-        return problems
-    base_modules = {k[: -len(".weight")] for k in base_shapes if k.endswith(".weight")}
-
-    targets = config.get("target_modules") or []
-    if targets and not any(_matches_target(m, targets) for m in base_modules):
-        shown = targets if isinstance(targets, str) else ", ".join(targets)
-        problems.append(
-            f"The adapter's target modules ({shown}) match no layer of the served base model: "
-            "vLLM would serve the base model's answers under the adapter's name."
-        )
-
-    lora_modules: set[str] = set()
-    extra: list[str] = []
-    mismatched: list[str] = []
-    for key, shape in adapter_shapes.items():
-        parsed = _module_of(key)
-        if parsed is None:
-            extra.append(key)
-            continue
-        module, part = parsed
-        lora_modules.add(module)
-        base_shape = base_shapes.get(module + ".weight")
-        if base_shape is None:
-            mismatched.append(f"{module} (not in the base model)")
-        elif (
-            part == "lora_A"
-            and len(shape) == 2
-            and len(base_shape) == 2
-            and shape[1] != base_shape[1]
-        ):
-            mismatched.append(f"{module} (input {shape[1]}, base {base_shape[1]})")
-        elif (
-            part == "lora_B"
-            and len(shape) == 2
-            and len(base_shape) == 2
-            and shape[0] != base_shape[0]
-        ):
-            mismatched.append(f"{module} (output {shape[0]}, base {base_shape[0]})")
-    if not lora_modules:
-        problems.append("The adapter's weights hold no LoRA matrices: it would change nothing.")
-    if mismatched:
-        problems.append(
-            f"{len(mismatched)} adapter weight(s) do not fit the served base model, e.g. "
-            f"{'; '.join(mismatched[:3])}: the adapter was built for another base model."
-        )
-    if extra and not config.get("modules_to_save"):
-        problems.append(
-            f"The adapter holds non-LoRA weights ({', '.join(sorted(extra)[:3])}), which vLLM "
-            "refuses or ignores: train without modules_to_save or trainable tokens."
-        )
-    return problems
+    """Problems that would make vLLM refuse ``adapter_dir`` or, worse, serve it silently wrong;
+    empty = fit to load. The checks are :func:`engine.serving.adapters.adapter_problems` (the
+    same the deploy runs) against the server's ``--max-lora-rank``."""
+    return adapter_checks.adapter_problems(adapter_dir, served_base_path, max_lora_rank)
 
 
 __all__ = [
