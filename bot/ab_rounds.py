@@ -44,7 +44,9 @@ from sqlalchemy.engine import Engine
 from bot import ids
 from bot.blocks import ab as blocks
 from bot.payloads import BlockAction
+from bot.scheduler import BotScheduler
 from bot.slack_api import explain
+from bot.work import Workers
 from engine.ab.stats import Battle, LeaderboardRow, leaderboard, model_choice, round_result
 from storage import ab, registry
 from storage.datasets import get_snapshot
@@ -54,8 +56,6 @@ from storage.models import Job, utcnow
 if TYPE_CHECKING:
     from slack_sdk.models.views import View
 
-    from bot.scheduler import BotScheduler
-    from bot.services import Services
     from engine.serving.base import ModelBackend
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,7 @@ class ABRoundService:
     client: WebClient
     answers: AnswerSource
     scheduler: BotScheduler | None = None
+    work: Workers = field(default_factory=lambda: Workers(2, "ab"))  # the process's pool when wired
     deadline: timedelta = DEFAULT_DEADLINE
     min_votes: int = MIN_VOTES
     post_interval: float = 1.0
@@ -361,8 +362,8 @@ class ABRoundService:
                                f"question(s); a round needs at least {MIN_PAIRS}.")
         return RoundPlan(candidate, opponent, channel, requested_by, job_id, prompts, seed)
 
-    def launch(self, plan: RoundPlan) -> threading.Thread:
-        """Run :meth:`run` on a background thread; a failure reaches the requester as a sentence."""
+    def launch(self, plan: RoundPlan) -> None:
+        """Run :meth:`run` on the worker pool; a failure reaches the requester as a sentence."""
 
         def target() -> None:
             try:
@@ -372,9 +373,7 @@ class ABRoundService:
                 self._tell(plan.channel, plan.requested_by,
                            f"I couldn't start the A/B round of {plan.candidate.name}: {_sentence(exc)}")
 
-        thread = threading.Thread(target=target, name=f"ab-round-{plan.candidate.name}", daemon=True)
-        thread.start()
-        return thread
+        self.work.submit(target)
 
     def run(self, plan: RoundPlan) -> int:
         """Generate, store and post a round; returns its id."""
@@ -439,7 +438,7 @@ class ABRoundService:
                 closed = None
         if closed is not None:
             if "deadline" in str(closed):  # its deadline passed a moment ago: close it now
-                threading.Thread(target=self.close, args=(round_id, "deadline"), daemon=True).start()
+                self.work.submit(self.close, round_id, "deadline")
             return VoteOutcome(False, f"A/B round #{round_id} is closed, so your vote wasn't counted; "
                                       "the result is posted in the channel.")
         self._refresh(pair_id)
@@ -651,33 +650,3 @@ def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
 
-
-# -- wiring ---------------------------------------------------------------------------------------
-
-_install_lock = threading.Lock()
-
-
-def install(services: Services, *, answers: AnswerSource | None = None, start_scheduler: bool = True) -> ABRoundService:
-    """Build the round service into ``services.extras["ab"]`` and, unless told not to, start the
-    scheduler with every open round's deadline re-armed (``services.extras["scheduler"]``).
-    ``threadtune serve`` calls this once at start."""
-    from bot.scheduler import BotScheduler, start_ab_deadlines
-
-    with _install_lock:
-        if "ab" in services.extras:
-            return services.extras["ab"]
-        from bot.backends import ab_answers  # one model per process, shared with /ask and deploys
-
-        service = ABRoundService(services.db, services.client, answers or ab_answers(services))
-        services.extras["ab"] = service
-        if start_scheduler:
-            scheduler = services.extras.get("scheduler") or BotScheduler()
-            services.extras["scheduler"] = scheduler
-            start_ab_deadlines(scheduler, service)
-        return service
-
-
-def rounds(services: Services) -> ABRoundService:
-    """The round service of a running bot (installed on first use if the entry point did not)."""
-    service = services.extras.get("ab")
-    return service if service is not None else install(services)

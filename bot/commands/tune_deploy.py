@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from bot.backends import shared
 from bot.blocks.models import ModelRow, models_blocks, models_text
 from bot.commands.tune import handler
 from bot.payloads import Command
@@ -46,7 +45,7 @@ def _deploy(command: Command, services: Services, ack: Callable, respond: Callab
     if len(args) != 1:
         ack(text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`).")
         return
-    serving = shared(services)
+    serving = services.serving
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
@@ -63,7 +62,7 @@ def _deploy(command: Command, services: Services, ack: Callable, respond: Callab
 
 @handler("rollback")
 def _rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
-    serving = shared(services)
+    serving = services.serving
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return

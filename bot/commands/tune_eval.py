@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from bot.blocks.evaluation import started_text
 from bot.commands.tune import handler
-from bot.evaluation import EvaluationRefused, evaluations
+from bot.evaluation import EvaluationRefused
 from bot.payloads import Command
 from bot.services import Services
 
@@ -20,7 +20,7 @@ def _eval(command: Command, services: Services, ack: Callable, respond: Callable
     if len(args) != 1:
         ack(text=USAGE)
         return
-    service = evaluations(services)
+    service = services.evaluations
     try:
         inputs = service.check(args[0])
     except EvaluationRefused as refusal:
