@@ -33,7 +33,6 @@ import json
 import logging
 import random
 import secrets
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,7 +48,8 @@ from bot.blocks import ab as blocks
 from bot.pacing import ChannelPacer, Coalescer
 from bot.payloads import BlockAction
 from bot.slack_api import explain
-from engine.ab.answers import AnswerSource, BackendAnswers, RoundModel  # noqa: F401 (re-export)
+from bot.work import Workers
+from engine.ab.answers import AnswerSource, RoundModel
 from engine.ab.board import BASE, battles_of, overall_leaderboard
 from engine.ab.stats import Battle, LeaderboardRow, model_choice, round_result
 from engine.dataset.heldout import HeldOutError, HeldOutExample, NoTestSplit, held_out_examples
@@ -61,7 +61,6 @@ from storage.models import Job, utcnow
 if TYPE_CHECKING:
     from slack_sdk.models.views import View
 
-    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +138,7 @@ class ABRoundService:
     scheduler: DeadlineScheduler | None = None
     pacer: ChannelPacer = field(default_factory=ChannelPacer)
     coalescer: Coalescer = field(default_factory=Coalescer)
+    work: Workers = field(default_factory=lambda: Workers(2, "ab"))  # the process's pool when wired
     deadline: timedelta = DEFAULT_DEADLINE
     min_votes: int = MIN_VOTES
     on_closed: list[Callable[[], None]] = field(default_factory=list)  # e.g. refresh App Home
@@ -186,8 +186,8 @@ class ABRoundService:
                                f"question(s); a round needs at least {MIN_PAIRS}.")
         return RoundPlan(candidate, opponent, channel, requested_by, job_id, prompts, seed)
 
-    def launch(self, plan: RoundPlan) -> threading.Thread:
-        """Run :meth:`run` on a background thread; a failure reaches the requester as a sentence."""
+    def launch(self, plan: RoundPlan) -> None:
+        """Run :meth:`run` on the worker pool; a failure reaches the requester as a sentence."""
 
         def target() -> None:
             try:
@@ -197,9 +197,7 @@ class ABRoundService:
                 self._tell(plan.channel, plan.requested_by,
                            f"I couldn't start the A/B round of {plan.candidate.name}: {_sentence(exc)}")
 
-        thread = threading.Thread(target=target, name=f"ab-round-{plan.candidate.name}", daemon=True)
-        thread.start()
-        return thread
+        self.work.submit(target)
 
     def run(self, plan: RoundPlan) -> int:
         """Generate, store and post a round; returns its id."""
@@ -264,7 +262,7 @@ class ABRoundService:
                 closed = None
         if closed is not None:
             if closed.past_deadline:  # its deadline passed a moment ago: close it now
-                threading.Thread(target=self.close, args=(round_id, "deadline"), daemon=True).start()
+                self.work.submit(self.close, round_id, "deadline")
             return VoteOutcome(False, f"A/B round #{round_id} is closed, so your vote wasn't counted; "
                                       "the result is posted in the channel.")
         self._refresh(pair_id)
@@ -464,33 +462,3 @@ def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
 
-
-# -- wiring ---------------------------------------------------------------------------------------
-
-_install_lock = threading.Lock()
-
-
-def install(services: Services, *, answers: AnswerSource | None = None, start_scheduler: bool = True) -> ABRoundService:
-    """Build the round service into ``services.extras["ab"]`` and, unless told not to, start the
-    scheduler with every open round's deadline re-armed (``services.extras["scheduler"]``).
-    ``threadtune serve`` calls this once at start."""
-    from bot.scheduler import BotScheduler, start_ab_deadlines
-
-    with _install_lock:
-        if "ab" in services.extras:
-            return services.extras["ab"]
-        from bot.backends import ab_answers  # one model per process, shared with /ask and deploys
-
-        service = ABRoundService(services.db, services.client, answers or ab_answers(services))
-        services.extras["ab"] = service
-        if start_scheduler:
-            scheduler = services.extras.get("scheduler") or BotScheduler()
-            services.extras["scheduler"] = scheduler
-            start_ab_deadlines(scheduler, service)
-        return service
-
-
-def rounds(services: Services) -> ABRoundService:
-    """The round service of a running bot (installed on first use if the entry point did not)."""
-    service = services.extras.get("ab")
-    return service if service is not None else install(services)

@@ -6,7 +6,8 @@ The flow for one question:
    limit (``ASK_RATE_LIMIT`` a minute, default 10; a refusal is a polite ephemeral sentence) and
    writes the audit row — the question redacted with ``engine.redact.redact`` — so nothing is
    lost whatever happens next.
-2. :meth:`AskService.run` (a background thread): posts a "Thinking…" message in the channel,
+2. :meth:`AskService.run` (on the process's bounded pool, :mod:`bot.work`): posts a "Thinking…"
+   message in the channel,
    generates the answer (the deployed model, or the base model when nothing is deployed), edits the
    message to show how long it has waited — ``chat.update`` at most once a second per message, and
    no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in progress, since Slack allows
@@ -15,7 +16,10 @@ The flow for one question:
    sections, the model version in a context line and 👍/👎 buttons. The audit row gets the answer
    (redacted), the model version, the message ts, the latency and whether the cache answered.
    A failure (the model server down, vLLM unreachable) becomes a sentence in that message and in
-   the audit row.
+   the audit row. One progress thread per process makes the "Thinking…" edits of every answer
+   in progress.
+3. On shutdown (:meth:`AskService.interrupt_all`), an answer that did not finish in the grace
+   period gets its message edited to say so and its audit row completed with that error.
 
 Where the answer goes: slash commands carry no ``thread_ts``, so ``/ask`` typed in a thread's
 reply box cannot be told apart from one typed in the channel; the answer is always posted in the
@@ -49,8 +53,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.engine import Engine
@@ -59,19 +64,23 @@ from bot import ids
 from bot.backends import BASE_NAME, Serving
 from bot.blocks import ask as blocks
 from bot.metrics import METRICS, Metrics
+from bot.payloads import BlockAction, Command
+from bot.settings import Settings
 from bot.slack_api import explain
+from bot.work import ShuttingDown, Workers
+from engine.basemodel import BaseModelError
+from engine.redact import redact as redact_text
+from engine.serving.base import BackendError
 from storage import registry
 from storage.db import session_scope
-
-if TYPE_CHECKING:
-    from bot.payloads import BlockAction, Command
-    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EDITS_PER_MINUTE = 30  # of Slack's ~50 chat.update a minute; the rest for answers and job status
 USAGE = "Ask me something: `/ask how do I rotate the staging database password?`"
 MAX_QUESTION_CHARS = 2000
+INTERRUPTED = ("I was restarted before I could finish this answer, so it was interrupted; "
+               "please ask again.")
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,9 @@ class AskConfig:
             raise ValueError("progress_interval must be at least 1 second (Slack's chat.update pace).")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AskConfig:
-        return cls(rate_limit=int(getattr(settings, "ask_rate_limit", 10)),
-                   max_new_tokens=int(getattr(settings, "ask_max_new_tokens", 512)),
-                   semantic_threshold=float(getattr(settings, "ask_semantic_threshold", 0.95)))
+    def from_settings(cls, settings: Settings) -> AskConfig:
+        return cls(rate_limit=settings.ask_rate_limit, max_new_tokens=settings.ask_max_new_tokens,
+                   semantic_threshold=settings.ask_semantic_threshold)
 
 
 def normalise(question: str) -> str:
@@ -199,8 +207,6 @@ class AnswerCache:
         found.vector = self.embed(question)  # outside the lock: it takes milliseconds
         if found.vector is None:
             return found
-        import numpy as np
-
         with self._lock:  # entries cached before the embedding model was ready get their vectors now
             missing = [e for k, e in self._items.items() if k[0] == epoch and e.guard == found.guard and e.vector is None]
         for entry in missing:
@@ -251,21 +257,44 @@ class AskFailed(Exception):
     """No answer; the message is the sentence for the asker."""
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """An accepted question until its answer (or failure, or interruption) is settled. Whoever
+    sets ``settling`` under ``lock`` first writes the message and the audit row; the progress
+    thread edits only under ``lock`` too, so no edit lands after the answer."""
+
+    request: AskRequest
+    tell: Callable[[str], Any]
+    ts: str = ""  # the "Thinking…" message, once posted
+    next_tick: float = 0.0
+    settling: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: threading.Event = field(default_factory=threading.Event)
+
+
 class AskService:
     """Accepts, answers and logs /ask questions and their 👍/👎 (see the module docstring)."""
 
     def __init__(self, db: Engine, client: WebClient | None, serving: Serving, config: AskConfig | None = None,
                  redact: Callable[[str], Any] | None = None, embed: Callable[[str], Any] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, work: Workers | None = None,
+                 warm: Callable[[], None] | None = None) -> None:
+        """``work`` runs answers (default: a small pool of its own); ``warm`` is called when a
+        question is accepted, so that slow set-up (the embedding model) starts with the first
+        question rather than with the process."""
         self.db, self.client, self.serving = db, client, serving
         self.config = config or AskConfig()
         self.limiter = RateLimiter(self.config.rate_limit, self.config.window_s)
         self.progress_budget = RateLimiter(PROGRESS_EDITS_PER_MINUTE, 60.0)
         self.cache = AnswerCache(self.config.cache_size, embed, self.config.semantic_threshold)
         self.metrics = metrics or METRICS
-        if redact is None:
-            from engine.redact import redact
-        self._redact = redact
+        self.work = work or Workers(4, "ask")
+        self._warm = warm
+        self._redact = redact or redact_text
+        self._inflight: dict[int, _InFlight] = {}
+        self._inflight_lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._tick_wake = threading.Event()
         serving.on_change(self.cache.clear)
 
     def redact(self, text: str) -> str:
@@ -302,9 +331,6 @@ class AskService:
 
     def generate(self, found: Lookup) -> Answer:
         """A fresh answer from the model deployed at lookup time, stored in the cache."""
-        from engine.basemodel import BaseModelError
-        from engine.serving.base import BackendError
-
         start = time.monotonic()
         model = found.model
         try:
@@ -358,34 +384,103 @@ class AskService:
             log.info("/ask rate limit reached for %s", command.user)
             return (f"You've asked {self.config.rate_limit} questions in the last minute, which is my "
                     f"limit per person. Please try again in {max(1, round(wait))} seconds. 🙏")
+        if self._warm is not None:
+            self._warm()
         return AskRequest(self.open_ask(command.user, command.channel, question), command.user,
                           command.channel, question)
 
-    def launch(self, request: AskRequest, tell: Callable[[str], Any]) -> threading.Thread:
-        thread = threading.Thread(target=self.run, args=(request, tell), name=f"ask-{request.ask_id}", daemon=True)
-        thread.start()
-        return thread
+    def launch(self, request: AskRequest, tell: Callable[[str], Any]) -> None:
+        """Answer on the pool (:meth:`run`); when the process is stopping, say so at once."""
+        entry = self._track(request, tell)
+        try:
+            self.work.submit(self._answer, entry)
+        except ShuttingDown:
+            self._settle(entry, None, INTERRUPTED)
 
     def run(self, request: AskRequest, tell: Callable[[str], Any]) -> None:
         """Answer in the channel: a cached answer at once; otherwise a placeholder that shows
         progress until the answer replaces it. ``tell`` reaches the asker privately when the
         channel can't be posted to."""
+        self._answer(self._track(request, tell))
+
+    def _answer(self, entry: _InFlight) -> None:
+        if entry.settling:  # interrupted while it waited for a thread
+            return
+        request = entry.request
         answer: Answer | None = None
         error = ""
-        ts = ""
         try:
             found = self.lookup(request.question)
             if found.answer is not None:
                 answer = found.answer
             else:
-                ts, refused = self._post_placeholder(request)
+                with entry.lock:  # an interruption waits for the placeholder, then edits it
+                    if entry.settling:
+                        return
+                    entry.ts, refused = self._post_placeholder(request)
                 if refused:
-                    self._not_posted(request, refused, tell)
+                    self._not_posted(entry, refused)
                     return
-                answer = self._generate_with_progress(request, found, ts)
+                answer = self._generate_with_progress(entry, found)
         except AskFailed as exc:
             error = str(exc)
-        self._finish(request, answer, ts, error, tell)
+        except Exception:  # the row and the message are settled whatever went wrong
+            log.exception("answering ask %s failed", request.ask_id)
+            error = ("I couldn't answer this because of a problem on my side; your question is "
+                     "saved in the log and an admin can find the details in the bot's log.")
+        self._settle(entry, answer, error)
+
+    def interrupt_all(self, wait: float = 5.0) -> int:
+        """Settle every answer still in progress as interrupted (shutdown, after the grace
+        period): its message says so and its audit row is complete. An answer being settled
+        right now gets up to ``wait`` seconds to land. Returns the number interrupted."""
+        with self._inflight_lock:
+            entries = list(self._inflight.values())
+        interrupted = 0
+        for entry in entries:
+            if self._claim(entry, wait):
+                self._write(entry, None, INTERRUPTED)
+                interrupted += 1
+            else:
+                entry.settled.wait(wait)
+        if interrupted:
+            log.warning("%d /ask answer(s) interrupted by the shutdown", interrupted)
+        return interrupted
+
+    def in_progress(self) -> int:
+        with self._inflight_lock:
+            return len(self._inflight)
+
+    def _track(self, request: AskRequest, tell: Callable[[str], Any]) -> _InFlight:
+        with self._inflight_lock:
+            entry = self._inflight.get(request.ask_id)
+            if entry is None:
+                entry = self._inflight[request.ask_id] = _InFlight(request, tell)
+            return entry
+
+    def _claim(self, entry: _InFlight, wait: float = -1) -> bool:
+        """True for the one caller that settles ``entry``."""
+        if not entry.lock.acquire(timeout=wait):
+            return False
+        try:
+            if entry.settling:
+                return False
+            entry.settling = True
+            return True
+        finally:
+            entry.lock.release()
+
+    def _settle(self, entry: _InFlight, answer: Answer | None, error: str) -> None:
+        if self._claim(entry):
+            self._write(entry, answer, error)
+
+    def _write(self, entry: _InFlight, answer: Answer | None, error: str) -> None:
+        try:
+            self._finish(entry.request, answer, entry.ts, error, entry.tell)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(entry.request.ask_id, None)
+            entry.settled.set()
 
     def _post_placeholder(self, request: AskRequest) -> tuple[str, str]:
         """(the "Thinking…" message's ts, "") or ("", why the channel can't be posted to)."""
@@ -398,21 +493,29 @@ class AskService:
         except SlackApiError as exc:
             return "", explain(exc)
 
-    def _not_posted(self, request: AskRequest, reason: str, tell: Callable[[str], Any]) -> None:
-        self.log_answer(request.ask_id, None, error=f"posting failed: {reason}",
-                        latency=time.monotonic() - request.accepted)
-        self.metrics.asks.labels("failed").inc()
-        tell(f"I couldn't post the answer in this channel: {reason}")
-
-    def _generate_with_progress(self, request: AskRequest, found: Lookup, ts: str) -> Answer:
-        done = threading.Event()
-        ticker = threading.Thread(target=self._tick, args=(request, ts, done), daemon=True)
-        ticker.start()
+    def _not_posted(self, entry: _InFlight, reason: str) -> None:
+        if not self._claim(entry):
+            return
+        request = entry.request
         try:
-            return self.generate(found)
+            self.log_answer(request.ask_id, None, error=f"posting failed: {reason}",
+                            latency=time.monotonic() - request.accepted)
+            self.metrics.asks.labels("failed").inc()
+            entry.tell(f"I couldn't post the answer in this channel: {reason}")
         finally:
-            done.set()
-            ticker.join()  # an edit in flight lands before the answer, never after it
+            with self._inflight_lock:
+                self._inflight.pop(request.ask_id, None)
+            entry.settled.set()
+
+    def _generate_with_progress(self, entry: _InFlight, found: Lookup) -> Answer:
+        entry.next_tick = time.monotonic() + self.config.progress_interval
+        with self._inflight_lock:
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._progress_loop, name="ask-progress",
+                                                daemon=True)
+                self._ticker.start()
+        self._tick_wake.set()
+        return self.generate(found)
 
     def _finish(self, request: AskRequest, answer: Answer | None, ts: str, error: str,
                 tell: Callable[[str], Any]) -> None:
@@ -451,15 +554,36 @@ class AskService:
                  "cached" if answer is not None and answer.cached
                  else f"model {answer.seconds * 1000:.0f} ms" if answer is not None else "no answer")
 
-    def _tick(self, request: AskRequest, ts: str, done: threading.Event) -> None:
+    def _progress_loop(self) -> None:
+        """The progress thread: wakes when an answer is due an edit, sleeps while none waits."""
+        while True:
+            self._tick_wake.clear()
+            with self._inflight_lock:
+                waiting = [e for e in self._inflight.values() if e.ts and not e.settling]
+            now = time.monotonic()
+            for entry in waiting:
+                if entry.next_tick <= now:
+                    self._tick(entry)
+            if waiting:
+                soonest = min(e.next_tick for e in waiting)
+                self._tick_wake.wait(max(0.05, soonest - time.monotonic()))
+            else:
+                self._tick_wake.wait()
+
+    def _tick(self, entry: _InFlight) -> None:
         """Show how long the answer is taking: one edit per ``progress_interval`` at most, and
         only while the workspace-wide progress budget allows."""
-        while not done.wait(self.config.progress_interval):
+        request = entry.request
+        with entry.lock:
+            if entry.settling:
+                return
+            entry.next_tick = time.monotonic() + self.config.progress_interval
             if self.progress_budget.allow("progress") is not None:
-                continue
+                return
             try:
                 self.client.chat_update(
-                    channel=request.channel, ts=ts, text=f"<@{request.user}> asked a question; thinking…",
+                    channel=request.channel, ts=entry.ts,
+                    text=f"<@{request.user}> asked a question; thinking…",
                     blocks=[b.to_dict() for b in blocks.placeholder_blocks(
                         request.user, request.question, time.monotonic() - request.accepted)])
             except SlackApiError as exc:  # progress is a courtesy: the answer still comes
@@ -483,31 +607,3 @@ class AskService:
             return f"Your feedback on this answer is now {emoji}; it replaces your earlier click."
         return f"Thanks for the {emoji}; it's recorded."
 
-
-_install_lock = threading.Lock()
-
-
-def install(services: Services) -> AskService:
-    """The /ask service in ``services.extras["ask"]``, on the shared backends (built on first use)."""
-    from bot.backends import shared
-
-    with _install_lock:
-        service = services.extras.get("ask")
-        if service is None:
-            config = AskConfig.from_settings(services.settings)
-            embed = None
-            if config.semantic_threshold > 0:
-                from engine.serving.embed import QuestionEmbedder
-
-                embedder = QuestionEmbedder()
-                embedder.start_loading()  # seconds; until then the cache matches exactly only
-                embed = embedder.embed
-            service = AskService(services.db, services.client, shared(services), config,
-                                 redact=services.curation.redact, embed=embed)
-            services.extras["ask"] = service
-        return service
-
-
-def asking(services: Services) -> AskService:
-    service = services.extras.get("ask")
-    return service if service is not None else install(services)

@@ -16,19 +16,22 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from bot.settings import Settings
+from engine.basemodel import ensure_base_model
+from engine.registry.crypto import parse_key
 from engine.serving.adapters import load_once
+from engine.serving.base import ModelBackend
+from engine.serving.batching import BatchingBackend
+from engine.serving.compute import COMPUTE
+from engine.serving.deploy import DeployOutcome, deploy, probe_prompts, rollback
+from engine.serving.inprocess import InProcessBackend
+from engine.serving.vllm import VLLMBackend
 from storage import registry
 from storage.db import session_scope
-
-if TYPE_CHECKING:
-    from bot.ab_rounds import BackendAnswers
-    from bot.services import Services
-    from engine.serving.base import ModelBackend
-    from engine.serving.deploy import DeployOutcome
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +41,19 @@ BASE_NAME = "base"  # what /ask's context line and the audit log call the bare b
 class Serving:
     """Backends, the adapter key and deploys for one process (see the module docstring)."""
 
-    def __init__(self, settings: Any, db: Engine) -> None:
+    def __init__(self, settings: Settings, db: Engine) -> None:
         self.settings = settings
         self.db = db
         self.key: bytes | None = None
         if settings.threadtune_encryption_key:
-            from engine.registry.crypto import parse_key
-
             self.key = parse_key(settings.threadtune_encryption_key)
-        self.threshold = float(getattr(settings, "probe_threshold", 0.9))
-        self.max_lora_rank: int | None = getattr(settings, "vllm_max_lora_rank", None)
+        self.threshold = settings.probe_threshold
+        self.max_lora_rank = settings.vllm_max_lora_rank
         self._serving: ModelBackend | None = None
-        self._inprocess: Any = None
-        self._batching: Any = None
+        self._inprocess: InProcessBackend | None = None
+        self._batching: BatchingBackend | None = None
         self._base_path: Path | None = None
         self._build_lock = threading.Lock()
-        self._adapter_lock = threading.Lock()
         self._deploy_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
 
@@ -66,20 +66,15 @@ class Serving:
     def base_model_path(self) -> Path:
         with self._build_lock:
             if self._base_path is None:
-                from engine.basemodel import ensure_base_model
-                from engine.serving.compute import COMPUTE
-
                 # converting the embedded GGUF runs torch: on the compute thread like all model work
                 self._base_path = COMPUTE.run(ensure_base_model, self.settings.home, self.settings.base_model)
             return self._base_path
 
-    def inprocess(self) -> Any:
+    def inprocess(self) -> InProcessBackend:
         """The in-process backend on BASE_MODEL (built on first use: loading takes seconds)."""
         base = self.base_model_path()
         with self._build_lock:
             if self._inprocess is None:
-                from engine.serving.inprocess import InProcessBackend
-
                 self._inprocess = InProcessBackend(base, name="inprocess")
             return self._inprocess
 
@@ -89,10 +84,8 @@ class Serving:
             return self.inprocess()
         with self._build_lock:
             if self._serving is None:
-                from engine.serving.vllm import VLLMBackend
-
                 self._serving = VLLMBackend(self.settings.vllm_url,
-                                            max_adapters=int(getattr(self.settings, "vllm_max_loras", 4)))
+                                            max_adapters=self.settings.vllm_max_loras)
             return self._serving
 
     def for_questions(self) -> ModelBackend:
@@ -103,8 +96,6 @@ class Serving:
         inprocess = self.inprocess()
         with self._build_lock:
             if self._batching is None or self._batching.backend is not inprocess:
-                from engine.serving.batching import BatchingBackend
-
                 self._batching = BatchingBackend(inprocess)
             return self._batching
 
@@ -134,8 +125,6 @@ class Serving:
 
     def deploy(self, ref: str, *, by_user: str) -> DeployOutcome:
         """Check, load, probe and deploy registry model ``ref`` (see engine.serving.deploy)."""
-        from engine.serving.deploy import DeployOutcome, deploy, probe_prompts
-
         with self._deploy_lock:
             try:
                 serving, reference, base = self.serving(), self.inprocess(), self.base_model_path()
@@ -154,8 +143,6 @@ class Serving:
 
     def rollback(self, *, by_user: str) -> DeployOutcome:
         """Back to the previously deployed model (re-probed) or the base model."""
-        from engine.serving.deploy import DeployOutcome, rollback
-
         with self._deploy_lock:
             try:
                 serving, reference, base = self.serving(), self.inprocess(), self.base_model_path()
@@ -174,22 +161,3 @@ def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
 
-
-_install_lock = threading.Lock()
-
-
-def shared(services: Services) -> Serving:
-    """The process's :class:`Serving` in ``services.extras["serving"]`` (built on first use)."""
-    with _install_lock:
-        serving = services.extras.get("serving")
-        if serving is None:
-            serving = services.extras["serving"] = Serving(services.settings, services.db)
-        return serving
-
-
-def ab_answers(services: Services) -> BackendAnswers:
-    """A/B round answers from the shared serving backend (not a second copy of the model)."""
-    from bot.ab_rounds import BackendAnswers
-
-    serving = shared(services)
-    return BackendAnswers(serving.serving, encryption_key=serving.key)

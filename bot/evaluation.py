@@ -5,7 +5,7 @@ end here:
 
 1. :meth:`EvaluationService.check` checks the job quickly (the slash command answers within
    Slack's 3 seconds with what will happen or why not).
-2. :meth:`EvaluationService.run` — on a background thread for the slash command, see
+2. :meth:`EvaluationService.run` — on the process's worker pool for the slash command, see
    :meth:`launch` — evaluates the job's adapter against the base model with the model backend
    shared with A/B rounds (one copy of the base weights in the bot), registers the model, and
    posts the report in the job's thread: a Block Kit summary (``bot.blocks.evaluation``) and the
@@ -20,14 +20,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.engine import Engine
 
+from bot.ab_rounds import DEFAULT_PAIRS, ABRoundService, RoundPlan, RoundRefused
 from bot.blocks import evaluation as blocks
 from bot.slack_api import explain
+from bot.work import Workers
 from engine.evaluate.run import EvalConfig
 from engine.evaluate.service import (
     EvaluationError,
@@ -36,9 +41,8 @@ from engine.evaluate.service import (
     evaluate_job,
     job_inputs,
 )
-
-if TYPE_CHECKING:
-    from bot.services import Services
+from storage.db import session_scope
+from storage.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +80,20 @@ def destination(inputs: JobInputs, fallback_channel: str = "") -> Destination | 
 
 @dataclass
 class EvaluationService:
-    """Runs evaluations and posts their reports (see the module docstring)."""
+    """Runs evaluations and posts their reports (see the module docstring).
 
-    services: Services
+    ``backend_factory`` gives the process's in-process backend (``bot.backends.Serving.inprocess``:
+    one copy of the base model, shared with /ask, A/B rounds and the deploy probe; in-process even
+    with VLLM_URL set, since evaluation scores test answers, which a vLLM server cannot).
+    ``rounds`` starts the A/B round a *needs A/B* verdict asks for (None: no round)."""
+
+    db: Engine
+    client: WebClient
+    home: Path
     backend_factory: Callable[[], Any]
     encryption_key: bytes | None = None
+    rounds: ABRoundService | None = None
+    work: Workers = field(default_factory=lambda: Workers(1, "eval"))
     config: EvalConfig = field(default_factory=EvalConfig)
     probes: list | None = None  # None: the shipped general probes
     auto_ab: bool = True
@@ -94,7 +107,7 @@ class EvaluationService:
         """The job's checked inputs, or :class:`EvaluationRefused` with a sentence."""
         job_id = ref if isinstance(ref, int) else parse_job_ref(ref)
         try:
-            inputs = job_inputs(self.services.db, job_id)
+            inputs = job_inputs(self.db, job_id)
         except EvaluationError as exc:
             raise EvaluationRefused(str(exc)) from None
         with self._guard:
@@ -104,25 +117,34 @@ class EvaluationService:
                 )
         return inputs
 
-    def launch(
-        self, inputs: JobInputs, *, requested_by: str = "", channel: str = ""
-    ) -> threading.Thread:
-        """:meth:`run` on a background thread; failures are posted as sentences, traces logged."""
-        thread = threading.Thread(
-            target=self._run_quietly,
-            args=(inputs,),
-            kwargs={"requested_by": requested_by, "channel": channel},
-            name=f"eval-job-{inputs.job_id}",
-            daemon=True,
+    def launch(self, inputs: JobInputs, *, requested_by: str = "", channel: str = "") -> Future:
+        """:meth:`run` on the worker pool; failures are posted as sentences, traces logged."""
+        return self.work.submit(
+            self._run_quietly, inputs, requested_by=requested_by, channel=channel
         )
-        thread.start()
-        return thread
 
     def _run_quietly(self, inputs: JobInputs, *, requested_by: str, channel: str) -> None:
         try:
             self.run(inputs, requested_by=requested_by, channel=channel)
         except Exception:  # noqa: BLE001 — run() told the people; the log keeps the trace
             log.exception("evaluation of job %s failed", inputs.job_id)
+
+    def on_job_succeeded(self, job_id: int) -> JobEvaluation | None:
+        """The worker's hook after a training job succeeded: evaluate it and post the report in
+        the job's thread, on the calling thread (a worker run with ``--once`` would exit under a
+        pooled task). Failures are posted in the thread and logged, never raised: the job stays
+        succeeded."""
+        try:
+            return self.run(job_id, background_ab=False)
+        except EvaluationRefused as exc:
+            log.warning("job %s was not evaluated: %s", job_id, exc)
+            with session_scope(self.db) as s:
+                job = s.get(Job, job_id)
+                where = Destination(job.channel, job.status_ts) if job and job.channel else None
+            self._post_failure(where, job_id, _sentence(exc), "", "")
+        except Exception:  # noqa: BLE001 — posted by run(); keep the trace
+            log.exception("evaluation of job %s failed", job_id)
+        return None
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -146,10 +168,9 @@ class EvaluationService:
             self._running.add(job_id)
         where = destination(inputs, channel)
         try:
-            settings = self.services.settings
             result = evaluate_job(
-                self.services.db,
-                settings.home,
+                self.db,
+                self.home,
                 job_id,
                 backend_factory=self.backend_factory,
                 encryption_key=self.encryption_key,
@@ -192,7 +213,7 @@ class EvaluationService:
         """Post the summary (starting an A/B round first when the verdict asks for one) and upload
         the charts in its thread. Returns the summary's ts ("" when Slack refused it)."""
         plan, ab_note = None, ""
-        if result.report.verdict == "needs_ab" and self.auto_ab:
+        if result.report.verdict == "needs_ab" and self.auto_ab and self.rounds is not None:
             plan, ab_note = self._plan_ab(result, where.channel, requested_by)
         ctx = blocks.ReportContext(
             job_id=result.job_id,
@@ -201,7 +222,7 @@ class EvaluationService:
             ab_note=ab_note,
             requested_by=requested_by,
         )
-        client = self.services.client
+        client = self.client
         try:
             response = client.chat_postMessage(
                 channel=where.channel,
@@ -232,23 +253,22 @@ class EvaluationService:
                 )
             except SlackApiError as exc:
                 log.warning("could not upload job %s's charts: %s", result.job_id, explain(exc))
-        if plan is not None:
-            from bot.ab_rounds import RoundRefused, rounds
-
+        if plan is not None and self.rounds is not None:
             if background_ab:
-                rounds(self.services).launch(plan)
+                self.rounds.launch(plan)
             else:
                 try:
-                    rounds(self.services).run(plan)
+                    self.rounds.run(plan)
                 except RoundRefused as exc:
                     log.warning("A/B round of %s did not start: %s", result.model.name, exc)
         return str(response["ts"])
 
-    def _plan_ab(self, result: JobEvaluation, channel: str, requested_by: str) -> tuple[Any, str]:
-        from bot.ab_rounds import DEFAULT_PAIRS, RoundRefused, rounds
-
+    def _plan_ab(
+        self, result: JobEvaluation, channel: str, requested_by: str
+    ) -> tuple[RoundPlan | None, str]:
+        assert self.rounds is not None
         try:
-            plan = rounds(self.services).plan(
+            plan = self.rounds.plan(
                 result.model.name,
                 channel=channel,
                 requested_by=requested_by,
@@ -266,7 +286,7 @@ class EvaluationService:
         requested_by: str,
         channel: str,
     ) -> None:
-        client = self.services.client
+        client = self.client
         text = blocks.failure_text(job_id, reason)
         try:
             if where is not None:
@@ -295,79 +315,10 @@ def _sentence(exc: Exception) -> str:
     return text if text.endswith((".", "…")) else text + "."
 
 
-# -- wiring ---------------------------------------------------------------------------------------
-
-_install_lock = threading.Lock()
-
-
-def _shared_backend_factory(services: Services) -> tuple[Callable[[], Any], bytes | None]:
-    """The process's in-process backend (``bot.backends``: one copy of the base model, shared with
-    /ask, A/B rounds and the deploy probe) and the adapter key. In-process even when VLLM_URL is
-    set: evaluation scores test answers (loss, perplexity), which a vLLM server cannot."""
-    from bot.backends import shared
-
-    serving = shared(services)
-    return serving.inprocess, serving.key
-
-
-def install(services: Services, **options: Any) -> EvaluationService:
-    """Build the evaluation service into ``services.extras["evaluation"]`` (once)."""
-    with _install_lock:
-        service = services.extras.get("evaluation")
-        if service is None:
-            factory, key = _shared_backend_factory(services)
-            service = EvaluationService(services, factory, key, **options)
-            services.extras["evaluation"] = service
-        return service
-
-
-def evaluations(services: Services) -> EvaluationService:
-    """The evaluation service of a running bot (installed on first use)."""
-    service = services.extras.get("evaluation")
-    return service if service is not None else install(services)
-
-
-def on_job_succeeded(services: Services, job_id: int) -> JobEvaluation | None:
-    """The worker's hook after a training job succeeded: evaluate it and post the report in the
-    job's thread, on the calling thread (a worker run with ``--once`` would exit under a background
-    thread). Failures are posted in the thread and logged, never raised: the job stays succeeded."""
-    service = evaluations(services)
-    try:
-        return service.run(job_id, background_ab=False)
-    except EvaluationRefused as exc:
-        log.warning("job %s was not evaluated: %s", job_id, exc)
-        from storage.db import session_scope
-        from storage.models import Job
-
-        with session_scope(services.db) as s:
-            job = s.get(Job, job_id)
-            where = Destination(job.channel, job.status_ts) if job and job.channel else None
-        service._post_failure(where, job_id, _sentence(exc), "", "")
-    except Exception:  # noqa: BLE001 — posted by run(); keep the trace
-        log.exception("evaluation of job %s failed", job_id)
-    return None
-
-
-def evaluate_finished_job(settings: Any, db: Any, client: Any, job_id: int) -> JobEvaluation | None:
-    """:func:`on_job_succeeded` for a process that has no :class:`Services` (``threadtune worker``,
-    see ``bot.cli.jobs.make_observer``). A/B rounds it starts are closed by the bot's scheduler
-    sweep, so no scheduler is started here."""
-    from bot.ab_rounds import install as install_ab
-    from bot.services import Services
-
-    services = Services.build(settings, db, client)
-    install_ab(services, start_scheduler=False)
-    return on_job_succeeded(services, job_id)
-
-
 __all__ = [
     "Destination",
     "EvaluationRefused",
     "EvaluationService",
     "destination",
-    "evaluate_finished_job",
-    "evaluations",
-    "install",
-    "on_job_succeeded",
     "parse_job_ref",
 ]

@@ -7,6 +7,7 @@ import logging
 from slack_sdk.errors import SlackApiError
 
 from bot.blocks.home import HomeData, home_view
+from bot.services import Services
 from bot.slack_api import explain
 from engine.ab.board import battles_of, overall_leaderboard
 from storage.curation import curation_stats
@@ -60,12 +61,12 @@ def publish(client, db, user: str) -> None:  # noqa: ANN001
         log.warning("could not publish the Home tab for %s: %s", user, explain(exc))
 
 
-def remember(services, user: str) -> None:  # noqa: ANN001
+def remember(services: Services, user: str) -> None:
     """Note who has opened the Home tab, so later changes can refresh it for them."""
-    services.extras.setdefault("home_users", set()).add(user)
+    services.home_users.add(user)
 
 
-def refresh_all(services) -> None:  # noqa: ANN001
+def refresh_all(services: Services) -> None:
     """Re-publish the Home tab for everyone who opened it (after a job, deploy or round)."""
-    for user in sorted(services.extras.get("home_users", ())):
+    for user in services.home_users.snapshot():
         publish(services.client, services.db, user)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from bot.ab_rounds import ABRoundService
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +73,18 @@ class BotScheduler:
         return job.next_run_time if job is not None else None
 
 
-def start_ab_deadlines(scheduler: BotScheduler, rounds: ABRoundService) -> int:
+class DeadlineOwner(Protocol):
+    """What owns a kind of deadline (``bot.ab_rounds.ABRoundService``): the scheduler it arms
+    jobs on, re-arming from the database, and a sweep for whatever is due."""
+
+    scheduler: BotScheduler | None
+
+    def rearm(self) -> int: ...
+
+    def close_due(self) -> int: ...
+
+
+def start_ab_deadlines(scheduler: BotScheduler, rounds: DeadlineOwner) -> int:
     """Arm every open round's deadline from the database (overdue ones close at once) and sweep
     for due rounds every minute; returns the number of rounds armed."""
     scheduler.start()

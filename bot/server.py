@@ -11,7 +11,9 @@ import logging
 import threading
 from urllib.parse import parse_qs
 
+import uvicorn
 from slack_bolt import App, BoltRequest
+from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -20,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from bot.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,6 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
             return JSONResponse({"ok": False, "error": f"database unreachable: {type(exc).__name__}"}, status_code=503)
         return JSONResponse({"ok": True})
 
-    from bot.metrics import METRICS
-
     METRICS.watch_jobs(db)  # job counts are read from this database at each scrape
 
     async def metrics(_: Request) -> Response:
@@ -96,19 +98,33 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
 
 def serve_http(bolt: App, db: Engine, *, signing_secret: str, host: str, port: int,
                stop: threading.Event | None = None) -> None:
-    import uvicorn
-
+    """Serve until ``stop`` is set (or forever without one); returns once the server has closed."""
     config = uvicorn.Config(http_app(bolt, db, signing_secret), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
     log.info("threadtune listening on http://%s:%d/slack/events", host, port)
-    server.run()
+    if stop is None:
+        server.run()
+        return
+    # In the main thread uvicorn takes SIGTERM over and raises it again once it has closed, which
+    # would kill the process before the work in progress is drained; on its own thread it leaves
+    # signals to the entry point, which sets ``stop``.
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    while thread.is_alive() and not stop.wait(0.5):
+        pass
+    server.should_exit = True
+    thread.join()
 
 
-def serve_socket_mode(bolt: App, app_token: str) -> None:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
-
+def serve_socket_mode(bolt: App, app_token: str, stop: threading.Event | None = None) -> None:
+    """Connect over Socket Mode until ``stop`` is set (or forever without one)."""
     log.info("threadtune connecting to Slack in Socket Mode")
-    SocketModeHandler(bolt, app_token).start()
+    handler = SocketModeHandler(bolt, app_token)
+    if stop is None:
+        handler.start()
+        return
+    handler.connect()
+    while not stop.wait(0.5):
+        pass
+    handler.close()

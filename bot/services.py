@@ -1,15 +1,47 @@
-"""What listeners need, built once by the entry point and handed to the app."""
+"""What a process needs, built once by its entry point (``serve``, ``worker``, a CLI command, the
+demo) and passed down: listeners find it in Bolt's context, commands and hooks take it as an
+argument. Nothing here loads a model: :class:`bot.backends.Serving` loads the base model on first
+use, and the /ask embedding model starts loading with the first question."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from slack_sdk import WebClient
 from sqlalchemy.engine import Engine
 
+from bot.ab_rounds import ABRoundService
+from bot.ask import AskConfig, AskService
+from bot.backends import Serving
 from bot.curation import CurationRules, CurationService
+from bot.evaluation import EvaluationService
+from bot.scheduler import BotScheduler
 from bot.settings import Settings
+from bot.training import SlackJobObserver
+from bot.work import Workers
+from engine.ab.answers import AnswerSource, BackendAnswers
+from engine.serving.embed import QuestionEmbedder
+
+log = logging.getLogger(__name__)
+
+
+class HomeUsers:
+    """Who has opened the Home tab, so later changes can refresh it for them. Listeners add from
+    Bolt's threads while a closing round or a deploy reads it from another: behind a lock."""
+
+    def __init__(self) -> None:
+        self._users: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, user: str) -> None:
+        with self._lock:
+            self._users.add(user)
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return sorted(self._users)
 
 
 @dataclass
@@ -18,13 +50,30 @@ class Services:
     db: Engine
     client: WebClient
     curation: CurationService
-    extras: dict[str, Any] = field(default_factory=dict)
+    serving: Serving
+    ask: AskService
+    rounds: ABRoundService
+    evaluations: EvaluationService
+    work: Workers
+    scheduler: BotScheduler | None = None  # only ``serve`` runs one (A/B deadlines)
+    job_observer: SlackJobObserver | None = None  # Slack progress of training jobs (bot token set)
+    home_users: HomeUsers = field(default_factory=HomeUsers)
 
     def is_admin(self, user: str) -> bool:
         return user in self.settings.admins
 
     @classmethod
-    def build(cls, settings: Settings, db: Engine, client: WebClient) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        db: Engine,
+        client: WebClient,
+        *,
+        scheduler: BotScheduler | None = None,
+        answers: AnswerSource | None = None,
+    ) -> Services:
+        """Every service on one :class:`Serving` (one copy of the base model per process) and one
+        worker pool. ``answers`` replaces where A/B answers come from (tests)."""
         rules = CurationRules(
             curators=frozenset(settings.curators),
             curate_emoji=settings.curate_emoji,
@@ -32,4 +81,57 @@ class Services:
             ack_emoji=settings.ack_emoji,
             min_answer_chars=settings.min_answer_chars,
         )
-        return cls(settings=settings, db=db, client=client, curation=CurationService(db, client, rules))
+        curation = CurationService(db, client, rules)
+        work = Workers(settings.work_threads, "work")
+        serving = Serving(settings, db)
+        config = AskConfig.from_settings(settings)
+        embedder = QuestionEmbedder() if config.semantic_threshold > 0 else None
+        ask = AskService(
+            db,
+            client,
+            serving,
+            config,
+            redact=curation.redact,
+            embed=embedder.embed if embedder else None,
+            work=work,
+            warm=embedder.start_loading if embedder else None,
+        )
+        rounds = ABRoundService(
+            db,
+            client,
+            answers or BackendAnswers(serving.serving, encryption_key=serving.key),
+            scheduler=scheduler,
+            work=work,
+        )
+        evaluations = EvaluationService(
+            db, client, settings.home, serving.inprocess, serving.key, rounds=rounds, work=work
+        )
+        observer = (
+            SlackJobObserver(client, on_succeeded=evaluations.on_job_succeeded)
+            if settings.slack_bot_token
+            else None
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            client=client,
+            curation=curation,
+            serving=serving,
+            ask=ask,
+            rounds=rounds,
+            evaluations=evaluations,
+            work=work,
+            scheduler=scheduler,
+            job_observer=observer,
+        )
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Take no new work; give the work in progress ``grace`` seconds (SHUTDOWN_GRACE_S), then
+        settle the /ask answers still running as interrupted and stop the scheduler."""
+        self.work.close()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if not self.work.wait(grace):
+            log.warning("work still in progress after %.0f s; interrupting it", grace)
+        self.ask.interrupt_all()
+        if self.scheduler is not None:
+            self.scheduler.shutdown()

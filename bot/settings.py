@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     probe_threshold: float = Field(0.9, description="Deploy probe: agreement needed between served and in-process answers.")
     vllm_max_lora_rank: int | None = Field(None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16).")
     vllm_max_loras: int = Field(4, ge=1, description="Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); at most the server's --max-loras.")
+    work_threads: int = Field(
+        16, ge=1,
+        description="Slow tasks (/ask answers, A/B rounds, evaluations) run at once; more wait "
+                    "their turn. /ask questions running together share one batched generation.")
+    shutdown_grace_s: float = Field(
+        20.0, ge=0.0,
+        description="On SIGTERM, seconds to let answers in progress finish; the rest are marked "
+                    "interrupted.")
 
     @field_validator("curators", "admins", mode="before")
     @classmethod

@@ -125,9 +125,7 @@ def test_registry_copy_is_encrypted_and_reevaluation_updates_the_model(db, tmp_p
 
 @pytest.mark.slow
 def test_worker_hook_posts_in_the_thread_and_starts_an_ab_round(tmp_path, trained_run):  # noqa: F811
-    from bot.ab_rounds import install as install_ab
     from bot.emulator import Emulator
-    from bot.evaluation import install, on_job_succeeded
     from bot.services import Services
     from bot.settings import Settings
     from bot.slack_api import make_client
@@ -144,11 +142,12 @@ def test_worker_hook_posts_in_the_thread_and_starts_an_ab_round(tmp_path, traine
         settings = Settings(slack_bot_token=slack.bot_token, slack_api_url=slack.api_url,
                             threadtune_home=tmp_path, database_url=url, base_model=str(trained_run.base_model))
         services = Services.build(settings, db, make_client(slack.bot_token, slack.api_url))
-        install_ab(services, start_scheduler=False)
         # A gain no candidate reaches: the soft quality check fails, so people must judge.
-        install(services, config=EvalConfig(max_new_tokens=16, min_rouge_gain=5.0), probes=[], ab_pairs=4)
+        service = services.evaluations
+        service.config = EvalConfig(max_new_tokens=16, min_rouge_gain=5.0)
+        service.probes, service.ab_pairs = [], 4
 
-        result = on_job_succeeded(services, job_id)
+        result = service.on_job_succeeded(job_id)
         assert result is not None and result.report.verdict == "needs_ab", result.report.reasons
         thread = slack.messages("CHELP", thread_ts=status_ts)
         summary = [m for m in thread if "Verdict: Needs A/B" in json.dumps(m.get("blocks") or [])]
@@ -160,7 +159,7 @@ def test_worker_hook_posts_in_the_thread_and_starts_an_ab_round(tmp_path, traine
         assert rnd.candidate == result.model.name and rnd.job_id == job_id and rnd.channel == "CHELP"
         assert len(pairs) == 4 and all(p.message_ts for p in pairs)  # posted before the hook returned
 
-        assert on_job_succeeded(services, broken) is None  # never raises: the job stays succeeded
+        assert service.on_job_succeeded(broken) is None  # never raises: the job stays succeeded
         failure = [m for m in slack.messages("CHELP", thread_ts=status_ts)
                    if f"couldn't evaluate job {broken}" in m.get("text", "")]
         assert failure and "holds no adapter" in failure[0]["text"]

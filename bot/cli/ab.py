@@ -15,6 +15,8 @@ import secrets
 from pathlib import Path
 
 from bot.settings import Settings
+from engine.ab.export import load_records, write_battle_log, write_preference_pairs
+from storage.db import make_engine, session_scope
 
 SALT_FILE = "ab-voter-salt"
 
@@ -49,9 +51,6 @@ def voter_salt(home: Path) -> bytes:
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.ab.export import load_records, write_battle_log, write_preference_pairs
-    from storage.db import make_engine, session_scope
-
     out = args.output_dir or settings.home / "exports" / "ab"
     out.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)

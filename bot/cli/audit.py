@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import IO
 
 from bot.settings import Settings
+from storage.db import make_engine, session_scope
+from storage.registry import audit_rows
 
 FIELDS = ["id", "time", "user", "channel", "question", "answer", "model", "latency_ms", "cached",
           "error", "message_ts", "thumbs_up", "thumbs_down"]
@@ -67,9 +69,6 @@ def write(rows, out: IO[str], fmt: str) -> int:  # noqa: ANN001 - (row, up, down
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.db import make_engine, session_scope
-    from storage.registry import audit_rows
-
     since = datetime.combine(args.since, time.min, UTC) if args.since else None
     # --until names the last day included: the query's bound is the next midnight
     until = datetime.combine(args.until + timedelta(days=1), time.min, UTC) if args.until else None

@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from bot.blocks.dataset import readiness_line
 from bot.settings import Settings
+from storage.curation import active_examples, curation_stats
+from storage.db import make_engine, session_scope, upgrade
 
 TARGET = 500
 
@@ -23,8 +26,6 @@ def add_export_arguments(export: argparse.ArgumentParser) -> None:
 
 
 def _open_db(settings: Settings):  # noqa: ANN202
-    from storage.db import make_engine, upgrade
-
     upgrade(settings.db_url)
     return make_engine(settings.db_url)
 
@@ -32,10 +33,6 @@ def _open_db(settings: Settings):  # noqa: ANN202
 def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from bot.blocks.dataset import readiness_line
-    from storage.curation import curation_stats
-    from storage.db import session_scope
 
     with session_scope(_open_db(settings)) as session:
         stats = curation_stats(session=session)
@@ -59,9 +56,6 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def export_current(settings: Settings, output: Path | None) -> int:
     """Write the current curated examples as chat JSONL with their Slack origin."""
-    from storage.curation import active_examples
-    from storage.db import session_scope
-
     with session_scope(_open_db(settings)) as session:
         rows = active_examples(session=session)
     lines = [

@@ -1,7 +1,7 @@
 """``threadtune dataset build|validate|import|export``: dataset snapshots from the command line.
 
 ``add_dataset_subcommands`` adds these to an existing ``dataset`` parser; ``register`` creates the
-parser and also wires ``dataset stats`` from :mod:`bot.cli.curated` when that module is present.
+parser and also wires ``dataset stats`` from :mod:`bot.cli.curated`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bot.cli.curated import add_curated_subcommands, add_export_arguments, export_current
 from bot.settings import Settings
+from engine.basemodel import BaseModelError, ensure_base_model, load_tokenizer
+from engine.dataset import DatasetConfig, DatasetConfigError
+from engine.dataset.build import analyse, build_snapshot, entries_from_storage, read_split
+from engine.dataset.importer import import_examples, parse_source
+from engine.dataset.split import SPLITS
+from engine.dataset.validate import DatasetError
+from storage import datasets as q
+from storage.db import make_engine, session_scope, upgrade
 
 SHOWN_FINDINGS = 20
 SHOWN_PER_RULE = 5
@@ -23,10 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset = subparsers.add_parser("dataset", help="build, validate, import and export dataset snapshots")
     dataset_sub = dataset.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
     add_dataset_subcommands(dataset_sub)
-    try:
-        from bot.cli.curated import add_curated_subcommands
-    except ImportError:  # the curated-examples commands are optional here
-        return
     add_curated_subcommands(dataset_sub)
 
 
@@ -49,12 +54,7 @@ def add_dataset_subcommands(dataset_sub: argparse._SubParsersAction) -> None:
     export = dataset_sub.add_parser("export", help="write a snapshot (--snapshot N) or the current curated examples as chat JSONL")
     export.add_argument("--snapshot", type=int, metavar="N", help="the snapshot to export; without it, the current curated examples")
     export.add_argument("--split", choices=("all", "train", "validation", "test"), default="all", help="which split of the snapshot (default all)")
-    try:
-        from bot.cli.curated import add_export_arguments
-    except ImportError:
-        export.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
-    else:
-        add_export_arguments(export)
+    add_export_arguments(export)
     export.set_defaults(func=run_export)
 
 
@@ -68,8 +68,6 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from engine.dataset import DatasetConfig
-
     overrides: dict[str, Any] = {}
     for name in ("max_length", "near_dup_threshold", "min_examples", "seed"):
         value = getattr(args, name, None)
@@ -83,8 +81,6 @@ def _config(args: argparse.Namespace):
 
 
 def _open_db(settings: Settings):  # noqa: ANN202
-    from storage.db import make_engine, upgrade
-
     settings.home.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
     upgrade(settings.db_url)
     return make_engine(settings.db_url)
@@ -96,8 +92,6 @@ def _fail(message: str) -> int:
 
 
 def _tokenizer(settings: Settings):  # noqa: ANN202
-    from engine.basemodel import ensure_base_model, load_tokenizer
-
     path = ensure_base_model(settings.home, settings.base_model)
     return path, load_tokenizer(path)
 
@@ -174,12 +168,6 @@ def print_analysis(console, analysis, *, show_all: bool = False) -> None:
 def run_build(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from engine.basemodel import BaseModelError
-    from engine.dataset import DatasetConfigError
-    from engine.dataset.build import build_snapshot
-    from engine.dataset.validate import DatasetError
-    from storage.db import session_scope
-
     console = Console()
     try:
         config = _config(args)
@@ -209,14 +197,6 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
 def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from engine.basemodel import BaseModelError
-    from engine.dataset import DatasetConfigError
-    from engine.dataset.build import analyse, entries_from_storage
-    from engine.dataset.importer import parse_source
-    from engine.dataset.validate import DatasetError
-    from storage import datasets as q
-    from storage.db import session_scope
-
     console = Console()
     try:
         config = _config(args)
@@ -244,10 +224,6 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from engine.dataset.importer import import_examples
-    from engine.dataset.validate import DatasetError
-    from storage.db import session_scope
-
     console = Console()
     try:
         with session_scope(_open_db(settings)) as session:
@@ -270,16 +246,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.snapshot is None:
-        try:
-            from bot.cli.curated import export_current
-        except ImportError:
-            return _fail("give --snapshot N to export a snapshot.")
         return export_current(settings, args.output)
-
-    from engine.dataset.build import read_split
-    from engine.dataset.split import SPLITS
-    from storage import datasets as q
-    from storage.db import session_scope
 
     with session_scope(_open_db(settings)) as session:
         snapshot = q.get_snapshot(session=session, snapshot_id=args.snapshot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bot.demo.runner import Demo
 from bot.settings import Settings
 
 
@@ -16,6 +17,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.demo.runner import Demo
-
     return Demo(settings, args.out, quick=args.quick).run()

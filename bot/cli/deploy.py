@@ -7,7 +7,13 @@ import argparse
 import sys
 import time
 
+from bot.ask import AskConfig, AskFailed, AskService
+from bot.backends import Serving
+from bot.blocks.models import ModelRow, model_line
 from bot.settings import Settings
+from engine.registry.crypto import generate_key
+from storage import registry
+from storage.db import make_engine, session_scope, upgrade
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,21 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(settings: Settings):  # noqa: ANN202
-    from storage.db import make_engine, upgrade
-
     upgrade(settings.db_url)
     return make_engine(settings.db_url)
 
 
 def run_models(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "new-key":
-        from engine.registry.crypto import generate_key
-
         print(generate_key())
         return 0
-    from bot.blocks.models import ModelRow, model_line
-    from storage import registry
-    from storage.db import session_scope
 
     with session_scope(_db(settings)) as s:
         rows = [ModelRow.of(m) for m in registry.list_models(session=s)]
@@ -58,8 +57,6 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serving(settings: Settings):  # noqa: ANN202
-    from bot.backends import Serving
-
     return Serving(settings, _db(settings))
 
 
@@ -79,8 +76,6 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.ask import AskConfig, AskFailed, AskService
-
     serving = _serving(settings)
     service = AskService(serving.db, None, serving, AskConfig.from_settings(settings))
     ask_id = service.open_ask(args.user, "", args.question)

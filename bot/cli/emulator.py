@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bot.emulator.__main__ import main
 from bot.settings import Settings
 
 
@@ -15,6 +16,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.emulator.__main__ import main
-
     return int(main(args.rest) or 0)

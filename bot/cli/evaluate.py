@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import argparse
 
+from bot.backends import Serving
+from bot.evaluation import EvaluationRefused, parse_job_ref
+from bot.services import Services
 from bot.settings import ConfigError, Settings
+from bot.slack_api import make_client
+from engine.evaluate.report import VERDICT_TEXT, metric_rows
+from engine.evaluate.run import EvalConfig
+from engine.evaluate.service import EvaluationError, evaluate_job
+from storage.db import make_engine, upgrade
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):  # noqa: ANN202
-    from engine.evaluate.run import EvalConfig
-
     try:
         return EvalConfig(**({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
     except ValueError as exc:
@@ -41,10 +47,6 @@ def _config(args: argparse.Namespace):  # noqa: ANN202
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.evaluation import EvaluationRefused, parse_job_ref
-    from engine.evaluate.service import EvaluationError
-    from storage.db import make_engine, upgrade
-
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     db = make_engine(settings.db_url)
@@ -68,9 +70,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
-    from bot.backends import Serving
-    from engine.evaluate.service import evaluate_job
-
     serving = Serving(settings, db)  # the in-process backend on BASE_MODEL and the adapter key
     return evaluate_job(
         db,
@@ -84,23 +83,17 @@ def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN
 
 
 def _evaluate_and_post(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
-    from bot.ab_rounds import install as install_ab
-    from bot.evaluation import install
-    from bot.services import Services
-    from bot.slack_api import make_client
-
+    # no scheduler: the bot's closes A/B rounds at their deadline
     services = Services.build(settings, db, make_client(settings.slack_bot_token, settings.slack_api_url))
-    install_ab(services, start_scheduler=False)  # the bot's scheduler closes rounds at their deadline
-    service = install(services, config=config, probes=probes)
-    return service.run(job_id, background_ab=False)
+    services.evaluations.config = config
+    services.evaluations.probes = probes
+    return services.evaluations.run(job_id, background_ab=False)
 
 
 def print_summary(result) -> None:  # noqa: ANN001
     """The verdict, its reasons and the metric table, for a terminal."""
     from rich.console import Console
     from rich.table import Table
-
-    from engine.evaluate.report import VERDICT_TEXT, metric_rows
 
     report = result.report
     console = Console()

@@ -7,7 +7,19 @@ import signal
 import sys
 import threading
 
+from sqlalchemy.engine import Engine
+
+from bot.services import Services
 from bot.settings import ConfigError, Settings
+from bot.slack_api import make_client
+from engine.basemodel import ensure_base_model
+from engine.dataset.build import build_snapshot
+from engine.jobs.runners import runner_for
+from engine.jobs.submit import SubmitError, describe, parse_overrides, submit_training
+from engine.jobs.worker import Worker
+from storage.db import make_engine, session_scope, upgrade
+from storage.jobs import TransitionError, get_job, list_events, list_jobs, request_cancel
+from storage.models import DatasetSnapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,39 +46,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(settings: Settings):  # noqa: ANN202
-    from storage.db import make_engine, upgrade
-
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     return make_engine(settings.db_url)
 
 
-def make_observer(settings: Settings, db):  # noqa: ANN001, ANN201
-    """Slack progress when a bot token is set; none otherwise (the CLI prints instead)."""
+def worker_services(settings: Settings, db: Engine) -> Services | None:
+    """The worker's services when a bot token is set (job progress in Slack, and evaluation of
+    each job that succeeds), built once: one :class:`bot.backends.Serving` for the worker's
+    lifetime, so the base model is loaded once however many jobs it evaluates. None without a
+    token (the CLI prints instead). A/B rounds it starts are closed by the bot's scheduler sweep,
+    so no scheduler runs here."""
     if not settings.slack_bot_token:
         return None
-    from bot.slack_api import make_client
-    from bot.training import SlackJobObserver
-
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
-
-    def after_success(job_id: int) -> None:
-        try:
-            from bot.evaluation import evaluate_finished_job
-        except ImportError:
-            return
-        evaluate_finished_job(settings, db, client, job_id)
-
-    return SlackJobObserver(client, on_succeeded=after_success)
+    return Services.build(settings, db, client)
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.jobs.runners import runner_for
-    from engine.jobs.worker import Worker
-
     db = _db(settings)
+    services = worker_services(settings, db)
     worker = Worker(db, settings.home, runner_for(settings.ray_address or None), lease_seconds=args.lease,
-                    poll_seconds=args.poll, observer=make_observer(settings, db))
+                    poll_seconds=args.poll, observer=services.job_observer if services else None)
     if args.once:
         ran = worker.run_once()
         print("Ran one job." if ran else "No job was queued.")
@@ -81,12 +82,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.basemodel import ensure_base_model
-    from engine.dataset.build import build_snapshot
-    from engine.jobs.submit import SubmitError, describe, parse_overrides, submit_training
-    from storage.db import session_scope
-    from storage.models import DatasetSnapshot
-
     db = _db(settings)
     base = ensure_base_model(settings.home, settings.base_model)
     try:
@@ -110,9 +105,6 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from storage.db import session_scope
-    from storage.jobs import list_jobs
-
     with session_scope(_db(settings)) as session:
         rows = list_jobs(session=session, limit=30)
     table = Table(title="Training jobs")
@@ -127,9 +119,6 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.db import session_scope
-    from storage.jobs import get_job, list_events
-
     with session_scope(_db(settings)) as session:
         job = get_job(session=session, job_id=args.job)
         if job is None:
@@ -155,9 +144,6 @@ def describe_event(message: str, metrics: dict) -> str:
 
 
 def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.db import session_scope
-    from storage.jobs import TransitionError, get_job, request_cancel
-
     with session_scope(_db(settings)) as session:
         job = get_job(session=session, job_id=args.job)
         if job is None:

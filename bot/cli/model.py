@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bot.settings import ConfigError, Settings
+from engine.basemodel import BaseModelError, ensure_base_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.basemodel import BaseModelError, ensure_base_model
-
     try:
         path = ensure_base_model(settings.home, settings.base_model)
     except BaseModelError as exc:

@@ -1,11 +1,27 @@
-"""``threadtune serve``: the Slack bot (Socket Mode with SLACK_APP_TOKEN, else HTTP)."""
+"""``threadtune serve``: the Slack bot (Socket Mode with SLACK_APP_TOKEN, else HTTP).
+
+On SIGTERM (or Ctrl-C) the bot stops taking requests and new work, gives answers in progress
+SHUTDOWN_GRACE_S seconds to finish, marks the rest interrupted (message and audit row) and exits 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 
+from slack_bolt import App
+
+from bot.app import create_app
+from bot.home import refresh_all
+from bot.logs import install_redaction
+from bot.scheduler import BotScheduler, start_ab_deadlines
+from bot.server import serve_http, serve_socket_mode
+from bot.services import Services
 from bot.settings import Settings
+from bot.slack_api import make_client
+from storage.db import make_engine, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -17,29 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=run)
 
 
-def build_runtime(settings: Settings):  # noqa: ANN201
-    """Everything ``serve`` needs, built from settings: database, Slack client, services, app."""
-    from bot.app import create_app
-    from bot.services import Services
-    from bot.slack_api import make_client
-    from storage.db import make_engine, upgrade
-
+def build_runtime(settings: Settings) -> tuple[Services, App]:
+    """Everything ``serve`` needs, built from settings: database, Slack client, services (with the
+    scheduler started and open A/B deadlines re-armed), app."""
     settings.require_slack()
     upgrade(settings.db_url)
     db = make_engine(settings.db_url)
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
-    services = Services.build(settings, db, client)
-    from bot.ab_rounds import install as install_ab_rounds
-
-    rounds = install_ab_rounds(services)  # A/B round service + scheduler: re-arms deadlines, closes overdue rounds
-    from bot.backends import shared
-    from bot.home import refresh_all
-
-    rounds.on_closed.append(lambda: refresh_all(services))
-    shared(services).on_change(lambda: refresh_all(services))
-    from bot.cli.jobs import make_observer
-
-    services.extras["job_observer"] = make_observer(settings, db)
+    services = Services.build(settings, db, client, scheduler=BotScheduler())
+    assert services.scheduler is not None
+    # re-arms open A/B deadlines; overdue rounds close at once
+    start_ab_deadlines(services.scheduler, services.rounds)
+    services.rounds.on_closed.append(lambda: refresh_all(services))
+    services.serving.on_change(lambda: refresh_all(services))
     if not settings.threadtune_encryption_key:
         log.warning("THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear")
     if not settings.curators:
@@ -48,14 +54,25 @@ def build_runtime(settings: Settings):  # noqa: ANN201
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.logs import install_redaction
-    from bot.server import serve_http, serve_socket_mode
-
     install_redaction()
     services, bolt = build_runtime(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        log.info("%s received: finishing the work in progress, then exiting", name)
+        services.work.close()  # new /ask questions are told at once that the bot is restarting
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     if settings.socket_mode:
-        serve_socket_mode(bolt, settings.slack_app_token)
+        serve_socket_mode(bolt, settings.slack_app_token, stop)
     else:
         serve_http(bolt, services.db, signing_secret=settings.slack_signing_secret,
-                   host=args.host, port=args.port)
+                   host=args.host, port=args.port, stop=stop)
+    if not stop.is_set():
+        return 1  # the server ended by itself (the port was taken, say): uvicorn logged why
+    services.shutdown()
+    log.info("threadtune stopped")
     return 0

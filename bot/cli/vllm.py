@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 from bot.settings import ConfigError, Settings
+from engine.basemodel import BaseModelError, ensure_base_model
+from engine.serving.vllm import ServingError
+from engine.serving.vllm_server import shell_line, vllm_command, vllm_env
 
 SUFFIX = ".enc"  # encrypted registry files (engine.registry.crypto)
 
@@ -59,10 +62,6 @@ def registered_adapters(home: Path) -> tuple[list[Path], list[Path]]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.basemodel import BaseModelError, ensure_base_model
-    from engine.serving.vllm import ServingError
-    from engine.serving.vllm_server import shell_line, vllm_command, vllm_env
-
     try:
         base = ensure_base_model(settings.home, settings.base_model)
     except BaseModelError as exc:

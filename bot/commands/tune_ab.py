@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.ab_rounds import DEFAULT_PAIRS, MAX_PAIRS, MIN_PAIRS, RoundRefused, rounds
+from bot.ab_rounds import DEFAULT_PAIRS, MAX_PAIRS, MIN_PAIRS, RoundRefused
 from bot.payloads import Command
 from bot.services import Services
 
@@ -19,7 +19,7 @@ def ab(command: Command, services: Services, ack: Callable, respond: Callable) -
         ack(text=USAGE)
         return
     pairs = int(args[1]) if len(args) == 2 else DEFAULT_PAIRS
-    service = rounds(services)
+    service = services.rounds
     try:
         plan = service.plan(args[0], channel=command.channel, requested_by=command.user, pairs=pairs)
     except RoundRefused as refusal:

@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from bot.backends import shared
 from bot.blocks.models import ModelRow, models_blocks, models_text
 from bot.payloads import Command
 from bot.services import Services
@@ -43,7 +42,7 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
     if len(args) != 1:
         ack(text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`).")
         return
-    serving = shared(services)
+    serving = services.serving
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
@@ -59,7 +58,7 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
 
 
 def rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
-    serving = shared(services)
+    serving = services.serving
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return

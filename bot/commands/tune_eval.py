@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bot.blocks.evaluation import started_text
-from bot.evaluation import EvaluationRefused, evaluations
+from bot.evaluation import EvaluationRefused
 from bot.payloads import Command
 from bot.services import Services
 
@@ -18,7 +18,7 @@ def evaluate(command: Command, services: Services, ack: Callable, respond: Calla
     if len(args) != 1:
         ack(text=USAGE)
         return
-    service = evaluations(services)
+    service = services.evaluations
     try:
         inputs = service.check(args[0])
     except EvaluationRefused as refusal:

@@ -109,7 +109,7 @@ def cancel(command: Command, services: Services, ack: Callable, respond: Callabl
             return
         jobs_q.add_event(session=session, job_id=job_id, level="warning", message=f"cancelled by {command.user}")
     ack(text=f"Job {job_id} is cancelled; a running worker stops it at its next checkpoint.")
-    observer = services.extras.get("job_observer")
+    observer = services.job_observer
     if observer is not None:
         with session_scope(services.db) as session:
             observer.on_state(jobs_q.get_job(session=session, job_id=job_id))

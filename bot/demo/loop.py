@@ -14,7 +14,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from sqlmodel import select
 
+from bot import ids
+from engine.evaluate.report import metric_rows
+from engine.evaluate.run import load_probes
+from engine.jobs.runners import LocalRunner
+from engine.jobs.worker import Worker
+from storage import ab
+from storage.datasets import latest_snapshot
 from storage.db import session_scope
+from storage.models import ABPair, ABRound, Job
+from storage.registry import deployed_model
 
 QUICK_TRAIN = "max_steps=6 max_length=256 eval_steps=3 save_steps=3"
 FULL_TRAIN = "max_steps=24 max_length=384 eval_steps=8 save_steps=8"
@@ -95,8 +104,6 @@ class Loop:
     # -- steps ----------------------------------------------------------------------------------
 
     def snapshot(self):  # noqa: ANN201
-        from storage.datasets import latest_snapshot
-
         self.c.print("\n[bold]4. /tune dataset build[/bold] — validate, de-duplicate, split by thread")
         self.slack.slash(self.admin, self.channel, "/tune", "dataset build")
         reply = wait_for(lambda: [e for e in self.slack.ephemerals(user=self.admin) if "snapshot #" in e.get("text", "")], 300)
@@ -109,10 +116,6 @@ class Loop:
         return snapshot
 
     def train(self):  # noqa: ANN201
-        from engine.jobs.runners import LocalRunner
-        from engine.jobs.worker import Worker
-        from storage.models import Job
-
         settings = QUICK_TRAIN if self.quick else FULL_TRAIN
         self.c.print(f"\n[bold]5. /tune train {settings}[/bold] — QLoRA on SmolLM2-135M, on this CPU")
         self.slack.slash(self.admin, self.channel, "/tune", f"train {settings}")
@@ -127,7 +130,7 @@ class Loop:
             self.checks["job succeeded"] = False
             self.c.print("   [red]no job was queued[/red]: " + "; ".join(e["text"] for e in self.slack.ephemerals(user=self.admin)[-2:]))
             return None
-        slack_observer = self.services.extras.get("job_observer")
+        slack_observer = self.services.job_observer
         if slack_observer is not None:
             slack_observer.on_succeeded = None  # the demo runs the evaluation itself, narrated
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -143,12 +146,8 @@ class Loop:
         return job
 
     def evaluate(self, job):  # noqa: ANN001, ANN201
-        from bot.evaluation import evaluations
-        from engine.evaluate.report import metric_rows
-        from engine.evaluate.run import load_probes
-
         self.c.print("\n[bold]6. Evaluation[/bold] — base vs candidate on the held-out test split")
-        service = evaluations(self.services)
+        service = self.services.evaluations
         service.auto_ab = False  # the demo starts its own round next, to narrate it
         if self.quick:
             service.probes = load_probes()[:6]
@@ -177,10 +176,6 @@ class Loop:
         return result.model
 
     def ab_round(self, job, model) -> None:  # noqa: ANN001
-        from bot.ab_rounds import rounds
-        from storage import ab
-        from storage.models import ABPair, ABRound
-
         self.c.print("\n[bold]7. Blind A/B round[/bold] — simulated teammates vote in the channel")
         pairs = 4 if self.quick else 8
         reply = self.slack.slash(self.admin, self.channel, "/tune", f"ab {job.id} {pairs}")
@@ -215,7 +210,8 @@ class Loop:
                 clicks += 1
         self.slack.wait_idle()
         time.sleep(1.0)
-        rounds(self.services).close(rnd.id, "deadline")  # the demo fast-forwards the 24-hour deadline
+        # the demo fast-forwards the 24-hour deadline
+        self.services.rounds.close(rnd.id, "deadline")
         with session_scope(self.services.db) as s:
             closed = ab.get_round(session=s, round_id=rnd.id)
             result = closed.result or {}
@@ -228,8 +224,6 @@ class Loop:
         self.checks["A/B round closed"] = closed.status == "closed"
 
     def deploy(self, model) -> bool:  # noqa: ANN001
-        from storage.registry import deployed_model
-
         self.c.print(f"\n[bold]8. /tune deploy {model.name}[/bold] — load, probe, switch /ask to it")
         reply = self.slack.slash(self.admin, self.channel, "/tune", f"deploy {model.name}")
         self.c.print("   " + _text_of(reply.body)[:200])
@@ -273,8 +267,6 @@ class Loop:
 def _simulated_choice(a: str, b: str, rng: random.Random) -> str:
     """A teammate who mostly prefers the answer in the team's house style (it names the team's
     tools or signs off), else the longer, more specific one; sometimes a tie."""
-    from bot import ids
-
     def score(text: str) -> float:
         words = ("shipit", "flagpole", "vaultkeeper", "go/", "ping #")
         return sum(w in text.lower() for w in words) + min(len(text), 400) / 400

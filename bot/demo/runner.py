@@ -18,8 +18,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bot.cli.serve import build_runtime
+from bot.demo.content import load_workspace
+from bot.emulator import Emulator
+from bot.logs import install_redaction
+from bot.server import serve_http
 from bot.settings import Settings
 from engine.net import free_port, wait_healthy
+from storage.db import session_scope
+from storage.models import Example
 
 SIGNING_SECRET = "demo-signing-secret-3e9b"
 CURATE, REJECT = "white_check_mark", "x"
@@ -48,11 +55,6 @@ class Demo:
     # -- set-up ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from bot.cli.serve import build_runtime
-        from bot.demo.content import load_workspace
-        from bot.emulator import Emulator
-        from bot.server import serve_http
-
         if self.out.exists():
             shutil.rmtree(self.out)
         home = self.out / "home"
@@ -78,7 +80,6 @@ class Demo:
                 # short answers keep a CPU demo moving; a real deployment keeps the default
                 "ask_max_new_tokens": 128 if self.quick else 256,
             })
-            from bot.logs import install_redaction
 
             install_redaction()
             services, bolt = build_runtime(settings)
@@ -101,6 +102,7 @@ class Demo:
                 self._write_transcript(slack)
                 stop.set()
                 server.join(timeout=10)
+                services.shutdown()
         c.rule("[bold green]demo finished")
         c.print(f"Transcript, log and outputs: [bold]{self.out}/[/bold]")
         ok = self.result.examples > 0 and all(self.result.checks.values())
@@ -141,9 +143,6 @@ class Demo:
     def _curate(self, slack, workspace, services) -> None:  # noqa: ANN001
         from rich.progress import track
         from sqlmodel import select
-
-        from storage.db import session_scope
-        from storage.models import Example
 
         c = self.console
         c.print("[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a thread)")

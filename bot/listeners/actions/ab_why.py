@@ -1,4 +1,3 @@
-from bot.ab_rounds import rounds
 from bot.payloads import BlockAction
 
 
@@ -6,7 +5,7 @@ def ab_why(ack, body, respond, client, context) -> None:  # noqa: ANN001
     """*why?* on an A/B pair: open the comment modal (or say why not)."""
     ack()
     click = BlockAction.parse(body)
-    modal = rounds(context["services"]).why(click.user, click.int_value())
+    modal = context["services"].rounds.why(click.user, click.int_value())
     if isinstance(modal, str):
         respond(text=modal, response_type="ephemeral", replace_original=False)
     else:

@@ -1,12 +1,11 @@
-"""``/ask <question>``: acknowledge at once, answer in the channel from a background thread."""
+"""``/ask <question>``: acknowledge at once, answer in the channel from the worker pool."""
 
-from bot.ask import asking
 from bot.payloads import Command
 
 
 def ask(ack, body, respond, context) -> None:  # noqa: ANN001
     command = Command.parse(body)
-    service = asking(context["services"])
+    service = context["services"].ask
     request = service.accept(command)
     if isinstance(request, str):  # usage or the rate limit: an ephemeral sentence
         ack(text=request)

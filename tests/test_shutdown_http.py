@@ -1,0 +1,119 @@
+"""SIGTERM while ``/ask`` is answering: a real ``threadtune serve`` over HTTP with signed requests,
+the emulator as Slack, and a slow stand-in for a vLLM server (VLLM_URL) so that "answering" takes
+as long as the test says. The bot must exit 0 with every answer either posted or marked
+interrupted, and every audit row complete."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlmodel import select
+
+from storage.db import make_engine, session_scope
+from storage.models import AskLog
+from tests.botproc import workspace_with_bot
+
+ANSWER = "Rotate it in the vault, then restart the service."
+
+
+class SlowVLLM:
+    """``POST /v1/chat/completions`` answered after ``delay`` seconds (what vLLM would say)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.requests = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.set()
+                time.sleep(outer.delay)
+                body = json.dumps(
+                    {
+                        "choices": [{"message": {"content": ANSWER}, "finish_reason": "stop"}],
+                        "usage": {"completion_tokens": 12},
+                    }
+                ).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the bot has gone: nobody is listening
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait(predicate, timeout: float):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:.0f} s")
+
+
+@pytest.mark.parametrize(
+    ("delay", "grace", "finished"),
+    [(3.0, 20.0, True), (60.0, 1.0, False)],
+    ids=["finishes-within-the-grace", "interrupted-after-the-grace"],
+)
+def test_sigterm_during_a_slow_answer_finishes_it_or_marks_it_interrupted(
+    tmp_path, delay, grace, finished
+):
+    vllm = SlowVLLM(delay)
+    url = f"sqlite:///{tmp_path / 'threadtune.db'}"
+    env = {"VLLM_URL": vllm.url, "ASK_SEMANTIC_THRESHOLD": "0", "SHUTDOWN_GRACE_S": str(grace)}
+    try:
+        with workspace_with_bot(tmp_path, url, **env) as (slack, proc, log, _port):
+            reply = slack.slash(
+                "UASK", "CHELP", "/ask", "How do I rotate the staging database password?"
+            )
+            assert reply.status == 200
+            assert vllm.requests.wait(30), log.read_text()[-3000:]  # it is generating now
+            placeholder = wait(lambda: slack.messages("CHELP"), 10)[0]
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=grace + 30) == 0, log.read_text()[-3000:]
+            took = time.monotonic() - stopped
+            messages = slack.messages("CHELP")
+        assert (
+            len(messages) == 1 and messages[0]["ts"] == placeholder["ts"]
+        )  # edited, not re-posted
+        shown = (
+            json.dumps(messages[0].get("blocks") or [], ensure_ascii=False) + messages[0]["text"]
+        )
+        assert "Thinking…" not in shown and "thinking…" not in shown
+        db = make_engine(url)
+        with session_scope(db) as s:
+            rows = list(s.exec(select(AskLog)).all())
+        db.dispose()
+        assert len(rows) == 1
+        row = rows[0]
+        assert row.message_ts == placeholder["ts"] and row.latency_ms > 0  # written when settled
+        if finished:
+            assert ANSWER in shown and row.answer == ANSWER and not row.error and took < grace
+        else:
+            assert "interrupted" in shown and "ask again" in shown
+            assert "interrupted" in row.error and not row.answer and took < delay
+    finally:
+        vllm.close()
