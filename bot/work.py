@@ -92,3 +92,15 @@ class Workers:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+
+
+RESTARTING = "I'm restarting right now, so I couldn't start that; please try again in a minute."
+
+
+def start(work: Workers, tell: Callable[[str], Any], fn: Callable[..., Any], /, *args: Any) -> None:
+    """Run ``fn(*args)`` on ``work``; when the process is stopping, ``tell`` the person so instead
+    of leaving their slash command without an answer."""
+    try:
+        work.submit(fn, *args)
+    except ShuttingDown:
+        tell(RESTARTING)

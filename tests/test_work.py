@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlmodel import select
 
-from bot.work import ShuttingDown, Workers
+from bot.work import RESTARTING, ShuttingDown, Workers, start
 
 
 def test_the_pool_runs_at_most_size_tasks_at_once_and_all_of_them_in_the_end():
@@ -48,6 +48,17 @@ def test_a_closed_pool_takes_no_new_work_but_finishes_what_it_has():
     assert not pool.wait(0.2)  # the bounded wait gives up while work is in progress
     gate.set()
     assert pool.wait(5) and first.result() is True and queued.result() == "queued ran"
+
+
+def test_slow_slash_command_work_runs_on_the_pool_and_says_so_when_the_bot_is_stopping():
+    pool = Workers(1, "tune")
+    told: list[str] = []
+    done = threading.Event()
+    start(pool, told.append, done.set)
+    assert done.wait(5) and told == []
+    pool.close()
+    start(pool, told.append, done.set)
+    assert told == [RESTARTING]
 
 
 def test_a_failing_task_does_not_take_a_thread_with_it():

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from bot.blocks.dataset import dataset_blocks, snapshot_lines
 from bot.payloads import Command
 from bot.services import Services
+from bot.work import start
 from engine.basemodel import ensure_base_model
 from engine.dataset.build import build_snapshot, read_manifest
 from storage.curation import curation_stats
@@ -38,8 +38,8 @@ def dataset(command: Command, services: Services, ack: Callable, respond: Callab
     words = command.words[1:]
     if words and words[0] == "build":
         ack(text="Building a dataset snapshot… I'll post the result here.")
-        threading.Thread(target=_build, args=(command, services, respond), daemon=True,
-                         name="dataset-build").start()
+        tell = lambda text: respond(text=text, response_type="ephemeral")
+        start(services.work, tell, _build, command, services, respond)
         return
     with session_scope(services.db) as session:
         stats = curation_stats(session=session)

@@ -7,12 +7,12 @@ acknowledged at once and the result follows as an ephemeral message to the admin
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from bot.blocks.models import ModelRow, models_blocks, models_text
 from bot.payloads import Command
 from bot.services import Services
+from bot.work import start
 from storage import registry
 from storage.db import session_scope
 
@@ -25,7 +25,9 @@ def models(command: Command, services: Services, ack: Callable, respond: Callabl
     ack(text=models_text(rows), blocks=models_blocks(rows))
 
 
-def _in_background(name: str, work: Callable[[], str], respond: Callable) -> None:
+def _in_background(
+    services: Services, name: str, work: Callable[[], str], respond: Callable
+) -> None:
     def run() -> None:
         try:
             text = work()
@@ -34,7 +36,7 @@ def _in_background(name: str, work: Callable[[], str], respond: Callable) -> Non
             text = f"Sorry, `/tune {name}` failed on my side; an admin can find the details in the bot's log."
         respond(text=text, response_type="ephemeral")
 
-    threading.Thread(target=run, name=f"tune-{name}", daemon=True).start()
+    start(services.work, lambda text: respond(text=text, response_type="ephemeral"), run)
 
 
 def deploy(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
@@ -54,7 +56,7 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
         return
     ack(text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out questions. "
              "I'll tell you here when it's done; /ask keeps answering meanwhile.")
-    _in_background("deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
+    _in_background(services, "deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
 
 
 def rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
@@ -63,4 +65,4 @@ def rollback(command: Command, services: Services, ack: Callable, respond: Calla
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
     ack(text="Rolling back to the previously deployed model (probing it again first). I'll tell you here when it's done.")
-    _in_background("rollback", lambda: serving.rollback(by_user=command.user).message, respond)
+    _in_background(services, "rollback", lambda: serving.rollback(by_user=command.user).message, respond)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
@@ -14,6 +13,7 @@ from bot.commands.tune_dataset import build_snapshot_for
 from bot.payloads import Command
 from bot.services import Services
 from bot.slack_api import explain
+from bot.work import start
 from engine.basemodel import ensure_base_model
 from engine.jobs.submit import SubmitError, parse_overrides, submit_training
 from storage import jobs as jobs_q
@@ -30,8 +30,8 @@ def train(command: Command, services: Services, ack: Callable, respond: Callable
         ack(text=str(exc))
         return
     ack(text="Preparing a training job: building the dataset snapshot and checking the settings…")
-    threading.Thread(target=queue_training, args=(command, services, overrides, respond), daemon=True,
-                     name="tune-train").start()
+    tell = lambda text: respond(text=text, response_type="ephemeral")
+    start(services.work, tell, queue_training, command, services, overrides, respond)
 
 
 def queue_training(command: Command, services: Services, overrides: dict[str, str], respond: Callable) -> int | None:
