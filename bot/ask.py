@@ -577,8 +577,8 @@ class AskService:
         with entry.lock:
             if entry.settling:
                 return
-            entry.next_tick = time.monotonic() + self.config.progress_interval
             if self.progress_budget.allow("progress") is not None:
+                entry.next_tick = time.monotonic() + self.config.progress_interval
                 return
             try:
                 self.client.chat_update(
@@ -588,6 +588,9 @@ class AskService:
                         request.user, request.question, time.monotonic() - request.accepted)])
             except SlackApiError as exc:  # progress is a courtesy: the answer still comes
                 log.debug("progress update for ask %s failed: %s", request.ask_id, explain(exc))
+            # the interval counts from the end of this edit: a slow call followed at once by the
+            # next would reach Slack less than a second apart
+            entry.next_tick = time.monotonic() + self.config.progress_interval
 
     # -- feedback ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from bot.work import RESTARTING, ShuttingDown, Workers, start
 
 
 def test_the_pool_runs_at_most_size_tasks_at_once_and_all_of_them_in_the_end():
-    pool = Workers(3, "test")
+    pool = Workers(3, "bounded")
     running, most, lock = 0, 0, threading.Lock()
     gate = threading.Event()
 
@@ -31,7 +31,7 @@ def test_the_pool_runs_at_most_size_tasks_at_once_and_all_of_them_in_the_end():
     futures = [pool.submit(task, i) for i in range(10)]
     time.sleep(0.3)  # every thread the pool may start has picked up a task by now
     assert most == 3 and sum(f.running() for f in futures) == 3
-    assert len([t for t in threading.enumerate() if t.name.startswith("test-")]) == 3
+    assert len([t for t in threading.enumerate() if t.name.startswith("bounded-")]) == 3
     gate.set()
     assert pool.wait(10)
     assert [f.result() for f in futures] == list(range(10)) and most == 3
