@@ -127,7 +127,8 @@ def stored_summary(*, session: Session) -> dict[str, Any]:
     ).first()
     current = session.exec(select(func.count()).select_from(Example).where(Example.status == "active")).one()
     missing = session.exec(
-        select(func.count()).select_from(Example)
+        select(func.count())
+        .select_from(Example)
         .outerjoin(RetrievalVector, RetrievalVector.example_id == Example.id)  # type: ignore[arg-type]
         .where(Example.status == "active", RetrievalVector.example_id.is_(None))  # type: ignore[union-attr]
     ).one()
