@@ -33,7 +33,13 @@ class Origin:
         if source == "import" or channel == IMPORT_CHANNEL:
             name, _, line = thread_ts.rpartition(":")
             if name and line.isdigit():
-                return cls(channel=channel, thread_ts=thread_ts, message_ts=message_ts, file=name, line=int(line))
+                return cls(
+                    channel=channel,
+                    thread_ts=thread_ts,
+                    message_ts=message_ts,
+                    file=name,
+                    line=int(line),
+                )
         return cls(channel=channel, thread_ts=thread_ts, message_ts=message_ts)
 
     @property
@@ -97,10 +103,15 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(**{k: data[k] for k in ("level", "rule", "where", "message") }, example=data.get("example", ""))
+        return cls(
+            **{k: data[k] for k in ("level", "rule", "where", "message")},
+            example=data.get("example", ""),
+        )
 
 
-def finding(level: str, rule: str, entry: Entry | None, message: str, workspace_url: str = "") -> Finding:
+def finding(
+    level: str, rule: str, entry: Entry | None, message: str, workspace_url: str = ""
+) -> Finding:
     """A finding about ``entry`` (or about the whole dataset when ``entry`` is None)."""
     if entry is None:
         return Finding(level, rule, "dataset", message)

@@ -79,8 +79,13 @@ class Runner(Protocol):
 
 
 def _program_env() -> dict[str, str]:
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 # -- local ----------------------------------------------------------------------------------------
@@ -140,7 +145,9 @@ class LocalRunner:
 
     name = "local"
 
-    def __init__(self, python: str = sys.executable, module: str = PROGRAM, grace_s: float = CANCEL_GRACE_S):
+    def __init__(
+        self, python: str = sys.executable, module: str = PROGRAM, grace_s: float = CANCEL_GRACE_S
+    ):
         self.python = python
         self.module = module
         self.grace_s = grace_s
@@ -150,9 +157,18 @@ class LocalRunner:
         stderr_path = run_dir / "stderr.log"
         cmd = [self.python, "-m", self.module, str(run_dir)] + (["--resume"] if resume else [])
         with stderr_path.open("a") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                                    cwd=ROOT, env={**os.environ, **_program_env()}, start_new_session=True,
-                                    bufsize=1, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, **_program_env()},
+                start_new_session=True,
+                bufsize=1,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         return LocalHandle(proc, stderr_path, self.grace_s)
 
 
@@ -174,7 +190,11 @@ class RayHandle:
     def _finished(self) -> bool:
         from ray.job_submission import JobStatus
 
-        return self.client.get_job_status(self.job_id) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        return self.client.get_job_status(self.job_id) in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+        }
 
     def events(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -185,7 +205,9 @@ class RayHandle:
             start = self._consumed
             end = len(text) if finished else text.rfind("\n", start) + 1
             for line in text[start:end].splitlines(keepends=True):
-                self._consumed += len(line)  # before yielding: a caller that stops early resumes after it
+                self._consumed += len(
+                    line
+                )  # before yielding: a caller that stops early resumes after it
                 if line.strip():
                     yield parse_line(line)
             if finished:
@@ -226,8 +248,14 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, address: str, python: str = sys.executable, module: str = PROGRAM,
-                 grace_s: float = CANCEL_GRACE_S, poll_s: float = 0.5):
+    def __init__(
+        self,
+        address: str,
+        python: str = sys.executable,
+        module: str = PROGRAM,
+        grace_s: float = CANCEL_GRACE_S,
+        poll_s: float = 0.5,
+    ):
         self.address = address
         self.python = python
         self.module = module

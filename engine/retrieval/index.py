@@ -263,11 +263,19 @@ class Index:
             else:
                 fresh.append((example.id, entry))
         vectors = self.embedder.embed([e.question for _, e in fresh])
-        q.save_vectors(session=session, rows=[
-            {"example_id": example_id, "model": model, "dimension": dimension,
-             "text_hash": text_hash(model, entry.question), "vector": vector.astype("<f4").tobytes()}
-            for (example_id, entry), vector in zip(fresh, vectors, strict=True)
-        ])
+        q.save_vectors(
+            session=session,
+            rows=[
+                {
+                    "example_id": example_id,
+                    "model": model,
+                    "dimension": dimension,
+                    "text_hash": text_hash(model, entry.question),
+                    "vector": vector.astype("<f4").tobytes(),
+                }
+                for (example_id, entry), vector in zip(fresh, vectors, strict=True)
+            ],
+        )
         for (example_id, entry), vector in zip(fresh, vectors, strict=True):
             entries[example_id] = _with_vector(entry, vector)
         q.drop_stale_vectors(session=session)
@@ -275,14 +283,30 @@ class Index:
         self._snapshot = _Snapshot(ordered, visibility, dimension)
         self._entries, self._versions, self._fingerprint = entries, versions, fingerprint
         self._last_sync = utcnow()
-        return SyncReport(changed=True, added=added, updated=updated, removed=len(gone),
-                          embedded=len(fresh), reused=reused, skipped=skipped,
-                          examples=len(ordered), seconds=time.perf_counter() - started)
+        return SyncReport(
+            changed=True,
+            added=added,
+            updated=updated,
+            removed=len(gone),
+            embedded=len(fresh),
+            reused=reused,
+            skipped=skipped,
+            examples=len(ordered),
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _with_vector(entry: _Entry, vector: np.ndarray) -> _Entry:
-    return _Entry(entry.example_id, entry.channel, entry.thread_ts, entry.source, entry.question,
-                  entry.answer, np.asarray(vector, dtype=np.float32), entry.tokens)
+    return _Entry(
+        entry.example_id,
+        entry.channel,
+        entry.thread_ts,
+        entry.source,
+        entry.question,
+        entry.answer,
+        np.asarray(vector, dtype=np.float32),
+        entry.tokens,
+    )
 
 
 def stored_stats(*, session: Session, model: str = MINILM, dimension: int = 384) -> IndexStats:
@@ -294,5 +318,10 @@ def stored_stats(*, session: Session, model: str = MINILM, dimension: int = 384)
         (model, dimension), count = max(vectors.items(), key=lambda item: item[1])
     else:
         count = 0
-    return IndexStats(examples=count, model=model, dimension=dimension,
-                      last_sync=summary["last_indexed"], pending=summary["missing"])
+    return IndexStats(
+        examples=count,
+        model=model,
+        dimension=dimension,
+        last_sync=summary["last_indexed"],
+        pending=summary["missing"],
+    )
