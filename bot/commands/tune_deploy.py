@@ -40,7 +40,9 @@ def _in_background(name: str, work: Callable[[], str], respond: Callable) -> Non
 def deploy(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     args = command.words[1:]
     if len(args) != 1:
-        ack(text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`).")
+        ack(
+            text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`)."
+        )
         return
     serving = services.serving
     if serving.busy():
@@ -52,8 +54,10 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
     if name is None:
         ack(text=f"I don't know a model called `{args[0]}`; `/tune models` lists them.")
         return
-    ack(text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out questions. "
-             "I'll tell you here when it's done; /ask keeps answering meanwhile.")
+    ack(
+        text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out questions. "
+        "I'll tell you here when it's done; /ask keeps answering meanwhile."
+    )
     _in_background("deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
 
 
@@ -62,5 +66,7 @@ def rollback(command: Command, services: Services, ack: Callable, respond: Calla
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
-    ack(text="Rolling back to the previously deployed model (probing it again first). I'll tell you here when it's done.")
+    ack(
+        text="Rolling back to the previously deployed model (probing it again first). I'll tell you here when it's done."
+    )
     _in_background("rollback", lambda: serving.rollback(by_user=command.user).message, respond)

@@ -24,5 +24,9 @@ def evaluate(command: Command, services: Services, ack: Callable, respond: Calla
     except EvaluationRefused as refusal:
         ack(text=f"I can't evaluate that: {refusal}")
         return
-    ack(text=started_text(inputs.job_id, len(inputs.test_rows), bool(inputs.channel and inputs.status_ts)))
+    ack(
+        text=started_text(
+            inputs.job_id, len(inputs.test_rows), bool(inputs.channel and inputs.status_ts)
+        )
+    )
     service.launch(inputs, requested_by=command.user, channel=command.channel)
