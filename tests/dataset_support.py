@@ -34,13 +34,29 @@ def tokenizer_folder(folder: Path) -> Path:
     return folder
 
 
-def entry(key: str, user: str, answer: str, *, channel: str = "C1", thread: str | None = None,
-          curators: tuple[str, ...] = ("U1",), system: str | None = None, created=None) -> Entry:
+def entry(
+    key: str,
+    user: str,
+    answer: str,
+    *,
+    channel: str = "C1",
+    thread: str | None = None,
+    curators: tuple[str, ...] = ("U1",),
+    system: str | None = None,
+    created=None,
+) -> Entry:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
     thread = thread or f"{key}.0"
-    return Entry(key=f"{channel}/{key}", messages=messages, origin=Origin(channel, thread, f"{key}.5"),
-                 curators=curators, created_at=created)
+    return Entry(
+        key=f"{channel}/{key}",
+        messages=messages,
+        origin=Origin(channel, thread, f"{key}.5"),
+        curators=curators,
+        created_at=created,
+    )
 
 
 def text(rng: random.Random, n: int) -> str:

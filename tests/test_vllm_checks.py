@@ -304,8 +304,13 @@ class _AdapterServer(http.server.BaseHTTPRequestHandler):
             self.loaded.pop(body["lora_name"], None)
             return self._send(200, {})
         self.calls.append(("ask", body["model"]))
-        self._send(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
-                         "usage": {"completion_tokens": 2}})
+        self._send(
+            200,
+            {
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 2},
+            },
+        )
 
     def log_message(self, *args):
         pass
@@ -347,8 +352,9 @@ def test_the_deploy_and_the_vllm_client_run_the_same_checks(models, tmp_path):
     from engine.serving.adapters import adapter_problems
 
     for name in ("good", "r32", "foreign"):
-        assert check_adapter(models[name], models["base"], 16) == \
-            adapter_problems(models[name], models["base"], 16)
+        assert check_adapter(models[name], models["base"], 16) == adapter_problems(
+            models[name], models["base"], 16
+        )
     # the stricter rules win for both: a per-module rank_pattern counts (the deploy read only r)
     patterned = tmp_path / "patterned"
     shutil.copytree(models["good"], patterned)

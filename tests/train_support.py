@@ -44,18 +44,37 @@ def build_tiny_model(folder: Path) -> Path:
 
 def pattern_examples(n: int, offset: int = 0) -> list[dict]:
     """A tiny learnable pattern: the answer repeats a word from the question, in a fixed frame."""
-    words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "paper", "green", "music", "bread", "glass", "north"]
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "lamp",
+        "tiger",
+        "paper",
+        "green",
+        "music",
+        "bread",
+        "glass",
+        "north",
+    ]
     out = []
     for i in range(offset, offset + n):
         word = words[i % len(words)]
-        out.append({"messages": [
-            {"role": "user", "content": f"Say the word {word} back to me."},
-            {"role": "assistant", "content": f"The word is {word}. The word is {word}."},
-        ]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say the word {word} back to me."},
+                    {"role": "assistant", "content": f"The word is {word}. The word is {word}."},
+                ]
+            }
+        )
     return out
 
 
-def make_run_dir(folder: Path, base_model: Path, train: list[dict], validation: list[dict], **config) -> Path:
+def make_run_dir(
+    folder: Path, base_model: Path, train: list[dict], validation: list[dict], **config
+) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("validation", validation)):
         with (folder / "data" / f"{name}.jsonl").open("w") as handle:
@@ -75,7 +94,11 @@ def run_program(run_dir: Path, *args: str, timeout: float = 600) -> tuple[int, l
     """Run ``python -m engine.train`` to the end; returns (exit code, events, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "engine.train", str(run_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, env=train_env(), timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=train_env(),
+        timeout=timeout,
     )
     events = parse_events(proc.stdout)
     return proc.returncode, events, proc.stderr
