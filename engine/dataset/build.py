@@ -122,7 +122,8 @@ def analyse(
     leakage = check_leakage(split.splits, deduped.clusters, thread_of)
     if any(leakage.values()):  # never expected: the grouping makes it impossible; refuse loudly
         raise DatasetError(
-            f"The split leaks between train, validation and test ({leakage}); the snapshot was not written."
+            f"The split leaks between train, validation and test ({leakage}); the snapshot was not "
+            "written."
         )
     figures, balance_findings = balance(deduped.kept, config=config)
     ready, ready_findings = readiness(len(deduped.kept), config=config)
@@ -248,7 +249,8 @@ def build_snapshot(
     analysis = analyse(entries, tokenizer, config=config)
     if not any(analysis.split.splits.values()):
         raise DatasetError(
-            f"None of the {len(entries)} examples is usable; fix the errors listed by `threadtune dataset validate`."
+            f"None of the {len(entries)} examples is usable; fix the errors listed by `threadtune "
+            "dataset validate`."
         )
     files = {name: render_split(analysis.split.splits[name]) for name in SPLITS}
     digest = content_hash_of(files)

@@ -21,7 +21,8 @@ class DatasetConfig:
     near_dup_threshold: float = field(
         default=0.8,
         metadata=_help(
-            "Two conversations whose word-trigram Jaccard similarity is at least this are near duplicates."
+            "Two conversations whose word-trigram Jaccard similarity is at least this are near "
+            "duplicates."
         ),
     )
     num_perm: int = field(

@@ -241,7 +241,8 @@ def dedupe(entries: Sequence[Entry], *, config: DatasetConfig) -> DedupeResult:
                         WARNING,
                         "dedupe.exact",
                         e,
-                        f"Same conversation as {where[best.key]} (ignoring case and spacing); {_why_kept(best, e)}.",
+                        f"Same conversation as {where[best.key]} (ignoring case and spacing); "
+                        f"{_why_kept(best, e)}.",
                         config.workspace_url,
                     )
                 )

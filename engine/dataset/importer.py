@@ -88,7 +88,8 @@ def parse_jsonl(path: Path, *, config: DatasetConfig | None = None) -> ParsedSou
                 parsed.rows += 1
                 bad(
                     "format.line_too_long",
-                    f"This line is {len(raw):,} bytes long, over the {config.max_line_bytes:,}-byte "
+                    f"This line is {len(raw):,} bytes long, over the "
+                    f"{config.max_line_bytes:,}-byte "
                     "limit for one example; shorten or split it.",
                 )
                 continue

@@ -74,7 +74,8 @@ def balance(
                     WARNING,
                     "balance.channel",
                     "dataset",
-                    f"{name} {n / total:.0%} of the examples ({n} of {total}), so the model will lean towards its topics; "
+                    f"{name} {n / total:.0%} of the examples ({n} of {total}), so the model will "
+                    "lean towards its topics; "
                     "curate answers from other channels too.",
                 )
             )
@@ -85,7 +86,8 @@ def balance(
                     WARNING,
                     "balance.curator",
                     "dataset",
-                    f"Curator {curator} chose {n / curated:.0%} of the curated examples ({n} of {curated}), so the model will "
+                    f"Curator {curator} chose {n / curated:.0%} of the curated examples ({n} of "
+                    f"{curated}), so the model will "
                     "mostly learn one person's taste; ask other curators to pick answers too.",
                 )
             )
@@ -109,7 +111,8 @@ def readiness(usable: int, *, config: DatasetConfig) -> tuple[dict[str, Any], li
                 ERROR,
                 "readiness.too_few",
                 "dataset",
-                f"There are {usable} usable examples; training needs at least {config.min_examples}, and "
+                f"There are {usable} usable examples; training needs at least "
+                f"{config.min_examples}, and "
                 f"{config.target_examples} or more is the target for meaningful improvement.",
             )
         )
@@ -119,7 +122,8 @@ def readiness(usable: int, *, config: DatasetConfig) -> tuple[dict[str, Any], li
                 WARNING,
                 "readiness.below_target",
                 "dataset",
-                f"There are {usable} usable examples: enough to train, but {config.target_examples} or more is the "
+                f"There are {usable} usable examples: enough to train, but "
+                f"{config.target_examples} or more is the "
                 "target for meaningful improvement.",
             )
         )

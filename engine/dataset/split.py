@@ -92,7 +92,8 @@ def split_entries(
                         WARNING,
                         "split.too_few_threads",
                         "dataset",
-                        f"All {len(entries)} examples come from {len(names)} thread group(s), so the {split} split stays empty; "
+                        f"All {len(entries)} examples come from {len(names)} thread group(s), so "
+                        f"the {split} split stays empty; "
                         "curate answers from more threads.",
                     )
                 )

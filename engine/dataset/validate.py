@@ -155,7 +155,10 @@ def order_problem(messages: Sequence[dict[str, str]]) -> str:
     if not turns:
         return "There is only a system message; the conversation needs a question and an answer."
     if turns[0] != "user":
-        return f"The conversation starts with an {turns[0]} message (message {offset}); it must start with the user's question."
+        return (
+            f"The conversation starts with an {turns[0]} message (message {offset}); it must start "
+            "with the user's question."
+        )
     for j in range(1, len(turns)):
         if turns[j] == turns[j - 1]:
             return (
@@ -194,7 +197,8 @@ def probe_template(tokenizer) -> TemplateFacts:
     cannot be used for training at all."""
     if not getattr(tokenizer, "chat_template", None):
         raise DatasetError(
-            "The base model's tokenizer has no chat template, so conversations cannot be rendered for it."
+            "The base model's tokenizer has no chat template, so conversations cannot be rendered "
+            "for it."
         )
     eot = tokenizer.eos_token
     answer = "threadtune-probe-answer"
@@ -204,7 +208,8 @@ def probe_template(tokenizer) -> TemplateFacts:
     )
     if not eot or answer + eot not in rendered:
         raise DatasetError(
-            f"The base model's chat template does not end an assistant turn with its end-of-sequence token ({eot!r}), "
+            "The base model's chat template does not end an assistant turn with its "
+            f"end-of-sequence token ({eot!r}), "
             "so no example's label mask could include an end-of-turn token."
         )
     eot_id = tokenizer.convert_tokens_to_ids(eot)
@@ -290,7 +295,8 @@ def token_findings(
             add(
                 ERROR,
                 "template.system_dropped",
-                "The base model's chat template ignores system messages, so this example's system message would be lost.",
+                "The base model's chat template ignores system messages, so this example's system "
+                "message would be lost.",
             )
             continue
         try:
@@ -311,7 +317,8 @@ def token_findings(
             add(
                 ERROR,
                 "template.mismatch",
-                f"The chat template does not render this conversation as its question followed by the answer and "
+                "The chat template does not render this conversation as its question followed by "
+                "the answer and "
                 f"{facts.end_of_turn}, so training cannot tell which tokens are the answer.",
             )
             continue
@@ -338,27 +345,31 @@ def token_findings(
             add(
                 ERROR,
                 "mask.empty",
-                "The answer turns into no tokens at all, so the label mask is empty and there is nothing to train on.",
+                "The answer turns into no tokens at all, so the label mask is empty and there is "
+                "nothing to train on.",
             )
         elif completion > m:
             add(
                 ERROR,
                 "mask.no_end_of_turn",
-                f"The answer is {a:,} tokens, so with max_length {m:,} its end-of-turn token {facts.end_of_turn} is cut off "
+                f"The answer is {a:,} tokens, so with max_length {m:,} its end-of-turn token "
+                f"{facts.end_of_turn} is cut off "
                 "and the model would not learn to stop; shorten the answer or raise max_length.",
             )
         elif kept_prompt <= facts.question_tail_tokens:
             add(
                 ERROR,
                 "tokens.question_cut",
-                f"The answer takes {completion:,} of the {m:,} tokens allowed (max_length), so no part of the question "
+                f"The answer takes {completion:,} of the {m:,} tokens allowed (max_length), so no "
+                "part of the question "
                 "survives truncation; shorten the answer or raise max_length.",
             )
         elif total > m:
             add(
                 WARNING,
                 "tokens.over_max_length",
-                f"This conversation is {total:,} tokens, over max_length {m:,}: training keeps the answer and cuts "
+                f"This conversation is {total:,} tokens, over max_length {m:,}: training keeps the "
+                "answer and cuts "
                 f"the first {total - m:,} tokens of the conversation.",
             )
         if a and completion <= m:

@@ -155,7 +155,10 @@ class Worker:
                 session=session,
                 job_id=job.id,
                 level="info",
-                message=f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} runner)"
+                message=(
+                    f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} "
+                    "runner)"
+                )
                 + (", resuming from the last checkpoint" if resume else ""),
                 metrics={"attempt": job.attempts, "worker": self.worker_id, "resume": resume},
             )
@@ -229,7 +232,10 @@ class Worker:
                     session=session,
                     job_id=job.id,
                     level="warning",
-                    message=f"{self.worker_id} lost the job's lease and stopped its attempt {job.attempts}",
+                    message=(
+                        f"{self.worker_id} lost the job's lease and stopped its attempt "
+                        f"{job.attempts}"
+                    ),
                 )
             return
         if code == 0 and done is not None:
@@ -274,7 +280,9 @@ class Worker:
                     session=session,
                     job_id=job.id,
                     level="warning",
-                    message="job cancelled; the training program was stopped and its run folder kept",
+                    message=(
+                        "job cancelled; the training program was stopped and its run folder kept"
+                    ),
                 )
         log.info("job %s %s", job.id, current.state)
         if current.state in q.TERMINAL:

@@ -173,8 +173,10 @@ class TrainConfig:
                 raise TrainConfigError(f"{f.name} must be at most {high}, not {value}.")
         if self.training_method.lora and self.lora_r > self.max_lora_rank:
             raise TrainConfigError(
-                f"lora_r={self.lora_r} is above the rank serving allows (max_lora_rank={self.max_lora_rank}); "
-                f"choose a rank of at most {self.max_lora_rank} or raise vLLM's --max-lora-rank and max_lora_rank together."
+                f"lora_r={self.lora_r} is above the rank serving allows "
+                f"(max_lora_rank={self.max_lora_rank}); "
+                f"choose a rank of at most {self.max_lora_rank} or raise vLLM's --max-lora-rank "
+                "and max_lora_rank together."
             )
         if "" in self.target_names():
             # an empty name ("q_proj,,v_proj") is a typo, not a request for fewer layers
@@ -188,7 +190,8 @@ class TrainConfig:
             and self.save_steps % self.eval_steps
         ):
             raise TrainConfigError(
-                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) so that the best "
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                f"({self.eval_steps}) so that the best "
                 "evaluated checkpoint is a saved one (early stopping keeps it)."
             )
 
