@@ -176,7 +176,8 @@ class ABRoundService:
             deployed = registry.deployed_model(session=s)
             if deployed is not None and deployed.id == model.id:
                 raise RoundRefused(
-                    f"{model.name} is the deployed model already; start a round for a newer candidate."
+                    f"{model.name} is the deployed model already; start a round for a newer "
+                    "candidate."
                 )
             candidate = RoundModel(model.name, model.adapter_path, model.checksum)
             opponent = (

@@ -436,7 +436,10 @@ class AskService:
             return USAGE
         if len(question) > MAX_QUESTION_CHARS:
             self.metrics.asks.labels("refused").inc()
-            return f"That question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}."
+            return (
+                f"That question is {len(question)} characters long; please keep it under "
+                f"{MAX_QUESTION_CHARS}."
+            )
         wait = self.limiter.allow(command.user)
         if wait is not None:
             self.open_ask(command.user, command.channel, question, error="rate limited")

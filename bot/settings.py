@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in THREADTUNE_HOME.")
     base_model: str = Field(
         DEFAULT_BASE_MODEL,
-        description="Base model: the embedded SmolLM2-135M-Instruct, a local path or a cached hub id.",
+        description=(
+            "Base model: the embedded SmolLM2-135M-Instruct, a local path or a cached hub id."
+        ),
     )
     curators: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Slack user IDs allowed to curate."
@@ -81,7 +83,10 @@ class Settings(BaseSettings):
     vllm_max_loras: int = Field(
         4,
         ge=1,
-        description="Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); at most the server's --max-loras.",
+        description=(
+            "Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); "
+            "at most the server's --max-loras."
+        ),
     )
     work_threads: int = Field(
         16,
@@ -135,11 +140,13 @@ class Settings(BaseSettings):
         for name, value in needed.items():
             if not value:
                 raise ConfigError(
-                    f"{name} is not set: set it in the environment or in .env (see the README, 'Install in a workspace')."
+                    f"{name} is not set: set it in the environment or in .env (see the README, "
+                    "'Install in a workspace')."
                 )
             if looks_like_placeholder(value):
                 raise ConfigError(
-                    f"{name} still holds a placeholder value: replace it with the real one from your Slack app's settings."
+                    f"{name} still holds a placeholder value: replace it with the real one from "
+                    "your Slack app's settings."
                 )
         if not self.slack_bot_token.startswith("xoxb-"):
             raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with 'xoxb-'.")

@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--per",
         choices=("pair", "vote"),
         default="pair",
-        help="preference pairs: one per pair with a clear majority (default) or one per decisive vote",
+        help=(
+            "preference pairs: one per pair with a clear majority (default) or one per decisive "
+            "vote"
+        ),
     )
     export.set_defaults(func=run_export)
 

@@ -189,7 +189,8 @@ def print_findings(console, findings: list, *, show_all: bool = False) -> None:
         )
     if len(shown) < len(findings):
         console.print(
-            f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them all)."
+            f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them "
+            "all)."
         )
 
 
@@ -269,7 +270,8 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         console.print(
-            f"[bold]No new snapshot:[/bold] the content is the same as snapshot {result.snapshot_id} "
+            "[bold]No new snapshot:[/bold] the content is the same as snapshot "
+            f"{result.snapshot_id} "
             f"({result.path}, content hash {result.content_hash[:12]})."
         )
     ready = result.analysis.readiness if result.analysis else {"ready": counts.get("ready", True)}
@@ -323,7 +325,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         bad_lines = len({f.where for f in errors})
         print_findings(console, errors, show_all=args.all)
         console.print(
-            f"[red]Nothing was imported:[/red] {bad_lines} of {result.rows} rows of {result.name} have errors; fix them and import again."
+            f"[red]Nothing was imported:[/red] {bad_lines} of {result.rows} rows of {result.name} "
+            "have errors; fix them and import again."
         )
         return 1
     console.print(
@@ -355,7 +358,8 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(args.output)
         print(
-            f"Wrote {len(records)} examples of snapshot {snapshot.id} ({args.split}) to {args.output}",
+            f"Wrote {len(records)} examples of snapshot {snapshot.id} ({args.split}) to "
+            f"{args.output}",
             file=sys.stderr,
         )
     return 0

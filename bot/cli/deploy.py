@@ -72,7 +72,8 @@ def run_deploy(args: argparse.Namespace, settings: Settings) -> int:
     if outcome.probe is not None:
         for row in outcome.probe.rows:
             print(
-                f"  {row.similarity:.2f}  {'≠ base' if row.differs_from_base else '= base'}  {row.prompt[:60]!r}"
+                f"  {row.similarity:.2f}  {'≠ base' if row.differs_from_base else '= base'}  "
+                f"{row.prompt[:60]!r}"
             )
     return 0 if outcome.ok else 1
 

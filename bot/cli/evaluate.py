@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--no-post",
         action="store_true",
-        help="do not post the report to Slack (posted in the job's thread when SLACK_BOT_TOKEN is set)",
+        help=(
+            "do not post the report to Slack (posted in the job's thread when SLACK_BOT_TOKEN is "
+            "set)"
+        ),
     )
     ev.add_argument(
         "--max-new-tokens",

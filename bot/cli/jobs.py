@@ -153,7 +153,8 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         if job is None:
             raise ConfigError(f"There is no job {args.job}.")
         print(
-            f"Job {job.id}: {job.state} ({job.method}, snapshot #{job.snapshot_id}, attempts {job.attempts})"
+            f"Job {job.id}: {job.state} ({job.method}, snapshot #{job.snapshot_id}, attempts "
+            f"{job.attempts})"
         )
         if job.run_dir:
             print(f"Run folder: {job.run_dir}")

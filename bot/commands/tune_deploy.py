@@ -31,7 +31,10 @@ def _in_background(name: str, work: Callable[[], str], respond: Callable) -> Non
             text = work()
         except Exception:
             log.exception("/tune %s failed", name)
-            text = f"Sorry, `/tune {name}` failed on my side; an admin can find the details in the bot's log."
+            text = (
+                f"Sorry, `/tune {name}` failed on my side; an admin can find the details in the "
+                "bot's log."
+            )
         respond(text=text, response_type="ephemeral")
 
     threading.Thread(target=run, name=f"tune-{name}", daemon=True).start()
@@ -67,6 +70,9 @@ def rollback(command: Command, services: Services, ack: Callable, respond: Calla
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
     ack(
-        text="Rolling back to the previously deployed model (probing it again first). I'll tell you here when it's done."
+        text=(
+            "Rolling back to the previously deployed model (probing it again first). I'll tell you "
+            "here when it's done."
+        )
     )
     _in_background("rollback", lambda: serving.rollback(by_user=command.user).message, respond)

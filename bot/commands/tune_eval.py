@@ -10,7 +10,10 @@ from bot.evaluation import EvaluationRefused
 from bot.payloads import Command
 from bot.services import Services
 
-USAGE = "Usage: `/tune eval <job>` — evaluate that job's model against the base model (see `/tune jobs`)."
+USAGE = (
+    "Usage: `/tune eval <job>` — evaluate that job's model against the base model (see `/tune "
+    "jobs`)."
+)
 
 
 def evaluate(command: Command, services: Services, ack: Callable, respond: Callable) -> None:

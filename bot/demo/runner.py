@@ -176,7 +176,8 @@ class Demo:
 
         c = self.console
         c.print(
-            "[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a thread)"
+            "[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a "
+            "thread)"
         )
         for thread in track(self.threads, description="curators reacting", console=c):
             ts_list = self.posted[thread.id]
