@@ -10,10 +10,14 @@ from pathlib import Path
 from engine.dataset import Entry, Origin
 
 WORDS = (
-    "deploy runner cache token build pipeline cluster node restart config secret vault queue worker "
-    "retry timeout proxy gateway certificate rotate branch merge release rollback metric alert dashboard "
-    "latency index schema migration replica backup snapshot volume mount permission role group policy "
-    "audit ticket incident pager escalation budget quota region zone network subnet firewall route dns "
+    "deploy runner cache token build pipeline cluster node restart config secret vault queue "
+    "worker "
+    "retry timeout proxy gateway certificate rotate branch merge release rollback metric alert "
+    "dashboard "
+    "latency index schema migration replica backup snapshot volume mount permission role group "
+    "policy "
+    "audit ticket incident pager escalation budget quota region zone network subnet firewall route "
+    "dns "
     "service endpoint client server request response header payload version library package module"
 ).split()
 

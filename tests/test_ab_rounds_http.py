@@ -454,7 +454,8 @@ def test_deadline_passed_while_down_closes_round_at_start(env):
     assert f"95% CI {percent(expected.ci.low)}–{percent(expected.ci.high)}" in body
     assert f"{expected.votes} on {expected.pairs} pairs" in body and "Not decided" in body
     assert (
-        f"won {expected.position_bias.left_wins} of {expected.position_bias.decisive} decisive votes"
+        f"won {expected.position_bias.left_wins} of {expected.position_bias.decisive} decisive "
+        "votes"
         in body
     )
     # every pair now shows its split and which model wrote which answer; no buttons left

@@ -203,7 +203,10 @@ def test_errors_are_excluded_and_listed(db, tmp_path, tokenizer, model_dir):
             "level": "error",
             "rule": "roles.order",
             "where": "https://acme.slack.com/archives/CBAD/p95?thread_ts=9.0&cid=CBAD",
-            "message": "The conversation starts with an assistant message (message 1); it must start with the user's question.",
+            "message": (
+                "The conversation starts with an assistant message (message 1); it must start with "
+                "the user's question."
+            ),
             "example": "CBAD/9.5",
         }
     ]
@@ -267,12 +270,14 @@ def test_import_of_malformed_jsonl_reports_every_bad_line_and_changes_nothing(db
         (
             "faq.jsonl line 5",
             "format.line_too_long",
-            f"This line is {len(lines[4]) + 1:,} bytes long, over the 1,000,000-byte limit for one example; shorten or split it.",
+            f"This line is {len(lines[4]) + 1:,} bytes long, over the 1,000,000-byte limit for one "
+            "example; shorten or split it.",
         ),
         (
             "faq.jsonl line 6",
             "format.encoding",
-            f"This line is not valid UTF-8 text (byte {bad_byte} cannot be read); save the file as UTF-8.",
+            f"This line is not valid UTF-8 text (byte {bad_byte} cannot be read); save the file as "
+            "UTF-8.",
         ),
     ]
     assert count(db, Example) == before

@@ -177,7 +177,8 @@ NO_SYSTEM = (
                 (
                     "error",
                     "roles.order",
-                    "The conversation starts with an assistant message (message 2); it must start with the user's question.",
+                    "The conversation starts with an assistant message (message 2); it must start "
+                    "with the user's question.",
                 ),
             ],
         ),
@@ -314,7 +315,8 @@ def test_long_conversation_is_cut_from_the_start(tokenizer):
         (
             "warning",
             "tokens.over_max_length",
-            f"This conversation is {total:,} tokens, over max_length 128: training keeps the answer and cuts "
+            f"This conversation is {total:,} tokens, over max_length 128: training keeps the "
+            "answer and cuts "
             f"the first {total - 128:,} tokens of the conversation.",
         )
     ]
@@ -329,7 +331,8 @@ def test_answer_longer_than_max_length_loses_the_end_of_turn(tokenizer):
         (
             "error",
             "mask.no_end_of_turn",
-            f"The answer is {a:,} tokens, so with max_length 64 its end-of-turn token <|im_end|> is cut off "
+            f"The answer is {a:,} tokens, so with max_length 64 its end-of-turn token <|im_end|> "
+            "is cut off "
             "and the model would not learn to stop; shorten the answer or raise max_length.",
         )
     ]
@@ -346,7 +349,8 @@ def test_answer_that_fills_max_length_leaves_no_question(tokenizer):
         (
             "error",
             "tokens.question_cut",
-            f"The answer takes {a + 1:,} of the 64 tokens allowed (max_length), so no part of the question "
+            f"The answer takes {a + 1:,} of the 64 tokens allowed (max_length), so no part of the "
+            "question "
             "survives truncation; shorten the answer or raise max_length.",
         )
     ]
@@ -360,7 +364,8 @@ def test_an_answer_without_tokens_leaves_the_label_mask_empty(tokenizer):
         (
             "error",
             "mask.empty",
-            "The answer turns into no tokens at all, so the label mask is empty and there is nothing to train on.",
+            "The answer turns into no tokens at all, so the label mask is empty and there is "
+            "nothing to train on.",
         )
     ]
     assert stats.trained_tokens == 0
@@ -396,7 +401,8 @@ def test_label_mask_agrees_with_what_training_builds(tokenizer):
 def test_templates_that_refuse_drop_or_reshape(tokenizer):
     strict = copy.deepcopy(tokenizer)
     strict.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+        "supported') }}"
         "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
@@ -405,13 +411,15 @@ def test_templates_that_refuse_drop_or_reshape(tokenizer):
         (
             "error",
             "template.system_dropped",
-            "The base model's chat template ignores system messages, so this example's system message would be lost.",
+            "The base model's chat template ignores system messages, so this example's system "
+            "message would be lost.",
         )
     ]
 
     picky = copy.deepcopy(tokenizer)
     picky.chat_template = (
-        "{% if messages|length > 3 %}{{ raise_exception('Conversations must be short') }}{% endif %}"
+        "{% if messages|length > 3 %}{{ raise_exception('Conversations must be short') }}{% endif "
+        "%}"
         + tokenizer.chat_template
     )
     long_one = Entry(
@@ -441,7 +449,8 @@ def test_templates_that_refuse_drop_or_reshape(tokenizer):
         (
             "error",
             "template.mismatch",
-            "The chat template does not render this conversation as its question followed by the answer and <|im_end|>, "
+            "The chat template does not render this conversation as its question followed by the "
+            "answer and <|im_end|>, "
             "so training cannot tell which tokens are the answer.",
         )
     ]
@@ -486,7 +495,8 @@ def test_exact_duplicates_keep_most_curators_then_newest():
         ("exact", "C1/2", ("C1/1", "C1/3"))
     ]
     assert [f.message for f in result.findings] == [
-        "Same conversation as #C1 thread 2.0 (ignoring case and spacing); that one is kept because it has more curators."
+        "Same conversation as #C1 thread 2.0 (ignoring case and spacing); that one is kept because "
+        "it has more curators."
     ] * 2
     d = entry("4", "Where is the vault?", "In the ops folder.", created=now)
     e = entry("5", "Where is the vault?", "In the ops folder.", created=now + timedelta(hours=1))
@@ -502,7 +512,8 @@ def test_near_duplicates_are_clustered_and_verified():
     assert sorted(e.key for e in result.kept) == ["C1/1", "C1/3"]
     similarity = jaccard(shingles(a.messages), shingles(b.messages))
     assert [f.message for f in result.findings] == [
-        f"Nearly the same conversation as #C1 thread 1.0 ({similarity:.0%} of word triples shared); "
+        f"Nearly the same conversation as #C1 thread 1.0 ({similarity:.0%} of word triples "
+        "shared); "
         "that one is kept because it has more curators."
     ]
     stricter = dedupe([a, b, far], config=DatasetConfig(near_dup_threshold=0.99))
@@ -567,7 +578,8 @@ def test_too_few_threads_is_reported():
     )
     assert len([s for s in SPLITS if result.splits[s]]) == 1
     assert {f.message for f in result.findings} <= {
-        f"All 12 examples come from 1 thread group(s), so the {s} split stays empty; curate answers from more threads."
+        f"All 12 examples come from 1 thread group(s), so the {s} split stays empty; curate "
+        "answers from more threads."
         for s in ("validation", "test")
     }
     assert result.findings
@@ -658,8 +670,10 @@ def test_balance_report_and_warnings():
     assert figures["refusal_like"] == 2 and figures["refusal_like_share"] == 0.2
     assert figures["answer_chars"]["buckets"] == {"0-49": 2, "50-199": 0, "200-999": 8, "1000+": 0}
     assert [f.message for f in found] == [
-        "#C1 holds 70% of the examples (7 of 10), so the model will lean towards its topics; curate answers from other channels too.",
-        "Curator U1 chose 60% of the curated examples (6 of 10), so the model will mostly learn one person's taste; "
+        "#C1 holds 70% of the examples (7 of 10), so the model will lean towards its topics; "
+        "curate answers from other channels too.",
+        "Curator U1 chose 60% of the curated examples (6 of 10), so the model will mostly learn "
+        "one person's taste; "
         "ask other curators to pick answers too.",
     ]
     even = [
@@ -686,10 +700,12 @@ def test_refusal_like_answers(answer, refusal):
 def test_readiness_messages():
     config = DatasetConfig()
     assert [f.message for f in readiness(3, config=config)[1]] == [
-        "There are 3 usable examples; training needs at least 10, and 500 or more is the target for meaningful improvement."
+        "There are 3 usable examples; training needs at least 10, and 500 or more is the target "
+        "for meaningful improvement."
     ]
     assert [f.message for f in readiness(42, config=config)[1]] == [
-        "There are 42 usable examples: enough to train, but 500 or more is the target for meaningful improvement."
+        "There are 42 usable examples: enough to train, but 500 or more is the target for "
+        "meaningful improvement."
     ]
     assert readiness(500, config=config) == (
         {

@@ -192,7 +192,8 @@ def test_a_killed_workers_job_is_requeued_and_resumed_from_its_checkpoint(db_url
         "from engine.jobs.runners import LocalRunner\n"
         "from engine.jobs.worker import Worker\n"
         "from storage.db import make_engine\n"
-        f"Worker(make_engine({db_url!r}), {str(home)!r}, LocalRunner(module={STANDIN!r}), 'doomed',\n"
+        f"Worker(make_engine({db_url!r}), {str(home)!r}, LocalRunner(module={STANDIN!r}), "
+        "'doomed',\n"
         "       lease_seconds=2, poll_seconds=0.2).run_once()\n"
     )
     doomed = subprocess.Popen(

@@ -12,11 +12,13 @@ pytestmark = pytest.mark.slow
 HELP_DESK = [
     (
         "How do I reset my VPN token?",
-        "Open vpn.example.com, choose *Reset token*, then scan the new QR code with the authenticator app.",
+        "Open vpn.example.com, choose *Reset token*, then scan the new QR code with the "
+        "authenticator app.",
     ),
     (
         "Where do I request a new laptop?",
-        "File a ticket in the IT portal under Hardware > New laptop; approval by your manager is needed.",
+        "File a ticket in the IT portal under Hardware > New laptop; approval by your manager is "
+        "needed.",
     ),
     (
         "The printer on floor 3 is jammed, who fixes it?",
@@ -28,7 +30,8 @@ HELP_DESK = [
     ),
     (
         "What is the Wi-Fi password for guests?",
-        "Guests use the network Example-Guest; the password is printed at reception and changes weekly.",
+        "Guests use the network Example-Guest; the password is printed at reception and changes "
+        "weekly.",
     ),
     (
         "How do I add someone to a Slack user group?",
@@ -36,7 +39,8 @@ HELP_DESK = [
     ),
     (
         "My laptop battery drains fast, what should I do?",
-        "Check Activity Monitor for runaway apps, then file a Hardware ticket if it lasts under 3 hours.",
+        "Check Activity Monitor for runaway apps, then file a Hardware ticket if it lasts under 3 "
+        "hours.",
     ),
     (
         "How do I book a meeting room?",

@@ -63,7 +63,8 @@ def test_tune_train_queues_trains_and_reports(tmp_path):
             "UADMIN",
             "CHELP",
             "/tune",
-            "train method=lora max_steps=6 eval_steps=2 save_steps=2 max_length=128 lora_r=4 lora_alpha=8 learning_rate=0.003 precision=fp32",
+            "train method=lora max_steps=6 eval_steps=2 save_steps=2 max_length=128 lora_r=4 "
+            "lora_alpha=8 learning_rate=0.003 precision=fp32",
         )
         assert "Preparing a training job" in reply.body
         job = wait(lambda: _job_with_message(db))

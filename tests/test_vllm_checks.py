@@ -261,7 +261,10 @@ def test_root_is_importable_without_heavy_libraries():
     import subprocess
     import sys
 
-    code = "import sys, engine.serving.vllm, engine.serving.vllm_server; print(any(m in sys.modules for m in ('torch', 'transformers', 'vllm')))"
+    code = (
+        "import sys, engine.serving.vllm, engine.serving.vllm_server; print(any(m in sys.modules "
+        "for m in ('torch', 'transformers', 'vllm')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
