@@ -217,7 +217,10 @@ def requeue_expired(
             values |= {
                 "state": "failed",
                 "finished_at": now,
-                "error": f"its worker stopped answering on each of {attempts} attempts, so it was given up",
+                "error": (
+                    f"its worker stopped answering on each of {attempts} attempts, so it was given "
+                    "up"
+                ),
             }
         else:
             values |= {"state": "queued"}

@@ -125,7 +125,9 @@ def stored_summary(*, session: Session) -> dict[str, Any]:
     last = session.exec(
         select(RetrievalVector.indexed_at).order_by(RetrievalVector.indexed_at.desc()).limit(1)  # type: ignore[attr-defined]
     ).first()
-    current = session.exec(select(func.count()).select_from(Example).where(Example.status == "active")).one()
+    current = session.exec(select(func.count()).select_from(Example).where(Example.status == (
+        "active"
+    ))).one()
     missing = session.exec(
         select(func.count())
         .select_from(Example)
