@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import CursorResult, Result, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import Job, JobEvent, utcnow
 
@@ -67,7 +67,7 @@ def get_job(*, session: Session, job_id: int) -> Job | None:
 
 def list_jobs(*, session: Session, limit: int = 20, state: str | None = None) -> list[Job]:
     """Newest first."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
     return list(session.exec(query).all())
@@ -101,16 +101,22 @@ def set_state(
         values["lease_expires_at"] = None
     session.flush()  # pending changes to the job first, so the refresh below does not drop them
     result = session.execute(
-        update(Job).where(Job.id == job.id, Job.state == job.state).values(**values),
+        update(Job).where(col(Job.id) == job.id, col(Job.state) == job.state).values(**values),
         execution_options=_NO_SYNC,
     )
     was = job.state
     session.refresh(job)
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         raise TransitionError(
             f"job {job.id} was {was} but is now {job.state} and cannot become {state}"
         )
     return job
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE matched (``Session.execute`` types its result as any Result)."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def request_cancel(*, session: Session, job: Job, reason: str = "cancelled by an admin") -> Job:
@@ -143,35 +149,40 @@ def claim_next_job(
         job_id = session.exec(
             select(Job.id)
             .where(Job.state == "queued")
-            .order_by(Job.id)
+            .order_by(col(Job.id))
             .limit(1)
             .with_for_update(skip_locked=True)
         ).first()
         if job_id is None:
             return None
         session.execute(
-            update(Job).where(Job.id == job_id).values(**values), execution_options=_NO_SYNC
+            update(Job).where(col(Job.id) == job_id).values(**values), execution_options=_NO_SYNC
         )
         return _started(session, job_id, now)
     while True:
         candidates = session.exec(
-            select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(8)
+            select(Job.id).where(Job.state == "queued").order_by(col(Job.id)).limit(8)
         ).all()
         if not candidates:
             return None
         for job_id in candidates:
+            assert job_id is not None  # read from a stored row
             result = session.execute(
-                update(Job).where(Job.id == job_id, Job.state == "queued").values(**values),
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == "queued")
+                .values(**values),
                 execution_options=_NO_SYNC,
             )
-            if result.rowcount == 1:
+            if _rowcount(result) == 1:
                 return _started(session, job_id, now)
         # every candidate went to another worker between our read and our write: look again
 
 
 def _started(session: Session, job_id: int, now: datetime) -> Job:
     session.execute(
-        update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now),
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.started_at).is_(None))
+        .values(started_at=now),
         execution_options=_NO_SYNC,
     )
     job = session.get(Job, job_id, populate_existing=True)
@@ -192,11 +203,13 @@ def renew_lease(
     now = now or utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == "running")
+        .where(
+            col(Job.id) == job_id, col(Job.lease_owner) == worker_id, col(Job.state) == "running"
+        )
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
         execution_options=_NO_SYNC,
     )
-    return result.rowcount == 1
+    return _rowcount(result) == 1
 
 
 def requeue_expired(
@@ -207,10 +220,11 @@ def requeue_expired(
     so a job that kills every worker that runs it does not loop for ever."""
     now = now or utcnow()
     expired = session.exec(
-        select(Job.id, Job.attempts).where(Job.state == "running", Job.lease_expires_at < now)
+        select(Job.id, Job.attempts).where(Job.state == "running", col(Job.lease_expires_at) < now)
     ).all()
     requeued = []
     for job_id, attempts in expired:
+        assert job_id is not None  # read from a stored row
         give_up = max_attempts is not None and attempts >= max_attempts
         values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if give_up:
@@ -227,11 +241,13 @@ def requeue_expired(
         # the same condition again: another worker may have renewed or re-queued it meanwhile
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now)
+            .where(
+                col(Job.id) == job_id, col(Job.state) == "running", col(Job.lease_expires_at) < now
+            )
             .values(**values),
             execution_options=_NO_SYNC,
         )
-        if result.rowcount != 1:
+        if _rowcount(result) != 1:
             continue
         if give_up:
             add_event(
@@ -259,7 +275,7 @@ def record_progress(
     written, so a concurrent state change (a cancel) is never overwritten."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(col(Job.id) == job_id)
         .values(progress_step=_whole(step), progress_total_steps=_whole(total_steps)),
         execution_options=_NO_SYNC,
     )
@@ -293,8 +309,8 @@ def list_events(
     """The job's events in order; ``after_id`` pages on from the last one seen."""
     query = (
         select(JobEvent)
-        .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-        .order_by(JobEvent.id)
+        .where(JobEvent.job_id == job_id, col(JobEvent.id) > after_id)
+        .order_by(col(JobEvent.id))
         .limit(limit)
     )
     return list(session.exec(query).all())
