@@ -158,21 +158,24 @@ def load_records(*, session: Session, round_id: int | None = None) -> list[VoteR
     """Every vote (of one round, or of all rounds) as :class:`VoteRecord`, oldest round first."""
     from storage import ab
 
-    return [
-        VoteRecord(
-            round_id=pair.round_id,
-            pair_id=pair.id,
-            position=pair.position,
-            prompt=pair.prompt,
-            answer_a=pair.answer_a,
-            answer_b=pair.answer_b,
-            model_a=pair.model_a,
-            model_b=pair.model_b,
-            left=pair.left,
-            voter=vote.voter,
-            choice=vote.choice,
-            comment=vote.comment,
-            time=vote.updated_at,
+    records = []
+    for pair, vote in ab.votes_with_pairs(session=session, round_id=round_id):
+        assert pair.id is not None  # read from a stored row
+        records.append(
+            VoteRecord(
+                round_id=pair.round_id,
+                pair_id=pair.id,
+                position=pair.position,
+                prompt=pair.prompt,
+                answer_a=pair.answer_a,
+                answer_b=pair.answer_b,
+                model_a=pair.model_a,
+                model_b=pair.model_b,
+                left=pair.left,
+                voter=vote.voter,
+                choice=vote.choice,
+                comment=vote.comment,
+                time=vote.updated_at,
+            )
         )
-        for pair, vote in ab.votes_with_pairs(session=session, round_id=round_id)
-    ]
+    return records

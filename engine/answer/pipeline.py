@@ -173,8 +173,8 @@ def answer(
     # Twice what is needed: a fused-rank neighbour under the threshold must not cost a place.
     wanted = 2 * max(config.top_k, config.closest_k)
     hits = list(retriever.search(question, k=wanted, allowed=allowed))
-    best = max((h.dense for h in hits), default=0.0)
-    floor = max(config.threshold, best - config.margin)
+    best_score = max((h.dense for h in hits), default=0.0)
+    floor = max(config.threshold, best_score - config.margin)
     usable = [h for h in hits if h.dense >= floor][: config.top_k]
     if not usable:
         closest = [_source(h) for h in hits[: config.closest_k]]

@@ -109,7 +109,7 @@ class NearDuplicateIndex:
         except ImportError:  # another datasketch layout: fall back to the per-example path
             return [LeanMinHash(self.signature(s)) for s in sets]
         a, b = (np.asarray(p, dtype=np.uint32) for p in self._permutations)
-        out = []
+        out: list[LeanMinHash] = []
         for start in range(0, len(sets), SIGNATURE_CHUNK):
             chunk = sets[start : start + SIGNATURE_CHUNK]
             lengths = np.fromiter((len(s) for s in chunk), dtype=np.int64, count=len(chunk))

@@ -201,7 +201,8 @@ def import_examples(
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in parsed.entries:
-        messages, counts = [], {}
+        messages = []
+        counts: dict[str, int] = {}
         for message in entry.messages:
             text = message["content"]
             if redactor is not None:

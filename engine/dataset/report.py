@@ -51,7 +51,7 @@ def balance(
         for lo, hi in LENGTH_BUCKETS
     }
     refusals = sum(1 for e in entries if is_refusal(e.answer))
-    figures = {
+    figures: dict[str, Any] = {
         "examples": total,
         "by_channel": dict(sorted(by_channel.items(), key=lambda kv: (-kv[1], kv[0]))),
         "by_curator": dict(sorted(by_curator.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from engine.jobs.progress import Throttle
 from engine.jobs.runners import RunHandle, Runner
@@ -148,12 +149,12 @@ class Worker:
                 raise FileNotFoundError(f"dataset snapshot #{job.snapshot_id} no longer exists")
             run_dir = prepare_run_dir(self.home, job, snapshot)
             resume = job.attempts > 1 or has_checkpoint(run_dir)
-            row = q.get_job(session=session, job_id=job.id)
+            row = _reread(session, job)
             row.run_dir = job.run_dir = str(run_dir)
             session.add(row)
             q.add_event(
                 session=session,
-                job_id=job.id,
+                job_id=_job_id(job),
                 level="info",
                 message=(
                     f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} "
@@ -186,11 +187,11 @@ class Worker:
                     with session_scope(self.db) as session:
                         held = q.renew_lease(
                             session=session,
-                            job_id=job.id,
+                            job_id=_job_id(job),
                             worker_id=self.worker_id,
                             lease_seconds=self.lease_seconds,
                         )
-                        state = None if held else q.get_job(session=session, job_id=job.id).state
+                        state = None if held else _reread(session, job).state
                 except Exception:  # noqa: BLE001 — a database blip: try again next tick, the lease has slack
                     log.exception("could not renew job %s's lease", job.id)
                     continue
@@ -230,7 +231,7 @@ class Worker:
             with session_scope(self.db) as session:
                 q.add_event(
                     session=session,
-                    job_id=job.id,
+                    job_id=_job_id(job),
                     level="warning",
                     message=(
                         f"{self.worker_id} lost the job's lease and stopped its attempt "
@@ -255,7 +256,7 @@ class Worker:
         """Record the outcome unless the job moved meanwhile (cancelled, or re-queued after a lost
         lease); tell the observer."""
         with session_scope(self.db) as session:
-            current = q.get_job(session=session, job_id=job.id)
+            current = _reread(session, job)
             if current.state == "running" and current.lease_owner == self.worker_id:
                 try:
                     q.set_state(
@@ -267,18 +268,18 @@ class Worker:
                 except q.TransitionError:
                     pass  # cancelled between our read and our write: the cancel stands
             if current.state == "succeeded":
-                q.add_event(session=session, job_id=job.id, level="info", message="job succeeded")
+                q.add_event(session=session, job_id=_job_id(job), level="info", message="job succeeded")
             elif current.state == "failed":
                 q.add_event(
                     session=session,
-                    job_id=job.id,
+                    job_id=_job_id(job),
                     level="error",
                     message=f"job failed: {current.error}",
                 )
             elif current.state == "cancelled":
                 q.add_event(
                     session=session,
-                    job_id=job.id,
+                    job_id=_job_id(job),
                     level="warning",
                     message=(
                         "job cancelled; the training program was stopped and its run folder kept"
@@ -309,17 +310,17 @@ class Worker:
         level = {"error": "error", "log": "debug"}.get(kind, "info")
         with session_scope(self.db) as session:
             q.add_event(
-                session=session, job_id=job.id, level=level, message=message, metrics=metrics
+                session=session, job_id=_job_id(job), level=level, message=message, metrics=metrics
             )
             # the first and the last always go through, so what is shown at the end is exact
             last = kind != "step" or event.get("step") == event.get("total_steps")
             if kind in ("start", "step", "done") and progress_throttle.ready(final=last):
-                before = q.get_job(session=session, job_id=job.id).progress
+                before = _reread(session, job).progress
                 total = event.get("total_steps") or before.total_steps
                 step = {"start": event.get("resumed_from") or 0, "step": event.get("step", 0)}.get(
                     kind, total
                 )
-                q.record_progress(session=session, job_id=job.id, step=step, total_steps=total)
+                q.record_progress(session=session, job_id=_job_id(job), step=step, total_steps=total)
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.observer is None:
@@ -328,6 +329,19 @@ class Worker:
             getattr(self.observer, method)(*args)
         except Exception:  # noqa: BLE001 — Slack trouble must not fail training
             log.exception("job observer %s failed", method)
+
+
+def _job_id(job: Job) -> int:
+    """The id of a job read from the database (only a job not inserted yet lacks one)."""
+    assert job.id is not None
+    return job.id
+
+
+def _reread(session: Session, job: Job) -> Job:
+    """``job``'s row as it is now (jobs are never deleted)."""
+    row = q.get_job(session=session, job_id=_job_id(job))
+    assert row is not None
+    return row
 
 
 def _sentence(text: str) -> str:

@@ -239,7 +239,7 @@ class Index:
         changed_ids = [i for i, seen in versions.items() if known.get(i) != seen]
         stored = q.vectors_for(session=session, ids=changed_ids)
         model, dimension = self.embedder.name, self.embedder.dimension
-        fresh: list[tuple[int, _Entry | None]] = []  # entries still needing their vector
+        fresh: list[tuple[int, _Entry]] = []  # entries still needing their vector
         reused = skipped = added = updated = 0
         examples = q.example_texts(session=session, ids=changed_ids)
         questions = [question_text(e.messages) for e in examples]
