@@ -103,8 +103,8 @@ def entries_from_storage(rows: Sequence[Any]) -> list[Entry]:
 def analyse(
     entries: Sequence[Entry], tokenizer, *, config: DatasetConfig, check_format: bool = True
 ) -> Analysis:
-    """Apply every rule to ``entries``. Errors exclude an example; the rest is de-duplicated and split.
-    ``check_format=False`` when the entries were already checked (parsed from a file)."""
+    """Apply every rule to ``entries``. Errors exclude an example; the rest is de-duplicated and
+    split. ``check_format=False`` when the entries were already checked (parsed from a file)."""
     entries = list(entries)
     findings = validate_format(entries, workspace_url=config.workspace_url) if check_format else []
     bad = keys_with_errors(findings)

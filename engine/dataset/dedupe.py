@@ -27,8 +27,8 @@ from engine.dataset.config import DatasetConfig
 from engine.dataset.findings import WARNING, Entry, Finding, finding
 
 SHINGLE_WORDS = 3
-# The LSH bands are chosen for this threshold, below the verification threshold, so that pairs
-# just above the threshold are still found (recall ≥ 0.95 on planted duplicates, see bench/dataset.py).
+# The LSH bands are chosen for this threshold, below the verification threshold, so that pairs just
+# above the threshold are still found (recall ≥ 0.95 on planted duplicates, see bench/dataset.py).
 LSH_MARGIN = 0.2
 
 
@@ -85,7 +85,8 @@ class NearDuplicateIndex:
         self._lsh = MinHashLSH(threshold=max(0.05, threshold - LSH_MARGIN), num_perm=num_perm)
 
     def signature(self, shingle_set: frozenset[int]):
-        """One example's MinHash, the plain datasketch way (the reference for :meth:`signatures`)."""
+        """One example's MinHash, the plain datasketch way (the reference for
+        :meth:`signatures`)."""
         mh = self._minhash(
             num_perm=self.num_perm,
             seed=self.seed,
@@ -286,7 +287,8 @@ def dedupe(entries: Sequence[Entry], *, config: DatasetConfig) -> DedupeResult:
                         WARNING,
                         "dedupe.near",
                         e,
-                        f"Nearly the same conversation as {where[best.key]} ({jaccard(sets[i], sets[best_i]):.0%} of word triples shared); "
+                        f"Nearly the same conversation as {where[best.key]} "
+                        f"({jaccard(sets[i], sets[best_i]):.0%} of word triples shared); "
                         f"{_why_kept(best, e)}.",
                         config.workspace_url,
                     )

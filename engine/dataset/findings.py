@@ -50,11 +50,15 @@ class Origin:
         return f"slack:{self.channel}:{self.thread_ts}"
 
     def where(self, workspace_url: str = "") -> str:
-        """How a curator finds the example: a permalink, ``#channel thread ts``, or ``file line n``."""
+        """How a curator finds the example: a permalink, ``#channel thread ts``, or ``file line
+        n``."""
         if self.file:
             return f"{self.file} line {self.line}"
         if workspace_url and self.channel and self.message_ts:
-            link = f"{workspace_url.rstrip('/')}/archives/{self.channel}/p{self.message_ts.replace('.', '')}"
+            link = (
+                f"{workspace_url.rstrip('/')}/archives/{self.channel}"
+                f"/p{self.message_ts.replace('.', '')}"
+            )
             if self.thread_ts and self.thread_ts != self.message_ts:
                 link += f"?thread_ts={self.thread_ts}&cid={self.channel}"
             return link

@@ -65,7 +65,8 @@ def format_findings(record: Any, entry: Entry, workspace_url: str = "") -> list[
             add(
                 ERROR,
                 "format.unknown_key",
-                f'The key "{key}" is not part of the chat format; an example holds only "messages".',
+                f'The key "{key}" is not part of the chat format; '
+                'an example holds only "messages".',
             )
     if "messages" not in record:
         add(ERROR, "format.messages", 'There is no "messages" list.')
@@ -96,7 +97,8 @@ def format_findings(record: Any, entry: Entry, workspace_url: str = "") -> list[
                 add(
                     ERROR,
                     "format.unknown_key",
-                    f'Message {i} has the key "{key}", which threadtune does not use; a message holds only "role" and "content".',
+                    f'Message {i} has the key "{key}", which threadtune does not use; '
+                    'a message holds only "role" and "content".',
                 )
         role = message.get("role")
         if role not in ROLES:
@@ -278,7 +280,8 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
 def token_findings(
     entries: Sequence[Entry], tokenizer, *, config: DatasetConfig
 ) -> tuple[list[Finding], TokenStats]:
-    """The tokenizer rules for entries that passed the format rules. Sets ``entry.tags["tokens"]``."""
+    """The tokenizer rules for entries that passed the format rules. Sets
+    ``entry.tags["tokens"]``."""
     facts = probe_template(tokenizer)
     m = config.max_length
     out: list[Finding] = []

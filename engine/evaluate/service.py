@@ -281,9 +281,10 @@ def evaluate_job(
     inputs: JobInputs | None = None,
 ) -> JobEvaluation:
     """Evaluate job ``job_id``'s adapter against its base model and register it (see the module
-    docstring). Give a ready ``backend`` or a ``backend_factory`` (called only once the job has
-    been checked): a :class:`engine.serving.base.ScoringBackend` that can ``load_adapter`` gives the
-    full report; ``probes=None`` runs the shipped general probes. Raises :class:`EvaluationError`."""
+    docstring). Give a ready ``backend`` or a ``backend_factory`` (called only once the job has been
+    checked): a :class:`engine.serving.base.ScoringBackend` that can ``load_adapter`` gives the full
+    report; ``probes=None`` runs the shipped general probes. Raises
+    :class:`EvaluationError`."""
     if backend is None and backend_factory is None:
         raise ValueError("Give a model backend or a backend_factory.")
     inputs = inputs or job_inputs(db, job_id)

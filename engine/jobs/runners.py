@@ -62,7 +62,8 @@ class RunHandle(Protocol):
         ...
 
     def wait(self) -> int:
-        """Block until the program ends; its exit code (0 done, 1 failed or cancelled, 2 bad config)."""
+        """Block until the program ends; its exit code (0 done, 1 failed or cancelled, 2 bad
+        config)."""
         ...
 
     def stderr_tail(self, n: int = 2000) -> str:
@@ -242,9 +243,10 @@ class RayHandle:
 
 
 class RayRunner:
-    """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP
-    address, e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
-    ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared image)."""
+    """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP address,
+    e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
+    ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared
+    image)."""
 
     name = "ray"
 

@@ -180,7 +180,8 @@ class Worker:
         stopped_because: list[str] = []  # set by the watch thread: "cancelled" or "lost"
 
         def watch() -> None:
-            """Renew the lease and notice cancellation, every poll (a third of the lease at most)."""
+            """Renew the lease and notice cancellation, every poll (a third of the lease at
+            most)."""
             tick = min(self.poll_seconds, self.lease_seconds / 3)
             while not finished.wait(tick):
                 try:
@@ -268,7 +269,9 @@ class Worker:
                 except q.TransitionError:
                     pass  # cancelled between our read and our write: the cancel stands
             if current.state == "succeeded":
-                q.add_event(session=session, job_id=_job_id(job), level="info", message="job succeeded")
+                q.add_event(
+                    session=session, job_id=_job_id(job), level="info", message="job succeeded"
+                )
             elif current.state == "failed":
                 q.add_event(
                     session=session,
@@ -320,7 +323,9 @@ class Worker:
                 step = {"start": event.get("resumed_from") or 0, "step": event.get("step", 0)}.get(
                     kind, total
                 )
-                q.record_progress(session=session, job_id=_job_id(job), step=step, total_steps=total)
+                q.record_progress(
+                    session=session, job_id=_job_id(job), step=step, total_steps=total
+                )
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.observer is None:

@@ -257,7 +257,11 @@ class Index:
             row = stored.get(example.id)
             entry = _Entry(example.id, example.channel, example.thread_ts, example.source,
                            question, answer, np.zeros(0, dtype=np.float32), tokens)
-            if row is not None and (row.text_hash, row.model, row.dimension) == (digest, model, dimension):
+            if row is not None and (row.text_hash, row.model, row.dimension) == (
+                digest,
+                model,
+                dimension,
+            ):
                 entries[example.id] = _with_vector(entry, np.frombuffer(row.vector, dtype="<f4"))
                 reused += 1
             else:

@@ -59,7 +59,7 @@ class AdapterHost(ModelBackend, Protocol):
     def unload_adapter(self, name: str) -> None: ...
 
 
-# -- checks -----------------------------------------------------------------------------------------
+# -- checks ----------------------------------------------------------------------------------------
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:
@@ -223,7 +223,7 @@ def _weight_problems(
     return problems
 
 
-# -- loading ----------------------------------------------------------------------------------------
+# -- loading ---------------------------------------------------------------------------------------
 
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
@@ -254,7 +254,7 @@ def load_once(
     return name
 
 
-# -- reading adapter and model folders --------------------------------------------------------------
+# -- reading adapter and model folders -------------------------------------------------------------
 
 
 def _rank_of(config: Mapping[str, Any]) -> int:

@@ -139,7 +139,9 @@ def _tokens(text: str) -> list[str]:
 # -- probe prompts ---------------------------------------------------------------------------------
 
 
-def probe_prompts(session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS) -> list[list[Message]]:
+def probe_prompts(
+    session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS
+) -> list[list[Message]]:
     """Up to ``n`` held-out conversations (the turns before the answer) of ``model``'s snapshot
     (:func:`engine.dataset.heldout.held_out_examples`), in file order; a few general questions
     when it has none or its test split cannot be read."""

@@ -323,7 +323,7 @@ def _short(exc: Exception) -> str:
     return match.group(0) if match else text[:200]
 
 
-# -- adapter checks ---------------------------------------------------------------------------------
+# -- adapter checks --------------------------------------------------------------------------------
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:

@@ -221,7 +221,8 @@ class TrainConfig:
 
     @classmethod
     def from_overrides(cls, base: dict[str, Any], overrides: dict[str, str]) -> TrainConfig:
-        """``base`` (e.g. a shipped config) with ``key=value`` strings on top, as ``/tune train`` gives them."""
+        """``base`` (e.g. a shipped config) with ``key=value`` strings on top, as ``/tune train``
+        gives them."""
         unknown = sorted(set(overrides) - set(cls.field_names()))
         if unknown:
             raise TrainConfigError(_unknown_message(unknown))
@@ -322,7 +323,10 @@ def _unknown_message(unknown: list[str]) -> str:
             else difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
         )
         parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"Unknown training setting {', '.join(parts)}; known settings: {', '.join(TrainConfig.field_names())}."
+    return (
+        f"Unknown training setting {', '.join(parts)}; "
+        f"known settings: {', '.join(TrainConfig.field_names())}."
+    )
 
 
 def _field_type(name: str) -> str:

@@ -4,9 +4,10 @@
 
 Reads only ``RUN_DIR/config.json`` (TrainConfig fields) and
 ``RUN_DIR/data/{train,validation}.jsonl`` (OpenAI chat JSONL); writes only into RUN_DIR:
-``checkpoints/checkpoint-N/``, ``adapter/`` (the final PEFT adapter — the best checkpoint when
-early stopping; ``model/`` for ``method=full``), ``metrics.jsonl`` and ``run_info.json``. stdout carries one JSON event per line and nothing else
-(library chatter goes to stderr), so a runner can run this anywhere and stream the events back:
+``checkpoints/checkpoint-N/``, ``adapter/`` (the final PEFT adapter — the best checkpoint when early
+stopping; ``model/`` for ``method=full``), ``metrics.jsonl`` and ``run_info.json``. stdout carries
+one JSON event per line and nothing else (library chatter goes to stderr), so a runner can run this
+anywhere and stream the events back:
 
     start · step · eval · checkpoint · done | error
 
