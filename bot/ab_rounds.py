@@ -79,8 +79,9 @@ class RoundRefused(Exception):
 
 
 def held_out_prompts(snapshot: str | Path, n: int, seed: int) -> list[HeldOutExample]:
-    """Up to ``n`` of the snapshot's held-out examples (:func:`engine.dataset.heldout.held_out_examples`,
-    which also drops test prompts seen in training), drawn at random with ``seed``."""
+    """Up to ``n`` of the snapshot's held-out examples
+    (:func:`engine.dataset.heldout.held_out_examples`, which also drops test prompts seen in
+    training), drawn at random with ``seed``."""
     try:
         prompts = held_out_examples(snapshot)
     except NoTestSplit as exc:

@@ -7,17 +7,16 @@ The flow for one question:
    writes the audit row — the question redacted with ``engine.redact.redact`` — so nothing is
    lost whatever happens next.
 2. :meth:`AskService.run` (on the process's bounded pool, :mod:`bot.work`): posts a "Thinking…"
-   message in the channel,
-   generates the answer (the deployed model, or the base model when nothing is deployed), edits the
-   message to show how long it has waited — ``chat.update`` at most once a second per message, and
-   no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in progress, since Slack allows
-   ``chat.update`` about 50 times a minute per workspace (progress is a courtesy: an edit over
-   budget is skipped) — and finally replaces it with the answer as soon as it is ready: the question quoted, the answer split into ≤ 3,000-character
-   sections, the model version in a context line and 👍/👎 buttons. The audit row gets the answer
-   (redacted), the model version, the message ts, the latency and whether the cache answered.
-   A failure (the model server down, vLLM unreachable) becomes a sentence in that message and in
-   the audit row. One progress thread per process makes the "Thinking…" edits of every answer
-   in progress.
+   message in the channel, generates the answer (the deployed model, or the base model when nothing
+   is deployed), edits the message to show how long it has waited — ``chat.update`` at most once a
+   second per message, and no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in
+   progress, since Slack allows ``chat.update`` about 50 times a minute per workspace (progress is a
+   courtesy: an edit over budget is skipped) — and finally replaces it with the answer as soon as it
+   is ready: the question quoted, the answer split into ≤ 3,000-character sections, the model
+   version in a context line and 👍/👎 buttons. The audit row gets the answer (redacted), the model
+   version, the message ts, the latency and whether the cache answered. A failure (the model server
+   down, vLLM unreachable) becomes a sentence in that message and in the audit row. One progress
+   thread per process makes the "Thinking…" edits of every answer in progress.
 3. On shutdown (:meth:`AskService.interrupt_all`), an answer that did not finish in the grace
    period gets its message edited to say so and its audit row completed with that error.
 

@@ -71,8 +71,11 @@ class Settings(BaseSettings):
         0.95,
         ge=0.0,
         le=1.0,
-        description="/ask cache: cosine similarity (all-MiniLM-L6-v2) at which a different wording of a cached "
-        "question gets the cached answer; 0 turns the semantic match off (exact matches still hit).",
+        description=(
+            "/ask cache: cosine similarity (all-MiniLM-L6-v2) at which a different wording of a "
+            "cached question gets the cached answer; 0 turns the semantic match off (exact "
+            "matches still hit)."
+        ),
     )
     probe_threshold: float = Field(
         0.9, description="Deploy probe: agreement needed between served and in-process answers."

@@ -78,6 +78,7 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     votes = write_battle_log(records, out / "battles.jsonl", voter_salt(settings.home))
     pairs = write_preference_pairs(records, out / "preferences.jsonl", per=args.per)
     print(
-        f"Wrote {votes} votes to {out / 'battles.jsonl'} and {pairs} preference pairs to {out / 'preferences.jsonl'}."
+        f"Wrote {votes} votes to {out / 'battles.jsonl'} and {pairs} preference pairs to "
+        f"{out / 'preferences.jsonl'}."
     )
     return 0

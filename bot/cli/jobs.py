@@ -162,7 +162,8 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"Error: {job.error}")
         for event in list_events(session=session, job_id=job.id, limit=10_000):
             print(
-                f"  {event.created_at:%H:%M:%S} {event.level:7} {describe_event(event.message, event.metrics)}"
+                f"  {event.created_at:%H:%M:%S} {event.level:7} "
+                f"{describe_event(event.message, event.metrics)}"
             )
     return 0
 

@@ -58,8 +58,8 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
         ack(text=f"I don't know a model called `{args[0]}`; `/tune models` lists them.")
         return
     ack(
-        text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out questions. "
-        "I'll tell you here when it's done; /ask keeps answering meanwhile."
+        text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out "
+        "questions. I'll tell you here when it's done; /ask keeps answering meanwhile."
     )
     _in_background("deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
 

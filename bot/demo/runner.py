@@ -153,7 +153,8 @@ class Demo:
         for channel in workspace.channels:
             slack.add_channel(channel.id, channel.name)
         self.posted: dict[str, list[str]] = {}
-        # every thread even when quick: a small set leaves too few held-out questions for an A/B round
+        # every thread even when quick: a small set leaves too few held-out questions for an A/B
+        # round
         threads = workspace.threads
         for thread in track(threads, description="people asking and answering", console=c):
             ts_list: list[str] = []
