@@ -31,7 +31,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
 
 @contextmanager
 def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_extra: str):
-    """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log path)."""
+    """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
+    path)."""
     log = home / "serve.log"
     env = {
         **os.environ,

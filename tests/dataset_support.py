@@ -23,8 +23,9 @@ WORDS = (
 
 
 def tokenizer_folder(folder: Path) -> Path:
-    """The embedded model's tokenizer (from its GGUF, as engine.basemodel does) and config saved as a
-    Hugging Face folder: what ensure_base_model accepts as a local BASE_MODEL and load_tokenizer reads."""
+    """The embedded model's tokenizer (from its GGUF, as engine.basemodel does) and config saved as
+    a Hugging Face folder: what ensure_base_model accepts as a local BASE_MODEL and load_tokenizer
+    reads."""
     from transformers import AutoConfig, AutoTokenizer
 
     from engine.basemodel import embedded_gguf_path

@@ -306,7 +306,8 @@ def test_round_is_posted_with_held_out_prompts_and_real_answers(env):
     # real generations: the trained adapter and the random base answer differently
     assert all(p.answer_a != p.answer_b for p in ps)
     assert sum("triage" in p.answer_a for p in ps) >= 4, [p.answer_a for p in ps]
-    # one message per pair (plus the round's own), showing prompt and both answers in the recorded order
+    # one message per pair (plus the round's own), showing prompt and both answers in the recorded
+    # order
     for p in ps:
         msg = message(env, p.message_ts)
         body = text_of(msg)
@@ -368,7 +369,8 @@ def test_votes_changed_votes_duplicates_and_bots(env):
         (p1.id, "UOTH"): "tie",
         (p2.id, "UCUR1"): "both_bad",
     }
-    # the pair message shows how many voted, not the split; chat.update at most once a second per message
+    # the pair message shows how many voted, not the split; chat.update at most once a second per
+    # message
     wait(lambda: "2 votes so far" in text_of(message(env, p0.message_ts)), 10)
     assert "B is better 2" not in text_of(message(env, p0.message_ts))
     updates = [

@@ -93,7 +93,8 @@ def env(request, tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
 
 
 def answers(env) -> list[dict]:
-    """The bot's finished /ask answers in the channel (those with feedback buttons), oldest first."""
+    """The bot's finished /ask answers in the channel (those with feedback buttons), oldest
+    first."""
     return [
         m
         for m in env.slack.messages(CHANNEL)
@@ -126,7 +127,8 @@ def sections_of(message: dict) -> list[str]:
 
 
 def ask_row(env, ts: str) -> AskLog:
-    """The audit row of the answer posted as ``ts`` (a cached answer is logged just after posting)."""
+    """The audit row of the answer posted as ``ts`` (a cached answer is logged just after
+    posting)."""
 
     def find() -> AskLog | None:
         with session_scope(env.db) as s:

@@ -73,7 +73,8 @@ def seed(db) -> dict[str, list[dict[str, str]]]:
 
 
 def threadtune(db_url: str, home: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``python -m bot ARGV`` with only DATABASE_URL and THREADTUNE_HOME set, outside the repo (no .env)."""
+    """``python -m bot ARGV`` with only DATABASE_URL and THREADTUNE_HOME set, outside the repo (no
+    .env)."""
     env = {
         key: value
         for key, value in os.environ.items()

@@ -1,6 +1,6 @@
-"""The one rule for a snapshot's held-out examples (engine.dataset.heldout): system turns, follow-ups,
-prompts seen in training, damaged lines — and the three callers (rounds, the deploy probe,
-evaluation) reading the same examples."""
+"""The one rule for a snapshot's held-out examples (engine.dataset.heldout): system turns,
+follow-ups, prompts seen in training, damaged lines — and the three callers (rounds, the deploy
+probe, evaluation) reading the same examples."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ NO_SYSTEM = (
                 (
                     "error",
                     "format.unknown_key",
-                    'The key "prompt" is not part of the chat format; an example holds only "messages".',
+                    'The key "prompt" is not part of the chat format; '
+                    'an example holds only "messages".',
                 ),
                 ("error", "format.messages", 'There is no "messages" list.'),
             ],
@@ -150,7 +151,8 @@ NO_SYSTEM = (
                 (
                     "error",
                     "format.unknown_key",
-                    'Message 2 has the key "weight", which threadtune does not use; a message holds only "role" and "content".',
+                    'Message 2 has the key "weight", which threadtune does not use; '
+                    'a message holds only "role" and "content".',
                 ),
                 NO_SYSTEM,
             ],
@@ -380,7 +382,8 @@ def test_an_answer_without_tokens_leaves_the_label_mask_empty(tokenizer):
 
 
 def test_label_mask_agrees_with_what_training_builds(tokenizer):
-    """The rules predict the training program's own label mask: trained tokens and the end-of-turn."""
+    """The rules predict the training program's own label mask: trained tokens and the
+    end-of-turn."""
     from engine.train.program import tokenize_example
 
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -436,7 +439,8 @@ def test_templates_that_refuse_drop_or_reshape(tokenizer):
         (
             "error",
             "template.error",
-            "The base model's chat template refuses this conversation: Conversations must be short.",
+            "The base model's chat template refuses this conversation: "
+            "Conversations must be short.",
         )
     ]
 

@@ -1,8 +1,8 @@
 """``/tune eval <job>`` end to end: a running ``threadtune serve`` over signed HTTP, the emulator as
-Slack, a job really trained by ``python -m engine.train`` on the tiny model. The report lands in
-the job's thread (Block Kit summary with the verdict, the PNG charts), the model is in the
-registry with that verdict, its adapter stored in clear with a warning at start (no
-THREADTUNE_ENCRYPTION_KEY). Encrypted storage and PostgreSQL are covered, more cheaply, in-process by
+Slack, a job really trained by ``python -m engine.train`` on the tiny model. The report lands in the
+job's thread (Block Kit summary with the verdict, the PNG charts), the model is in the registry with
+that verdict, its adapter stored in clear with a warning at start (no THREADTUNE_ENCRYPTION_KEY).
+Encrypted storage and PostgreSQL are covered, more cheaply, in-process by
 tests/test_eval_service.py."""
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def test_a_finished_job_does_not_overwrite_a_concurrent_cancel(db):
     with Session(db, expire_on_commit=False) as worker, Session(db) as admin:
         seen_by_worker = q.get_job(session=worker, job_id=job_id)
         assert seen_by_worker.state == "running"
-        worker.commit()  # end the read: on PostgreSQL and SQLite the worker would see the cancel next
+        # end the read: on PostgreSQL and SQLite the worker would see the cancel next
+        worker.commit()
         q.request_cancel(session=admin, job=q.get_job(session=admin, job_id=job_id))
         admin.commit()
         worker.add(seen_by_worker)  # the worker still believes the job is running

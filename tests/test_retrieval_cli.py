@@ -1,4 +1,5 @@
-"""``threadtune index rebuild|stats`` against a real SQLite database, and its one-sentence errors."""
+"""``threadtune index rebuild|stats`` against a real SQLite database, and its one-sentence
+errors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The training program on a tiny random Llama (SmolLM2's tokenizer) on the CPU, QLoRA 4-bit:
-the event contract, what it writes, that it learns, that the adapter reloads, and resume after kill."""
+"""The training program on a tiny random Llama (SmolLM2's tokenizer) on the CPU, QLoRA 4-bit: the
+event contract, what it writes, that it learns, that the adapter reloads, and resume after kill."""
 
 import hashlib
 import json
@@ -307,7 +307,8 @@ def test_canaries_are_planted_on_request_and_recorded(tmp_path):
 
 def test_lean_lm_head_scores_only_trained_tokens_with_the_same_loss_and_gradient():
     """On the CPU, training scores only the assistant positions, in narrow vocabulary tiles (the
-    peak-memory fix); the loss and gradients must be those of TRL's own head, and TRL is restored."""
+    peak-memory fix); the loss and gradients must be those of TRL's own head, and TRL is
+    restored."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils as trl_utils

@@ -275,7 +275,7 @@ def test_root_is_importable_without_heavy_libraries():
     assert out.stdout.strip() == "False"
 
 
-# -- how many adapters the server holds --------------------------------------------------------------
+# -- how many adapters the server holds ------------------------------------------------------------
 
 
 class _AdapterServer(http.server.BaseHTTPRequestHandler):

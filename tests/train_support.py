@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_tiny_model(folder: Path) -> Path:
     """A randomly initialised LlamaForCausalLM (hidden 64, 2 layers) with SmolLM2's tokenizer and
-    chat template, saved in Hugging Face format — the same shape of folder ensure_base_model gives."""
+    chat template, saved in Hugging Face format — the same shape of folder ensure_base_model
+    gives."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -118,7 +119,8 @@ _CACHE: dict[str, Path] = {}
 
 
 def tiny_base_dir() -> Path:
-    """One tiny base model per test process (built once, ~10 s: SmolLM2's tokenizer comes from the GGUF)."""
+    """One tiny base model per test process (built once, ~10 s: SmolLM2's tokenizer comes from the
+    GGUF)."""
     if "tiny" not in _CACHE:
         import atexit
         import shutil
