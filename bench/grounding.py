@@ -150,7 +150,8 @@ def queries(n: int, seed: int = 29) -> list[str]:
 
 
 def pin_cores(cores: int, torch_threads: int) -> int:
-    """Run this process on ``cores`` CPUs at most, torch with ``torch_threads`` (0: one per core)."""
+    """Run this process on ``cores`` CPUs at most, torch with ``torch_threads`` (0: one per
+    core)."""
     available = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, set(available[:cores]))
     import torch
