@@ -131,7 +131,7 @@ def _preference(r: VoteRecord, winner: str) -> dict[str, str]:
 def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | IO[str]) -> int:
     """Write one JSON object per line (UTF-8, not ASCII-escaped); returns the number of lines."""
     if isinstance(out, str | Path):
-        with open(out, "w", encoding="utf-8") as fh:
+        with Path(out).open("w", encoding="utf-8") as fh:
             return write_jsonl(rows, fh)
     n = 0
     for row in rows:

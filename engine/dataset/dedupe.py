@@ -140,7 +140,7 @@ class NearDuplicateIndex:
         # cheaper than one query per example.
         candidates: set[tuple[int, int]] = set()
         for table in self._lsh.hashtables:
-            for bucket in table.keys():
+            for bucket in table.keys():  # noqa: SIM118 — a datasketch storage, not a dict
                 members = table.get(bucket)
                 if len(members) > 1:
                     ordered = sorted(members)

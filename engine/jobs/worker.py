@@ -8,6 +8,7 @@ out, the next worker re-queues the job, and whoever claims it resumes from the l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -72,7 +73,7 @@ def prepare_run_dir(home: Path, job: Job, snapshot: DatasetSnapshot | None) -> P
             source, target = folder / f"{split}.jsonl", data / f"{split}.jsonl"
             if source.is_file() and not target.exists():
                 shutil.copyfile(source, target.with_suffix(".part"))
-                os.replace(target.with_suffix(".part"), target)  # never a half-copied split
+                target.with_suffix(".part").replace(target)  # never a half-copied split
     return run_dir
 
 
@@ -259,15 +260,14 @@ class Worker:
         with session_scope(self.db) as session:
             current = _reread(session, job)
             if current.state == "running" and current.lease_owner == self.worker_id:
-                try:
+                # cancelled between our read and our write: the cancel stands
+                with contextlib.suppress(q.TransitionError):
                     q.set_state(
                         session=session,
                         job=current,
                         state="succeeded" if succeeded else "failed",
                         error="" if succeeded else _sentence(error),
                     )
-                except q.TransitionError:
-                    pass  # cancelled between our read and our write: the cancel stands
             if current.state == "succeeded":
                 q.add_event(
                     session=session, job_id=_job_id(job), level="info", message="job succeeded"

@@ -104,7 +104,7 @@ def _run(run_dir: Path, resume: bool) -> int:
     base = _base_model_folder(config)
     checkpoint = latest_checkpoint(run_dir)
     if resume and checkpoint is None:
-        print(
+        print(  # noqa: T201 — stderr: stdout carries only the JSON events
             "--resume given but no checkpoint exists yet; starting from the beginning.",
             file=sys.stderr,
         )
@@ -302,7 +302,7 @@ def _now() -> str:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=events.jsonable), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _install_signal_handlers(state: RunState) -> dict[int, Any]:
@@ -312,7 +312,7 @@ def _install_signal_handlers(state: RunState) -> dict[int, Any]:
         if state.cancelled:  # a second signal: give up at once
             raise KeyboardInterrupt
         state.cancelled = True
-        print(
+        print(  # noqa: T201 — stderr: stdout carries only the JSON events
             f"Received signal {signum}: stopping after this step and saving a checkpoint.",
             file=sys.stderr,
         )
