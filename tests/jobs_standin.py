@@ -53,7 +53,7 @@ def save_checkpoint(run_dir: Path, step: int) -> Path:
     folder = run_dir / "checkpoints" / f"checkpoint-{step}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "state.json.part").write_text(json.dumps({"step": step}))
-    os.replace(folder / "state.json.part", folder / "state.json")  # a checkpoint is whole or absent
+    (folder / "state.json.part").replace(folder / "state.json")  # a checkpoint is whole or absent
     emit("checkpoint", step=step, path=str(folder.relative_to(run_dir)))
     return folder
 

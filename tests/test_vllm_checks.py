@@ -301,11 +301,13 @@ class _AdapterServer(http.server.BaseHTTPRequestHandler):
         if self.path == "/v1/load_lora_adapter":
             self.calls.append(("load", body["lora_name"]))
             self.loaded[body["lora_name"]] = body["lora_path"]
-            return self._send(200, {})
+            self._send(200, {})
+            return
         if self.path == "/v1/unload_lora_adapter":
             self.calls.append(("unload", body["lora_name"]))
             self.loaded.pop(body["lora_name"], None)
-            return self._send(200, {})
+            self._send(200, {})
+            return
         self.calls.append(("ask", body["model"]))
         self._send(
             200,
