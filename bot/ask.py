@@ -225,9 +225,8 @@ class AnswerCache:
         found.vector = self.embed(question)  # outside the lock: it takes milliseconds
         if found.vector is None:
             return found
-        with (
-            self._lock
-        ):  # entries cached before the embedding model was ready get their vectors now
+        # entries cached before the embedding model was ready get their vectors now
+        with self._lock:
             missing = [
                 e
                 for k, e in self._items.items()

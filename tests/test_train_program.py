@@ -260,9 +260,8 @@ def test_resume_after_kill_continues_from_the_checkpoint(tmp_path):
     killed_at = first[-1]["step"]
     assert killed_at == 2 and not (run_dir / "adapter").exists()
 
-    code, events, stderr = run_program(
-        run_dir
-    )  # no --resume: an existing checkpoint is picked up anyway
+    # no --resume: an existing checkpoint is picked up anyway
+    code, events, stderr = run_program(run_dir)
     assert code == 0, stderr[-2000:]
     assert (
         events[0]["event"] == "start"

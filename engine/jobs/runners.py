@@ -206,9 +206,8 @@ class RayHandle:
             start = self._consumed
             end = len(text) if finished else text.rfind("\n", start) + 1
             for line in text[start:end].splitlines(keepends=True):
-                self._consumed += len(
-                    line
-                )  # before yielding: a caller that stops early resumes after it
+                # before yielding: a caller that stops early resumes after it
+                self._consumed += len(line)
                 if line.strip():
                     yield parse_line(line)
             if finished:

@@ -154,9 +154,8 @@ def probe_prompts(
     if snapshot is not None and has_test_split(snapshot.path):
         try:
             prompts = [list(e.messages) for e in held_out_examples(snapshot.path)[:n]]
-        except (
-            HeldOutError
-        ) as exc:  # the probe tests the server, not the data: general questions do
+        except HeldOutError as exc:
+            # the probe tests the server, not the data: general questions do
             log.warning("probing %s with general questions: %s", model.name, exc)
     if not prompts:
         prompts = [[{"role": "user", "content": q}] for q in FALLBACK_PROMPTS[:n]]
