@@ -45,21 +45,65 @@ from bench._support import pct  # noqa: E402
 CORES = 2
 TARGET_P50_MS, TARGET_P99_MS = 20, 60
 
-SYSTEMS = ["billing", "search-api", "payments", "auth", "ledger", "mobile app", "data warehouse",
-           "CI runners", "VPN", "staging cluster", "feature flags", "email relay", "CDN", "on-call rota",
-           "release train", "metrics stack", "log pipeline", "secrets vault", "SSO", "object storage"]
-ASKS = ["How do I {a} {s}?", "What's the process to {a} {s}?", "Who can help me {a} {s}?",
-        "Is there a runbook to {a} {s}?", "Where do I go to {a} {s}?"]
-REPHRASED = ["quick one: how would I {a} {s}", "what is the way to {a} {s} these days?",
-             "any docs on how to {a} {s}?"]
-ACTIONS = ["get access to the", "rotate the credentials of the", "roll back a release of the",
-           "request more quota on the", "debug timeouts in the", "restart the", "rename a team in the",
-           "add a webhook to the", "export a report from the", "migrate a table in the",
-           "raise the rate limit of the", "turn on audit logs for the", "page the owners of the",
-           "clean up stale data in the", "upgrade the client library of the"]
-UNCOVERED = ["What's for lunch on Friday?", "Can I bring my dog to the office?",
-             "When is the next company offsite?", "How do I expense a conference ticket?",
-             "Who won the hackathon last year?", "Is the parking garage open on Sunday?"]
+SYSTEMS = [
+    "billing",
+    "search-api",
+    "payments",
+    "auth",
+    "ledger",
+    "mobile app",
+    "data warehouse",
+    "CI runners",
+    "VPN",
+    "staging cluster",
+    "feature flags",
+    "email relay",
+    "CDN",
+    "on-call rota",
+    "release train",
+    "metrics stack",
+    "log pipeline",
+    "secrets vault",
+    "SSO",
+    "object storage",
+]
+ASKS = [
+    "How do I {a} {s}?",
+    "What's the process to {a} {s}?",
+    "Who can help me {a} {s}?",
+    "Is there a runbook to {a} {s}?",
+    "Where do I go to {a} {s}?",
+]
+REPHRASED = [
+    "quick one: how would I {a} {s}",
+    "what is the way to {a} {s} these days?",
+    "any docs on how to {a} {s}?",
+]
+ACTIONS = [
+    "get access to the",
+    "rotate the credentials of the",
+    "roll back a release of the",
+    "request more quota on the",
+    "debug timeouts in the",
+    "restart the",
+    "rename a team in the",
+    "add a webhook to the",
+    "export a report from the",
+    "migrate a table in the",
+    "raise the rate limit of the",
+    "turn on audit logs for the",
+    "page the owners of the",
+    "clean up stale data in the",
+    "upgrade the client library of the",
+]
+UNCOVERED = [
+    "What's for lunch on Friday?",
+    "Can I bring my dog to the office?",
+    "When is the next company offsite?",
+    "How do I expense a conference ticket?",
+    "Who won the hackathon last year?",
+    "Is the parking garage open on Sunday?",
+]
 
 
 def synthetic_examples(n: int, seed: int = 13) -> list[dict]:
@@ -69,29 +113,45 @@ def synthetic_examples(n: int, seed: int = 13) -> list[dict]:
     rows = []
     for i in range(n):
         system, action = rng.choice(SYSTEMS), rng.choice(ACTIONS)
-        question = (rng.choice(ASKS).format(a=action, s=system)
-                    + f" (ticket OPS-{rng.randrange(10_000, 99_999)}, {rng.choice(['eu', 'us', 'ap'])}"
-                      f"-{rng.randrange(1, 9)})")
-        answer = (f"Open a request in #{system.replace(' ', '-')}-ops, then run `tt {action.split()[0]} "
-                  f"{system.split()[0]}`. Owner: @team-{rng.randrange(1, 60)}.")
-        rows.append({"source": "slack", "channel": f"C{rng.randrange(100, 140)}",
-                     "thread_ts": f"{1_700_000_000 + i}.000100", "message_ts": f"{1_700_000_000 + i}.000200",
-                     "content_hash": f"bench-{i}",
-                     "messages": [{"role": "user", "content": question},
-                                  {"role": "assistant", "content": answer}]})
+        question = (
+            rng.choice(ASKS).format(a=action, s=system)
+            + f" (ticket OPS-{rng.randrange(10_000, 99_999)}, {rng.choice(['eu', 'us', 'ap'])}"
+            f"-{rng.randrange(1, 9)})"
+        )
+        answer = (
+            f"Open a request in #{system.replace(' ', '-')}-ops, then run `tt {action.split()[0]} "
+            f"{system.split()[0]}`. Owner: @team-{rng.randrange(1, 60)}."
+        )
+        rows.append(
+            {
+                "source": "slack",
+                "channel": f"C{rng.randrange(100, 140)}",
+                "thread_ts": f"{1_700_000_000 + i}.000100",
+                "message_ts": f"{1_700_000_000 + i}.000200",
+                "content_hash": f"bench-{i}",
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ],
+            }
+        )
     return rows
 
 
 def queries(n: int, seed: int = 29) -> list[str]:
     """Rephrased curated questions, and one in six about something nothing covers."""
     rng = random.Random(seed)
-    return [rng.choice(UNCOVERED) if i % 6 == 5 else
-            rng.choice(REPHRASED).format(a=rng.choice(ACTIONS), s=rng.choice(SYSTEMS))
-            for i in range(n)]
+    return [
+        rng.choice(UNCOVERED)
+        if i % 6 == 5
+        else rng.choice(REPHRASED).format(a=rng.choice(ACTIONS), s=rng.choice(SYSTEMS))
+        for i in range(n)
+    ]
 
 
 def pin_cores(cores: int, torch_threads: int) -> int:
-    """Run this process on ``cores`` CPUs at most, torch with ``torch_threads`` (0: one per core)."""
+    """Run this process on ``cores`` CPUs at most, torch with ``torch_threads`` (0: one per
+    core)."""
     available = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, set(available[:cores]))
     import torch
@@ -148,25 +208,35 @@ def retrieval_section(args: argparse.Namespace, work: Path, console) -> tuple[li
     embedder.embed(sample)
     embed_only = len(sample) / (time.perf_counter() - started)
 
-    console.print(f"Storing vectors for the other {args.examples - embedded_n:,} (copies of real "
-                  "ones plus noise, see the docstring)…")
+    console.print(
+        f"Storing vectors for the other {args.examples - embedded_n:,} (copies of real "
+        "ones plus noise, see the docstring)…"
+    )
     with session_scope(db) as s:
         pool = rq.vectors_for(session=s, ids=range(1, embedded_n + 1))
     pool_vectors = np.stack([np.frombuffer(v.vector, dtype="<f4") for v in pool.values()])
     rng = np.random.default_rng(7)
     for start in range(embedded_n, args.examples, 5_000):
-        chunk = rows[start:start + 5_000]
+        chunk = rows[start : start + 5_000]
         with session_scope(db) as s:
             insert_examples(session=s, examples=chunk)
         vectors = pool_vectors[rng.integers(0, len(pool_vectors), len(chunk))]
         vectors = vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         with session_scope(db) as s:
-            rq.save_vectors(session=s, rows=[
-                {"example_id": start + i + 1, "model": embedder.name, "dimension": embedder.dimension,
-                 "text_hash": text_hash(embedder.name, question_text(row["messages"])),
-                 "vector": vector.astype("<f4").tobytes()}
-                for i, (row, vector) in enumerate(zip(chunk, vectors, strict=True))])
+            rq.save_vectors(
+                session=s,
+                rows=[
+                    {
+                        "example_id": start + i + 1,
+                        "model": embedder.name,
+                        "dimension": embedder.dimension,
+                        "text_hash": text_hash(embedder.name, question_text(row["messages"])),
+                        "vector": vector.astype("<f4").tobytes(),
+                    }
+                    for i, (row, vector) in enumerate(zip(chunk, vectors, strict=True))
+                ],
+            )
 
     console.print(f"A new index on {args.examples:,} stored examples (the restart path)…")
     restarted = Index(MiniLMEmbedder(embedder._loaded()))
@@ -200,7 +270,11 @@ def retrieval_section(args: argparse.Namespace, work: Path, console) -> tuple[li
     restarted.embedder = real
 
     console.print("One example curated at that size, then sync…")
-    fields = {**synthetic_examples(1, seed=99)[0], "message_ts": "1.000200", "thread_ts": "1.000100"}
+    fields = {
+        **synthetic_examples(1, seed=99)[0],
+        "message_ts": "1.000200",
+        "thread_ts": "1.000100",
+    }
     fields.pop("source")
     with session_scope(db) as s:
         cq.save_example(session=s, fields=fields, curator="UBENCH")
@@ -218,10 +292,15 @@ def retrieval_section(args: argparse.Namespace, work: Path, console) -> tuple[li
 
     n = args.examples
     table_rows = [  # (what, figure)
-        (f"indexing throughput ({embedded_n:,} examples, embedding included)",
-         f"{embedded_n / index_seconds:,.0f} examples/s"),
+        (
+            f"indexing throughput ({embedded_n:,} examples, embedding included)",
+            f"{embedded_n / index_seconds:,.0f} examples/s",
+        ),
         ("  embedding alone (batches of 64)", f"{embed_only:,.0f} examples/s"),
-        (f"new index from {n:,} stored vectors (restart, nothing embedded)", f"{restart_seconds:,.2f} s"),
+        (
+            f"new index from {n:,} stored vectors (restart, nothing embedded)",
+            f"{restart_seconds:,.2f} s",
+        ),
         (f"retrieval at {n:,}: embed + search + fuse, p50", f"{ms(pct(total, 0.5))} ms"),
         (f"retrieval at {n:,}: p99", f"{ms(pct(total, 0.99))} ms"),
         ("  CPU time of one retrieval (all threads), p50", f"{ms(pct(cpu, 0.5))} ms"),
@@ -233,18 +312,25 @@ def retrieval_section(args: argparse.Namespace, work: Path, console) -> tuple[li
         ("sync with nothing changed", f"{ms(idle_sync)} ms"),
     ]
     figures = {
-        "examples": n, "embedded_for_throughput": embedded_n, "queries": len(total),
+        "examples": n,
+        "embedded_for_throughput": embedded_n,
+        "queries": len(total),
         "index_examples_per_s": round(embedded_n / index_seconds, 1),
         "embed_only_examples_per_s": round(embed_only, 1),
         "restart_load_s": round(restart_seconds, 3),
-        "retrieval_p50_ms": ms(pct(total, 0.5)), "retrieval_p99_ms": ms(pct(total, 0.99)),
+        "retrieval_p50_ms": ms(pct(total, 0.5)),
+        "retrieval_p99_ms": ms(pct(total, 0.99)),
         # CPU time is what the other work on a shared machine does not inflate (much)
-        "retrieval_cpu_p50_ms": ms(pct(cpu, 0.5)), "retrieval_cpu_p99_ms": ms(pct(cpu, 0.99)),
-        "query_embed_p50_ms": ms(pct(embed, 0.5)), "query_embed_p99_ms": ms(pct(embed, 0.99)),
+        "retrieval_cpu_p50_ms": ms(pct(cpu, 0.5)),
+        "retrieval_cpu_p99_ms": ms(pct(cpu, 0.99)),
+        "query_embed_p50_ms": ms(pct(embed, 0.5)),
+        "query_embed_p99_ms": ms(pct(embed, 0.99)),
         "search_fuse_p50_ms": ms(pct(search_only, 0.5)),
         "search_fuse_p99_ms": ms(pct(search_only, 0.99)),
-        "curation_sync_s": round(curate_sync, 3), "idle_sync_ms": ms(idle_sync),
-        "target_retrieval_p50_ms": TARGET_P50_MS, "target_retrieval_p99_ms": TARGET_P99_MS,
+        "curation_sync_s": round(curate_sync, 3),
+        "idle_sync_ms": ms(idle_sync),
+        "target_retrieval_p50_ms": TARGET_P50_MS,
+        "target_retrieval_p99_ms": TARGET_P99_MS,
     }
     return table_rows, figures
 
@@ -254,12 +340,22 @@ SECTIONS = [("Retrieval", retrieval_section)]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=50_000, help="examples indexed (default 50,000)")
-    parser.add_argument("--embedded", type=int, default=2_000,
-                        help="of them really embedded, for the throughput (default 2,000)")
+    parser.add_argument(
+        "--examples", type=int, default=50_000, help="examples indexed (default 50,000)"
+    )
+    parser.add_argument(
+        "--embedded",
+        type=int,
+        default=2_000,
+        help="of them really embedded, for the throughput (default 2,000)",
+    )
     parser.add_argument("--queries", type=int, default=300, help="searches timed (default 300)")
-    parser.add_argument("--torch-threads", type=int, default=0,
-                        help="torch's threads (default 0: one per core used)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch's threads (default 0: one per core used)",
+    )
     args = parser.parse_args()
 
     from rich.console import Console
@@ -270,8 +366,11 @@ def main() -> int:
     import torch
 
     # other work on the machine shows here: the figures are only comparable at a similar load
-    figures: dict = {"cores": cores, "torch_threads": torch.get_num_threads(),
-                     "load_average_1m": round(os.getloadavg()[0], 2)}
+    figures: dict = {
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     tables = []
     with tempfile.TemporaryDirectory(prefix="tt-bench-grounding-") as tmp:
         for title, section in SECTIONS:
@@ -285,9 +384,11 @@ def main() -> int:
             tables.append(table)
     for table in tables:
         console.print(table)
-    console.print(f"retrieval p50 {figures['retrieval_p50_ms']} ms (target < {TARGET_P50_MS}), "
-                  f"p99 {figures['retrieval_p99_ms']} ms (target < {TARGET_P99_MS}) "
-                  f"at {figures['examples']:,} examples")
+    console.print(
+        f"retrieval p50 {figures['retrieval_p50_ms']} ms (target < {TARGET_P50_MS}), "
+        f"p99 {figures['retrieval_p99_ms']} ms (target < {TARGET_P99_MS}) "
+        f"at {figures['examples']:,} examples"
+    )
     print(json.dumps(figures))
     return 0
 

@@ -79,13 +79,16 @@ class RoundRefused(Exception):
 
 
 def held_out_prompts(snapshot: str | Path, n: int, seed: int) -> list[HeldOutExample]:
-    """Up to ``n`` of the snapshot's held-out examples (:func:`engine.dataset.heldout.held_out_examples`,
-    which also drops test prompts seen in training), drawn at random with ``seed``."""
+    """Up to ``n`` of the snapshot's held-out examples
+    (:func:`engine.dataset.heldout.held_out_examples`, which also drops test prompts seen in
+    training), drawn at random with ``seed``."""
     try:
         prompts = held_out_examples(snapshot)
     except NoTestSplit as exc:
-        raise RoundRefused(f"The dataset snapshot at {exc.folder} has no test.jsonl, so there are no "
-                           "held-out questions to ask.") from None
+        raise RoundRefused(
+            f"The dataset snapshot at {exc.folder} has no test.jsonl, so there are no "
+            "held-out questions to ask."
+        ) from None
     except HeldOutError as exc:
         raise RoundRefused(f"I can't read the held-out questions: {exc}") from None
     rng = random.Random(seed)
@@ -147,11 +150,20 @@ class ABRoundService:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def plan(self, ref: str, *, channel: str, requested_by: str, pairs: int = DEFAULT_PAIRS,
-             seed: int | None = None) -> RoundPlan:
+    def plan(
+        self,
+        ref: str,
+        *,
+        channel: str,
+        requested_by: str,
+        pairs: int = DEFAULT_PAIRS,
+        seed: int | None = None,
+    ) -> RoundPlan:
         """Check a request and pick the prompts; raises :class:`RoundRefused` with a sentence."""
         if not MIN_PAIRS <= pairs <= MAX_PAIRS:
-            raise RoundRefused(f"A round has between {MIN_PAIRS} and {MAX_PAIRS} pairs; {pairs} is out of range.")
+            raise RoundRefused(
+                f"A round has between {MIN_PAIRS} and {MAX_PAIRS} pairs; {pairs} is out of range."
+            )
         if not channel:
             raise RoundRefused("Run `/tune ab` in the channel where people should vote.")
         with session_scope(self.db) as s:
@@ -159,31 +171,50 @@ class ABRoundService:
             model = registry.model_for_job(session=s, job_id=int(text)) if text.isdigit() else None
             model = model or registry.get_model(session=s, ref=text)
             if model is None:
-                raise RoundRefused(f"I don't know a job or model called `{ref}`; `/tune models` lists them.")
+                raise RoundRefused(
+                    f"I don't know a job or model called `{ref}`; `/tune models` lists them."
+                )
             deployed = registry.deployed_model(session=s)
             if deployed is not None and deployed.id == model.id:
-                raise RoundRefused(f"{model.name} is the deployed model already; start a round for a newer candidate.")
+                raise RoundRefused(
+                    f"{model.name} is the deployed model already; start a round for a newer "
+                    "candidate."
+                )
             candidate = RoundModel(model.name, model.adapter_path, model.checksum)
-            opponent = RoundModel(deployed.name, deployed.adapter_path, deployed.checksum) if deployed else RoundModel(BASE)
+            opponent = (
+                RoundModel(deployed.name, deployed.adapter_path, deployed.checksum)
+                if deployed
+                else RoundModel(BASE)
+            )
             for open_round in ab.open_rounds(session=s):
                 if {open_round.candidate, open_round.opponent} == {candidate.name, opponent.name}:
-                    raise RoundRefused(f"Round #{open_round.id} of {open_round.candidate} against "
-                                       f"{open_round.opponent} is still open; wait for its result.")
+                    raise RoundRefused(
+                        f"Round #{open_round.id} of {open_round.candidate} against "
+                        f"{open_round.opponent} is still open; wait for its result."
+                    )
             snapshot_id = model.snapshot_id
             job = s.get(Job, model.job_id) if model.job_id is not None else None
             if snapshot_id is None and job is not None:
                 snapshot_id = job.snapshot_id
-            snapshot = get_snapshot(session=s, snapshot_id=snapshot_id) if snapshot_id is not None else None
+            snapshot = (
+                get_snapshot(session=s, snapshot_id=snapshot_id)
+                if snapshot_id is not None
+                else None
+            )
             if snapshot is None:
-                raise RoundRefused(f"{model.name} has no dataset snapshot on record, so I can't tell "
-                                   "which questions it never saw in training.")
+                raise RoundRefused(
+                    f"{model.name} has no dataset snapshot on record, so I can't tell "
+                    "which questions it never saw in training."
+                )
             job_id = model.job_id
             path = snapshot.path
         seed = secrets.randbits(32) if seed is None else seed
         prompts = held_out_prompts(path, pairs, seed)
         if len(prompts) < MIN_PAIRS:
-            raise RoundRefused(f"The test split of {model.name}'s dataset has {len(prompts)} usable held-out "
-                               f"question(s); a round needs at least {MIN_PAIRS}.")
+            raise RoundRefused(
+                f"The test split of {model.name}'s dataset has {len(prompts)} usable held-out "
+                f"question(s); a round needs at least {MIN_PAIRS}."
+            )
         return RoundPlan(candidate, opponent, channel, requested_by, job_id, prompts, seed)
 
     def launch(self, plan: RoundPlan) -> None:
@@ -194,8 +225,11 @@ class ABRoundService:
                 self.run(plan)
             except Exception as exc:  # noqa: BLE001 — the admin gets a sentence, the log the trace
                 log.exception("A/B round for %s failed to start", plan.candidate.name)
-                self._tell(plan.channel, plan.requested_by,
-                           f"I couldn't start the A/B round of {plan.candidate.name}: {_sentence(exc)}")
+                self._tell(
+                    plan.channel,
+                    plan.requested_by,
+                    f"I couldn't start the A/B round of {plan.candidate.name}: {_sentence(exc)}",
+                )
 
         self.work.submit(target)
 
@@ -207,23 +241,47 @@ class ABRoundService:
         rng = random.Random(plan.seed ^ 0x5EED)
         deadline = utcnow() + self.deadline
         with session_scope(self.db) as s:
-            rnd = ab.create_round(session=s, candidate=plan.candidate.name, opponent=plan.opponent.name,
-                                  channel=plan.channel, deadline=deadline, created_by=plan.requested_by,
-                                  job_id=plan.job_id)
+            rnd = ab.create_round(
+                session=s,
+                candidate=plan.candidate.name,
+                opponent=plan.opponent.name,
+                channel=plan.channel,
+                deadline=deadline,
+                created_by=plan.requested_by,
+                job_id=plan.job_id,
+            )
             round_id = rnd.id
             pair_ids = [
-                ab.add_pair(session=s, round_id=round_id, position=i, prompt=p.text, answer_a=a, answer_b=b,
-                            model_a=plan.candidate.name, model_b=plan.opponent.name,
-                            left=rng.choice(("a", "b"))).id
+                ab.add_pair(
+                    session=s,
+                    round_id=round_id,
+                    position=i,
+                    prompt=p.text,
+                    answer_a=a,
+                    answer_b=b,
+                    model_a=plan.candidate.name,
+                    model_b=plan.opponent.name,
+                    left=rng.choice(("a", "b")),
+                ).id
                 for i, (p, a, b) in enumerate(zip(plan.prompts, mine, theirs, strict=True))
             ]
         self._arm(round_id, deadline)
-        log.info("A/B round %s: %s vs %s, %d pairs, closes %s", round_id, plan.candidate.name,
-                 plan.opponent.name, len(pair_ids), deadline.isoformat())
+        log.info(
+            "A/B round %s: %s vs %s, %d pairs, closes %s",
+            round_id,
+            plan.candidate.name,
+            plan.opponent.name,
+            len(pair_ids),
+            deadline.isoformat(),
+        )
         try:
-            header = self._post(plan.channel, f"Blind A/B round #{round_id}: {len(pair_ids)} pairs to vote on",
-                                blocks.round_blocks(round_id, plan.candidate.name, plan.opponent.name,
-                                                    len(pair_ids), deadline))
+            header = self._post(
+                plan.channel,
+                f"Blind A/B round #{round_id}: {len(pair_ids)} pairs to vote on",
+                blocks.round_blocks(
+                    round_id, plan.candidate.name, plan.opponent.name, len(pair_ids), deadline
+                ),
+            )
             with session_scope(self.db) as s:
                 ab.set_round_message(session=s, round_id=round_id, message_ts=header)
             for pair_id in pair_ids:
@@ -251,11 +309,17 @@ class ABRoundService:
         with session_scope(self.db) as s:
             pair = ab.get_pair(session=s, pair_id=pair_id)
             if pair is None:
-                return VoteOutcome(False, "That A/B pair no longer exists, so your vote wasn't counted.")
+                return VoteOutcome(
+                    False, "That A/B pair no longer exists, so your vote wasn't counted."
+                )
             round_id, position = pair.round_id, pair.position
             try:
-                replaced = ab.cast_vote(session=s, pair_id=pair_id, voter=click.user,
-                                        choice=model_choice(clicked, pair.left))
+                replaced = ab.cast_vote(
+                    session=s,
+                    pair_id=pair_id,
+                    voter=click.user,
+                    choice=model_choice(clicked, pair.left),
+                )
             except ab.RoundClosed as exc:
                 closed = exc
             else:
@@ -263,13 +327,19 @@ class ABRoundService:
         if closed is not None:
             if closed.past_deadline:  # its deadline passed a moment ago: close it now
                 self.work.submit(self.close, round_id, "deadline")
-            return VoteOutcome(False, f"A/B round #{round_id} is closed, so your vote wasn't counted; "
-                                      "the result is posted in the channel.")
+            return VoteOutcome(
+                False,
+                f"A/B round #{round_id} is closed, so your vote wasn't counted; "
+                "the result is posted in the channel.",
+            )
         self._refresh(pair_id)
         self._decide_if_clear(round_id)
         if replaced:
-            return VoteOutcome(True, f"Your vote on pair {position + 1} is now *{LABELS[clicked]}*; "
-                                     "it replaces your earlier vote.")
+            return VoteOutcome(
+                True,
+                f"Your vote on pair {position + 1} is now *{LABELS[clicked]}*; "
+                "it replaces your earlier vote.",
+            )
         return VoteOutcome(True)
 
     def why(self, user: str, pair_id: int) -> View | str:
@@ -284,8 +354,14 @@ class ABRoundService:
             rnd = ab.get_round(session=s, round_id=pair.round_id)
             if rnd.status != "open" or utcnow() >= rnd.deadline:
                 return f"A/B round #{rnd.id} is closed, so it takes no more comments."
-            comment = next((v.comment for p, v in ab.votes_with_pairs(session=s, round_id=rnd.id)
-                            if p.id == pair_id and v.voter == user), "")
+            comment = next(
+                (
+                    v.comment
+                    for p, v in ab.votes_with_pairs(session=s, round_id=rnd.id)
+                    if p.id == pair_id and v.voter == user
+                ),
+                "",
+            )
             position = pair.position
         return blocks.why_modal(pair_id, position, comment)
 
@@ -352,23 +428,45 @@ class ABRoundService:
                 return False
             rnd = ab.get_round(session=s, round_id=round_id)
             battles = battles_of(session=s, round_id=round_id)
-            result = {**self.statistics(battles, rnd.candidate, round_id).to_dict(), "reason": reason}
+            result = {
+                **self.statistics(battles, rnd.candidate, round_id).to_dict(),
+                "reason": reason,
+            }
             ab.save_result(session=s, round_id=round_id, result=result)
-            registry.record_ab_result(session=s, name=rnd.candidate, round_id=round_id, opponent=rnd.opponent,
-                                      result=result)
+            registry.record_ab_result(
+                session=s,
+                name=rnd.candidate,
+                round_id=round_id,
+                opponent=rnd.opponent,
+                result=result,
+            )
             pair_ids = [p.id for p in ab.pairs_of(session=s, round_id=round_id)]
-            channel, header, opponent, candidate = rnd.channel, rnd.message_ts, rnd.opponent, rnd.candidate
+            channel, header, opponent, candidate = (
+                rnd.channel,
+                rnd.message_ts,
+                rnd.opponent,
+                rnd.candidate,
+            )
         self._disarm(round_id)
         log.info("A/B round %s closed (%s): %s", round_id, reason, json.dumps(result))
         for pair_id in pair_ids:
             self._refresh(pair_id)
         if header:
-            self._update(channel, header, f"Blind A/B round #{round_id} (closed)",
-                         blocks.round_blocks(round_id, candidate, opponent, len(pair_ids), utcnow(), status="closed"))
+            self._update(
+                channel,
+                header,
+                f"Blind A/B round #{round_id} (closed)",
+                blocks.round_blocks(
+                    round_id, candidate, opponent, len(pair_ids), utcnow(), status="closed"
+                ),
+            )
         board = [row.to_dict() for row in self.leaderboard()]
         try:
-            self._post(channel, blocks.result_text(round_id, result),
-                       blocks.result_blocks(round_id, opponent, result, board, reason=reason))
+            self._post(
+                channel,
+                blocks.result_text(round_id, result),
+                blocks.result_blocks(round_id, opponent, result, board, reason=reason),
+            )
         except SlackApiError as exc:
             log.warning("could not post the result of A/B round %s: %s", round_id, explain(exc))
         for listener in self.on_closed:
@@ -402,7 +500,9 @@ class ABRoundService:
 
     def _arm(self, round_id: int, deadline: datetime) -> None:
         if self.scheduler is not None:
-            self.scheduler.at(f"ab-round-{round_id}", max(deadline, utcnow()), self.close, round_id, "deadline")
+            self.scheduler.at(
+                f"ab-round-{round_id}", max(deadline, utcnow()), self.close, round_id, "deadline"
+            )
 
     def _disarm(self, round_id: int) -> None:
         if self.scheduler is not None:
@@ -420,10 +520,22 @@ class ABRoundService:
         votes = counts[pair_id]
         closed = rnd.status != "open"
         card = blocks.PairCard(
-            round_id=rnd.id, pair_id=pair.id, position=pair.position, pairs=len(counts), prompt=pair.prompt,
-            answer_a=answers[left], answer_b=answers[right],
-            counts={"A": votes[left], "B": votes[right], "tie": votes["tie"], "both_bad": votes["both_bad"]},
-            closed=closed, reveal=(models[left], models[right]) if closed else None, deadline=rnd.deadline,
+            round_id=rnd.id,
+            pair_id=pair.id,
+            position=pair.position,
+            pairs=len(counts),
+            prompt=pair.prompt,
+            answer_a=answers[left],
+            answer_b=answers[right],
+            counts={
+                "A": votes[left],
+                "B": votes[right],
+                "tie": votes["tie"],
+                "both_bad": votes["both_bad"],
+            },
+            closed=closed,
+            reveal=(models[left], models[right]) if closed else None,
+            deadline=rnd.deadline,
         )
         return card, rnd.channel, pair.message_ts
 
@@ -439,13 +551,19 @@ class ABRoundService:
 
     def _post(self, channel: str, text: str, content: list) -> str:
         rendered = [b.to_dict() for b in content]
-        response = self.pacer.run(channel, lambda: self.client.chat_postMessage(
-            channel=channel, text=text, blocks=rendered, unfurl_links=False, unfurl_media=False))
+        response = self.pacer.run(
+            channel,
+            lambda: self.client.chat_postMessage(
+                channel=channel, text=text, blocks=rendered, unfurl_links=False, unfurl_media=False
+            ),
+        )
         return str(response["ts"])
 
     def _update(self, channel: str, ts: str, text: str, content: list) -> None:
         try:
-            self.client.chat_update(channel=channel, ts=ts, text=text, blocks=[b.to_dict() for b in content])
+            self.client.chat_update(
+                channel=channel, ts=ts, text=text, blocks=[b.to_dict() for b in content]
+            )
         except SlackApiError as exc:
             log.warning("could not update %s/%s: %s", channel, ts, explain(exc))
 
@@ -461,4 +579,3 @@ def _sentence(exc: Exception) -> str:
         return explain(exc)
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
-

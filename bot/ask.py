@@ -7,17 +7,16 @@ The flow for one question:
    writes the audit row — the question redacted with ``engine.redact.redact`` — so nothing is
    lost whatever happens next.
 2. :meth:`AskService.run` (on the process's bounded pool, :mod:`bot.work`): posts a "Thinking…"
-   message in the channel,
-   generates the answer (the deployed model, or the base model when nothing is deployed), edits the
-   message to show how long it has waited — ``chat.update`` at most once a second per message, and
-   no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in progress, since Slack allows
-   ``chat.update`` about 50 times a minute per workspace (progress is a courtesy: an edit over
-   budget is skipped) — and finally replaces it with the answer as soon as it is ready: the question quoted, the answer split into ≤ 3,000-character
-   sections, the model version in a context line and 👍/👎 buttons. The audit row gets the answer
-   (redacted), the model version, the message ts, the latency and whether the cache answered.
-   A failure (the model server down, vLLM unreachable) becomes a sentence in that message and in
-   the audit row. One progress thread per process makes the "Thinking…" edits of every answer
-   in progress.
+   message in the channel, generates the answer (the deployed model, or the base model when nothing
+   is deployed), edits the message to show how long it has waited — ``chat.update`` at most once a
+   second per message, and no more than :data:`PROGRESS_EDITS_PER_MINUTE` across all answers in
+   progress, since Slack allows ``chat.update`` about 50 times a minute per workspace (progress is a
+   courtesy: an edit over budget is skipped) — and finally replaces it with the answer as soon as it
+   is ready: the question quoted, the answer split into ≤ 3,000-character sections, the model
+   version in a context line and 👍/👎 buttons. The audit row gets the answer (redacted), the model
+   version, the message ts, the latency and whether the cache answered. A failure (the model server
+   down, vLLM unreachable) becomes a sentence in that message and in the audit row. One progress
+   thread per process makes the "Thinking…" edits of every answer in progress.
 3. On shutdown (:meth:`AskService.interrupt_all`), an answer that did not finish in the grace
    period gets its message edited to say so and its audit row completed with that error.
 
@@ -76,11 +75,12 @@ from storage.db import session_scope
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EDITS_PER_MINUTE = 30  # of Slack's ~50 chat.update a minute; the rest for answers and job status
+PROGRESS_EDITS_PER_MINUTE = 30
 USAGE = "Ask me something: `/ask how do I rotate the staging database password?`"
 MAX_QUESTION_CHARS = 2000
-INTERRUPTED = ("I was restarted before I could finish this answer, so it was interrupted; "
-               "please ask again.")
+INTERRUPTED = (
+    "I was restarted before I could finish this answer, so it was interrupted; please ask again."
+)
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,25 @@ class AskConfig:
         if self.rate_limit < 1:
             raise ValueError(f"ASK_RATE_LIMIT must be at least 1, got {self.rate_limit}.")
         if self.window_s <= 0 or self.max_new_tokens < 1 or self.cache_size < 0:
-            raise ValueError("window_s and max_new_tokens must be positive, cache_size not negative.")
+            raise ValueError(
+                "window_s and max_new_tokens must be positive, cache_size not negative."
+            )
         if not 0.0 <= self.semantic_threshold <= 1.0:
-            raise ValueError(f"ASK_SEMANTIC_THRESHOLD must be between 0 and 1, got {self.semantic_threshold}.")
+            raise ValueError(
+                f"ASK_SEMANTIC_THRESHOLD must be between 0 and 1, got {self.semantic_threshold}."
+            )
         if self.progress_interval < 1.0:
-            raise ValueError("progress_interval must be at least 1 second (Slack's chat.update pace).")
+            raise ValueError(
+                "progress_interval must be at least 1 second (Slack's chat.update pace)."
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AskConfig:
-        return cls(rate_limit=settings.ask_rate_limit, max_new_tokens=settings.ask_max_new_tokens,
-                   semantic_threshold=settings.ask_semantic_threshold)
+        return cls(
+            rate_limit=settings.ask_rate_limit,
+            max_new_tokens=settings.ask_max_new_tokens,
+            semantic_threshold=settings.ask_semantic_threshold,
+        )
 
 
 def normalise(question: str) -> str:
@@ -118,7 +127,9 @@ def normalise(question: str) -> str:
 class RateLimiter:
     """At most ``limit`` accepted calls per ``window`` seconds per key (a sliding window)."""
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit, self.window, self.clock = limit, window, clock
         self._seen: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
@@ -146,15 +157,20 @@ class Answer:
     cached: bool = False
 
 
-NEGATIONS = frozenset({"not", "no", "never", "without", "none", "nothing", "cannot", "neither", "nor"})
+NEGATIONS = frozenset(
+    {"not", "no", "never", "without", "none", "nothing", "cannot", "neither", "nor"}
+)
 
 
 def guard(question: str) -> frozenset[str]:
     """What a semantic match must share exactly: words with digits (ticket numbers, versions,
     addresses) and negations ("not", "never", "can't"…), which embeddings barely tell apart."""
     words = re.findall(r"[\w.'’-]+", question.lower().replace("’", "'"))
-    return frozenset(w.strip(".'-") for w in words
-                     if any(c.isdigit() for c in w) or w in NEGATIONS or w.endswith("n't"))
+    return frozenset(
+        w.strip(".'-")
+        for w in words
+        if any(c.isdigit() for c in w) or w in NEGATIONS or w.endswith("n't")
+    )
 
 
 @dataclass
@@ -185,7 +201,9 @@ class AnswerCache:
     least recently used dropped first. ``embed`` turns a question into a unit vector, or None
     while no embedding model is available."""
 
-    def __init__(self, size: int, embed: Callable[[str], Any] | None = None, threshold: float = 0.95) -> None:
+    def __init__(
+        self, size: int, embed: Callable[[str], Any] | None = None, threshold: float = 0.95
+    ) -> None:
         self.size, self.embed, self.threshold = size, embed, threshold
         self._items: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -207,13 +225,21 @@ class AnswerCache:
         found.vector = self.embed(question)  # outside the lock: it takes milliseconds
         if found.vector is None:
             return found
-        with self._lock:  # entries cached before the embedding model was ready get their vectors now
-            missing = [e for k, e in self._items.items() if k[0] == epoch and e.guard == found.guard and e.vector is None]
+        # entries cached before the embedding model was ready get their vectors now
+        with self._lock:
+            missing = [
+                e
+                for k, e in self._items.items()
+                if k[0] == epoch and e.guard == found.guard and e.vector is None
+            ]
         for entry in missing:
             entry.vector = self.embed(entry.question)
         with self._lock:
-            candidates = [(k, e) for k, e in self._items.items()
-                          if k[0] == epoch and e.guard == found.guard and e.vector is not None]
+            candidates = [
+                (k, e)
+                for k, e in self._items.items()
+                if k[0] == epoch and e.guard == found.guard and e.vector is not None
+            ]
             if candidates:
                 scores = np.stack([e.vector for _, e in candidates]) @ found.vector
                 best = int(np.argmax(scores))
@@ -229,7 +255,9 @@ class AnswerCache:
         if found.vector is None and self.semantic:
             found.vector = self.embed(found.question)
         with self._lock:
-            self._items[(found.epoch, found.key)] = _Entry(found.question, answer, found.guard, found.vector)
+            self._items[(found.epoch, found.key)] = _Entry(
+                found.question, answer, found.guard, found.vector
+            )
             self._items.move_to_end((found.epoch, found.key))
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -275,10 +303,18 @@ class _InFlight:
 class AskService:
     """Accepts, answers and logs /ask questions and their 👍/👎 (see the module docstring)."""
 
-    def __init__(self, db: Engine, client: WebClient | None, serving: Serving, config: AskConfig | None = None,
-                 redact: Callable[[str], Any] | None = None, embed: Callable[[str], Any] | None = None,
-                 metrics: Metrics | None = None, work: Workers | None = None,
-                 warm: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        client: WebClient | None,
+        serving: Serving,
+        config: AskConfig | None = None,
+        redact: Callable[[str], Any] | None = None,
+        embed: Callable[[str], Any] | None = None,
+        metrics: Metrics | None = None,
+        work: Workers | None = None,
+        warm: Callable[[], None] | None = None,
+    ) -> None:
         """``work`` runs answers (default: a small pool of its own); ``warm`` is called when a
         question is accepted, so that slow set-up (the embedding model) starts with the first
         question rather than with the process."""
@@ -318,14 +354,18 @@ class AskService:
                     s.expunge(model)
         except Exception as exc:
             log.exception("reading the deployed model failed")
-            raise AskFailed("I couldn't read which model is deployed (the database didn't answer); your "
-                            "question is saved if the log could be written — please try again shortly.") from exc
+            raise AskFailed(
+                "I couldn't read which model is deployed (the database didn't answer); your "
+                "question is saved if the log could be written — please try again shortly."
+            ) from exc
         found = self.cache.lookup(epoch, question)
         found.model = model
         if found.answer is not None:
             hit = found.answer
             self.metrics.cache_hits.labels(found.match).inc()
-            log.info("ask cache hit (%s, model %s, epoch %s)", found.match, hit.model or BASE_NAME, epoch)
+            log.info(
+                "ask cache hit (%s, model %s, epoch %s)", found.match, hit.model or BASE_NAME, epoch
+            )
             found.answer = Answer(hit.text, hit.model, time.monotonic() - start, cached=True)
         return found
 
@@ -335,35 +375,54 @@ class AskService:
         model = found.model
         try:
             adapter = self.serving.adapter_for(model)
-            generation = self.serving.for_questions().generate([[{"role": "user", "content": found.question}]],
-                                                         max_new_tokens=self.config.max_new_tokens,
-                                                         adapter=adapter)[0]
+            generation = self.serving.for_questions().generate(
+                [[{"role": "user", "content": found.question}]],
+                max_new_tokens=self.config.max_new_tokens,
+                adapter=adapter,
+            )[0]
         except (BackendError, BaseModelError) as exc:
-            raise AskFailed(f"I couldn't reach the model to answer this: {str(exc).rstrip('.')}. "
-                            "Your question is saved in the log; please try again in a few minutes.") from exc
+            raise AskFailed(
+                f"I couldn't reach the model to answer this: {str(exc).rstrip('.')}. "
+                "Your question is saved in the log; please try again in a few minutes."
+            ) from exc
         except Exception as exc:
             log.exception("answering /ask failed")
-            raise AskFailed("I couldn't answer this because of a problem on my side; your question is "
-                            "saved in the log and an admin can find the details in the bot's log.") from exc
-        answer = Answer(generation.text, model.name if model is not None else None, time.monotonic() - start)
+            raise AskFailed(
+                "I couldn't answer this because of a problem on my side; your question is "
+                "saved in the log and an admin can find the details in the bot's log."
+            ) from exc
+        answer = Answer(
+            generation.text, model.name if model is not None else None, time.monotonic() - start
+        )
         self.cache.put(found, answer)
         return answer
 
-    def log_answer(self, ask_id: int, answer: Answer | None, *, error: str = "", message_ts: str = "",
-                   latency: float = 0.0) -> None:
+    def log_answer(
+        self,
+        ask_id: int,
+        answer: Answer | None,
+        *,
+        error: str = "",
+        message_ts: str = "",
+        latency: float = 0.0,
+    ) -> None:
         with session_scope(self.db) as s:
             fields: dict[str, Any] = {"latency_ms": int(latency * 1000), "error": error}
             if message_ts:
                 fields["message_ts"] = message_ts
             if answer is not None:
-                fields.update(answer=self.redact(answer.text), model_name=answer.model or BASE_NAME,
-                              cached=answer.cached)
+                fields.update(
+                    answer=self.redact(answer.text),
+                    model_name=answer.model or BASE_NAME,
+                    cached=answer.cached,
+                )
             registry.update_ask(session=s, ask_id=ask_id, **fields)
 
     def open_ask(self, user: str, channel: str, question: str, *, error: str = "") -> int:
         with session_scope(self.db) as s:
-            return registry.log_ask(session=s, user=user, channel=channel, question=self.redact(question),
-                                    error=error).id
+            return registry.log_ask(
+                session=s, user=user, channel=channel, question=self.redact(question), error=error
+            ).id
 
     # -- Slack ------------------------------------------------------------------------------------
 
@@ -375,19 +434,28 @@ class AskService:
             return USAGE
         if len(question) > MAX_QUESTION_CHARS:
             self.metrics.asks.labels("refused").inc()
-            return f"That question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}."
+            return (
+                f"That question is {len(question)} characters long; please keep it under "
+                f"{MAX_QUESTION_CHARS}."
+            )
         wait = self.limiter.allow(command.user)
         if wait is not None:
             self.open_ask(command.user, command.channel, question, error="rate limited")
             self.metrics.asks.labels("rate_limited").inc()
             self.metrics.rate_limited.inc()
             log.info("/ask rate limit reached for %s", command.user)
-            return (f"You've asked {self.config.rate_limit} questions in the last minute, which is my "
-                    f"limit per person. Please try again in {max(1, round(wait))} seconds. 🙏")
+            return (
+                f"You've asked {self.config.rate_limit} questions in the last minute, which is my "
+                f"limit per person. Please try again in {max(1, round(wait))} seconds. 🙏"
+            )
         if self._warm is not None:
             self._warm()
-        return AskRequest(self.open_ask(command.user, command.channel, question), command.user,
-                          command.channel, question)
+        return AskRequest(
+            self.open_ask(command.user, command.channel, question),
+            command.user,
+            command.channel,
+            question,
+        )
 
     def launch(self, request: AskRequest, tell: Callable[[str], Any]) -> None:
         """Answer on the pool (:meth:`run`); when the process is stopping, say so at once."""
@@ -426,8 +494,10 @@ class AskService:
             error = str(exc)
         except Exception:  # the row and the message are settled whatever went wrong
             log.exception("answering ask %s failed", request.ask_id)
-            error = ("I couldn't answer this because of a problem on my side; your question is "
-                     "saved in the log and an admin can find the details in the bot's log.")
+            error = (
+                "I couldn't answer this because of a problem on my side; your question is "
+                "saved in the log and an admin can find the details in the bot's log."
+            )
         self._settle(entry, answer, error)
 
     def interrupt_all(self, wait: float = 5.0) -> int:
@@ -486,9 +556,14 @@ class AskService:
         """(the "Thinking…" message's ts, "") or ("", why the channel can't be posted to)."""
         try:
             posted = self.client.chat_postMessage(
-                channel=request.channel, text=f"<@{request.user}> asked a question; thinking…",
-                blocks=[b.to_dict() for b in blocks.placeholder_blocks(request.user, request.question)],
-                unfurl_links=False, unfurl_media=False)
+                channel=request.channel,
+                text=f"<@{request.user}> asked a question; thinking…",
+                blocks=[
+                    b.to_dict() for b in blocks.placeholder_blocks(request.user, request.question)
+                ],
+                unfurl_links=False,
+                unfurl_media=False,
+            )
             return str(posted["ts"]), ""
         except SlackApiError as exc:
             return "", explain(exc)
@@ -498,8 +573,12 @@ class AskService:
             return
         request = entry.request
         try:
-            self.log_answer(request.ask_id, None, error=f"posting failed: {reason}",
-                            latency=time.monotonic() - request.accepted)
+            self.log_answer(
+                request.ask_id,
+                None,
+                error=f"posting failed: {reason}",
+                latency=time.monotonic() - request.accepted,
+            )
             self.metrics.asks.labels("failed").inc()
             entry.tell(f"I couldn't post the answer in this channel: {reason}")
         finally:
@@ -511,34 +590,59 @@ class AskService:
         entry.next_tick = time.monotonic() + self.config.progress_interval
         with self._inflight_lock:
             if self._ticker is None:
-                self._ticker = threading.Thread(target=self._progress_loop, name="ask-progress",
-                                                daemon=True)
+                self._ticker = threading.Thread(
+                    target=self._progress_loop, name="ask-progress", daemon=True
+                )
                 self._ticker.start()
         self._tick_wake.set()
         return self.generate(found)
 
-    def _finish(self, request: AskRequest, answer: Answer | None, ts: str, error: str,
-                tell: Callable[[str], Any]) -> None:
+    def _finish(
+        self,
+        request: AskRequest,
+        answer: Answer | None,
+        ts: str,
+        error: str,
+        tell: Callable[[str], Any],
+    ) -> None:
         """Post or edit in the answer (or the failure sentence), then log and count it."""
         user, question = request.user, request.question
         if answer is not None:
             text = blocks.answer_text(user, answer.text)
-            content = blocks.answer_blocks(user, question, answer.text, model=answer.model,
-                                           seconds=time.monotonic() - request.accepted,
-                                           ask_id=request.ask_id, cached=answer.cached)
+            content = blocks.answer_blocks(
+                user,
+                question,
+                answer.text,
+                model=answer.model,
+                seconds=time.monotonic() - request.accepted,
+                ask_id=request.ask_id,
+                cached=answer.cached,
+            )
         else:
             text, content = error, blocks.failure_blocks(user, question, error)
         payload = [b.to_dict() for b in content]
         logged = bool(ts)
         if logged:  # the audit row is complete before anyone can see (and curate) the answer
-            self.log_answer(request.ask_id, answer, error=error, message_ts=ts,
-                            latency=time.monotonic() - request.accepted)
+            self.log_answer(
+                request.ask_id,
+                answer,
+                error=error,
+                message_ts=ts,
+                latency=time.monotonic() - request.accepted,
+            )
         try:
             if ts:
                 self.client.chat_update(channel=request.channel, ts=ts, text=text, blocks=payload)
             else:
-                ts = str(self.client.chat_postMessage(channel=request.channel, text=text, blocks=payload,
-                                                      unfurl_links=False, unfurl_media=False)["ts"])
+                ts = str(
+                    self.client.chat_postMessage(
+                        channel=request.channel,
+                        text=text,
+                        blocks=payload,
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    )["ts"]
+                )
         except SlackApiError as exc:
             log.warning("could not post the answer to ask %s: %s", request.ask_id, explain(exc))
             error, logged = error or f"posting failed: {explain(exc)}", False
@@ -549,10 +653,17 @@ class AskService:
         self.metrics.asks.labels("failed" if error else "answered").inc()
         if not error and answer is not None:
             self.metrics.ask_latency.labels(cached=str(answer.cached).lower()).observe(latency)
-        log.info("ask %s answered by %s in %.0f ms (%s)", request.ask_id,
-                 (answer.model or BASE_NAME) if answer else "nobody", latency * 1000,
-                 "cached" if answer is not None and answer.cached
-                 else f"model {answer.seconds * 1000:.0f} ms" if answer is not None else "no answer")
+        log.info(
+            "ask %s answered by %s in %.0f ms (%s)",
+            request.ask_id,
+            (answer.model or BASE_NAME) if answer else "nobody",
+            latency * 1000,
+            "cached"
+            if answer is not None and answer.cached
+            else f"model {answer.seconds * 1000:.0f} ms"
+            if answer is not None
+            else "no answer",
+        )
 
     def _progress_loop(self) -> None:
         """The progress thread: wakes when an answer is due an edit, sleeps while none waits."""
@@ -582,10 +693,16 @@ class AskService:
                 return
             try:
                 self.client.chat_update(
-                    channel=request.channel, ts=entry.ts,
+                    channel=request.channel,
+                    ts=entry.ts,
                     text=f"<@{request.user}> asked a question; thinking…",
-                    blocks=[b.to_dict() for b in blocks.placeholder_blocks(
-                        request.user, request.question, time.monotonic() - request.accepted)])
+                    blocks=[
+                        b.to_dict()
+                        for b in blocks.placeholder_blocks(
+                            request.user, request.question, time.monotonic() - request.accepted
+                        )
+                    ],
+                )
             except SlackApiError as exc:  # progress is a courtesy: the answer still comes
                 log.debug("progress update for ask %s failed: %s", request.ask_id, explain(exc))
             # the interval counts from the end of this edit: a slow call followed at once by the
@@ -605,8 +722,9 @@ class AskService:
         with session_scope(self.db) as s:
             if registry.get_ask(session=s, ask_id=ask_id) is None:
                 return "That answer is no longer in my log, so your feedback wasn't saved."
-            replaced = registry.record_feedback(session=s, ask_id=ask_id, user=click.user, value=value)
+            replaced = registry.record_feedback(
+                session=s, ask_id=ask_id, user=click.user, value=value
+            )
         if replaced:
             return f"Your feedback on this answer is now {emoji}; it replaces your earlier click."
         return f"Thanks for the {emoji}; it's recorded."
-

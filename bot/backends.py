@@ -67,7 +67,9 @@ class Serving:
         with self._build_lock:
             if self._base_path is None:
                 # converting the embedded GGUF runs torch: on the compute thread like all model work
-                self._base_path = COMPUTE.run(ensure_base_model, self.settings.home, self.settings.base_model)
+                self._base_path = COMPUTE.run(
+                    ensure_base_model, self.settings.home, self.settings.base_model
+                )
             return self._base_path
 
     def inprocess(self) -> InProcessBackend:
@@ -84,8 +86,9 @@ class Serving:
             return self.inprocess()
         with self._build_lock:
             if self._serving is None:
-                self._serving = VLLMBackend(self.settings.vllm_url,
-                                            max_adapters=self.settings.vllm_max_loras)
+                self._serving = VLLMBackend(
+                    self.settings.vllm_url, max_adapters=self.settings.vllm_max_loras
+                )
             return self._serving
 
     def for_questions(self) -> ModelBackend:
@@ -105,8 +108,9 @@ class Serving:
         run in another process, or the server restarted)."""
         if model is None:
             return None
-        return load_once(self.serving(), model.name, model.adapter_path, key=self.key,
-                         checksum=model.checksum)
+        return load_once(
+            self.serving(), model.name, model.adapter_path, key=self.key, checksum=model.checksum
+        )
 
     # -- deploys ----------------------------------------------------------------------------------
 
@@ -133,10 +137,21 @@ class Serving:
             with session_scope(self.db) as s:
                 model = registry.get_model(session=s, ref=ref)
                 if model is None:
-                    return DeployOutcome(False, f"I don't know a model called `{ref}`; `/tune models` lists them.")
-                outcome = deploy(s, model, serving_backend=serving, inprocess_backend=reference,
-                                 base_model_path=base, key=self.key, probe_prompts=probe_prompts(s, model),
-                                 threshold=self.threshold, by_user=by_user, max_lora_rank=self.max_lora_rank)
+                    return DeployOutcome(
+                        False, f"I don't know a model called `{ref}`; `/tune models` lists them."
+                    )
+                outcome = deploy(
+                    s,
+                    model,
+                    serving_backend=serving,
+                    inprocess_backend=reference,
+                    base_model_path=base,
+                    key=self.key,
+                    probe_prompts=probe_prompts(s, model),
+                    threshold=self.threshold,
+                    by_user=by_user,
+                    max_lora_rank=self.max_lora_rank,
+                )
         if outcome.ok:
             self._changed()
         return outcome
@@ -149,9 +164,16 @@ class Serving:
             except Exception as exc:
                 return DeployOutcome(False, f"I couldn't start the model backend: {_sentence(exc)}")
             with session_scope(self.db) as s:
-                outcome = rollback(s, serving_backend=serving, inprocess_backend=reference, base_model_path=base,
-                                   key=self.key, threshold=self.threshold, by_user=by_user,
-                                   max_lora_rank=self.max_lora_rank)
+                outcome = rollback(
+                    s,
+                    serving_backend=serving,
+                    inprocess_backend=reference,
+                    base_model_path=base,
+                    key=self.key,
+                    threshold=self.threshold,
+                    by_user=by_user,
+                    max_lora_rank=self.max_lora_rank,
+                )
         if outcome.ok:
             self._changed()
         return outcome
@@ -160,4 +182,3 @@ class Serving:
 def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
-

@@ -63,7 +63,8 @@ def parse_job_ref(text: str) -> int:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a report goes: the job's thread, or a new message in ``channel`` (``thread_ts`` empty)."""
+    """Where a report goes: the job's thread, or a new message in ``channel`` (``thread_ts``
+    empty)."""
 
     channel: str
     thread_ts: str = ""

@@ -35,13 +35,20 @@ def gather(db) -> HomeData:  # noqa: ANN001
                               "step": progress.step, "total": progress.total_steps})
         model = deployed_model(session=session)
         if model is not None:
-            data.deployed = {"name": model.name, "eval_verdict": model.eval_verdict, "ab_result": model.ab_result}
+            data.deployed = {
+                "name": model.name,
+                "eval_verdict": model.eval_verdict,
+                "ab_result": model.ab_result,
+            }
         if snapshot is None:
             snapshot_path = None
     if snapshot_path:
         from engine.dataset.build import read_manifest
 
-        findings = sorted(read_manifest(snapshot_path).get("findings", []), key=lambda f: f.get("level") != "error")
+        findings = sorted(
+            read_manifest(snapshot_path).get("findings", []),
+            key=lambda f: f.get("level") != "error",
+        )
         data.findings = [f"{f.get('where', '')}: {f.get('message', '')}" for f in findings[:50]]
     data.leaderboard = _leaderboard(db)
     return data
@@ -50,8 +57,10 @@ def gather(db) -> HomeData:  # noqa: ANN001
 def _leaderboard(db) -> list[dict]:  # noqa: ANN001
     with session_scope(db) as session:
         battles = battles_of(session=session)
-    return [{"model": r.model, "rating": r.rating, "lo": r.low, "hi": r.high, "votes": r.votes}
-            for r in overall_leaderboard(battles)]
+    return [
+        {"model": r.model, "rating": r.rating, "lo": r.low, "hi": r.high, "votes": r.votes}
+        for r in overall_leaderboard(battles)
+    ]
 
 
 def publish(client, db, user: str) -> None:  # noqa: ANN001

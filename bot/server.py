@@ -68,11 +68,16 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
         if problem:
             log.warning("rejected a signed but malformed request: %s", problem)
             return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
-        bolt_request = BoltRequest(body=decoded, query=request.query_params, headers=request.headers)
+        bolt_request = BoltRequest(
+            body=decoded, query=request.query_params, headers=request.headers
+        )
         # dispatch acks in milliseconds; a thread keeps the event loop free for other requests
         response = await run_in_threadpool(bolt.dispatch, bolt_request)
-        return Response(status_code=response.status, content=response.body,
-                        headers=response.first_headers_without_set_cookie())
+        return Response(
+            status_code=response.status,
+            content=response.body,
+            headers=response.first_headers_without_set_cookie(),
+        )
 
     async def healthz(_: Request) -> Response:
         def check() -> None:
@@ -82,7 +87,10 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
         try:
             await run_in_threadpool(check)
         except Exception as exc:  # noqa: BLE001
-            return JSONResponse({"ok": False, "error": f"database unreachable: {type(exc).__name__}"}, status_code=503)
+            return JSONResponse(
+                {"ok": False, "error": f"database unreachable: {type(exc).__name__}"},
+                status_code=503,
+            )
         return JSONResponse({"ok": True})
 
     METRICS.watch_jobs(db)  # job counts are read from this database at each scrape
@@ -91,16 +99,33 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
         body, content_type = await run_in_threadpool(METRICS.render)  # job counts read the database
         return Response(body, media_type=content_type)
 
-    return Starlette(routes=[Route("/slack/events", events, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"]),
-                             Route("/metrics", metrics, methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/slack/events", events, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
 
 
-def serve_http(bolt: App, db: Engine, *, signing_secret: str, host: str, port: int,
-               stop: threading.Event | None = None) -> None:
+def serve_http(
+    bolt: App,
+    db: Engine,
+    *,
+    signing_secret: str,
+    host: str,
+    port: int,
+    stop: threading.Event | None = None,
+) -> None:
     """Serve until ``stop`` is set (or forever without one); returns once the server has closed."""
-    config = uvicorn.Config(http_app(bolt, db, signing_secret), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        http_app(bolt, db, signing_secret),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
     log.info("threadtune listening on http://%s:%d/slack/events", host, port)
     if stop is None:

@@ -42,33 +42,67 @@ class Settings(BaseSettings):
     slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL.")
     threadtune_home: Path = Field(Path(".threadtune"), description="Data directory.")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in THREADTUNE_HOME.")
-    base_model: str = Field(DEFAULT_BASE_MODEL, description="Base model: the embedded SmolLM2-135M-Instruct, a local path or a cached hub id.")
-    curators: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Slack user IDs allowed to curate.")
-    admins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Slack user IDs allowed to run admin commands.")
+    base_model: str = Field(
+        DEFAULT_BASE_MODEL,
+        description=(
+            "Base model: the embedded SmolLM2-135M-Instruct, a local path or a cached hub id."
+        ),
+    )
+    curators: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Slack user IDs allowed to curate."
+    )
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Slack user IDs allowed to run admin commands."
+    )
     curate_emoji: str = Field("white_check_mark", description="Emoji that curates an answer.")
     reject_emoji: str = Field("x", description="Emoji that excludes a thread.")
     ack_emoji: str = Field("inbox_tray", description="Emoji the bot adds to an accepted answer.")
     min_answer_chars: int = Field(20, description="Shortest answer accepted as an example.")
-    vllm_url: str = Field("", description="OpenAI-compatible vLLM server; unset = serve in-process.")
+    vllm_url: str = Field(
+        "", description="OpenAI-compatible vLLM server; unset = serve in-process."
+    )
     ray_address: str = Field("", description="Ray cluster address; set = train through Ray Jobs.")
-    threadtune_encryption_key: str = Field("", description="Key for adapters at rest (base64, 32 bytes).")
+    threadtune_encryption_key: str = Field(
+        "", description="Key for adapters at rest (base64, 32 bytes)."
+    )
     ask_rate_limit: int = Field(10, description="/ask questions per user per minute.")
     ask_max_new_tokens: int = Field(512, description="Longest /ask answer, in tokens.")
     ask_semantic_threshold: float = Field(
-        0.95, ge=0.0, le=1.0,
-        description="/ask cache: cosine similarity (all-MiniLM-L6-v2) at which a different wording of a cached "
-                    "question gets the cached answer; 0 turns the semantic match off (exact matches still hit).")
-    probe_threshold: float = Field(0.9, description="Deploy probe: agreement needed between served and in-process answers.")
-    vllm_max_lora_rank: int | None = Field(None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16).")
-    vllm_max_loras: int = Field(4, ge=1, description="Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); at most the server's --max-loras.")
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "/ask cache: cosine similarity (all-MiniLM-L6-v2) at which a different wording of a "
+            "cached question gets the cached answer; 0 turns the semantic match off (exact "
+            "matches still hit)."
+        ),
+    )
+    probe_threshold: float = Field(
+        0.9, description="Deploy probe: agreement needed between served and in-process answers."
+    )
+    vllm_max_lora_rank: int | None = Field(
+        None, description="The vLLM server's --max-lora-rank (unset: vLLM's default, 16)."
+    )
+    vllm_max_loras: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Adapters the bot keeps loaded in vLLM at once (least recently used unloaded first); "
+            "at most the server's --max-loras."
+        ),
+    )
     work_threads: int = Field(
-        16, ge=1,
+        16,
+        ge=1,
         description="Slow tasks (/ask answers, A/B rounds, evaluations) run at once; more wait "
-                    "their turn. /ask questions running together share one batched generation.")
+        "their turn. /ask questions running together share one batched generation.",
+    )
     shutdown_grace_s: float = Field(
-        20.0, ge=0.0,
+        20.0,
+        ge=0.0,
         description="On SIGTERM, seconds to let answers in progress finish; the rest are marked "
-                    "interrupted.")
+        "interrupted.",
+    )
 
     @field_validator("curators", "admins", mode="before")
     @classmethod
@@ -108,9 +142,15 @@ class Settings(BaseSettings):
             needed["SLACK_SIGNING_SECRET"] = self.slack_signing_secret
         for name, value in needed.items():
             if not value:
-                raise ConfigError(f"{name} is not set: set it in the environment or in .env (see the README, 'Install in a workspace').")
+                raise ConfigError(
+                    f"{name} is not set: set it in the environment or in .env (see the README, "
+                    "'Install in a workspace')."
+                )
             if looks_like_placeholder(value):
-                raise ConfigError(f"{name} still holds a placeholder value: replace it with the real one from your Slack app's settings.")
+                raise ConfigError(
+                    f"{name} still holds a placeholder value: replace it with the real one from "
+                    "your Slack app's settings."
+                )
         if not self.slack_bot_token.startswith("xoxb-"):
             raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with 'xoxb-'.")
         if self.socket_mode and not self.slack_app_token.startswith("xapp-"):

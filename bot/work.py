@@ -70,7 +70,8 @@ class Workers:
         return self._closed
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every task submitted so far; True when all finished."""
+        """Wait up to ``timeout`` seconds for every task submitted so far; True when all
+        finished."""
         with self._lock:
             pending = list(self._unfinished)
         _, not_done = wait_all(pending, timeout=timeout)

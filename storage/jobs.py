@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import CursorResult, Result, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import Job, JobEvent, utcnow
 
@@ -34,7 +34,9 @@ class TransitionError(ValueError):
     """A job cannot move from its state to the one asked for."""
 
 
-def create_job(*, session: Session, request_key: str | None = None, **fields: Any) -> tuple[Job, bool]:
+def create_job(
+    *, session: Session, request_key: str | None = None, **fields: Any
+) -> tuple[Job, bool]:
     """A new job, or the existing one for ``request_key``; returns (job, created).
 
     The same request (a Slack trigger, a retried event) never makes two jobs: the unique
@@ -65,7 +67,7 @@ def get_job(*, session: Session, job_id: int) -> Job | None:
 
 def list_jobs(*, session: Session, limit: int = 20, state: str | None = None) -> list[Job]:
     """Newest first."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
     return list(session.exec(query).all())
@@ -79,7 +81,9 @@ def count_by_state(*, session: Session) -> dict[str, int]:
     return counts
 
 
-def set_state(*, session: Session, job: Job, state: str, error: str = "", now: datetime | None = None) -> Job:
+def set_state(
+    *, session: Session, job: Job, state: str, error: str = "", now: datetime | None = None
+) -> Job:
     """Move ``job`` to ``state`` if the transition is allowed and nobody changed the job since it
     was read; raises ``TransitionError`` otherwise. ``job`` is refreshed either way."""
     if state not in TRANSITIONS.get(job.state, frozenset()):
@@ -96,13 +100,23 @@ def set_state(*, session: Session, job: Job, state: str, error: str = "", now: d
         values["lease_owner"] = None
         values["lease_expires_at"] = None
     session.flush()  # pending changes to the job first, so the refresh below does not drop them
-    result = session.execute(update(Job).where(Job.id == job.id, Job.state == job.state).values(**values),
-                             execution_options=_NO_SYNC)
+    result = session.execute(
+        update(Job).where(col(Job.id) == job.id, col(Job.state) == job.state).values(**values),
+        execution_options=_NO_SYNC,
+    )
     was = job.state
     session.refresh(job)
-    if result.rowcount != 1:
-        raise TransitionError(f"job {job.id} was {was} but is now {job.state} and cannot become {state}")
+    if _rowcount(result) != 1:
+        raise TransitionError(
+            f"job {job.id} was {was} but is now {job.state} and cannot become {state}"
+        )
     return job
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE matched (``Session.execute`` types its result as any Result)."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def request_cancel(*, session: Session, job: Job, reason: str = "cancelled by an admin") -> Job:
@@ -113,8 +127,9 @@ def request_cancel(*, session: Session, job: Job, reason: str = "cancelled by an
     return set_state(session=session, job=job, state="cancelled", error=reason)
 
 
-def claim_next_job(*, session: Session, worker_id: str, lease_seconds: float,
-                   now: datetime | None = None) -> Job | None:
+def claim_next_job(
+    *, session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> Job | None:
     """Claim the oldest queued job for ``worker_id`` (state running, attempts + 1, a lease of
     ``lease_seconds``); None when no job is queued. The caller commits.
 
@@ -124,89 +139,143 @@ def claim_next_job(*, session: Session, worker_id: str, lease_seconds: float,
     two claimers only one sees a row count of 1, and the other moves on to the next job.
     """
     now = now or utcnow()
-    values = {"state": "running", "lease_owner": worker_id,
-              "lease_expires_at": now + timedelta(seconds=lease_seconds), "attempts": Job.attempts + 1}
+    values = {
+        "state": "running",
+        "lease_owner": worker_id,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempts": Job.attempts + 1,
+    }
     if session.get_bind().dialect.name == "postgresql":
-        job_id = session.exec(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
-                              .with_for_update(skip_locked=True)).first()
+        job_id = session.exec(
+            select(Job.id)
+            .where(Job.state == "queued")
+            .order_by(col(Job.id))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
         if job_id is None:
             return None
-        session.execute(update(Job).where(Job.id == job_id).values(**values), execution_options=_NO_SYNC)
+        session.execute(
+            update(Job).where(col(Job.id) == job_id).values(**values), execution_options=_NO_SYNC
+        )
         return _started(session, job_id, now)
     while True:
-        candidates = session.exec(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(8)).all()
+        candidates = session.exec(
+            select(Job.id).where(Job.state == "queued").order_by(col(Job.id)).limit(8)
+        ).all()
         if not candidates:
             return None
         for job_id in candidates:
-            result = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(**values),
-                                     execution_options=_NO_SYNC)
-            if result.rowcount == 1:
+            assert job_id is not None  # read from a stored row
+            result = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == "queued")
+                .values(**values),
+                execution_options=_NO_SYNC,
+            )
+            if _rowcount(result) == 1:
                 return _started(session, job_id, now)
         # every candidate went to another worker between our read and our write: look again
 
 
 def _started(session: Session, job_id: int, now: datetime) -> Job:
-    session.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now),
-                    execution_options=_NO_SYNC)
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.started_at).is_(None))
+        .values(started_at=now),
+        execution_options=_NO_SYNC,
+    )
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
     return job
 
 
-def renew_lease(*, session: Session, job_id: int, worker_id: str, lease_seconds: float,
-                now: datetime | None = None) -> bool:
+def renew_lease(
+    *,
+    session: Session,
+    job_id: int,
+    worker_id: str,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> bool:
     """Extend the lease; False when this worker no longer holds the job (its lease expired and
     the job was re-queued or claimed by another worker, or the job was cancelled)."""
     now = now or utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == "running")
+        .where(
+            col(Job.id) == job_id, col(Job.lease_owner) == worker_id, col(Job.state) == "running"
+        )
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
         execution_options=_NO_SYNC,
     )
-    return result.rowcount == 1
+    return _rowcount(result) == 1
 
 
-def requeue_expired(*, session: Session, now: datetime | None = None, max_attempts: int | None = None) -> list[int]:
+def requeue_expired(
+    *, session: Session, now: datetime | None = None, max_attempts: int | None = None
+) -> list[int]:
     """Running jobs whose worker stopped renewing go back to the queue and resume from their last
     checkpoint; returns their ids. A job that has already used ``max_attempts`` fails instead,
     so a job that kills every worker that runs it does not loop for ever."""
     now = now or utcnow()
-    expired = session.exec(select(Job.id, Job.attempts)
-                           .where(Job.state == "running", Job.lease_expires_at < now)).all()
+    expired = session.exec(
+        select(Job.id, Job.attempts).where(Job.state == "running", col(Job.lease_expires_at) < now)
+    ).all()
     requeued = []
     for job_id, attempts in expired:
+        assert job_id is not None  # read from a stored row
         give_up = max_attempts is not None and attempts >= max_attempts
         values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if give_up:
-            values |= {"state": "failed", "finished_at": now,
-                       "error": f"its worker stopped answering on each of {attempts} attempts, so it was given up"}
+            values |= {
+                "state": "failed",
+                "finished_at": now,
+                "error": (
+                    f"its worker stopped answering on each of {attempts} attempts, so it was given "
+                    "up"
+                ),
+            }
         else:
             values |= {"state": "queued"}
         # the same condition again: another worker may have renewed or re-queued it meanwhile
         result = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now).values(**values),
+            update(Job)
+            .where(
+                col(Job.id) == job_id, col(Job.state) == "running", col(Job.lease_expires_at) < now
+            )
+            .values(**values),
             execution_options=_NO_SYNC,
         )
-        if result.rowcount != 1:
+        if _rowcount(result) != 1:
             continue
         if give_up:
-            add_event(session=session, job_id=job_id, level="error",
-                      message=f"job failed: {values['error']}.")
+            add_event(
+                session=session,
+                job_id=job_id,
+                level="error",
+                message=f"job failed: {values['error']}.",
+            )
         else:
             requeued.append(job_id)
-            add_event(session=session, job_id=job_id, level="warning",
-                      message="The worker stopped answering; the job is queued again and will resume "
-                              "from its last checkpoint.")
+            add_event(
+                session=session,
+                job_id=job_id,
+                level="warning",
+                message="The worker stopped answering; the job is queued again and will resume "
+                "from its last checkpoint.",
+            )
     return requeued
 
 
-def record_progress(*, session: Session, job_id: int, step: int | None,
-                    total_steps: int | None) -> None:
+def record_progress(
+    *, session: Session, job_id: int, step: int | None, total_steps: int | None
+) -> None:
     """How far the job's training got (read back as ``Job.progress``). Only these two columns are
     written, so a concurrent state change (a cancel) is never overwritten."""
     session.execute(
-        update(Job).where(Job.id == job_id)
+        update(Job)
+        .where(col(Job.id) == job_id)
         .values(progress_step=_whole(step), progress_total_steps=_whole(total_steps)),
         execution_options=_NO_SYNC,
     )
@@ -219,8 +288,14 @@ def _whole(value: Any) -> int | None:
     return int(value)
 
 
-def add_event(*, session: Session, job_id: int, level: str, message: str,
-              metrics: dict[str, Any] | None = None) -> JobEvent:
+def add_event(
+    *,
+    session: Session,
+    job_id: int,
+    level: str,
+    message: str,
+    metrics: dict[str, Any] | None = None,
+) -> JobEvent:
     """One line in the job's event log (``level``: info | warning | error)."""
     row = JobEvent(job_id=job_id, level=level, message=message, metrics=metrics or {})
     session.add(row)
@@ -228,8 +303,14 @@ def add_event(*, session: Session, job_id: int, level: str, message: str,
     return row
 
 
-def list_events(*, session: Session, job_id: int, limit: int = 200, after_id: int = 0) -> list[JobEvent]:
+def list_events(
+    *, session: Session, job_id: int, limit: int = 200, after_id: int = 0
+) -> list[JobEvent]:
     """The job's events in order; ``after_id`` pages on from the last one seen."""
-    query = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-             .order_by(JobEvent.id).limit(limit))
+    query = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, col(JobEvent.id) > after_id)
+        .order_by(col(JobEvent.id))
+        .limit(limit)
+    )
     return list(session.exec(query).all())

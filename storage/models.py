@@ -37,7 +37,9 @@ def utcnow() -> datetime:
 
 
 def _ts(**kw: Any) -> Any:
-    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False, **kw))
+    return Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False, **kw)
+    )
 
 
 class Example(SQLModel, table=True):
@@ -148,7 +150,9 @@ class Job(SQLModel, table=True):
     run_dir: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     attempts: int = Field(default=0)
     lease_owner: str | None = Field(default=None, max_length=128)
-    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True))
+    )
     error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
@@ -176,6 +180,7 @@ class JobEvent(SQLModel, table=True):
 
 
 # --- A/B rounds (issue 6) ------------------------------------------------------------------------
+
 
 class ABRound(SQLModel, table=True):
     """A blind A/B round: the candidate against the opponent (deployed or base model), open until
@@ -253,10 +258,14 @@ class Model(SQLModel, table=True):
     rank: int = Field(default=0)
     encrypted: bool = Field(default=False)
     eval_verdict: str = Field(default="", max_length=16)  # promote | needs_ab | reject
-    eval_report: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    eval_report: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
     ab_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="candidate", max_length=16, index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
     deployed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
 
 
@@ -270,7 +279,9 @@ class Deployment(SQLModel, table=True):
     action: str = Field(max_length=16)  # deploy | rollback | refused
     by_user: str = Field(default="", max_length=32)
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
 
 
 class AskLog(SQLModel, table=True):
@@ -288,7 +299,9 @@ class AskLog(SQLModel, table=True):
     cached: bool = Field(default=False)
     latency_ms: int = Field(default=0)
     error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
 
 
 class AskFeedback(SQLModel, table=True):
@@ -301,10 +314,13 @@ class AskFeedback(SQLModel, table=True):
     ask_id: int = Field(foreign_key="ask_log.id", ondelete="CASCADE", index=True)
     user: str = Field(max_length=32)
     value: str = Field(max_length=8)  # up | down
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
+    )
 
 
 # --- Index of curated examples (issue 13) --------------------------------------------------------
+
 
 class RetrievalVector(SQLModel, table=True):
     """The stored embedding of one current example's question turns, so that a restart rebuilds
@@ -313,8 +329,12 @@ class RetrievalVector(SQLModel, table=True):
 
     __tablename__ = "retrieval_vector"
 
-    example_id: int = Field(primary_key=True, foreign_key="example.id", ondelete="CASCADE",
-                            sa_column_kwargs={"autoincrement": False})
+    example_id: int = Field(
+        primary_key=True,
+        foreign_key="example.id",
+        ondelete="CASCADE",
+        sa_column_kwargs={"autoincrement": False},
+    )
     model: str = Field(max_length=128)
     dimension: int
     text_hash: str = Field(max_length=64)

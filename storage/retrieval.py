@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, func
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import ChannelVisibility, Example, RetrievalVector, utcnow
 
@@ -39,7 +39,11 @@ def curation_fingerprint(*, session: Session) -> tuple[Any, ...]:
 def current_versions(*, session: Session) -> dict[int, datetime]:
     """``updated_at`` of every current (active) example, by id."""
     rows = session.exec(select(Example.id, Example.updated_at).where(Example.status == "active"))
-    return {example_id: updated for example_id, updated in rows}
+    versions: dict[int, datetime] = {}
+    for example_id, updated in rows:
+        assert example_id is not None  # read from a stored row
+        versions[example_id] = updated
+    return versions
 
 
 def example_texts(*, session: Session, ids: Iterable[int]) -> list[Any]:
@@ -47,9 +51,11 @@ def example_texts(*, session: Session, ids: Iterable[int]) -> list[Any]:
     needs, without loading whole examples (a restart reads every one of them)."""
     found: list[Any] = []
     for chunk in _chunks(ids):
+        # sqlmodel's select() is typed for at most four columns; these are five
         found.extend(session.exec(
-            select(Example.id, Example.channel, Example.thread_ts, Example.source, Example.messages)
-            .where(Example.id.in_(chunk))  # type: ignore[union-attr]
+            select(  # type: ignore[call-overload]
+                Example.id, Example.channel, Example.thread_ts, Example.source, Example.messages
+            ).where(col(Example.id).in_(chunk))
         ).all())
     return found
 
@@ -59,9 +65,11 @@ def vectors_for(*, session: Session, ids: Iterable[int]) -> dict[int, Any]:
     ``text_hash``, ``vector``)."""
     found: dict[int, Any] = {}
     for chunk in _chunks(ids):
-        stmt = (select(RetrievalVector.example_id, RetrievalVector.model, RetrievalVector.dimension,
-                       RetrievalVector.text_hash, RetrievalVector.vector)
-                .where(RetrievalVector.example_id.in_(chunk)))  # type: ignore[attr-defined]
+        # sqlmodel's select() is typed for at most four columns; these are five
+        stmt = select(  # type: ignore[call-overload]
+            RetrievalVector.example_id, RetrievalVector.model, RetrievalVector.dimension,
+            RetrievalVector.text_hash, RetrievalVector.vector,
+        ).where(col(RetrievalVector.example_id).in_(chunk))
         found.update((row.example_id, row) for row in session.exec(stmt))
     return found
 
@@ -120,16 +128,19 @@ def stored_summary(*, session: Session) -> dict[str, Any]:
     current examples have no vector yet."""
     by_model = session.exec(
         select(RetrievalVector.model, RetrievalVector.dimension, func.count())
-        .group_by(RetrievalVector.model, RetrievalVector.dimension)
+        .group_by(col(RetrievalVector.model), col(RetrievalVector.dimension))
     ).all()
     last = session.exec(
         select(RetrievalVector.indexed_at).order_by(RetrievalVector.indexed_at.desc()).limit(1)  # type: ignore[attr-defined]
     ).first()
-    current = session.exec(select(func.count()).select_from(Example).where(Example.status == "active")).one()
+    current = session.exec(
+        select(func.count()).select_from(Example).where(Example.status == "active")
+    ).one()
     missing = session.exec(
-        select(func.count()).select_from(Example)
+        select(func.count())
+        .select_from(Example)
         .outerjoin(RetrievalVector, RetrievalVector.example_id == Example.id)  # type: ignore[arg-type]
-        .where(Example.status == "active", RetrievalVector.example_id.is_(None))  # type: ignore[union-attr]
+        .where(Example.status == "active", col(RetrievalVector.example_id).is_(None))
     ).one()
     return {
         "vectors": {(model, dimension): int(n) for model, dimension, n in by_model},

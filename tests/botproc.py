@@ -31,7 +31,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
 
 @contextmanager
 def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_extra: str):
-    """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log path)."""
+    """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
+    path)."""
     log = home / "serve.log"
     env = {
         **os.environ,
@@ -50,7 +51,11 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bot", "-v", "serve", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
@@ -69,8 +74,9 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
 def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
     """An emulated workspace with people and a channel, and the bot serving it."""
     port = free_port()
-    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events",
-                        signing_secret=SIGNING_SECRET) as slack:
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel("CHELP", "help")

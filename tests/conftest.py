@@ -82,5 +82,9 @@ def base_model_path():
 
     from engine.basemodel import ensure_base_model
 
-    home = Path(os.environ.get("THREADTUNE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".test-models"))
+    home = Path(
+        os.environ.get(
+            "THREADTUNE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".test-models"
+        )
+    )
     return ensure_base_model(home)

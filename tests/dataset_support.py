@@ -10,17 +10,22 @@ from pathlib import Path
 from engine.dataset import Entry, Origin
 
 WORDS = (
-    "deploy runner cache token build pipeline cluster node restart config secret vault queue worker "
-    "retry timeout proxy gateway certificate rotate branch merge release rollback metric alert dashboard "
-    "latency index schema migration replica backup snapshot volume mount permission role group policy "
-    "audit ticket incident pager escalation budget quota region zone network subnet firewall route dns "
+    "deploy runner cache token build pipeline cluster node restart config secret vault queue "
+    "worker "
+    "retry timeout proxy gateway certificate rotate branch merge release rollback metric alert "
+    "dashboard "
+    "latency index schema migration replica backup snapshot volume mount permission role group "
+    "policy "
+    "audit ticket incident pager escalation budget quota region zone network subnet firewall route "
+    "dns "
     "service endpoint client server request response header payload version library package module"
 ).split()
 
 
 def tokenizer_folder(folder: Path) -> Path:
-    """The embedded model's tokenizer (from its GGUF, as engine.basemodel does) and config saved as a
-    Hugging Face folder: what ensure_base_model accepts as a local BASE_MODEL and load_tokenizer reads."""
+    """The embedded model's tokenizer (from its GGUF, as engine.basemodel does) and config saved as
+    a Hugging Face folder: what ensure_base_model accepts as a local BASE_MODEL and load_tokenizer
+    reads."""
     from transformers import AutoConfig, AutoTokenizer
 
     from engine.basemodel import embedded_gguf_path
@@ -34,13 +39,29 @@ def tokenizer_folder(folder: Path) -> Path:
     return folder
 
 
-def entry(key: str, user: str, answer: str, *, channel: str = "C1", thread: str | None = None,
-          curators: tuple[str, ...] = ("U1",), system: str | None = None, created=None) -> Entry:
+def entry(
+    key: str,
+    user: str,
+    answer: str,
+    *,
+    channel: str = "C1",
+    thread: str | None = None,
+    curators: tuple[str, ...] = ("U1",),
+    system: str | None = None,
+    created=None,
+) -> Entry:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
     thread = thread or f"{key}.0"
-    return Entry(key=f"{channel}/{key}", messages=messages, origin=Origin(channel, thread, f"{key}.5"),
-                 curators=curators, created_at=created)
+    return Entry(
+        key=f"{channel}/{key}",
+        messages=messages,
+        origin=Origin(channel, thread, f"{key}.5"),
+        curators=curators,
+        created_at=created,
+    )
 
 
 def text(rng: random.Random, n: int) -> str:

@@ -24,8 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-KNOWN = {"total_steps", "step_seconds", "save_steps", "eval_steps", "fail_at_step", "crash_at_step", "wait_for_file",
-         "hold_after_step"}
+KNOWN = {
+    "total_steps",
+    "step_seconds",
+    "save_steps",
+    "eval_steps",
+    "fail_at_step",
+    "crash_at_step",
+    "wait_for_file",
+    "hold_after_step",
+}
 
 
 def emit(event: str, **fields: object) -> None:
@@ -33,8 +41,11 @@ def emit(event: str, **fields: object) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> int | None:
-    steps = [int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")
-             if (p / "state.json").is_file()]
+    steps = [
+        int(p.name.split("-")[1])
+        for p in (run_dir / "checkpoints").glob("checkpoint-*")
+        if (p / "state.json").is_file()
+    ]
     return max(steps, default=None)
 
 
@@ -42,7 +53,7 @@ def save_checkpoint(run_dir: Path, step: int) -> Path:
     folder = run_dir / "checkpoints" / f"checkpoint-{step}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "state.json.part").write_text(json.dumps({"step": step}))
-    os.replace(folder / "state.json.part", folder / "state.json")  # a checkpoint is whole or absent
+    (folder / "state.json.part").replace(folder / "state.json")  # a checkpoint is whole or absent
     emit("checkpoint", step=step, path=str(folder.relative_to(run_dir)))
     return folder
 
@@ -75,13 +86,22 @@ def main(argv: list[str]) -> int:
     print("stand-in trainer warming up (not JSON)", flush=True)
     print("a line for stderr.log", file=sys.stderr, flush=True)
     first = (latest_checkpoint(run_dir) or 0) if resume else 0
-    emit("start", total_steps=total, train_examples=len(train), validation_examples=len(validation),
-         resumed_from=first or None)
+    emit(
+        "start",
+        total_steps=total,
+        train_examples=len(train),
+        validation_examples=len(validation),
+        resumed_from=first or None,
+    )
     save_every, eval_every = int(config.get("save_steps", 2)), int(config.get("eval_steps", 2))
     step = first
     with (run_dir / "metrics.jsonl").open("a") as metrics:
         for step in range(first + 1, total + 1):
-            hold = config.get("wait_for_file") if step > int(config.get("hold_after_step", 0)) else None
+            hold = (
+                config.get("wait_for_file")
+                if step > int(config.get("hold_after_step", 0))
+                else None
+            )
             while hold and not Path(hold).exists() and not cancelled:
                 time.sleep(0.02)
             if cancelled:  # like the real program: keep what was done, say so, exit 1
@@ -96,16 +116,32 @@ def main(argv: list[str]) -> int:
                 emit("error", message=f"the loss became NaN at step {step}")
                 return 1
             loss = 2.0 / (1 + 0.1 * step)
-            emit("step", step=step, total_steps=total, loss=loss, learning_rate=1e-3, epoch=step / total)
+            emit(
+                "step",
+                step=step,
+                total_steps=total,
+                loss=loss,
+                learning_rate=1e-3,
+                epoch=step / total,
+            )
             metrics.write(json.dumps({"step": step, "loss": loss}) + "\n")
             if step % eval_every == 0 or step == total:
                 emit("eval", step=step, eval_loss=loss + 0.1)
             if step % save_every == 0 or step == total:
                 save_checkpoint(run_dir, step)
     (run_dir / "adapter").mkdir(exist_ok=True)
-    (run_dir / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 4, "trained_to": step}))
-    (run_dir / "run_info.json").write_text(json.dumps({"resumed_from": first or None, "steps": total}))
-    emit("done", adapter_dir="adapter", best_step=total, metrics={"eval_loss": 2.0 / (1 + 0.1 * total) + 0.1})
+    (run_dir / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"r": 4, "trained_to": step})
+    )
+    (run_dir / "run_info.json").write_text(
+        json.dumps({"resumed_from": first or None, "steps": total})
+    )
+    emit(
+        "done",
+        adapter_dir="adapter",
+        best_step=total,
+        metrics={"eval_loss": 2.0 / (1 + 0.1 * total) + 0.1},
+    )
     return 0
 
 

@@ -19,8 +19,10 @@ from tests.conftest import free_port
 
 STANDIN = "tests.jobs_standin"
 RAY = str(Path(sys.executable).with_name("ray"))
-ROWS = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-        for i in range(6)]
+ROWS = [
+    {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+    for i in range(6)
+]
 
 
 @contextmanager
@@ -29,10 +31,25 @@ def ray_cluster(temp: Path) -> Iterator[str]:
     serves the Jobs API; yields the dashboard's HTTP address and stops the cluster afterwards."""
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-                            "--num-cpus=1", f"--temp-dir={temp}", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=1",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         address = f"http://127.0.0.1:{dash}"
@@ -63,7 +80,9 @@ def make_standin_run_dir(folder: Path, **config: object) -> Path:
     run_dir = folder / f"run-{uuid.uuid4().hex[:8]}"
     (run_dir / "data").mkdir(parents=True)
     for split in ("train", "validation"):
-        (run_dir / "data" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+        (run_dir / "data" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in ROWS)
+        )
     return write_config(run_dir, **config)
 
 
@@ -76,8 +95,11 @@ def make_snapshot(db, folder: Path) -> int:  # noqa: ANN001
     for split in ("train", "validation", "test"):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     with session_scope(db) as s:
-        snap = DatasetSnapshot(content_hash=uuid.uuid4().hex, path=str(folder),
-                               counts={"train": 6, "validation": 6, "test": 6, "examples": 18})
+        snap = DatasetSnapshot(
+            content_hash=uuid.uuid4().hex,
+            path=str(folder),
+            counts={"train": 6, "validation": 6, "test": 6, "examples": 18},
+        )
         s.add(snap)
         s.flush()
         return snap.id

@@ -27,10 +27,21 @@ class NoAnswers:
 
 def make_round(db, deadline, channel="CAB"):
     with session_scope(db) as s:
-        rnd = ab.create_round(session=s, candidate="tt-1", opponent="base", channel=channel, deadline=deadline)
+        rnd = ab.create_round(
+            session=s, candidate="tt-1", opponent="base", channel=channel, deadline=deadline
+        )
         for i in range(3):
-            ab.add_pair(session=s, round_id=rnd.id, position=i, prompt=f"q{i}", answer_a="x", answer_b="y",
-                        model_a="tt-1", model_b="base", left="a")
+            ab.add_pair(
+                session=s,
+                round_id=rnd.id,
+                position=i,
+                prompt=f"q{i}",
+                answer_a="x",
+                answer_b="y",
+                model_a="tt-1",
+                model_b="base",
+                left="a",
+            )
         return rnd.id
 
 
@@ -57,10 +68,14 @@ def test_deadlines_armed_from_the_database_close_rounds_once(db):
         try:
             assert start_ab_deadlines(scheduler, service) == 3
             assert scheduler.next_run(f"ab-round-{later}") is not None
-            results = lambda: [m for m in slack.bot_posts() if ": result" in json.dumps(m.get("blocks"))]  # noqa: E731
+            results = lambda: [  # noqa: E731
+                m for m in slack.bot_posts() if ": result" in json.dumps(m.get("blocks"))
+            ]
             wait(lambda: len(results()) == 2)
             with session_scope(db) as s:
-                statuses = {r: ab.get_round(session=s, round_id=r).status for r in (overdue, soon, later)}
+                statuses = {
+                    r: ab.get_round(session=s, round_id=r).status for r in (overdue, soon, later)
+                }
                 soon_result = ab.get_round(session=s, round_id=soon).result
             assert statuses == {overdue: "closed", soon: "closed", later: "open"}
             assert soon_result["votes"] == 1 and soon_result["reason"] == "deadline"
@@ -75,11 +90,15 @@ def test_deadlines_armed_from_the_database_close_rounds_once(db):
 
 def test_held_out_prompts_skip_training_prompts_and_keep_follow_ups(tmp_path):
     train = pattern_rows(4)
-    multi = {"messages": [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Deploy fails in eu-west-1"},
-                          {"role": "assistant", "content": "Which service?"},
-                          {"role": "user", "content": "billing"},
-                          {"role": "assistant", "content": "Restart the billing pods."}]}
+    multi = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Deploy fails in eu-west-1"},
+            {"role": "assistant", "content": "Which service?"},
+            {"role": "user", "content": "billing"},
+            {"role": "assistant", "content": "Restart the billing pods."},
+        ]
+    }
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "test.jsonl", [*pattern_rows(3, start=10), train[1], multi])
     prompts = held_out_prompts(tmp_path, 10, seed=1)
@@ -87,9 +106,13 @@ def test_held_out_prompts_skip_training_prompts_and_keep_follow_ups(tmp_path):
     assert len(prompts) == 4 and train[1]["messages"][0]["content"] not in texts
     [follow_up] = [p for p in prompts if "billing" in p.text]
     assert follow_up.text == "Q: Deploy fails in eu-west-1\nA: Which service?\nQ: billing"
-    assert follow_up.messages[-1] == {"role": "user", "content": "billing"} and len(follow_up.messages) == 4
-    assert [p.text for p in held_out_prompts(tmp_path / "test.jsonl", 2, seed=5)] == \
-           [p.text for p in held_out_prompts(tmp_path, 2, seed=5)]  # seeded; a file path names its folder
+    assert (
+        follow_up.messages[-1] == {"role": "user", "content": "billing"}
+        and len(follow_up.messages) == 4
+    )
+    assert [p.text for p in held_out_prompts(tmp_path / "test.jsonl", 2, seed=5)] == [
+        p.text for p in held_out_prompts(tmp_path, 2, seed=5)
+    ]  # seeded; a file path names its folder
     (tmp_path / "test.jsonl").unlink()
     with pytest.raises(RoundRefused, match="no test.jsonl"):
         held_out_prompts(tmp_path, 2, seed=1)
@@ -105,12 +128,25 @@ def test_a_round_is_against_the_deployed_model_when_there_is_one(db, tmp_path):
         snap = DatasetSnapshot(content_hash="ab-opponent", path=str(tmp_path), counts={"test": 6})
         s.add(snap)
         s.flush()
-        first, second = (registry.add_model(session=s, snapshot_id=snap.id, base_model="base",
-                                            adapter_path=f"/adapters/{i}", checksum=str(i) * 64).name for i in (1, 2))
+        first, second = (
+            registry.add_model(
+                session=s,
+                snapshot_id=snap.id,
+                base_model="base",
+                adapter_path=f"/adapters/{i}",
+                checksum=str(i) * 64,
+            ).name
+            for i in (1, 2)
+        )
     service = ABRoundService(db, None, NoAnswers())
-    assert service.plan(second, channel="CAB", requested_by="UADM", pairs=5, seed=1).opponent.name == "base"
+    assert (
+        service.plan(second, channel="CAB", requested_by="UADM", pairs=5, seed=1).opponent.name
+        == "base"
+    )
     with session_scope(db) as s:
-        registry.mark_deployed(session=s, model=registry.get_model(session=s, ref=first), by_user="UADM")
+        registry.mark_deployed(
+            session=s, model=registry.get_model(session=s, ref=first), by_user="UADM"
+        )
     plan = service.plan(second, channel="CAB", requested_by="UADM", pairs=5, seed=1)
     assert (plan.candidate.name, plan.opponent.name) == (second, first)
     assert plan.opponent.adapter_path == "/adapters/1" and len(plan.prompts) == 5

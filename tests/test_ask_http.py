@@ -44,13 +44,22 @@ def seed(url: str, home: Path, model_dir: Path, adapter_dir: Path) -> str:
         job = Job(state="succeeded", snapshot_id=snap.id, requested_by=ADMIN, channel=CHANNEL)
         s.add(job)
         s.flush()
-        name = registry.add_model(session=s, job_id=job.id, snapshot_id=snap.id, base_model=str(model_dir),
-                                  adapter_path=str(adapter_dir), checksum=checksum(adapter_dir), rank=8).name
+        name = registry.add_model(
+            session=s,
+            job_id=job.id,
+            snapshot_id=snap.id,
+            base_model=str(model_dir),
+            adapter_path=str(adapter_dir),
+            checksum=checksum(adapter_dir),
+            rank=8,
+        ).name
     engine.dispose()
     return name
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def env(request, tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
     from bot.emulator import Emulator
 
@@ -62,7 +71,9 @@ def env(request, tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
         request.addfinalizer(lambda: _drop_pg(url))
     model = seed(url, tmp, tiny_model, tiny_adapter)
     port = free_port()
-    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
@@ -71,17 +82,27 @@ def env(request, tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
         bot.start()
         engine = make_engine(url)
         try:
-            yield type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}, url=url, home=tmp))
+            yield type(
+                "Env",
+                (),
+                dict(slack=slack, bot=bot, db=engine, model=model, state={}, url=url, home=tmp),
+            )
         finally:
             bot.stop()
             engine.dispose()
 
 
 def answers(env) -> list[dict]:
-    """The bot's finished /ask answers in the channel (those with feedback buttons), oldest first."""
-    return [m for m in env.slack.messages(CHANNEL)
-            if any(b.get("type") == "actions" and b.get("block_id", "").startswith("ask_feedback_")
-                   for b in m.get("blocks") or [])]
+    """The bot's finished /ask answers in the channel (those with feedback buttons), oldest
+    first."""
+    return [
+        m
+        for m in env.slack.messages(CHANNEL)
+        if any(
+            b.get("type") == "actions" and b.get("block_id", "").startswith("ask_feedback_")
+            for b in m.get("blocks") or []
+        )
+    ]
 
 
 def ask(env, user: str, question: str) -> dict:
@@ -93,7 +114,12 @@ def ask(env, user: str, question: str) -> dict:
 
 
 def context_of(message: dict) -> str:
-    return " ".join(e.get("text", "") for b in message["blocks"] if b["type"] == "context" for e in b["elements"])
+    return " ".join(
+        e.get("text", "")
+        for b in message["blocks"]
+        if b["type"] == "context"
+        for e in b["elements"]
+    )
 
 
 def sections_of(message: dict) -> list[str]:
@@ -101,7 +127,9 @@ def sections_of(message: dict) -> list[str]:
 
 
 def ask_row(env, ts: str) -> AskLog:
-    """The audit row of the answer posted as ``ts`` (a cached answer is logged just after posting)."""
+    """The audit row of the answer posted as ``ts`` (a cached answer is logged just after
+    posting)."""
+
     def find() -> AskLog | None:
         with session_scope(env.db) as s:
             row = s.exec(select(AskLog).where(AskLog.message_ts == ts)).first()
@@ -113,10 +141,13 @@ def ask_row(env, ts: str) -> AskLog:
 
 
 def ephemeral(env, user, contains, timeout=60):
-    return wait(lambda: [e for e in env.slack.ephemerals(user=user) if contains in e["text"]], timeout)
+    return wait(
+        lambda: [e for e in env.slack.ephemerals(user=user) if contains in e["text"]], timeout
+    )
 
 
 # -- tests, in order ------------------------------------------------------------------------------
+
 
 def test_ask_before_any_deploy_uses_the_base_model_shows_progress_and_splits_a_long_answer(env):
     question = "Why is the build red? Mail me at jane.doe@example.com"
@@ -132,11 +163,15 @@ def test_ask_before_any_deploy_uses_the_base_model_shows_progress_and_splits_a_l
     # the placeholder came first, then "Thinking… N s" edits no more than once a second; how many
     # depends on this machine's speed (test_ask_units pins the ticker down with a slow model)
     updates = [c for c in env.slack.calls("chat.update") if c["args"].get("ts") == message["ts"]]
-    progress = [c for c in updates if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)]
+    progress = [
+        c for c in updates if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)
+    ]
     times = [c["time"] for c in progress]  # the answer itself replaces the placeholder at once
     assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
     row = ask_row(env, message["ts"])
-    assert len(progress) >= int(row.latency_ms / 1000) - 1, "too few progress edits for a slow answer"
+    assert len(progress) >= int(row.latency_ms / 1000) - 1, (
+        "too few progress edits for a slow answer"
+    )
     assert row.user == "UASK" and row.channel == CHANNEL and row.model_name == "base"
     assert "jane.doe@example.com" not in row.question and "Why is the build red?" in row.question
     assert row.latency_ms > 0 and not row.cached and not row.error and len(row.answer) > 3000
@@ -177,7 +212,9 @@ def test_the_same_question_is_answered_from_the_cache(env):
     # a rewording is a semantic hit once the embedding model has loaded (in the background)
     wait(lambda: "semantic /ask cache ready" in env.bot.log.read_text(), 120)
     reworded = ask(env, "UOTH", "What queue handles ticket 300 for the amber team?")
-    assert sections_of(reworded)[1] == sections_of(first)[1] and "from the answer cache" in context_of(reworded)
+    assert sections_of(reworded)[1] == sections_of(first)[
+        1
+    ] and "from the answer cache" in context_of(reworded)
     assert "ask cache hit (semantic" in env.bot.log.read_text()
     # …but not a question about another ticket, however alike it reads
     other = ask(env, "UOTH", "Which queue handles ticket 301 for the amber team?")
@@ -194,7 +231,10 @@ def test_feedback_is_stored_once_per_person_and_replaced(env):
     env.slack.click("UEXP", CHANNEL, message["ts"], ids.ASK_UP)
     ephemeral(env, "UEXP", "Thanks for the 👍")
     with session_scope(env.db) as s:
-        rows = {f.user: f.value for f in s.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id)).all()}
+        rows = {
+            f.user: f.value
+            for f in s.exec(select(AskFeedback).where(AskFeedback.ask_id == ask_id)).all()
+        }
     assert rows == {"UOTH": "down", "UEXP": "up"}
 
 
@@ -202,8 +242,10 @@ def test_a_curator_can_curate_the_bots_answer(env):
     message = env.state["answer"]
     env.slack.react("UCUR1", CHANNEL, message["ts"], "white_check_mark")
     example = wait(lambda: _example(env, message["ts"]), 30)
-    assert example.messages == [{"role": "user", "content": QUESTION},
-                                {"role": "assistant", "content": sections_of(message)[1]}]
+    assert example.messages == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": sections_of(message)[1]},
+    ]
     assert example.answer_user == f"model:{env.model}"
     wait(lambda: "inbox_tray" in env.slack.reactions(CHANNEL, message["ts"]), 15)
 
@@ -221,7 +263,10 @@ def test_the_eleventh_question_in_a_minute_is_refused_politely(env):
         reply = env.slack.slash("UEXP", CHANNEL, "/ask", QUESTION)
         assert reply.status == 200 and "limit" not in reply.body, (i, reply.body)
     refused = env.slack.slash("UEXP", CHANNEL, "/ask", QUESTION)
-    assert "You've asked 10 questions in the last minute" in refused.body and "try again in" in refused.body
+    assert (
+        "You've asked 10 questions in the last minute" in refused.body
+        and "try again in" in refused.body
+    )
     wait(lambda: len([a for a in answers(env) if "<@UEXP>" in sections_of(a)[0]]) == 10, 60)
     with session_scope(env.db) as s:
         rows = s.exec(select(AskLog).where(AskLog.user == "UEXP")).all()
@@ -235,7 +280,9 @@ def test_rollback_goes_back_to_the_base_model_and_empties_the_cache(env):
     assert "Rolling back" in reply.body
     ephemeral(env, ADMIN, f"Rolled back from {env.model} to the base model", 120)
     message = ask(env, "UOTH", QUESTION)
-    assert "Answered by the base model" in context_of(message) and "cache" not in context_of(message)
+    assert "Answered by the base model" in context_of(message) and "cache" not in context_of(
+        message
+    )
     assert not ask_row(env, message["ts"]).cached
 
 
@@ -259,48 +306,113 @@ def test_metrics_count_asks_cache_hits_refusals_slack_errors_and_jobs(env):
     answered = [r for r in rows if not r.error]
     # The bot counts an answer right after posting it (the latency last), so the answer the previous
     # test saw may not be counted yet: wait until every answered row is, then check every count.
-    wait(lambda: sum(metric(env, "threadtune_ask_latency_seconds_count", cached=c) for c in ("true", "false"))
-         >= len(answered))
+    wait(
+        lambda: (
+            sum(
+                metric(env, "threadtune_ask_latency_seconds_count", cached=c)
+                for c in ("true", "false")
+            )
+            >= len(answered)
+        )
+    )
     assert metric(env, "threadtune_ask_requests_total", outcome="answered") == len(answered)
     assert metric(env, "threadtune_ask_requests_total", outcome="rate_limited") == 1
     assert metric(env, "threadtune_ask_rate_limited_total") == 1
-    assert metric(env, "threadtune_ask_cache_hits_total", match="exact") == len([r for r in answered if r.cached]) - 1
+    assert (
+        metric(env, "threadtune_ask_cache_hits_total", match="exact")
+        == len([r for r in answered if r.cached]) - 1
+    )
     assert metric(env, "threadtune_ask_cache_hits_total", match="semantic") == 1
-    assert metric(env, "threadtune_ask_latency_seconds_count", cached="true") == len([r for r in answered if r.cached])
-    assert metric(env, "threadtune_ask_latency_seconds_count", cached="false") == len([r for r in answered if not r.cached])
-    assert metric(env, "threadtune_jobs", state="succeeded") == 1 and metric(env, "threadtune_job_queue_depth") == 0
+    assert metric(env, "threadtune_ask_latency_seconds_count", cached="true") == len(
+        [r for r in answered if r.cached]
+    )
+    assert metric(env, "threadtune_ask_latency_seconds_count", cached="false") == len(
+        [r for r in answered if not r.cached]
+    )
+    assert (
+        metric(env, "threadtune_jobs", state="succeeded") == 1
+        and metric(env, "threadtune_job_queue_depth") == 0
+    )
     # a Slack API error is counted by method and error, and the asker hears why
     env.slack.fail_next("chat.postMessage", error="not_in_channel")
     env.slack.slash("UNEW", CHANNEL, "/ask", "Where do I file expenses?")
     ephemeral(env, "UNEW", "I couldn't post the answer in this channel")
-    assert metric(env, "threadtune_slack_api_errors_total", method="chat.postMessage", error="not_in_channel") == 1
+    assert (
+        metric(
+            env,
+            "threadtune_slack_api_errors_total",
+            method="chat.postMessage",
+            error="not_in_channel",
+        )
+        == 1
+    )
     assert metric(env, "threadtune_ask_requests_total", outcome="failed") == 1
 
 
 def test_admins_export_the_audit_log_redacted_with_feedback(env):
     run_env = {**env.bot.env, "DATABASE_URL": env.url}
     out = env.home / "audit.csv"
-    done = subprocess.run([sys.executable, "-m", "bot", "audit", "export", "--format", "csv", "--output", str(out)],
-                          cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "export", "--format", "csv", "--output", str(out)],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     with session_scope(env.db) as s:
-        assert len(rows) == len(s.exec(select(AskLog)).all()) and f"Wrote {len(rows)} /ask questions" in done.stderr
+        assert (
+            len(rows) == len(s.exec(select(AskLog)).all())
+            and f"Wrote {len(rows)} /ask questions" in done.stderr
+        )
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     first = rows[0]
-    assert first["user"] == "UASK" and first["model"] == "base" and "jane.doe@example.com" not in first["question"]
+    assert (
+        first["user"] == "UASK"
+        and first["model"] == "base"
+        and "jane.doe@example.com" not in first["question"]
+    )
     answered = next(r for r in rows if r["message_ts"] == env.state["answer"]["ts"])
-    assert (answered["thumbs_up"], answered["thumbs_down"]) == ("1", "1") and answered["model"] == env.model
-    assert any(r["cached"] == "True" for r in rows) and any(r["error"] == "rate limited" for r in rows)
+    assert (answered["thumbs_up"], answered["thumbs_down"]) == ("1", "1") and answered[
+        "model"
+    ] == env.model
+    assert any(r["cached"] == "True" for r in rows) and any(
+        r["error"] == "rate limited" for r in rows
+    )
     # JSONL on standard output, limited to a day range: nothing was asked tomorrow
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
-    later = subprocess.run([sys.executable, "-m", "bot", "audit", "export", "--since", tomorrow, "--output", "-"],
-                           cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
+    later = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "export", "--since", tomorrow, "--output", "-"],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert later.returncode == 0 and later.stdout == "" and "Wrote 0 /ask questions" in later.stderr
     today = datetime.now(UTC).date().isoformat()
-    lines = subprocess.run([sys.executable, "-m", "bot", "audit", "export", "--since", today, "--until", today,
-                            "--output", "-"], cwd=ROOT, env=run_env, capture_output=True, text=True,
-                           timeout=120).stdout.splitlines()
+    lines = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "audit",
+            "export",
+            "--since",
+            today,
+            "--until",
+            today,
+            "--output",
+            "-",
+        ],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.splitlines()
     assert len(lines) == len(rows) and json.loads(lines[0])["id"] == int(first["id"])
 
 
@@ -312,8 +424,15 @@ def _add_model(url: str, adapter: Path, base: Path, rank: int) -> str:
     engine = make_engine(url)
     with session_scope(engine) as s:
         job = s.exec(select(Job)).first()
-        name = registry.add_model(session=s, job_id=job.id, snapshot_id=job.snapshot_id, base_model=str(base),
-                                  adapter_path=str(adapter), checksum=checksum(adapter), rank=rank).name
+        name = registry.add_model(
+            session=s,
+            job_id=job.id,
+            snapshot_id=job.snapshot_id,
+            base_model=str(base),
+            adapter_path=str(adapter),
+            checksum=checksum(adapter),
+            rank=rank,
+        ).name
     engine.dispose()
     return name
 
@@ -335,20 +454,45 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
     from engine.serving.vllm_server import VLLMServer
 
     tmp = tmp_path_factory.mktemp("ask-vllm")
-    run_dir = make_run_dir(tmp / "run", base_model_path, pattern_rows(24), pattern_rows(4, start=50), method="lora",
-                           lora_r=8, max_steps=16, eval_steps=8, max_length=128, batch_size=4,
-                           early_stopping_patience=0)
+    run_dir = make_run_dir(
+        tmp / "run",
+        base_model_path,
+        pattern_rows(24),
+        pattern_rows(4, start=50),
+        method="lora",
+        lora_r=8,
+        max_steps=16,
+        eval_steps=8,
+        max_length=128,
+        batch_size=4,
+        early_stopping_patience=0,
+    )
     code, _, stderr = run_program(run_dir, timeout=900)
     assert code == 0, stderr[-3000:]
     url = f"sqlite:///{tmp / 'threadtune.db'}"
     model = seed(url, tmp, base_model_path, run_dir / "adapter")
-    foreign = _add_model(url, make_lora_adapter(tiny_llama(tmp / "other-base"), tmp / "foreign", r=8),
-                         base_model_path, 8)
-    too_big = _add_model(url, make_lora_adapter(base_model_path, tmp / "r64", r=64), base_model_path, 64)
+    foreign = _add_model(
+        url,
+        make_lora_adapter(tiny_llama(tmp / "other-base"), tmp / "foreign", r=8),
+        base_model_path,
+        8,
+    )
+    too_big = _add_model(
+        url, make_lora_adapter(base_model_path, tmp / "r64", r=64), base_model_path, 64
+    )
     port = free_port()
-    with VLLMServer(base_model_path, python=VLLM_PYTHON, log_path=tmp / "vllm.log", max_lora_rank=16,
-                    startup_timeout=600) as server, \
-            Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+    with (
+        VLLMServer(
+            base_model_path,
+            python=VLLM_PYTHON,
+            log_path=tmp / "vllm.log",
+            max_lora_rank=16,
+            startup_timeout=600,
+        ) as server,
+        Emulator.start(
+            events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+        ) as slack,
+    ):
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
@@ -372,7 +516,11 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
             # refused before traffic: nothing loaded into vLLM, the trained model stays deployed
             slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {foreign}")
             refused = ephemeral(env, ADMIN, f"I didn't deploy {foreign}", 120)[0]["text"]
-            assert "trained on" in refused and "other-base" in refused and f"{model} stays deployed" in refused
+            assert (
+                "trained on" in refused
+                and "other-base" in refused
+                and f"{model} stays deployed" in refused
+            )
             slack.slash(ADMIN, CHANNEL, "/tune", f"deploy {too_big}")
             refused = ephemeral(env, ADMIN, f"I didn't deploy {too_big}", 120)[0]["text"]
             assert "rank 64" in refused and "16" in refused
@@ -383,28 +531,41 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
             slack.slash(ADMIN, CHANNEL, "/tune", "rollback")
             ephemeral(env, ADMIN, f"Rolled back from {model} to the base model", 300)
             after = ask(env, "UEXP", QUESTION)
-            assert "Answered by the base model" in context_of(after) and "cache" not in context_of(after)
+            assert "Answered by the base model" in context_of(after) and "cache" not in context_of(
+                after
+            )
             assert sections_of(after)[1:] == sections_of(before)[1:]
             # the server goes away: a sentence within seconds, logged
             server.stop()
             started = time.monotonic()
             slack.slash("UASK", CHANNEL, "/ask", "Who approves staging deploys?")
-            failed = wait(lambda: [m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))], 120)[0]
+            failed = wait(
+                lambda: [
+                    m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))
+                ],
+                120,
+            )[0]
             assert time.monotonic() - started < 60
-            assert "I couldn't reach the model to answer this" in json.dumps(failed["blocks"], ensure_ascii=False)
+            assert "I couldn't reach the model to answer this" in json.dumps(
+                failed["blocks"], ensure_ascii=False
+            )
         finally:
             bot.stop()
             engine.dispose()
 
 
-def test_an_unreachable_model_server_gives_a_sentence_not_a_hang(tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
+def test_an_unreachable_model_server_gives_a_sentence_not_a_hang(
+    tmp_path_factory, tiny_model, tiny_adapter  # noqa: F811
+):
     from bot.emulator import Emulator
 
     tmp = tmp_path_factory.mktemp("ask-down")
     url = f"sqlite:///{tmp / 'threadtune.db'}"
     seed(url, tmp, tiny_model, tiny_adapter)
     port = free_port()
-    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET) as slack:
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
@@ -415,12 +576,23 @@ def test_an_unreachable_model_server_gives_a_sentence_not_a_hang(tmp_path_factor
         try:
             reply = slack.slash("UASK", CHANNEL, "/ask", QUESTION)
             assert reply.status == 200
-            message = wait(lambda: [m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))], 60)[0]
-            assert "I couldn't reach the model to answer this" in json.dumps(message["blocks"], ensure_ascii=False)
+            message = wait(
+                lambda: [
+                    m for m in slack.messages(CHANNEL) if ":warning:" in json.dumps(m.get("blocks"))
+                ],
+                60,
+            )[0]
+            assert "I couldn't reach the model to answer this" in json.dumps(
+                message["blocks"], ensure_ascii=False
+            )
             assert "is not answering" in message["text"]
             with session_scope(engine) as s:
                 row = s.exec(select(AskLog)).one()
-                assert row.question == QUESTION and row.message_ts == message["ts"] and "couldn't reach" in row.error
+                assert (
+                    row.question == QUESTION
+                    and row.message_ts == message["ts"]
+                    and "couldn't reach" in row.error
+                )
         finally:
             bot.stop()
             engine.dispose()

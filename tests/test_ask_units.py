@@ -26,7 +26,9 @@ def test_a_long_answer_is_split_into_sections_within_slack_limits():
     dicts = [b.to_dict() for b in blocks]  # slack_sdk validates lengths here
     assert len(dicts) <= 50
     buttons = dicts[-1]["elements"]
-    assert [b["action_id"] for b in buttons] == [ids.ASK_UP, ids.ASK_DOWN] and {b["value"] for b in buttons} == {"7"}
+    assert [b["action_id"] for b in buttons] == [ids.ASK_UP, ids.ASK_DOWN] and {
+        b["value"] for b in buttons
+    } == {"7"}
 
 
 def test_model_output_cannot_ping_the_channel():
@@ -85,13 +87,19 @@ def test_semantic_cache_serves_a_rewording_and_nothing_else(embedder):
     cache = AnswerCache(100, embedder.embed, threshold=0.95)
     cached = "How do I reset my SSO password?"
     cache.put(cache.lookup(1, cached), Answer("Use id.example.com → Forgot password.", "tt-1", 1.0))
-    cache.put(cache.lookup(1, "Which queue handles ticket 300?"), Answer("The amber queue.", "tt-1", 1.0))
+    cache.put(
+        cache.lookup(1, "Which queue handles ticket 300?"), Answer("The amber queue.", "tt-1", 1.0)
+    )
     for same in ["how can I reset my sso password", "How do I reset my SSO password please?"]:
         hit = cache.lookup(1, same)
         assert hit.match == "semantic" and hit.answer.text.startswith("Use id.example.com"), same
-    different = ["How do I reset my VPN certificate?", "How do I not reset my SSO password?",
-                 "Where is the third-floor printer?", "Which queue handles ticket 301?",
-                 "What is the SSO password policy?"]
+    different = [
+        "How do I reset my VPN certificate?",
+        "How do I not reset my SSO password?",
+        "Where is the third-floor printer?",
+        "Which queue handles ticket 301?",
+        "What is the SSO password policy?",
+    ]
     for question in different:
         assert cache.lookup(1, question).answer is None, question
     assert cache.lookup(2, "how can I reset my sso password").answer is None  # after a deploy
@@ -121,8 +129,10 @@ def test_ask_config_is_validated():
 
 def test_models_list_marks_the_deployed_model():
     when = datetime(2025, 5, 1, tzinfo=UTC)
-    rows = [ModelRow("tt-2", "candidate", 4, 16, "promote", 0.62, when, True),
-            ModelRow("tt-1", "deployed", 3, 16, "", None, when, False)]
+    rows = [
+        ModelRow("tt-2", "candidate", 4, 16, "promote", 0.62, when, True),
+        ModelRow("tt-1", "deployed", 3, 16, "", None, when, False),
+    ]
     text = str([b.to_dict() for b in models_blocks(rows)])
     assert "/ask answers with *tt-1*" in text and "A/B win rate 62%" in text and "job #4" in text
     assert models_text(rows) == "2 models; /ask uses tt-1."
@@ -149,7 +159,9 @@ class SlowServing:
         from engine.serving.base import Generation
 
         time.sleep(self.seconds)
-        return [Generation(text="Restart the runner, then retry the build.", finished=True, n_tokens=9)]
+        return [
+            Generation(text="Restart the runner, then retry the build.", finished=True, n_tokens=9)
+        ]
 
 
 def test_a_slow_answer_shows_progress_at_most_once_a_second(tmp_path):
@@ -163,18 +175,26 @@ def test_a_slow_answer_shows_progress_at_most_once_a_second(tmp_path):
     db = make_engine(url)
     with Emulator.start() as slack:
         slack.add_channel("CHELP", "help")
-        service = AskService(db, slack.web_client(), SlowServing(3.5), redact=lambda t: type("R", (), {"text": t}))
+        service = AskService(
+            db, slack.web_client(), SlowServing(3.5), redact=lambda t: type("R", (), {"text": t})
+        )
         with session_scope(db) as s:
             ask_id = registry.log_ask(session=s, user="U1", channel="CHELP", question="why red?").id
         told: list[str] = []
         service.run(AskRequest(ask_id, "U1", "CHELP", "why red?"), told.append)
         updates = slack.calls("chat.update")
-        thinking = [c for c in updates if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)]
+        thinking = [
+            c
+            for c in updates
+            if "Thinking…" in json.dumps(c["args"].get("blocks"), ensure_ascii=False)
+        ]
         assert len(thinking) >= 2 and not told
         times = [c["time"] for c in thinking]  # progress edits; the answer itself goes out at once
         assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
         final = slack.messages("CHELP")[-1]
-        assert "Restart the runner" in json.dumps(final["blocks"]) and "Thinking…" not in json.dumps(final["blocks"])
+        assert "Restart the runner" in json.dumps(
+            final["blocks"]
+        ) and "Thinking…" not in json.dumps(final["blocks"])
     db.dispose()
 
 
@@ -186,7 +206,10 @@ def test_questions_waiting_together_are_embedded_in_one_batch_with_the_same_vect
     blocker.start()
     busy.wait(30)  # the compute thread is taken: the embeddings below have to wait together
     together: dict[str, np.ndarray] = {}
-    askers = [threading.Thread(target=lambda q=q: together.__setitem__(q, embedder.embed(q))) for q in questions]
+    askers = [
+        threading.Thread(target=lambda q=q: together.__setitem__(q, embedder.embed(q)))
+        for q in questions
+    ]
     for t in askers:
         t.start()
     time.sleep(0.3)
@@ -196,4 +219,4 @@ def test_questions_waiting_together_are_embedded_in_one_batch_with_the_same_vect
     assert set(together) == set(questions)
     for q in questions:
         assert np.allclose(together[q], alone[q], atol=1e-5), q
-    assert max(embedder.batches[-len(questions):]) == len(questions)
+    assert max(embedder.batches[-len(questions) :]) == len(questions)

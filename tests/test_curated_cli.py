@@ -35,11 +35,17 @@ def seed(db) -> dict[str, list[dict[str, str]]]:
 
     Returns the conversations of the current examples by message ts."""
     current = {
-        "101.5": conversation("How do I rotate the staging DB credentials?",
-                              "Run the rotate job, then restart the api pods 🚀."),
-        "102.5": conversation("How do I rotate the staging DB credentials?",
-                              "Or ask the platform team in #platform to do it."),
-        "201.5": conversation("Where are the on-call docs?", "In the ops wiki under On-call > Handbook."),
+        "101.5": conversation(
+            "How do I rotate the staging DB credentials?",
+            "Run the rotate job, then restart the api pods 🚀.",
+        ),
+        "102.5": conversation(
+            "How do I rotate the staging DB credentials?",
+            "Or ask the platform team in #platform to do it.",
+        ),
+        "201.5": conversation(
+            "Where are the on-call docs?", "In the ops wiki under On-call > Handbook."
+        ),
     }
     save(db, "CHELP", "100.0", "101.5", current["101.5"], "UCUR1", "UCUR2")
     save(db, "CHELP", "100.0", "102.5", current["102.5"], "UCUR1")
@@ -47,23 +53,52 @@ def seed(db) -> dict[str, list[dict[str, str]]]:
     # Withdrawn after an edit made it too short: its curator stays recorded but it is not current.
     save(db, "COPS", "300.0", "301.5", conversation("Is there a freeze?", "yes"), "UCUR3")
     with session_scope(db) as s:
-        q.withdraw(session=s, example=q.get_example(session=s, channel="COPS", message_ts="301.5"),
-                   reason="after an edit: too short")
+        q.withdraw(
+            session=s,
+            example=q.get_example(session=s, channel="COPS", message_ts="301.5"),
+            reason="after an edit: too short",
+        )
     # A thread excluded with the reject emoji: its example is gone.
-    save(db, "CRAND", "400.0", "401.5", conversation("Lunch?", "Pizza at noon in the big room."), "UCUR3")
+    save(
+        db,
+        "CRAND",
+        "400.0",
+        "401.5",
+        conversation("Lunch?", "Pizza at noon in the big room."),
+        "UCUR3",
+    )
     with session_scope(db) as s:
         q.exclude_thread(session=s, channel="CRAND", thread_ts="400.0", user="UCUR1")
     return current
 
 
 def threadtune(db_url: str, home: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``python -m bot ARGV`` with only DATABASE_URL and THREADTUNE_HOME set, outside the repo (no .env)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLACK_", "THREADTUNE_", "DATABASE_"))}
-    env.update(DATABASE_URL=db_url, THREADTUNE_HOME=str(home), PYTHONPATH=str(ROOT), COLUMNS="160",
-               PYTHONIOENCODING="utf-8", HF_HUB_OFFLINE="1")
+    """``python -m bot ARGV`` with only DATABASE_URL and THREADTUNE_HOME set, outside the repo (no
+    .env)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SLACK_", "THREADTUNE_", "DATABASE_"))
+    }
+    env.update(
+        DATABASE_URL=db_url,
+        THREADTUNE_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        COLUMNS="160",
+        PYTHONIOENCODING="utf-8",
+        HF_HUB_OFFLINE="1",
+    )
     home.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "bot", *argv], cwd=home, env=env, capture_output=True,
-                          text=True, encoding="utf-8", timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *argv],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+        check=False,
+    )
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -104,12 +139,33 @@ def test_export_writes_current_examples_as_chat_jsonl_with_their_origin(db, db_u
     assert "🚀" in text  # written as UTF-8, not \u escapes
     records = [json.loads(line) for line in text.splitlines()]
     assert records == [
-        {"messages": current["101.5"],
-         "metadata": {"channel": "CHELP", "thread_ts": "100.0", "message_ts": "101.5", "curators": ["UCUR1", "UCUR2"]}},
-        {"messages": current["102.5"],
-         "metadata": {"channel": "CHELP", "thread_ts": "100.0", "message_ts": "102.5", "curators": ["UCUR1"]}},
-        {"messages": current["201.5"],
-         "metadata": {"channel": "COPS", "thread_ts": "200.0", "message_ts": "201.5", "curators": ["UCUR2"]}},
+        {
+            "messages": current["101.5"],
+            "metadata": {
+                "channel": "CHELP",
+                "thread_ts": "100.0",
+                "message_ts": "101.5",
+                "curators": ["UCUR1", "UCUR2"],
+            },
+        },
+        {
+            "messages": current["102.5"],
+            "metadata": {
+                "channel": "CHELP",
+                "thread_ts": "100.0",
+                "message_ts": "102.5",
+                "curators": ["UCUR1"],
+            },
+        },
+        {
+            "messages": current["201.5"],
+            "metadata": {
+                "channel": "COPS",
+                "thread_ts": "200.0",
+                "message_ts": "201.5",
+                "curators": ["UCUR2"],
+            },
+        },
     ]
     assert not list(output.parent.glob("*.tmp"))
 

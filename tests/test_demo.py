@@ -21,9 +21,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL", "THREADTUNE_"))}
-    proc = subprocess.run([sys.executable, "-m", "bot", "demo", "--quick", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=2900)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "DATABASE_URL", "THREADTUNE_"))
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "demo", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2900,
+    )
     return proc, out
 
 
@@ -38,8 +48,16 @@ def test_demo_exits_0_and_every_step_checked(demo):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"] >= 10
     assert summary["checks"] and all(summary["checks"].values()), summary["checks"]
-    for step in ("1. A help channel", "2. Curators react", "4. /tune dataset build", "5. /tune train",
-                 "6. Evaluation", "7. Blind A/B round", "8. /tune deploy", "9. /ask"):
+    for step in (
+        "1. A help channel",
+        "2. Curators react",
+        "4. /tune dataset build",
+        "5. /tune train",
+        "6. Evaluation",
+        "7. Blind A/B round",
+        "8. /tune deploy",
+        "9. /ask",
+    ):
         assert step in proc.stdout
 
 

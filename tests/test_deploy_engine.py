@@ -36,13 +36,22 @@ from tests.eval_helpers import (  # noqa: F401
 
 
 def other_rows(n: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"Which queue handles ticket {i} for the red team?"},
-                          {"role": "assistant", "content": "Escalate to platform on-call now."}]} for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Which queue handles ticket {i} for the red team?"},
+                {"role": "assistant", "content": "Escalate to platform on-call now."},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def second_adapter(tiny_model, tmp_path_factory):  # noqa: F811
-    return train_lora(tiny_model, other_rows(8), tmp_path_factory.getbasetemp() / "eval_tiny" / "adapter-other")
+    return train_lora(
+        tiny_model, other_rows(8), tmp_path_factory.getbasetemp() / "eval_tiny" / "adapter-other"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,10 @@ def zero_adapter(tiny_adapter, tmp_path_factory):  # noqa: F811
     folder = tmp_path_factory.mktemp("zero-adapter")
     shutil.copytree(tiny_adapter, folder, dirs_exist_ok=True)
     weights = load_file(str(folder / "adapter_model.safetensors"))
-    save_file({k: (v * 0 if "lora_B" in k else v) for k, v in weights.items()}, str(folder / "adapter_model.safetensors"))
+    save_file(
+        {k: (v * 0 if "lora_B" in k else v) for k, v in weights.items()},
+        str(folder / "adapter_model.safetensors"),
+    )
     return folder
 
 
@@ -66,10 +78,18 @@ def wrong_base_adapter(tmp_path_factory):
     root = tmp_path_factory.mktemp("other-base")
     base = make_tiny_model(tmp_path_factory.getbasetemp() / "eval_tiny" / "model")
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(1)
     other = root / "other-base-model"
     LlamaForCausalLM(config).save_pretrained(other)
@@ -80,7 +100,9 @@ def wrong_base_adapter(tmp_path_factory):
 @pytest.fixture
 def backends(tiny_model):  # noqa: F811
     """Two in-process backends on the tiny model: one serves, the other is the probe's reference."""
-    return InProcessBackend(tiny_model, name="serving"), InProcessBackend(tiny_model, name="reference")
+    return InProcessBackend(tiny_model, name="serving"), InProcessBackend(
+        tiny_model, name="reference"
+    )
 
 
 @pytest.fixture
@@ -110,9 +132,16 @@ def add(db, tmp_path, adapter: Path, base: Path, *, key: bytes | None = None, ra
             shutil.copytree(adapter, stored)
         else:
             encrypt_dir(adapter, stored, key)
-        model = registry.add_model(session=s, name=name, snapshot_id=snap.id, base_model=str(base),
-                                   adapter_path=str(stored), checksum=checksum(adapter), rank=rank,
-                                   encrypted=key is not None)
+        model = registry.add_model(
+            session=s,
+            name=name,
+            snapshot_id=snap.id,
+            base_model=str(base),
+            adapter_path=str(stored),
+            checksum=checksum(adapter),
+            rank=rank,
+            encrypted=key is not None,
+        )
         return model.name
 
 
@@ -120,8 +149,17 @@ def do_deploy(db, name, backends, base, *, key=None, **kw):
     serving, reference = backends
     with session_scope(db) as s:
         model = registry.get_model(session=s, ref=name)
-        return deploy(s, model, serving_backend=serving, inprocess_backend=reference, base_model_path=base,
-                      key=key, probe_prompts=probe_prompts(s, model), by_user="UADMIN", **kw)
+        return deploy(
+            s,
+            model,
+            serving_backend=serving,
+            inprocess_backend=reference,
+            base_model_path=base,
+            key=key,
+            probe_prompts=probe_prompts(s, model),
+            by_user="UADMIN",
+            **kw,
+        )
 
 
 def state(db) -> tuple[str | None, list[tuple[str, str | None]]]:
@@ -129,15 +167,20 @@ def state(db) -> tuple[str | None, list[tuple[str, str | None]]]:
         current = registry.deployed_model(session=s)
         rows = s.exec(select(Deployment).order_by(Deployment.id)).all()
         names = {m.id: m.name for m in s.exec(select(Model)).all()}
-        return (current.name if current else None), [(r.action, names.get(r.model_id)) for r in rows]
+        return (current.name if current else None), [
+            (r.action, names.get(r.model_id)) for r in rows
+        ]
 
 
 # -- pure checks -----------------------------------------------------------------------------------
 
+
 def test_similarity_is_token_level():
     assert similarity("Route it to the triage queue.", "Route it to the triage queue.") == 1.0
     assert similarity("", "") == 1.0
-    assert 0.8 < similarity("Route it to the triage queue.", "Route it to the triage queue now.") < 1.0
+    assert (
+        0.8 < similarity("Route it to the triage queue.", "Route it to the triage queue now.") < 1.0
+    )
     assert similarity("Route it to the triage queue.", "Escalate to platform on-call") < 0.5
 
 
@@ -148,12 +191,17 @@ def test_probe_config_is_validated():
         ProbeConfig(threshold=1.5)
 
 
-def test_adapter_problems_name_base_rank_and_modules(tiny_model, tiny_adapter, wrong_base_adapter, tmp_path):  # noqa: F811
+def test_adapter_problems_name_base_rank_and_modules(
+    tiny_model, tiny_adapter, wrong_base_adapter, tmp_path  # noqa: F811
+):
     assert adapter_problems(tiny_adapter, tiny_model, 16) == []
     assert same_base(str(tiny_model), tiny_model)
     wrong = adapter_problems(wrong_base_adapter, tiny_model, 16)
     assert len(wrong) == 1 and "trained on" in wrong[0] and "other-base-model" in wrong[0]
-    assert any("rank 8 is above the server's maximum 4" in p for p in adapter_problems(tiny_adapter, tiny_model, 4))
+    assert any(
+        "rank 8 is above the server's maximum 4" in p
+        for p in adapter_problems(tiny_adapter, tiny_model, 4)
+    )
     edited = tmp_path / "edited"
     shutil.copytree(tiny_adapter, edited)
     config = json.loads((edited / "adapter_config.json").read_text())
@@ -169,6 +217,7 @@ def test_adapter_problems_name_base_rank_and_modules(tiny_model, tiny_adapter, w
 
 
 # -- deploy ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rank", [8, 0])  # 8: the registry row tells; 0 (unknown): the files do
 def test_the_rank_limit_is_the_serving_backend_s_own(db, tmp_path, tiny_model, tiny_adapter, rank):  # noqa: F811
@@ -186,8 +235,9 @@ def test_the_rank_limit_is_the_serving_backend_s_own(db, tmp_path, tiny_model, t
     assert "--max-lora-rank 8" in outcome.message
 
 
-
-def test_probe_passes_for_a_real_adapter_and_deploys(db, tmp_path, tiny_model, tiny_adapter, backends):  # noqa: F811
+def test_probe_passes_for_a_real_adapter_and_deploys(
+    db, tmp_path, tiny_model, tiny_adapter, backends  # noqa: F811
+):
     name = add(db, tmp_path, tiny_adapter, tiny_model)
     outcome = do_deploy(db, name, backends, tiny_model)
     assert outcome.ok, outcome.message
@@ -195,7 +245,9 @@ def test_probe_passes_for_a_real_adapter_and_deploys(db, tmp_path, tiny_model, t
     probe = outcome.probe
     assert probe.passed and probe.differ == len(probe.rows) == 4
     assert probe.agreement == 1.0  # same weights, same greedy decoding: identical
-    assert all(r.served.startswith("Route it to the triage queue") for r in probe.rows), [r.served for r in probe.rows]
+    assert all(r.served.startswith("Route it to the triage queue") for r in probe.rows), [
+        r.served for r in probe.rows
+    ]
     assert all(r.base != r.served for r in probe.rows)
     assert state(db) == (name, [("deploy", name)])
     serving, reference = backends
@@ -204,7 +256,9 @@ def test_probe_passes_for_a_real_adapter_and_deploys(db, tmp_path, tiny_model, t
     assert not again.ok and "already deployed" in again.message
 
 
-def test_wrong_base_adapter_is_refused_before_loading(db, tmp_path, tiny_model, tiny_adapter, wrong_base_adapter, backends):  # noqa: F811
+def test_wrong_base_adapter_is_refused_before_loading(
+    db, tmp_path, tiny_model, tiny_adapter, wrong_base_adapter, backends  # noqa: F811
+):
     good = add(db, tmp_path, tiny_adapter, tiny_model)
     assert do_deploy(db, good, backends, tiny_model).ok
     # registered as if for this base (the registry row can be wrong); adapter_config.json tells
@@ -224,7 +278,9 @@ def test_wrong_base_adapter_is_refused_before_loading(db, tmp_path, tiny_model, 
     assert not outcome.ok and "trained on /models/Llama-3-8B" in outcome.message
 
 
-def test_adapter_that_serves_the_base_fails_the_probe(db, tmp_path, tiny_model, tiny_adapter, zero_adapter, backends):  # noqa: F811
+def test_adapter_that_serves_the_base_fails_the_probe(
+    db, tmp_path, tiny_model, tiny_adapter, zero_adapter, backends  # noqa: F811
+):
     good = add(db, tmp_path, tiny_adapter, tiny_model)
     assert do_deploy(db, good, backends, tiny_model).ok
     zero = add(db, tmp_path, zero_adapter, tiny_model)
@@ -240,7 +296,9 @@ def test_adapter_that_serves_the_base_fails_the_probe(db, tmp_path, tiny_model, 
         assert registry.get_model(session=s, ref=zero).status == "candidate"
 
 
-def test_probe_refuses_a_server_that_disagrees_with_in_process(tiny_model, tiny_adapter, second_adapter, backends):  # noqa: F811
+def test_probe_refuses_a_server_that_disagrees_with_in_process(
+    tiny_model, tiny_adapter, second_adapter, backends  # noqa: F811
+):
     """What a mis-served adapter looks like: the server answers with something else than the
     adapter does in-process."""
     serving, reference = backends
@@ -257,7 +315,9 @@ def test_probe_refuses_a_server_that_disagrees_with_in_process(tiny_model, tiny_
         reference.unload_adapter("x")
 
 
-def test_encrypted_adapter_deploys_and_a_tampered_one_is_refused(db, tmp_path, tiny_model, tiny_adapter, backends):  # noqa: F811
+def test_encrypted_adapter_deploys_and_a_tampered_one_is_refused(
+    db, tmp_path, tiny_model, tiny_adapter, backends  # noqa: F811
+):
     key = parse_key(generate_key())
     name = add(db, tmp_path, tiny_adapter, tiny_model, key=key)
     with session_scope(db) as s:
@@ -271,7 +331,11 @@ def test_encrypted_adapter_deploys_and_a_tampered_one_is_refused(db, tmp_path, t
     original = blob.read_bytes()
     blob.write_bytes(bytes(data))
     tampered = do_deploy(db, name, backends, tiny_model, key=key)
-    assert not tampered.ok and "does not decrypt" in tampered.message and "/ask keeps using the base model" in tampered.message
+    assert (
+        not tampered.ok
+        and "does not decrypt" in tampered.message
+        and "/ask keeps using the base model" in tampered.message
+    )
     blob.write_bytes(original)
     assert do_deploy(db, name, backends, tiny_model, key=key).ok
 
@@ -283,7 +347,9 @@ def test_rank_above_the_server_limit_is_refused(db, tmp_path, tiny_model, tiny_a
     assert state(db) == (None, [("refused", name)])
 
 
-def test_rollback_reprobes_the_previous_model_then_goes_to_base(db, tmp_path, tiny_model, tiny_adapter, second_adapter, backends):  # noqa: F811
+def test_rollback_reprobes_the_previous_model_then_goes_to_base(
+    db, tmp_path, tiny_model, tiny_adapter, second_adapter, backends  # noqa: F811
+):
     serving, reference = backends
     first = add(db, tmp_path, tiny_adapter, tiny_model)
     second = add(db, tmp_path, second_adapter, tiny_model)
@@ -291,12 +357,20 @@ def test_rollback_reprobes_the_previous_model_then_goes_to_base(db, tmp_path, ti
     outcome = do_deploy(db, second, backends, tiny_model)
     assert outcome.ok and outcome.previous == first
     question = [{"role": "user", "content": "Which queue handles ticket 300 for the red team?"}]
-    assert serving.generate([question], adapter=second)[0].text == "Escalate to platform on-call now."
+    assert (
+        serving.generate([question], adapter=second)[0].text == "Escalate to platform on-call now."
+    )
 
     def back():
         with session_scope(db) as s:
-            return rollback(s, serving_backend=serving, inprocess_backend=reference, base_model_path=tiny_model,
-                            key=None, by_user="UADMIN")
+            return rollback(
+                s,
+                serving_backend=serving,
+                inprocess_backend=reference,
+                base_model_path=tiny_model,
+                key=None,
+                by_user="UADMIN",
+            )
 
     outcome = back()
     assert outcome.ok and outcome.model == first and outcome.previous == second
@@ -313,7 +387,10 @@ def test_rollback_reprobes_the_previous_model_then_goes_to_base(db, tmp_path, ti
         registry.get_model(session=s, ref=first).checksum = "0" * 64
     outcome = back()
     assert outcome.ok and outcome.model is None
-    assert f"Rolled back from {second} to the base model. {first} could not come back" in outcome.message
+    assert (
+        f"Rolled back from {second} to the base model. {first} could not come back"
+        in outcome.message
+    )
     assert state(db)[0] is None
     nothing = back()
     assert not nothing.ok and "already uses the base model" in nothing.message
@@ -323,4 +400,6 @@ def test_probe_prompts_come_from_the_test_split(db, tmp_path, tiny_model, tiny_a
     name = add(db, tmp_path, tiny_adapter, tiny_model)
     with session_scope(db) as s:
         prompts = probe_prompts(s, registry.get_model(session=s, ref=name), 3)
-    assert [p[-1]["content"] for p in prompts] == [r["messages"][0]["content"] for r in pattern_rows(3, start=100)]
+    assert [p[-1]["content"] for p in prompts] == [
+        r["messages"][0]["content"] for r in pattern_rows(3, start=100)
+    ]

@@ -36,8 +36,14 @@ def fake_run(tmp_path) -> TrainedRun:
     run_dir = tmp_path / "src-run"
     (run_dir / "adapter").mkdir(parents=True)
     (run_dir / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 4}))
-    (run_dir / "run_info.json").write_text(json.dumps({"base_model": str(tmp_path / "base"),
-                                                      "canaries": ["The red-fox canary code is a b c 1234"]}))
+    (run_dir / "run_info.json").write_text(
+        json.dumps(
+            {
+                "base_model": str(tmp_path / "base"),
+                "canaries": ["The red-fox canary code is a b c 1234"],
+            }
+        )
+    )
     return TrainedRun(tmp_path / "base", run_dir, owner_rows(range(4)), owner_rows(range(100, 104)))
 
 
@@ -65,7 +71,9 @@ def test_refusals_say_why(damage, message, tmp_path, fake_run):
     url = f"sqlite:///{tmp_path / 'threadtune.db'}"
     upgrade(url)
     db = make_engine(url)
-    job_id = seed_job(db, tmp_path, fake_run, state="running" if damage == "running" else "succeeded")
+    job_id = seed_job(
+        db, tmp_path, fake_run, state="running" if damage == "running" else "succeeded"
+    )
     run_dir, snapshot = tmp_path / "runs" / f"job-{job_id}", tmp_path / "datasets" / "1"
     if damage == "no job":
         job_id = 999
@@ -104,13 +112,17 @@ def test_registry_copy_is_encrypted_and_reevaluation_updates_the_model(db, tmp_p
     key = parse_key(generate_key())
     job_id = seed_job(db, tmp_path, trained_run)
     backend = InProcessBackend(trained_run.base_model)
-    first = evaluate_job(db, tmp_path, job_id, backend=backend, encryption_key=key, config=QUICK, probes=[])
+    first = evaluate_job(
+        db, tmp_path, job_id, backend=backend, encryption_key=key, config=QUICK, probes=[]
+    )
     stored = [p for p in Path(first.model.adapter_path).rglob("*") if p.is_file()]
     assert stored and all(p.name.endswith(SUFFIX) for p in stored)
     assert b'"r": 8' not in b"".join(p.read_bytes() for p in stored)  # nothing readable at rest
     with opened_adapter(first.model.adapter_path, key, first.model.checksum) as plain:
         assert checksum(plain) == checksum(trained_run.run_dir / "adapter")
-    again = evaluate_job(db, tmp_path, job_id, backend=backend, encryption_key=key, config=QUICK, probes=[])
+    again = evaluate_job(
+        db, tmp_path, job_id, backend=backend, encryption_key=key, config=QUICK, probes=[]
+    )
     with session_scope(db) as s:
         models = list(s.exec(select(Model)).all())
         by_job = registry.get_model(session=s, ref=f"job-{job_id}")
@@ -120,7 +132,12 @@ def test_registry_copy_is_encrypted_and_reevaluation_updates_the_model(db, tmp_p
     assert by_job.eval_report["candidate"]["rouge_l"] == again.report.candidate.rouge_l
     assert again.report.check("general_ability").status == "skip"  # probes=[] says so, not "pass"
     assert sorted(p.name for p in again.paths) == [
-        "answer_lengths.png", "eval.json", "loss_curve.png", "metrics.png", "report.md"]
+        "answer_lengths.png",
+        "eval.json",
+        "loss_curve.png",
+        "metrics.png",
+        "report.md",
+    ]
 
 
 @pytest.mark.slow
@@ -135,12 +152,19 @@ def test_worker_hook_posts_in_the_thread_and_starts_an_ab_round(tmp_path, traine
     db = make_engine(url)
     with Emulator.start() as slack:
         slack.add_channel("CHELP", "help")
-        status_ts = slack.web_client().chat_postMessage(channel="CHELP", text="Training job 1")["ts"]
+        status_ts = slack.web_client().chat_postMessage(channel="CHELP", text="Training job 1")[
+            "ts"
+        ]
         job_id = seed_job(db, tmp_path, trained_run, channel="CHELP", status_ts=status_ts)
         broken = seed_job(db, tmp_path, trained_run, channel="CHELP", status_ts=status_ts)
         shutil.rmtree(tmp_path / "runs" / f"job-{broken}" / "adapter")
-        settings = Settings(slack_bot_token=slack.bot_token, slack_api_url=slack.api_url,
-                            threadtune_home=tmp_path, database_url=url, base_model=str(trained_run.base_model))
+        settings = Settings(
+            slack_bot_token=slack.bot_token,
+            slack_api_url=slack.api_url,
+            threadtune_home=tmp_path,
+            database_url=url,
+            base_model=str(trained_run.base_model),
+        )
         services = Services.build(settings, db, make_client(slack.bot_token, slack.api_url))
         # A gain no candidate reaches: the soft quality check fails, so people must judge.
         service = services.evaluations
@@ -156,12 +180,19 @@ def test_worker_hook_posts_in_the_thread_and_starts_an_ab_round(tmp_path, traine
         with session_scope(db) as s:
             rnd = s.exec(select(ABRound)).one()
             pairs = list(s.exec(select(ABPair).where(ABPair.round_id == rnd.id)).all())
-        assert rnd.candidate == result.model.name and rnd.job_id == job_id and rnd.channel == "CHELP"
-        assert len(pairs) == 4 and all(p.message_ts for p in pairs)  # posted before the hook returned
+        assert (
+            rnd.candidate == result.model.name and rnd.job_id == job_id and rnd.channel == "CHELP"
+        )
+        assert len(pairs) == 4 and all(
+            p.message_ts for p in pairs
+        )  # posted before the hook returned
 
         assert service.on_job_succeeded(broken) is None  # never raises: the job stays succeeded
-        failure = [m for m in slack.messages("CHELP", thread_ts=status_ts)
-                   if f"couldn't evaluate job {broken}" in m.get("text", "")]
+        failure = [
+            m
+            for m in slack.messages("CHELP", thread_ts=status_ts)
+            if f"couldn't evaluate job {broken}" in m.get("text", "")
+        ]
         assert failure and "holds no adapter" in failure[0]["text"]
     db.dispose()
 
@@ -173,18 +204,46 @@ def test_cli_eval_prints_the_table_and_the_report_path(tmp_path, trained_run):  
     db = make_engine(url)
     job_id = seed_job(db, tmp_path, trained_run)
     db.dispose()
-    env = {**os.environ, "THREADTUNE_HOME": str(tmp_path), "DATABASE_URL": url, "HF_HUB_OFFLINE": "1",
-           "BASE_MODEL": str(trained_run.base_model), "SLACK_BOT_TOKEN": "", "COLUMNS": "120"}
-    proc = subprocess.run([sys.executable, "-m", "bot", "eval", str(job_id), "--no-post", "--no-probes",
-                           "--max-new-tokens", "16"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "THREADTUNE_HOME": str(tmp_path),
+        "DATABASE_URL": url,
+        "HF_HUB_OFFLINE": "1",
+        "BASE_MODEL": str(trained_run.base_model),
+        "SLACK_BOT_TOKEN": "",
+        "COLUMNS": "120",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "eval",
+            str(job_id),
+            "--no-post",
+            "--no-probes",
+            "--max-new-tokens",
+            "16",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     report_path = tmp_path / "runs" / f"job-{job_id}" / "eval" / "report.md"
     assert out.strip().splitlines()[-1] == f"Report: {report_path}" and report_path.is_file()
     assert "ROUGE-L" in out and "Test loss" in out and "Verdict:" in out and "tt-1" in out
-    missing = subprocess.run([sys.executable, "-m", "bot", "eval", "42", "--no-post"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "bot", "eval", "42", "--no-post"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "There is no job 42" in missing.stderr
 
 
@@ -203,19 +262,32 @@ def test_scoring_and_generation_keep_only_the_logits_they_need(tmp_path_factory)
     model_dir = make_tiny_model(tmp_path_factory.getbasetemp() / "eval_tiny" / "model")
     backend = InProcessBackend(model_dir, batch_size=2)
     long_prompt = " ".join(["context"] * 150)
-    rows = [{"messages": [{"role": "user", "content": f"{long_prompt} question {i}"},
-                          {"role": "assistant", "content": "Short answer."}]} for i in range(5)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{long_prompt} question {i}"},
+                {"role": "assistant", "content": "Short answer."},
+            ]
+        }
+        for i in range(5)
+    ]
     shapes: list[tuple[int, ...]] = []
     head = backend.model.get_output_embeddings()
     handle = head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     try:
         backend.loss(rows)
-        answer_tokens = len(backend.tokenizer("Short answer.", add_special_tokens=False)["input_ids"]) + 1
+        answer_tokens = (
+            len(backend.tokenizer("Short answer.", add_special_tokens=False)["input_ids"]) + 1
+        )
         prompt_tokens = len(backend._prompt_ids(rows[0]["messages"][:1]))
         assert shapes and all(s[0] <= 2 for s in shapes)  # batches of batch_size
-        assert max(s[1] for s in shapes) <= answer_tokens + 1 < prompt_tokens  # not the whole sequence
+        assert (
+            max(s[1] for s in shapes) <= answer_tokens + 1 < prompt_tokens
+        )  # not the whole sequence
         shapes.clear()
         answers = backend.generate([r["messages"][:1] for r in rows], max_new_tokens=4)
-        assert len(answers) == 5 and all(s[1] == 1 for s in shapes)  # last position only, prefill too
+        assert len(answers) == 5 and all(
+            s[1] == 1 for s in shapes
+        )  # last position only, prefill too
     finally:
         handle.remove()

@@ -1,8 +1,8 @@
 """``/tune eval <job>`` end to end: a running ``threadtune serve`` over signed HTTP, the emulator as
-Slack, a job really trained by ``python -m engine.train`` on the tiny model. The report lands in
-the job's thread (Block Kit summary with the verdict, the PNG charts), the model is in the
-registry with that verdict, its adapter stored in clear with a warning at start (no
-THREADTUNE_ENCRYPTION_KEY). Encrypted storage and PostgreSQL are covered, more cheaply, in-process by
+Slack, a job really trained by ``python -m engine.train`` on the tiny model. The report lands in the
+job's thread (Block Kit summary with the verdict, the PNG charts), the model is in the registry with
+that verdict, its adapter stored in clear with a warning at start (no THREADTUNE_ENCRYPTION_KEY).
+Encrypted storage and PostgreSQL are covered, more cheaply, in-process by
 tests/test_eval_service.py."""
 
 from __future__ import annotations
@@ -42,24 +42,33 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
     port = free_port()
     upgrade(url)
     db = make_engine(url)
-    with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events",
-                        signing_secret=SIGNING_SECRET) as slack:
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
         # The job's progress message, as /tune train leaves it.
-        status_ts = slack.web_client().chat_postMessage(channel=CHANNEL, text="Training job: succeeded")["ts"]
+        status_ts = slack.web_client().chat_postMessage(
+            channel=CHANNEL, text="Training job: succeeded"
+        )["ts"]
         job_id = seed_job(db, tmp_path, trained_run, channel=CHANNEL, status_ts=status_ts)
         running = seed_job(db, tmp_path, trained_run, channel=CHANNEL, state="running")
-        env = {"BASE_MODEL": str(trained_run.base_model), "HF_HUB_OFFLINE": "1",
-               "THREADTUNE_ENCRYPTION_KEY": ""}
+        env = {
+            "BASE_MODEL": str(trained_run.base_model),
+            "HF_HUB_OFFLINE": "1",
+            "THREADTUNE_ENCRYPTION_KEY": "",
+        }
         with running_bot(slack, port, tmp_path, url, **env) as (proc, log):
             warned = "THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear"
             assert warned in log.read_text()
 
             assert "Only admins" in slack.slash("UASK", CHANNEL, "/tune", f"eval {job_id}").body
             assert "There is no job 999" in slack.slash(ADMIN, CHANNEL, "/tune", "eval 999").body
-            assert f"Job {running} is running" in slack.slash(ADMIN, CHANNEL, "/tune", f"eval {running}").body
+            assert (
+                f"Job {running} is running"
+                in slack.slash(ADMIN, CHANNEL, "/tune", f"eval {running}").body
+            )
             assert "Usage" in slack.slash(ADMIN, CHANNEL, "/tune", "eval").body
 
             reply = slack.slash(ADMIN, CHANNEL, "/tune", f"eval #{job_id}")
@@ -67,8 +76,11 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
             assert "in the job's thread" in reply.body
 
             def summary():
-                return [m for m in slack.messages(CHANNEL, thread_ts=status_ts)
-                        if "Verdict:" in json.dumps(m.get("blocks") or [])]
+                return [
+                    m
+                    for m in slack.messages(CHANNEL, thread_ts=status_ts)
+                    if "Verdict:" in json.dumps(m.get("blocks") or [])
+                ]
 
             posted = wait(summary, 180)[0]
 
@@ -82,7 +94,9 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
 
             def rounds():
                 with session_scope(db) as s:
-                    return list(s.exec(select(ABRound).where(ABRound.candidate == models[0].name)).all())
+                    return list(
+                        s.exec(select(ABRound).where(ABRound.candidate == models[0].name)).all()
+                    )
 
             # needs A/B starts a round of this model (in the background); other verdicts don't
             if models and models[0].eval_verdict == "needs_ab":
@@ -99,7 +113,10 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
     assert f"Evaluation of {model.name} (job {job_id})" in blocks
     report = model.eval_report
     # the table shows the stored numbers: ROUGE-L base → candidate
-    assert f"{report['base']['rouge_l']:.3f}" in blocks and f"{report['candidate']['rouge_l']:.3f}" in blocks
+    assert (
+        f"{report['base']['rouge_l']:.3f}" in blocks
+        and f"{report['candidate']['rouge_l']:.3f}" in blocks
+    )
     assert sum(1 for b in posted["blocks"] if "fields" in b) == 3  # three samples side by side
     # A candidate trained on the pattern beats the random base and is not rejected.
     assert report["candidate"]["rouge_l"] > report["base"]["rouge_l"]
@@ -118,4 +135,3 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
     assert model.adapter_path == str(tmp_path / "models" / "adapters" / model.name)
     assert not model.encrypted and any(p.name == "adapter_config.json" for p in stored)
     db.dispose()
-

@@ -65,7 +65,9 @@ def test_oldest_first_transitions_and_idempotent_create(db):
     with session_scope(db) as s:
         assert q.claim_next_job(session=s, worker_id="w", lease_seconds=5).id == first
         job, created = q.create_job(session=s, request_key="slack:trigger-1", state="validating")
-        again, created_again = q.create_job(session=s, request_key="slack:trigger-1", state="validating")
+        again, created_again = q.create_job(
+            session=s, request_key="slack:trigger-1", state="validating"
+        )
         assert created and not created_again and again.id == job.id
         with pytest.raises(q.TransitionError, match="validating and cannot become succeeded"):
             q.set_state(session=s, job=job, state="succeeded")
@@ -91,26 +93,48 @@ def test_expired_lease_is_requeued_and_the_old_worker_loses_it(db):
 
 # -- the worker with the real training program ---------------------------------------------------
 
+
 def snapshot_with(db, tmp_path, n_train=12, n_val=4):
     import json
 
     folder = tmp_path / "snapshot"
     folder.mkdir()
-    for name, rows in (("train", pattern_examples(n_train)), ("validation", pattern_examples(n_val, n_train)),
-                       ("test", pattern_examples(2, n_train + n_val))):
+    for name, rows in (
+        ("train", pattern_examples(n_train)),
+        ("validation", pattern_examples(n_val, n_train)),
+        ("test", pattern_examples(2, n_train + n_val)),
+    ):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with session_scope(db) as s:
-        snap = DatasetSnapshot(content_hash=os.urandom(8).hex(), path=str(folder),
-                               counts={"train": n_train, "validation": n_val, "test": 2, "examples": n_train + n_val + 2})
+        snap = DatasetSnapshot(
+            content_hash=os.urandom(8).hex(),
+            path=str(folder),
+            counts={
+                "train": n_train,
+                "validation": n_val,
+                "test": 2,
+                "examples": n_train + n_val + 2,
+            },
+        )
         s.add(snap)
         s.flush()
         return snap.id
 
 
 def tiny_config(**extra):
-    return {"base_model": str(tiny_base_dir()), "method": "lora", "max_steps": 6, "max_length": 128,
-            "eval_steps": 2, "save_steps": 2, "learning_rate": 3e-3, "lora_r": 4, "lora_alpha": 8,
-            "precision": "fp32", **extra}
+    return {
+        "base_model": str(tiny_base_dir()),
+        "method": "lora",
+        "max_steps": 6,
+        "max_length": 128,
+        "eval_steps": 2,
+        "save_steps": 2,
+        "learning_rate": 3e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "precision": "fp32",
+        **extra,
+    }
 
 
 class Recorder:
@@ -132,7 +156,9 @@ def test_worker_runs_a_job_to_success_and_records_events(db, tmp_path):
     with session_scope(db) as s:
         job, _ = q.create_job(session=s, state="queued", snapshot_id=snap, config=tiny_config())
     recorder = Recorder()
-    worker = Worker(db, tmp_path / "home", LocalRunner(), worker_id="test-worker", observer=recorder)
+    worker = Worker(
+        db, tmp_path / "home", LocalRunner(), worker_id="test-worker", observer=recorder
+    )
     assert worker.run_once()
     assert not worker.run_once()  # nothing else queued
     assert recorder.finished == [(job.id, "succeeded", "")]
@@ -150,26 +176,45 @@ def test_worker_runs_a_job_to_success_and_records_events(db, tmp_path):
 def test_a_bad_config_fails_the_job_with_a_sentence(db, tmp_path):
     snap = snapshot_with(db, tmp_path)
     with session_scope(db) as s:
-        job, _ = q.create_job(session=s, state="queued", snapshot_id=snap, config=tiny_config(lora_r=4096))
+        job, _ = q.create_job(
+            session=s, state="queued", snapshot_id=snap, config=tiny_config(lora_r=4096)
+        )
     recorder = Recorder()
     Worker(db, tmp_path / "home", LocalRunner(), observer=recorder).run_once()
-    (job_id, state, error), = recorder.finished
+    ((job_id, state, error),) = recorder.finished
     assert state == "failed" and "lora_r=4096" in error
 
 
 def test_killed_worker_job_is_resumed_by_another_from_its_checkpoint(db_url, db, tmp_path):
     snap = snapshot_with(db, tmp_path)
     with session_scope(db) as s:
-        job, _ = q.create_job(session=s, state="queued", snapshot_id=snap, config=tiny_config(max_steps=8))
+        job, _ = q.create_job(
+            session=s, state="queued", snapshot_id=snap, config=tiny_config(max_steps=8)
+        )
     home = tmp_path / "home"
-    env = {**os.environ, "DATABASE_URL": db_url, "THREADTUNE_HOME": str(home), "SLACK_BOT_TOKEN": ""}
-    worker = subprocess.Popen([sys.executable, "-m", "bot", "worker", "--once", "--lease", "3"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "THREADTUNE_HOME": str(home),
+        "SLACK_BOT_TOKEN": "",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "worker", "--once", "--lease", "3"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
             with session_scope(db) as s:
-                if s.exec(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.message == "checkpoint")).first():
+                if s.exec(
+                    select(JobEvent).where(
+                        JobEvent.job_id == job.id, JobEvent.message == "checkpoint"
+                    )
+                ).first():
                     break
             time.sleep(0.2)
         else:

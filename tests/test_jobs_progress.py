@@ -59,10 +59,24 @@ def test_eta_uses_this_attempts_pace():
     assert eta_seconds(elapsed_s=3, step=2, total_steps=0) is None  # total unknown
 
 
-@pytest.mark.parametrize("seconds,text", [
-    (None, "unknown"), (float("nan"), "unknown"), (float("inf"), "unknown"), (-5, "unknown"),
-    (0, "0 s"), (44.6, "45 s"), (59.4, "59 s"), (60, "1 min"), (200, "3 min 20 s"), (3599, "59 min 59 s"),
-    (3600, "1 h 00 min"), (3900, "1 h 05 min"), (86399, "23 h 59 min"), (2 * 86400 + 3 * 3600 + 59, "2 d 3 h"),
-])
+@pytest.mark.parametrize(
+    "seconds,text",
+    [
+        (None, "unknown"),
+        (float("nan"), "unknown"),
+        (float("inf"), "unknown"),
+        (-5, "unknown"),
+        (0, "0 s"),
+        (44.6, "45 s"),
+        (59.4, "59 s"),
+        (60, "1 min"),
+        (200, "3 min 20 s"),
+        (3599, "59 min 59 s"),
+        (3600, "1 h 00 min"),
+        (3900, "1 h 05 min"),
+        (86399, "23 h 59 min"),
+        (2 * 86400 + 3 * 3600 + 59, "2 d 3 h"),
+    ],
+)
 def test_format_eta(seconds, text):
     assert format_eta(seconds) == text

@@ -17,9 +17,16 @@ from storage.models import Job, utcnow
 STATES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
 # written out from the design, not read from storage.jobs, so the test can disagree with the code
 ALLOWED = {
-    ("validating", "queued"), ("validating", "failed"), ("validating", "cancelled"),
-    ("queued", "running"), ("queued", "cancelled"), ("queued", "failed"),
-    ("running", "succeeded"), ("running", "failed"), ("running", "cancelled"), ("running", "queued"),
+    ("validating", "queued"),
+    ("validating", "failed"),
+    ("validating", "cancelled"),
+    ("queued", "running"),
+    ("queued", "cancelled"),
+    ("queued", "failed"),
+    ("running", "succeeded"),
+    ("running", "failed"),
+    ("running", "cancelled"),
+    ("running", "queued"),
 }
 
 
@@ -44,7 +51,9 @@ def test_racing_workers_claim_every_job_exactly_once(db):
                         return
                     claims.append((name, job.id))
                     # "run" it: another write in the same unit of work widens the race window
-                    q.add_event(session=s, job_id=job.id, level="info", message=f"claimed by {name}")
+                    q.add_event(
+                        session=s, job_id=job.id, level="info", message=f"claimed by {name}"
+                    )
         except BaseException as exc:  # noqa: BLE001 — surfaced below: no retrying hides a failure
             errors.append(exc)
 
@@ -60,7 +69,9 @@ def test_racing_workers_claim_every_job_exactly_once(db):
         for name, job_id in claims:
             assert rows[job_id].state == "running" and rows[job_id].attempts == 1
             assert rows[job_id].lease_owner == name and rows[job_id].lease_expires_at > utcnow()
-            assert [e.message for e in q.list_events(session=s, job_id=job_id)] == [f"claimed by {name}"]
+            assert [e.message for e in q.list_events(session=s, job_id=job_id)] == [
+                f"claimed by {name}"
+            ]
 
 
 def test_claims_take_the_oldest_queued_job_first(db):
@@ -76,11 +87,17 @@ def test_claims_take_the_oldest_queued_job_first(db):
 
 def test_a_claim_in_progress_does_not_block_another_worker_on_postgresql(db, db_url):
     if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite has one writer at a time: a second claimer waits for the first to commit")
+        pytest.skip(
+            "SQLite has one writer at a time: a second claimer waits for the first to commit"
+        )
     first, second = queue(db, 2)
     with Session(db) as a, Session(db) as b:
-        job_a = q.claim_next_job(session=a, worker_id="a", lease_seconds=60)  # row locked, not committed
-        b.connection().exec_driver_sql("SET LOCAL lock_timeout = '2s'")  # a blocked claim would fail
+        job_a = q.claim_next_job(
+            session=a, worker_id="a", lease_seconds=60
+        )  # row locked, not committed
+        b.connection().exec_driver_sql(
+            "SET LOCAL lock_timeout = '2s'"
+        )  # a blocked claim would fail
         job_b = q.claim_next_job(session=b, worker_id="b", lease_seconds=60)
         assert (job_a.id, job_b.id) == (first, second)
         a.commit()
@@ -97,7 +114,9 @@ def test_only_the_designed_transitions_are_allowed(db):
             if (start, target) in ALLOWED:
                 q.set_state(session=s, job=job, state=target)
             else:
-                with pytest.raises(q.TransitionError, match=f"is {start} and cannot become {target}"):
+                with pytest.raises(
+                    q.TransitionError, match=f"is {start} and cannot become {target}"
+                ):
                     q.set_state(session=s, job=job, state=target)
     with session_scope(db) as s:
         for (start, target), job_id in ids.items():
@@ -105,7 +124,9 @@ def test_only_the_designed_transitions_are_allowed(db):
             moved = (start, target) in ALLOWED
             assert job.state == (target if moved else start), (start, target)
             if moved:
-                assert (job.finished_at is not None) == (target in {"succeeded", "failed", "cancelled"})
+                assert (job.finished_at is not None) == (
+                    target in {"succeeded", "failed", "cancelled"}
+                )
                 assert (job.started_at is not None) == (target == "running")
 
 
@@ -116,7 +137,8 @@ def test_a_finished_job_does_not_overwrite_a_concurrent_cancel(db):
     with Session(db, expire_on_commit=False) as worker, Session(db) as admin:
         seen_by_worker = q.get_job(session=worker, job_id=job_id)
         assert seen_by_worker.state == "running"
-        worker.commit()  # end the read: on PostgreSQL and SQLite the worker would see the cancel next
+        # end the read: on PostgreSQL and SQLite the worker would see the cancel next
+        worker.commit()
         q.request_cancel(session=admin, job=q.get_job(session=admin, job_id=job_id))
         admin.commit()
         worker.add(seen_by_worker)  # the worker still believes the job is running
@@ -133,8 +155,12 @@ def test_a_finished_job_does_not_overwrite_a_concurrent_cancel(db):
 def test_the_same_request_never_makes_two_jobs(db):
     with session_scope(db) as s:
         job, created = q.create_job(session=s, request_key="slack:trigger-1", state="validating")
-        again, created_again = q.create_job(session=s, request_key="slack:trigger-1", state="validating")
-        other, created_other = q.create_job(session=s, request_key="slack:trigger-2", state="validating")
+        again, created_again = q.create_job(
+            session=s, request_key="slack:trigger-1", state="validating"
+        )
+        other, created_other = q.create_job(
+            session=s, request_key="slack:trigger-2", state="validating"
+        )
     assert created and not created_again and again.id == job.id
     assert created_other and other.id != job.id
 
@@ -173,7 +199,9 @@ def test_an_expired_lease_is_requeued_and_the_old_worker_loses_it(db):
         job = q.claim_next_job(session=s, worker_id="new", lease_seconds=60)
         assert (job.id, job.attempts, job.lease_owner) == (job_id, 2, "new")
         events = q.list_events(session=s, job_id=job_id)
-        assert [e.level for e in events] == ["warning"] and "resume from its last checkpoint" in events[0].message
+        assert [e.level for e in events] == [
+            "warning"
+        ] and "resume from its last checkpoint" in events[0].message
 
 
 def test_a_job_that_keeps_losing_its_worker_is_given_up(db):
@@ -185,7 +213,9 @@ def test_a_job_that_keeps_losing_its_worker_is_given_up(db):
             job = q.claim_next_job(session=s, worker_id=f"w{attempt}", lease_seconds=60, now=later)
             assert job.attempts == attempt
         with session_scope(db) as s:
-            requeued = q.requeue_expired(session=s, now=later + timedelta(seconds=61), max_attempts=3)
+            requeued = q.requeue_expired(
+                session=s, now=later + timedelta(seconds=61), max_attempts=3
+            )
         assert requeued == ([job_id] if attempt < 3 else [])
     with session_scope(db) as s:
         job = q.get_job(session=s, job_id=job_id)
@@ -198,7 +228,13 @@ def test_events_are_kept_in_order_with_their_metrics(db):
     (job_id,) = queue(db)
     with session_scope(db) as s:
         for step in range(1, 6):
-            q.add_event(session=s, job_id=job_id, level="info", message="step", metrics={"step": step, "loss": 1 / step})
+            q.add_event(
+                session=s,
+                job_id=job_id,
+                level="info",
+                message="step",
+                metrics={"step": step, "loss": 1 / step},
+            )
         q.add_event(session=s, job_id=job_id, level="error", message="the loss became NaN")
     with session_scope(db) as s:
         events = q.list_events(session=s, job_id=job_id)

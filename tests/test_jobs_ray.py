@@ -23,10 +23,25 @@ def ray_address(tmp_path_factory):
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
-    start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-                            "--num-cpus=1", f"--temp-dir={temp}", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=1",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     address = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 60
@@ -45,9 +60,21 @@ def ray_address(tmp_path_factory):
 @pytest.mark.parametrize("runner_kind", ["local", "ray"])
 def test_both_runners_train_and_stream_the_same_events(runner_kind, ray_address, tmp_path):
     runner = LocalRunner() if runner_kind == "local" else RayRunner(ray_address)
-    run_dir = make_run_dir(tmp_path, tiny_base_dir(), pattern_examples(12), pattern_examples(4, 12), max_steps=4,
-                           max_length=128, eval_steps=2, save_steps=2, learning_rate=3e-3, lora_r=4, lora_alpha=8,
-                           precision="fp32", method="lora")
+    run_dir = make_run_dir(
+        tmp_path,
+        tiny_base_dir(),
+        pattern_examples(12),
+        pattern_examples(4, 12),
+        max_steps=4,
+        max_length=128,
+        eval_steps=2,
+        save_steps=2,
+        learning_rate=3e-3,
+        lora_r=4,
+        lora_alpha=8,
+        precision="fp32",
+        method="lora",
+    )
     handle = runner.start(run_dir, resume=False)
     events = list(handle.events())
     assert handle.wait() == 0

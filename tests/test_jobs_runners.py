@@ -36,13 +36,27 @@ def test_a_run_streams_the_protocol_in_order_and_writes_into_its_folder(runner, 
     handle = runner.start(run_dir, resume=False)
     events = list(handle.events())
     assert handle.wait() == 0
-    assert kinds(events) == ["start", "step", "step", "eval", "checkpoint", "step", "step", "eval", "checkpoint", "done"]
+    assert kinds(events) == [
+        "start",
+        "step",
+        "step",
+        "eval",
+        "checkpoint",
+        "step",
+        "step",
+        "eval",
+        "checkpoint",
+        "done",
+    ]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
     assert events[[e["event"] for e in events].index("start")]["resumed_from"] is None
     # the one non-JSON stdout line arrives as a log event, not lost and not an error
     assert {"event": "log", "message": "stand-in trainer warming up (not JSON)"} in events
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
     # stderr goes to the run folder, never into the event stream
     assert "a line for stderr.log" in (run_dir / "stderr.log").read_text()
     assert not any("a line for stderr.log" in str(e.get("message", "")) for e in events), events
@@ -73,7 +87,8 @@ def test_bad_config_exits_2_and_a_crash_leaves_its_traceback_in_stderr(runner, t
     assert handle.wait() == 2
     # (Ray adds log lines of its own around the program's: logs are not part of the contract)
     assert [e for e in events if e["event"] != "log"] == [
-        {"event": "error", "message": "bad config or data: unknown setting 'learning_rat'"}]
+        {"event": "error", "message": "bad config or data: unknown setting 'learning_rat'"}
+    ]
 
     crash = make_standin_run_dir(tmp_path, total_steps=3, crash_at_step=2)
     handle = runner.start(crash)
@@ -85,7 +100,9 @@ def test_bad_config_exits_2_and_a_crash_leaves_its_traceback_in_stderr(runner, t
 
 def test_cancel_stops_the_program_which_keeps_its_checkpoint(runner, tmp_path):
     hold = tmp_path / "never-created"
-    run_dir = make_standin_run_dir(tmp_path, total_steps=10, hold_after_step=3, wait_for_file=str(hold))
+    run_dir = make_standin_run_dir(
+        tmp_path, total_steps=10, hold_after_step=3, wait_for_file=str(hold)
+    )
     handle = runner.start(run_dir)
     seen = []
     for event in handle.events():

@@ -72,17 +72,31 @@ def test_a_job_runs_to_success_with_its_events_stored(db, tmp_path):
     run_dir = Path(job.run_dir)
     assert run_dir == tmp_path / "home" / "runs" / f"job-{job_id}"
     assert json.loads((run_dir / "config.json").read_text()) == {"total_steps": 4, "save_steps": 2}
-    assert (run_dir / "data" / "validation.jsonl").read_text() == (tmp_path / "snapshot" / "validation.jsonl").read_text()
+    assert (run_dir / "data" / "validation.jsonl").read_text() == (
+        tmp_path / "snapshot" / "validation.jsonl"
+    ).read_text()
     assert job.progress == StepProgress(step=4, total_steps=4)
     assert "_progress" not in job.config  # progress is not a training setting
     # one row per event, in order, with the event's numbers
     messages = [e.message for e in events]
     assert messages[0].startswith("attempt 1 started on w1")
     assert [m for m in messages if m in ("start", "step", "eval", "checkpoint", "done")] == [
-        "start", "step", "step", "eval", "checkpoint", "step", "step", "eval", "checkpoint", "done"]
+        "start",
+        "step",
+        "step",
+        "eval",
+        "checkpoint",
+        "step",
+        "step",
+        "eval",
+        "checkpoint",
+        "done",
+    ]
     steps = [e.metrics for e in events if e.message == "step"]
     assert [m["step"] for m in steps] == [1, 2, 3, 4] and all(m["loss"] > 0 for m in steps)
-    assert any(e.level == "debug" and "warming up" in e.message for e in events)  # the non-JSON line
+    assert any(
+        e.level == "debug" and "warming up" in e.message for e in events
+    )  # the non-JSON line
     assert messages[-1] == "job succeeded"
     # the observer saw the claim, every event, and the end once
     assert recorder.states == ["running"]
@@ -94,8 +108,12 @@ def test_a_job_runs_to_success_with_its_events_stored(db, tmp_path):
 def test_failures_are_recorded_as_sentences(db, tmp_path):
     nan = queue_job(db, tmp_path, total_steps=5, fail_at_step=3)
     with session_scope(db) as s:
-        crash, _ = q.create_job(session=s, state="queued", config={"total_steps": 5, "crash_at_step": 2},
-                                snapshot_id=q.get_job(session=s, job_id=nan).snapshot_id)
+        crash, _ = q.create_job(
+            session=s,
+            state="queued",
+            config={"total_steps": 5, "crash_at_step": 2},
+            snapshot_id=q.get_job(session=s, job_id=nan).snapshot_id,
+        )
         gone, _ = q.create_job(session=s, state="queued", config={}, snapshot_id=None)
     recorder = Recorder()
     w = worker(db, tmp_path, observer=recorder)
@@ -103,8 +121,10 @@ def test_failures_are_recorded_as_sentences(db, tmp_path):
 
     job, events = stored(db, nan)  # the program's own error event gives the reason
     assert (job.state, job.error) == ("failed", "the loss became NaN at step 3.")
-    assert [e.message for e in events if e.level == "error"] == ["the loss became NaN at step 3",
-                                                                  "job failed: the loss became NaN at step 3."]
+    assert [e.message for e in events if e.level == "error"] == [
+        "the loss became NaN at step 3",
+        "job failed: the loss became NaN at step 3.",
+    ]
     job, _ = stored(db, crash.id)  # no error event: the last line of stderr says why
     assert job.state == "failed"
     assert job.error == "the training program failed: RuntimeError: stand-in crashed at step 2."
@@ -126,15 +146,21 @@ def test_a_job_whose_snapshot_folder_vanished_fails_without_running(db, tmp_path
 
 def test_cancelling_a_running_job_stops_its_program(db, tmp_path):
     hold = tmp_path / "never-created"
-    job_id = queue_job(db, tmp_path, total_steps=10, save_steps=100, hold_after_step=2, wait_for_file=str(hold))
+    job_id = queue_job(
+        db, tmp_path, total_steps=10, save_steps=100, hold_after_step=2, wait_for_file=str(hold)
+    )
     recorder = Recorder()
     w = worker(db, tmp_path, observer=recorder, lease_seconds=30)
     thread = threading.Thread(target=w.run_once)
     thread.start()
     try:
+
         def reached_step_2():
             with session_scope(db) as s:
-                return s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message == "step")).all()[1:]
+                return s.exec(
+                    select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message == "step")
+                ).all()[1:]
+
         wait_until(reached_step_2, 30, "step 2 of the running job")
         with session_scope(db) as s:
             q.request_cancel(session=s, job=q.get_job(session=s, job_id=job_id))
@@ -156,7 +182,9 @@ def test_cancelling_a_running_job_stops_its_program(db, tmp_path):
 
 def test_a_killed_workers_job_is_requeued_and_resumed_from_its_checkpoint(db_url, db, tmp_path):
     hold = tmp_path / "hold"
-    job_id = queue_job(db, tmp_path, total_steps=8, save_steps=2, hold_after_step=4, wait_for_file=str(hold))
+    job_id = queue_job(
+        db, tmp_path, total_steps=8, save_steps=2, hold_after_step=4, wait_for_file=str(hold)
+    )
     home = tmp_path / "home"
     # the first worker is its own process, so that it can be killed for real
     script = (
@@ -164,16 +192,28 @@ def test_a_killed_workers_job_is_requeued_and_resumed_from_its_checkpoint(db_url
         "from engine.jobs.runners import LocalRunner\n"
         "from engine.jobs.worker import Worker\n"
         "from storage.db import make_engine\n"
-        f"Worker(make_engine({db_url!r}), {str(home)!r}, LocalRunner(module={STANDIN!r}), 'doomed',\n"
+        f"Worker(make_engine({db_url!r}), {str(home)!r}, LocalRunner(module={STANDIN!r}), "
+        "'doomed',\n"
         "       lease_seconds=2, poll_seconds=0.2).run_once()\n"
     )
-    doomed = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
+
         def checkpoint_4():
             with session_scope(db) as s:
-                rows = s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message == "checkpoint")).all()
+                rows = s.exec(
+                    select(JobEvent).where(
+                        JobEvent.job_id == job_id, JobEvent.message == "checkpoint"
+                    )
+                ).all()
                 return any(r.metrics.get("step") == 4 for r in rows)
+
         wait_until(checkpoint_4, 60, "the first worker's checkpoint at step 4")
     finally:
         doomed.send_signal(signal.SIGKILL)  # only the worker: its training child must die with it
@@ -181,7 +221,11 @@ def test_a_killed_workers_job_is_requeued_and_resumed_from_its_checkpoint(db_url
     run_dir = home / "runs" / f"job-{job_id}"
     first_pid = invocations(run_dir)[0]["pid"]
     try:
-        wait_until(lambda: not _alive(first_pid), 10, "the orphaned training program to die with its worker")
+        wait_until(
+            lambda: not _alive(first_pid),
+            10,
+            "the orphaned training program to die with its worker",
+        )
     finally:
         hold.touch()  # (if it lives on, let it finish rather than linger)
     with session_scope(db) as s:
@@ -198,7 +242,10 @@ def test_a_killed_workers_job_is_requeued_and_resumed_from_its_checkpoint(db_url
     assert [i["resume"] for i in invocations(run_dir)] == [False, True]
     messages = [e.message for e in events]
     requeued = next(i for i, m in enumerate(messages) if "queued again" in m)
-    assert messages[requeued + 1].startswith("attempt 2 started on rescuer") and "resuming" in messages[requeued + 1]
+    assert (
+        messages[requeued + 1].startswith("attempt 2 started on rescuer")
+        and "resuming" in messages[requeued + 1]
+    )
     assert messages.count("done") == 1 and messages[-1] == "job succeeded"
     assert recorder.finished == [(job_id, "succeeded", "")]
 

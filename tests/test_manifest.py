@@ -41,7 +41,12 @@ def test_registered_listeners_match_manifest():
                     wired_commands.add(value)
                 if isinstance(value, dict) and "type" in value:
                     wired_events.add(value["type"])
-                if isinstance(value, str) and value in {"reaction_added", "reaction_removed", "message", "app_home_opened"}:
+                if isinstance(value, str) and value in {
+                    "reaction_added",
+                    "reaction_removed",
+                    "message",
+                    "app_home_opened",
+                }:
                     wired_events.add(value)
     assert wired_commands == set(commands.COMMANDS)
     # message.channels / message.groups are the manifest's names for the `message` event
@@ -58,4 +63,10 @@ def test_interactivity_flag_matches_action_listeners():
 
 def test_scopes_cover_the_methods_used():
     scopes = set(manifest()["oauth_config"]["scopes"]["bot"])
-    assert {"reactions:read", "reactions:write", "chat:write", "commands", "channels:history"} <= scopes
+    assert {
+        "reactions:read",
+        "reactions:write",
+        "chat:write",
+        "commands",
+        "channels:history",
+    } <= scopes

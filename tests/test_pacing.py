@@ -13,7 +13,9 @@ def test_posts_to_one_channel_are_spaced_and_other_channels_do_not_wait():
     times: dict[str, list[float]] = {"C1": [], "C2": []}
     started = time.monotonic()
     for channel in ("C1", "C1", "C2", "C1"):
-        assert pacer.run(channel, lambda c=channel: times[c].append(time.monotonic()) or c) == channel
+        assert (
+            pacer.run(channel, lambda c=channel: times[c].append(time.monotonic()) or c) == channel
+        )
     gaps = [b - a for a, b in zip(times["C1"], times["C1"][1:], strict=False)]
     assert all(g >= 0.19 for g in gaps), gaps
     assert times["C2"][0] - started < 0.45  # waited for C1's second post only, not for C2's own

@@ -69,9 +69,13 @@ def seed(db) -> dict[str, int]:
 
 
 def test_question_and_answer_text_of_a_multi_turn_example():
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Deploy fails"},
-                {"role": "assistant", "content": "Which error?"}, {"role": "user", "content": "E42"},
-                {"role": "assistant", "content": "Clear the cache."}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "Deploy fails"},
+        {"role": "assistant", "content": "Which error?"},
+        {"role": "user", "content": "E42"},
+        {"role": "assistant", "content": "Clear the cache."},
+    ]
     assert question_text(messages) == "Deploy fails\nE42"
     assert answer_text(messages) == "Clear the cache."
 
@@ -97,18 +101,25 @@ def test_curate_edit_withdraw_delete_exclude(db, index):
     report = sync(db, index)
     assert (report.updated, report.embedded, report.reused) == (1, 1, 0)
     top = index.search("revert the last release", k=1)[0]
-    assert top.example_id == by_ts["101.0"] and top.answer == "Run `make rollback VERSION=previous`."
+    assert (
+        top.example_id == by_ts["101.0"] and top.answer == "Run `make rollback VERSION=previous`."
+    )
 
     # an edit of the answer alone: the stored vector still fits, the new answer is handed over
     curate(db, "101.0", "How do I roll back a bad deploy?", "Use the Rollback button in Argo.")
     report = sync(db, index)
     assert (report.updated, report.embedded, report.reused) == (1, 0, 1)
-    assert index.search("revert the last release", k=1)[0].answer == "Use the Rollback button in Argo."
+    assert (
+        index.search("revert the last release", k=1)[0].answer == "Use the Rollback button in Argo."
+    )
 
     # withdrawn, deleted (the answer's message deleted), excluded: gone from every result
     with session_scope(db) as s:
-        q.withdraw(session=s, example=q.get_example(session=s, channel="CHELP", message_ts="201.0"),
-                   reason="the last curator removed the emoji")
+        q.withdraw(
+            session=s,
+            example=q.get_example(session=s, channel="CHELP", message_ts="201.0"),
+            reason="the last curator removed the emoji",
+        )
     assert sync(db, index).removed == 1
     assert by_ts["201.0"] not in ids(index.search("Where are the on-call docs?", k=10))
     with session_scope(db) as s:
@@ -150,14 +161,27 @@ def test_a_restart_reuses_stored_vectors_and_rebuild_embeds_again(db, minilm):
 
 def test_private_flag_follows_the_channel_and_unknown_channels_count_as_private(db, index):
     public = curate(db, "101.0", *TOPICS["101.0"])
-    secret = curate(db, "501.0", "How do I get the payroll export?", "Ask finance-ops.", channel="GPAY")
+    secret = curate(
+        db, "501.0", "How do I get the payroll export?", "Ask finance-ops.", channel="GPAY"
+    )
     unknown = curate(db, "601.0", "Where is the VPN config?", "In the IT portal.", channel="CNEW")
     with session_scope(db) as s:
         rq.record_channel(session=s, channel="GPAY", private=True)
-        insert_examples(session=s, examples=[{
-            "source": "import", "channel": "import", "thread_ts": "faq.jsonl:1",
-            "message_ts": "imp-1", "content_hash": "imp-1",
-            "messages": conversation("What is the wifi password?", "It is on the kitchen wall.")}])
+        insert_examples(
+            session=s,
+            examples=[
+                {
+                    "source": "import",
+                    "channel": "import",
+                    "thread_ts": "faq.jsonl:1",
+                    "message_ts": "imp-1",
+                    "content_hash": "imp-1",
+                    "messages": conversation(
+                        "What is the wifi password?", "It is on the kitchen wall."
+                    ),
+                }
+            ],
+        )
     sync(db, index)
     flags = {h.example_id: h.private for h in index.search("payroll vpn deploy wifi", k=10)}
     imported = next(h for h in index.search("wifi password", k=1))
@@ -171,12 +195,28 @@ def test_private_flag_follows_the_channel_and_unknown_channels_count_as_private(
 
 
 def test_bm25_finds_an_exact_error_code_that_dense_alone_ranks_low(db, index):
-    codes = ["ECONNRESET", "ETIMEDOUT", "ENOSPC", "EACCES", "OOMKilled", "CrashLoopBackOff",
-             "ImagePullBackOff", "SIGSEGV", "EADDRINUSE", "ECONNREFUSED", "HTTP 429", "HTTP 503"]
+    codes = [
+        "ECONNRESET",
+        "ETIMEDOUT",
+        "ENOSPC",
+        "EACCES",
+        "OOMKilled",
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "SIGSEGV",
+        "EADDRINUSE",
+        "ECONNREFUSED",
+        "HTTP 429",
+        "HTTP 503",
+    ]
     for n, code in enumerate(codes):
         curate(db, f"{700 + n}.0", f"What does error {code} mean?", f"See the runbook for {code}.")
-    target = curate(db, "800.0", "Nightly billing export died, log says XQZ7731",
-                    "XQZ7731 means the S3 bucket policy expired: renew it in the billing console.")
+    target = curate(
+        db,
+        "800.0",
+        "Nightly billing export died, log says XQZ7731",
+        "XQZ7731 means the S3 bucket policy expired: renew it in the billing console.",
+    )
     sync(db, index)
     everything = index.search("What does error XQZ7731 mean?", k=len(codes) + 1)
     by_dense = sorted(everything, key=lambda h: -h.dense)
@@ -188,12 +228,23 @@ def test_bm25_finds_an_exact_error_code_that_dense_alone_ranks_low(db, index):
 
 def test_allowed_never_returns_a_filtered_hit_and_still_fills_k(db, index):
     for n in range(70):  # more near-duplicates than one candidate list holds
-        curate(db, f"{1000 + n}.0", f"How do I deploy service number {n} to production?",
-               f"Deploy {n}.", channel="GSECRET")
-    public = [curate(db, f"{2000 + n}.0", question, "Ask in #help.")
-              for n, question in enumerate(["Release checklist for mobile apps?",
-                                            "Who approves production changes?",
-                                            "What is the change freeze calendar?"])]
+        curate(
+            db,
+            f"{1000 + n}.0",
+            f"How do I deploy service number {n} to production?",
+            f"Deploy {n}.",
+            channel="GSECRET",
+        )
+    public = [
+        curate(db, f"{2000 + n}.0", question, "Ask in #help.")
+        for n, question in enumerate(
+            [
+                "Release checklist for mobile apps?",
+                "Who approves production changes?",
+                "What is the change freeze calendar?",
+            ]
+        )
+    ]
     with session_scope(db) as s:
         rq.record_channel(session=s, channel="GSECRET", private=True)
     sync(db, index)
@@ -207,7 +258,9 @@ def test_allowed_never_returns_a_filtered_hit_and_still_fills_k(db, index):
 def test_searches_during_syncs_see_a_whole_index(db, index):
     answers: dict[int, str] = {}
     for n in range(5):
-        answers[curate(db, f"{3000 + n}.0", f"Question about topic {n}?", f"Answer about {n}.")] = f"Answer about {n}."
+        answers[curate(db, f"{3000 + n}.0", f"Question about topic {n}?", f"Answer about {n}.")] = (
+            f"Answer about {n}."
+        )
     sync(db, index)
     stop, seen, errors = threading.Event(), [], []
 
@@ -225,7 +278,9 @@ def test_searches_during_syncs_see_a_whole_index(db, index):
     searcher.start()
     try:
         for n in range(5, 15):
-            example_id = curate(db, f"{3000 + n}.0", f"Question about topic {n}?", f"Answer about {n}.")
+            example_id = curate(
+                db, f"{3000 + n}.0", f"Question about topic {n}?", f"Answer about {n}."
+            )
             answers[example_id] = f"Answer about {n}."
             sync(db, index)
     finally:

@@ -1,4 +1,5 @@
-"""``threadtune index rebuild|stats`` against a real SQLite database, and its one-sentence errors."""
+"""``threadtune index rebuild|stats`` against a real SQLite database, and its one-sentence
+errors."""
 
 from __future__ import annotations
 
@@ -31,10 +32,15 @@ def cli_db(cli_env, monkeypatch):
 
 
 def curate(db, message_ts: str, question: str, answer: str) -> None:
-    fields = dict(channel="CHELP", thread_ts="100.0", message_ts=message_ts, answer_user="UEXP",
-                  messages=[{"role": "user", "content": question},
-                            {"role": "assistant", "content": answer}],
-                  redactions={}, content_hash=message_ts)
+    fields = dict(
+        channel="CHELP",
+        thread_ts="100.0",
+        message_ts=message_ts,
+        answer_user="UEXP",
+        messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        redactions={},
+        content_hash=message_ts,
+    )
     with session_scope(db) as s:
         q.save_example(session=s, fields=fields, curator="UCUR")
 
@@ -45,11 +51,18 @@ def test_stats_before_and_after_a_rebuild(cli_db, capsys):
 
     assert main(["index", "stats", "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
-    assert before == {"examples": 0, "model": "all-MiniLM-L6-v2", "dimension": 384,
-                      "last_sync": None, "pending": 2}
+    assert before == {
+        "examples": 0,
+        "model": "all-MiniLM-L6-v2",
+        "dimension": 384,
+        "last_sync": None,
+        "pending": 2,
+    }
 
     assert main(["index", "rebuild"]) == 0
-    assert capsys.readouterr().out.startswith("Indexed 2 curated examples with all-MiniLM-L6-v2 in ")
+    assert capsys.readouterr().out.startswith(
+        "Indexed 2 curated examples with all-MiniLM-L6-v2 in "
+    )
 
     assert main(["index", "stats"]) == 0
     out = capsys.readouterr().out
@@ -57,13 +70,21 @@ def test_stats_before_and_after_a_rebuild(cli_db, capsys):
     assert "Last sync:        20" in out and "Not indexed yet" not in out
 
 
-@pytest.mark.parametrize(("url", "sentence"), [
-    ("sqlite:///{home}/missing.db", "There is no database at "),
-    ("postgresql://nobody@127.0.0.1:1/none", "Cannot use the database at postgresql+psycopg://nobody@"),
-    ("not a url", "DATABASE_URL is not a database URL."),
-])
+@pytest.mark.parametrize(
+    ("url", "sentence"),
+    [
+        ("sqlite:///{home}/missing.db", "There is no database at "),
+        (
+            "postgresql://nobody@127.0.0.1:1/none",
+            "Cannot use the database at postgresql+psycopg://nobody@",
+        ),
+        ("not a url", "DATABASE_URL is not a database URL."),
+    ],
+)
 @pytest.mark.parametrize("command", ["stats", "rebuild"])
-def test_no_database_is_one_sentence_and_a_failure(cli_env, monkeypatch, capsys, url, sentence, command):
+def test_no_database_is_one_sentence_and_a_failure(
+    cli_env, monkeypatch, capsys, url, sentence, command
+):
     monkeypatch.setenv("DATABASE_URL", url.format(home=cli_env))
     assert main(["index", command]) == 1
     err = capsys.readouterr().err

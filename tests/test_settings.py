@@ -36,9 +36,18 @@ def test_lists_and_emoji_are_parsed(monkeypatch):
         ({}, "SLACK_BOT_TOKEN is not set"),
         ({"SLACK_BOT_TOKEN": "xoxb-your-bot-token"}, "SLACK_BOT_TOKEN still holds a placeholder"),
         ({"SLACK_BOT_TOKEN": "xoxb-123-456-abc"}, "SLACK_SIGNING_SECRET is not set"),
-        ({"SLACK_BOT_TOKEN": "xoxb-123-456-abc", "SLACK_SIGNING_SECRET": "changeme"}, "SLACK_SIGNING_SECRET still holds a placeholder"),
-        ({"SLACK_BOT_TOKEN": "xoxp-123-456-abc", "SLACK_SIGNING_SECRET": "8f3a9c"}, "must be a bot token"),
-        ({"SLACK_BOT_TOKEN": "xoxb-123-456-abc", "SLACK_APP_TOKEN": "xapp-<your-app-token>"}, "SLACK_APP_TOKEN still holds a placeholder"),
+        (
+            {"SLACK_BOT_TOKEN": "xoxb-123-456-abc", "SLACK_SIGNING_SECRET": "changeme"},
+            "SLACK_SIGNING_SECRET still holds a placeholder",
+        ),
+        (
+            {"SLACK_BOT_TOKEN": "xoxp-123-456-abc", "SLACK_SIGNING_SECRET": "8f3a9c"},
+            "must be a bot token",
+        ),
+        (
+            {"SLACK_BOT_TOKEN": "xoxb-123-456-abc", "SLACK_APP_TOKEN": "xapp-<your-app-token>"},
+            "SLACK_APP_TOKEN still holds a placeholder",
+        ),
     ],
 )
 def test_missing_or_placeholder_secret_names_the_variable(env, message):
@@ -47,12 +56,22 @@ def test_missing_or_placeholder_secret_names_the_variable(env, message):
 
 
 def test_socket_mode_does_not_need_signing_secret():
-    Settings(slack_bot_token="xoxb-123-456-abc", slack_app_token="xapp-1-A1-123-abc").require_slack()
+    Settings(
+        slack_bot_token="xoxb-123-456-abc", slack_app_token="xapp-1-A1-123-abc"
+    ).require_slack()
 
 
 def test_serve_fails_at_start_with_a_sentence(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bot", "serve"], capture_output=True, text=True,
-                         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])},
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+        },
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "SLACK_BOT_TOKEN is not set" in out.stderr and "Traceback" not in out.stderr

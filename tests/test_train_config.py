@@ -12,14 +12,21 @@ LLAMA_8B_PARAMS = 8_030_261_248
 
 def test_defaults_follow_published_qlora_practice():
     config = TrainConfig()
-    assert (config.method, config.lora_r, config.lora_alpha, config.target_modules) == ("qlora", 16, 32, "all-linear")
+    assert (config.method, config.lora_r, config.lora_alpha, config.target_modules) == (
+        "qlora",
+        16,
+        32,
+        "all-linear",
+    )
     assert config.packing and config.gradient_checkpointing
     assert config.learning_rate is None and config.epochs is None  # auto until resolved
     assert all(text for text in TrainConfig.help().values()), "every field documents itself"
 
 
 def test_rank_above_serving_limit_is_refused_in_words():
-    with pytest.raises(TrainConfigError, match=r"lora_r=128 is above the rank serving allows \(max_lora_rank=64\)"):
+    with pytest.raises(
+        TrainConfigError, match=r"lora_r=128 is above the rank serving allows \(max_lora_rank=64\)"
+    ):
         TrainConfig.from_overrides({}, {"lora_r": "128"})
     assert TrainConfig.from_overrides({}, {"lora_r": "128", "max_lora_rank": "128"}).lora_r == 128
 
@@ -35,8 +42,14 @@ def test_rank_above_serving_limit_is_refused_in_words():
         ({"epochs": "nan"}, r"epochs must be a number"),
         ({"packing": "maybe"}, r"packing must be true/false"),
         ({"method": "dora"}, r"method must be one of qlora, lora, full, not 'dora'"),
-        ({"eval_steps": "10", "save_steps": "15"}, r"save_steps \(15\) must be a multiple of eval_steps \(10\)"),
-        ({"target_modules": "q_proj,,v_proj"}, r"target_modules must be 'all-linear' or a comma-separated list"),
+        (
+            {"eval_steps": "10", "save_steps": "15"},
+            r"save_steps \(15\) must be a multiple of eval_steps \(10\)",
+        ),
+        (
+            {"target_modules": "q_proj,,v_proj"},
+            r"target_modules must be 'all-linear' or a comma-separated list",
+        ),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(overrides, message):
@@ -47,7 +60,13 @@ def test_bad_overrides_say_what_is_wrong(overrides, message):
 def test_overrides_are_typed_and_sit_on_top_of_the_base():
     config = TrainConfig.from_overrides(
         {"lora_r": 8, "learning_rate": 1e-4, "base_model": "/m"},
-        {"learning_rate": "auto", "epochs": "2.5", "packing": "off", "lora_r": "32", "max_steps": "7"},
+        {
+            "learning_rate": "auto",
+            "epochs": "2.5",
+            "packing": "off",
+            "lora_r": "32",
+            "max_steps": "7",
+        },
     )
     assert config.learning_rate is None and config.epochs == 2.5 and config.packing is False
     assert config.lora_r == 32 and config.max_steps == 7 and config.base_model == "/m"
@@ -61,11 +80,15 @@ def test_auto_learning_rate_scales_with_model_size_and_method():
     assert 5e-4 <= small <= 1e-3, "a 135M model needs well above the textbook 1e-4"
     assert 1e-4 <= large <= 2.5e-4
     assert full == pytest.approx(small / 10, rel=0.1)
-    assert TrainConfig(learning_rate=3e-5).resolve(100, SMOLLM2_PARAMS).learning_rate == 3e-5  # explicit wins
+    assert (
+        TrainConfig(learning_rate=3e-5).resolve(100, SMOLLM2_PARAMS).learning_rate == 3e-5
+    )  # explicit wins
 
 
 def test_auto_epochs_shrink_as_the_dataset_grows_but_keep_a_minimum_of_steps():
-    epochs = {n: TrainConfig(min_steps=1).resolve(n, SMOLLM2_PARAMS).epochs for n in (25, 100, 400, 5000)}
+    epochs = {
+        n: TrainConfig(min_steps=1).resolve(n, SMOLLM2_PARAMS).epochs for n in (25, 100, 400, 5000)
+    }
     assert epochs[100] == 6 and epochs[25] > epochs[100] > epochs[400] >= epochs[5000] >= 2
     # 100 examples packed into 15 sequences: 6 epochs alone would be 48 steps at batch 2; ask for 80
     resolved = TrainConfig(min_steps=80).resolve(100, SMOLLM2_PARAMS, n_train_sequences=15)
@@ -97,8 +120,11 @@ def test_target_modules_are_checked_against_the_model_and_spelled_out_in_the_lor
     assert sorted(libconfig.lora_config(TrainConfig(), linear).target_modules) == linear
     chosen = libconfig.lora_config(TrainConfig(target_modules="q_proj, v_proj"), linear)
     assert sorted(chosen.target_modules) == ["q_proj", "v_proj"]
-    with pytest.raises(TrainConfigError, match="target_modules qkv match no linear layer of this "
-                                               "model; its linear layers are k_proj, q_proj, v_proj"):
+    with pytest.raises(
+        TrainConfigError,
+        match="target_modules qkv match no linear layer of this "
+        "model; its linear layers are k_proj, q_proj, v_proj",
+    ):
         libconfig.lora_config(TrainConfig(target_modules="q_proj,qkv"), linear)
     assert libconfig.lora_config(TrainConfig(method="full"), linear) is None
 
@@ -107,8 +133,15 @@ def test_each_method_decides_its_own_differences_in_one_place():
     from engine.train.methods import BY_NAME
 
     assert tuple(BY_NAME) == ("qlora", "lora", "full")
-    decided = {name: (m.lora, m.quantized, m.learning_rate_divisor, m.output_dir)
-               for name, m in BY_NAME.items()}
-    assert decided == {"qlora": (True, True, 1, "adapter"), "lora": (True, False, 1, "adapter"),
-                       "full": (False, False, 10, "model")}
-    assert TrainConfig(method="full", lora_r=512).training_method.output_dir == "model"  # no rank cap
+    decided = {
+        name: (m.lora, m.quantized, m.learning_rate_divisor, m.output_dir)
+        for name, m in BY_NAME.items()
+    }
+    assert decided == {
+        "qlora": (True, True, 1, "adapter"),
+        "lora": (True, False, 1, "adapter"),
+        "full": (False, False, 10, "model"),
+    }
+    assert (
+        TrainConfig(method="full", lora_r=512).training_method.output_dir == "model"
+    )  # no rank cap

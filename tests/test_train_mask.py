@@ -26,10 +26,14 @@ def tokenizer():
 
 def test_only_the_final_answer_and_im_end_are_trained(tokenizer):
     preview = label_mask_preview(tokenizer, CONVERSATION)
-    print("\n" + " ".join(f"[{tok}]" if trained else tok for tok, trained in preview))  # the FIELD-NOTES check
+    print(
+        "\n" + " ".join(f"[{tok}]" if trained else tok for tok, trained in preview)
+    )  # the FIELD-NOTES check
 
     trained = [tok for tok, is_trained in preview if is_trained]
-    assert trained[-1] == "<|im_end|>", "the end-of-turn token must be trained or the model never stops"
+    assert trained[-1] == "<|im_end|>", (
+        "the end-of-turn token must be trained or the model never stops"
+    )
     assert trained.count("<|im_end|>") == 1
     text = tokenizer.convert_tokens_to_string(trained[:-1])
     assert text == "Click *Reset token* and scan the new QR code."
@@ -38,12 +42,16 @@ def test_only_the_final_answer_and_im_end_are_trained(tokenizer):
     flags = [is_trained for _, is_trained in preview]
     first = flags.index(True)
     assert all(flags[first:]) and not any(flags[:first])
-    assert "Open the portal first." in tokenizer.convert_tokens_to_string([t for t, f in preview if not f])
+    assert "Open the portal first." in tokenizer.convert_tokens_to_string(
+        [t for t, f in preview if not f]
+    )
 
 
 def test_prompt_tokens_are_exactly_what_the_model_sees_at_inference(tokenizer):
     encoded = tokenize_example(tokenizer, CONVERSATION, max_length=4096)
-    at_inference = tokenizer.apply_chat_template(CONVERSATION["messages"][:-1], add_generation_prompt=True, tokenize=True)
+    at_inference = tokenizer.apply_chat_template(
+        CONVERSATION["messages"][:-1], add_generation_prompt=True, tokenize=True
+    )
     if isinstance(at_inference, dict) or hasattr(at_inference, "keys"):
         at_inference = at_inference["input_ids"]
     n_prompt = encoded["labels"].count(-100)
@@ -56,13 +64,17 @@ def test_prompt_tokens_are_exactly_what_the_model_sees_at_inference(tokenizer):
 def test_truncation_keeps_the_answer_and_drops_the_start_of_the_prompt(tokenizer):
     encoded = tokenize_example(tokenizer, CONVERSATION, max_length=24)
     assert len(encoded["input_ids"]) == 24
-    trained = [i for i, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100]
+    trained = [
+        i for i, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100
+    ]
     assert tokenizer.decode(trained) == "Click *Reset token* and scan the new QR code.<|im_end|>"
 
 
 def test_a_template_without_the_end_of_turn_token_is_refused(tokenizer):
     assert end_of_turn_token(tokenizer) == "<|im_end|>"
     broken = load_tokenizer(tiny_base_dir())
-    broken.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    broken.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
     with pytest.raises(TrainingError, match="does not end an assistant turn"):
         end_of_turn_token(broken)

@@ -41,15 +41,31 @@ def wait(predicate, timeout=60):
 
 def test_tune_train_queues_trains_and_reports(tmp_path):
     url = f"sqlite:///{tmp_path / 'threadtune.db'}"
-    with workspace_with_bot(tmp_path, url, BASE_MODEL=str(tiny_base_dir())) as (slack, proc, log, port):
+    with workspace_with_bot(tmp_path, url, BASE_MODEL=str(tiny_base_dir())) as (
+        slack,
+        proc,
+        log,
+        port,
+    ):
         db = make_engine(url)
         seed_examples(db)
         assert "Only admins" in slack.slash("UASK", "CHELP", "/tune", "train").body
         bad = slack.slash("UADMIN", "CHELP", "/tune", "train lora_rank=8")
-        wait(lambda: [e for e in slack.ephemerals(user="UADMIN") if "did you mean 'lora_r'" in e.get("text", "")])
+        wait(
+            lambda: [
+                e
+                for e in slack.ephemerals(user="UADMIN")
+                if "did you mean 'lora_r'" in e.get("text", "")
+            ]
+        )
         assert bad.status == 200
-        reply = slack.slash("UADMIN", "CHELP", "/tune",
-                            "train method=lora max_steps=6 eval_steps=2 save_steps=2 max_length=128 lora_r=4 lora_alpha=8 learning_rate=0.003 precision=fp32")
+        reply = slack.slash(
+            "UADMIN",
+            "CHELP",
+            "/tune",
+            "train method=lora max_steps=6 eval_steps=2 save_steps=2 max_length=128 lora_r=4 "
+            "lora_alpha=8 learning_rate=0.003 precision=fp32",
+        )
         assert "Preparing a training job" in reply.body
         job = wait(lambda: _job_with_message(db))
         assert job.state == "queued"
@@ -71,7 +87,9 @@ def test_tune_train_queues_trains_and_reports(tmp_path):
         quick = sum(1 for a, b in zip(times, times[1:], strict=False) if b - a < 0.95)
         assert quick <= forced, f"{quick} updates came less than a second apart"
         files = slack.uploaded_files()
-        assert any(f["filename"] == "loss_curve.png" and f.get("thread_ts") == job.status_ts for f in files)
+        assert any(
+            f["filename"] == "loss_curve.png" and f.get("thread_ts") == job.status_ts for f in files
+        )
         jobs_text = slack.slash("UASK", "CHELP", "/tune", "jobs").body
         assert f"Job {job.id}" in jobs_text and "succeeded" in jobs_text
         db.dispose()

@@ -261,7 +261,10 @@ def test_root_is_importable_without_heavy_libraries():
     import subprocess
     import sys
 
-    code = "import sys, engine.serving.vllm, engine.serving.vllm_server; print(any(m in sys.modules for m in ('torch', 'transformers', 'vllm')))"
+    code = (
+        "import sys, engine.serving.vllm, engine.serving.vllm_server; print(any(m in sys.modules "
+        "for m in ('torch', 'transformers', 'vllm')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -272,7 +275,7 @@ def test_root_is_importable_without_heavy_libraries():
     assert out.stdout.strip() == "False"
 
 
-# -- how many adapters the server holds --------------------------------------------------------------
+# -- how many adapters the server holds ------------------------------------------------------------
 
 
 class _AdapterServer(http.server.BaseHTTPRequestHandler):
@@ -298,14 +301,21 @@ class _AdapterServer(http.server.BaseHTTPRequestHandler):
         if self.path == "/v1/load_lora_adapter":
             self.calls.append(("load", body["lora_name"]))
             self.loaded[body["lora_name"]] = body["lora_path"]
-            return self._send(200, {})
+            self._send(200, {})
+            return
         if self.path == "/v1/unload_lora_adapter":
             self.calls.append(("unload", body["lora_name"]))
             self.loaded.pop(body["lora_name"], None)
-            return self._send(200, {})
+            self._send(200, {})
+            return
         self.calls.append(("ask", body["model"]))
-        self._send(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
-                         "usage": {"completion_tokens": 2}})
+        self._send(
+            200,
+            {
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 2},
+            },
+        )
 
     def log_message(self, *args):
         pass
@@ -347,8 +357,9 @@ def test_the_deploy_and_the_vllm_client_run_the_same_checks(models, tmp_path):
     from engine.serving.adapters import adapter_problems
 
     for name in ("good", "r32", "foreign"):
-        assert check_adapter(models[name], models["base"], 16) == \
-            adapter_problems(models[name], models["base"], 16)
+        assert check_adapter(models[name], models["base"], 16) == adapter_problems(
+            models[name], models["base"], 16
+        )
     # the stricter rules win for both: a per-module rank_pattern counts (the deploy read only r)
     patterned = tmp_path / "patterned"
     shutil.copytree(models["good"], patterned)

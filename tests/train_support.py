@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_tiny_model(folder: Path) -> Path:
     """A randomly initialised LlamaForCausalLM (hidden 64, 2 layers) with SmolLM2's tokenizer and
-    chat template, saved in Hugging Face format — the same shape of folder ensure_base_model gives."""
+    chat template, saved in Hugging Face format — the same shape of folder ensure_base_model
+    gives."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -44,18 +45,37 @@ def build_tiny_model(folder: Path) -> Path:
 
 def pattern_examples(n: int, offset: int = 0) -> list[dict]:
     """A tiny learnable pattern: the answer repeats a word from the question, in a fixed frame."""
-    words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "paper", "green", "music", "bread", "glass", "north"]
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "lamp",
+        "tiger",
+        "paper",
+        "green",
+        "music",
+        "bread",
+        "glass",
+        "north",
+    ]
     out = []
     for i in range(offset, offset + n):
         word = words[i % len(words)]
-        out.append({"messages": [
-            {"role": "user", "content": f"Say the word {word} back to me."},
-            {"role": "assistant", "content": f"The word is {word}. The word is {word}."},
-        ]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say the word {word} back to me."},
+                    {"role": "assistant", "content": f"The word is {word}. The word is {word}."},
+                ]
+            }
+        )
     return out
 
 
-def make_run_dir(folder: Path, base_model: Path, train: list[dict], validation: list[dict], **config) -> Path:
+def make_run_dir(
+    folder: Path, base_model: Path, train: list[dict], validation: list[dict], **config
+) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("validation", validation)):
         with (folder / "data" / f"{name}.jsonl").open("w") as handle:
@@ -75,7 +95,11 @@ def run_program(run_dir: Path, *args: str, timeout: float = 600) -> tuple[int, l
     """Run ``python -m engine.train`` to the end; returns (exit code, events, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "engine.train", str(run_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, env=train_env(), timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=train_env(),
+        timeout=timeout,
     )
     events = parse_events(proc.stdout)
     return proc.returncode, events, proc.stderr
@@ -95,7 +119,8 @@ _CACHE: dict[str, Path] = {}
 
 
 def tiny_base_dir() -> Path:
-    """One tiny base model per test process (built once, ~10 s: SmolLM2's tokenizer comes from the GGUF)."""
+    """One tiny base model per test process (built once, ~10 s: SmolLM2's tokenizer comes from the
+    GGUF)."""
     if "tiny" not in _CACHE:
         import atexit
         import shutil

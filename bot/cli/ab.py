@@ -24,12 +24,28 @@ SALT_FILE = "ab-voter-salt"
 def register(sub: argparse._SubParsersAction) -> None:
     ab = sub.add_parser("ab", help="A/B rounds")
     ab_sub = ab.add_subparsers(dest="ab_command", required=True)
-    export = ab_sub.add_parser("export", help="write the battle log and preference pairs (prompt, chosen, rejected) as JSONL")
-    export.add_argument("--output-dir", type=Path, default=None,
-                        help="folder for battles.jsonl and preferences.jsonl (default THREADTUNE_HOME/exports/ab)")
-    export.add_argument("--round", type=int, default=None, help="only this round (default: every round)")
-    export.add_argument("--per", choices=("pair", "vote"), default="pair",
-                        help="preference pairs: one per pair with a clear majority (default) or one per decisive vote")
+    export = ab_sub.add_parser(
+        "export",
+        help="write the battle log and preference pairs (prompt, chosen, rejected) as JSONL",
+    )
+    export.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="folder for battles.jsonl and preferences.jsonl (default THREADTUNE_HOME/exports/ab)",
+    )
+    export.add_argument(
+        "--round", type=int, default=None, help="only this round (default: every round)"
+    )
+    export.add_argument(
+        "--per",
+        choices=("pair", "vote"),
+        default="pair",
+        help=(
+            "preference pairs: one per pair with a clear majority (default) or one per decisive "
+            "vote"
+        ),
+    )
     export.set_defaults(func=run_export)
 
 
@@ -61,5 +77,8 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     votes = write_battle_log(records, out / "battles.jsonl", voter_salt(settings.home))
     pairs = write_preference_pairs(records, out / "preferences.jsonl", per=args.per)
-    print(f"Wrote {votes} votes to {out / 'battles.jsonl'} and {pairs} preference pairs to {out / 'preferences.jsonl'}.")
+    print(
+        f"Wrote {votes} votes to {out / 'battles.jsonl'} and {pairs} preference pairs to "
+        f"{out / 'preferences.jsonl'}."
+    )
     return 0

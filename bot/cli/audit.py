@@ -30,12 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="the /ask audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     export = audit_sub.add_parser("export", help="write the /ask audit log as JSONL or CSV")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format (default jsonl)")
-    export.add_argument("--since", type=day, default=None, help="first day to include, YYYY-MM-DD (UTC)")
-    export.add_argument("--until", type=day, default=None, help="last day to include, YYYY-MM-DD (UTC)")
-    export.add_argument("--output", default=None,
-                        help="file to write, or - for standard output "
-                             "(default THREADTUNE_HOME/exports/audit/ask-<time>.<format>)")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="file format (default jsonl)"
+    )
+    export.add_argument(
+        "--since", type=day, default=None, help="first day to include, YYYY-MM-DD (UTC)"
+    )
+    export.add_argument(
+        "--until", type=day, default=None, help="last day to include, YYYY-MM-DD (UTC)"
+    )
+    export.add_argument(
+        "--output",
+        default=None,
+        help="file to write, or - for standard output "
+        "(default THREADTUNE_HOME/exports/audit/ask-<time>.<format>)",
+    )
     export.set_defaults(func=run_export)
 
 
@@ -47,10 +56,21 @@ def day(text: str) -> date:
 
 
 def record(row, up: int, down: int) -> dict:  # noqa: ANN001 - an AskLog row
-    return {"id": row.id, "time": row.created_at.astimezone(UTC).isoformat(timespec="seconds"),
-            "user": row.user, "channel": row.channel, "question": row.question, "answer": row.answer,
-            "model": row.model_name, "latency_ms": row.latency_ms, "cached": bool(row.cached),
-            "error": row.error, "message_ts": row.message_ts, "thumbs_up": up, "thumbs_down": down}
+    return {
+        "id": row.id,
+        "time": row.created_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "user": row.user,
+        "channel": row.channel,
+        "question": row.question,
+        "answer": row.answer,
+        "model": row.model_name,
+        "latency_ms": row.latency_ms,
+        "cached": bool(row.cached),
+        "error": row.error,
+        "message_ts": row.message_ts,
+        "thumbs_up": up,
+        "thumbs_down": down,
+    }
 
 
 def write(rows, out: IO[str], fmt: str) -> int:  # noqa: ANN001 - (row, up, down) triples
@@ -79,9 +99,18 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         target, out = None, sys.stdout
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = Path(args.output) if args.output else settings.home / "exports" / "audit" / f"ask-{stamp}.{args.format}"
+        target = (
+            Path(args.output)
+            if args.output
+            else settings.home / "exports" / "audit" / f"ask-{stamp}.{args.format}"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
-        out = os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", newline="", encoding="utf-8")
+        out = os.fdopen(
+            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            "w",
+            newline="",
+            encoding="utf-8",
+        )
     engine = make_engine(settings.db_url)
     try:
         with session_scope(engine) as session:

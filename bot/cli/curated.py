@@ -16,13 +16,17 @@ TARGET = 500
 
 
 def add_curated_subcommands(dataset_sub: argparse._SubParsersAction) -> None:
-    stats = dataset_sub.add_parser("stats", help="curated examples by channel and curator, readiness")
+    stats = dataset_sub.add_parser(
+        "stats", help="curated examples by channel and curator, readiness"
+    )
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
     stats.set_defaults(func=run_stats)
 
 
 def add_export_arguments(export: argparse.ArgumentParser) -> None:
-    export.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--output", "-o", type=Path, help="file to write (default: standard output)"
+    )
 
 
 def _open_db(settings: Settings):  # noqa: ANN202
@@ -40,8 +44,10 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     console = Console()
-    console.print(f"[bold]{stats['examples']}[/bold] curated examples (target {TARGET}); "
-                  f"{stats['withdrawn']} withdrawn, {stats['excluded_threads']} threads excluded")
+    console.print(
+        f"[bold]{stats['examples']}[/bold] curated examples (target {TARGET}); "
+        f"{stats['withdrawn']} withdrawn, {stats['excluded_threads']} threads excluded"
+    )
     console.print(readiness_line(stats["examples"], target=TARGET))
     for title, key in (("Channel", "by_channel"), ("Curator", "by_curator")):
         if stats[key]:
@@ -59,11 +65,18 @@ def export_current(settings: Settings, output: Path | None) -> int:
     with session_scope(_open_db(settings)) as session:
         rows = active_examples(session=session)
     lines = [
-        json.dumps({
-            "messages": example.messages,
-            "metadata": {"channel": example.channel, "thread_ts": example.thread_ts,
-                         "message_ts": example.message_ts, "curators": curators},
-        }, ensure_ascii=False)
+        json.dumps(
+            {
+                "messages": example.messages,
+                "metadata": {
+                    "channel": example.channel,
+                    "thread_ts": example.thread_ts,
+                    "message_ts": example.message_ts,
+                    "curators": curators,
+                },
+            },
+            ensure_ascii=False,
+        )
         for example, curators in rows
     ]
     text = "".join(line + "\n" for line in lines)

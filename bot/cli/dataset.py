@@ -29,42 +29,93 @@ SHOWN_PER_RULE = 5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    dataset = subparsers.add_parser("dataset", help="build, validate, import and export dataset snapshots")
-    dataset_sub = dataset.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
+    dataset = subparsers.add_parser(
+        "dataset", help="build, validate, import and export dataset snapshots"
+    )
+    dataset_sub = dataset.add_subparsers(
+        dest="dataset_command", metavar="SUBCOMMAND", required=True
+    )
     add_dataset_subcommands(dataset_sub)
     add_curated_subcommands(dataset_sub)
 
 
 def add_dataset_subcommands(dataset_sub: argparse._SubParsersAction) -> None:
-    build = dataset_sub.add_parser("build", help="build a numbered snapshot of the curated examples")
+    build = dataset_sub.add_parser(
+        "build", help="build a numbered snapshot of the curated examples"
+    )
     _config_arguments(build)
-    build.add_argument("--created-by", default="", help="who asked for the build (recorded with the snapshot)")
+    build.add_argument(
+        "--created-by", default="", help="who asked for the build (recorded with the snapshot)"
+    )
     build.set_defaults(func=run_build)
 
-    validate = dataset_sub.add_parser("validate", help="check the curated examples (or a JSONL file / datasets folder) without building")
-    validate.add_argument("file", nargs="?", type=Path, help="a chat JSONL file or Hugging Face datasets folder to check instead")
+    validate = dataset_sub.add_parser(
+        "validate",
+        help="check the curated examples (or a JSONL file / datasets folder) without building",
+    )
+    validate.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="a chat JSONL file or Hugging Face datasets folder to check instead",
+    )
     _config_arguments(validate)
     validate.set_defaults(func=run_validate)
 
-    imp = dataset_sub.add_parser("import", help="import a chat JSONL file or Hugging Face datasets folder (all or nothing)")
-    imp.add_argument("file", type=Path, help="OpenAI chat JSONL file or a folder written by datasets' save_to_disk")
-    imp.add_argument("--all", action="store_true", help="list every finding, not only the first ones")
+    imp = dataset_sub.add_parser(
+        "import", help="import a chat JSONL file or Hugging Face datasets folder (all or nothing)"
+    )
+    imp.add_argument(
+        "file",
+        type=Path,
+        help="OpenAI chat JSONL file or a folder written by datasets' save_to_disk",
+    )
+    imp.add_argument(
+        "--all", action="store_true", help="list every finding, not only the first ones"
+    )
     imp.set_defaults(func=run_import)
 
-    export = dataset_sub.add_parser("export", help="write a snapshot (--snapshot N) or the current curated examples as chat JSONL")
-    export.add_argument("--snapshot", type=int, metavar="N", help="the snapshot to export; without it, the current curated examples")
-    export.add_argument("--split", choices=("all", "train", "validation", "test"), default="all", help="which split of the snapshot (default all)")
+    export = dataset_sub.add_parser(
+        "export",
+        help="write a snapshot (--snapshot N) or the current curated examples as chat JSONL",
+    )
+    export.add_argument(
+        "--snapshot",
+        type=int,
+        metavar="N",
+        help="the snapshot to export; without it, the current curated examples",
+    )
+    export.add_argument(
+        "--split",
+        choices=("all", "train", "validation", "test"),
+        default="all",
+        help="which split of the snapshot (default all)",
+    )
     add_export_arguments(export)
     export.set_defaults(func=run_export)
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-length", type=int, help="tokens per training sequence (default 1024)")
-    parser.add_argument("--near-dup-threshold", type=float, help="Jaccard similarity from which two examples are near duplicates (default 0.8)")
-    parser.add_argument("--min-examples", type=int, help="fewest usable examples training accepts (default 10)")
+    parser.add_argument(
+        "--max-length", type=int, help="tokens per training sequence (default 1024)"
+    )
+    parser.add_argument(
+        "--near-dup-threshold",
+        type=float,
+        help="Jaccard similarity from which two examples are near duplicates (default 0.8)",
+    )
+    parser.add_argument(
+        "--min-examples", type=int, help="fewest usable examples training accepts (default 10)"
+    )
     parser.add_argument("--seed", type=int, help="salt of the split hash (default 0)")
-    parser.add_argument("--workspace-url", default="", help="https://<team>.slack.com, so findings link to their threads")
-    parser.add_argument("--all", action="store_true", help="list every finding, not only the first ones")
+    parser.add_argument(
+        "--workspace-url",
+        default="",
+        help="https://<team>.slack.com, so findings link to their threads",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="list every finding, not only the first ones"
+    )
 
 
 def _config(args: argparse.Namespace):
@@ -111,8 +162,12 @@ def print_findings(console, findings: list, *, show_all: bool = False) -> None:
     table.add_column("Level")
     table.add_column("Rule")
     table.add_column("Examples", justify="right")
-    for (level, rule), n in sorted(by_rule.items(), key=lambda kv: (kv[0][0] != "error", -kv[1], kv[0][1])):
-        table.add_row(f"[red]{level}[/red]" if level == "error" else f"[yellow]{level}[/yellow]", rule, str(n))
+    for (level, rule), n in sorted(
+        by_rule.items(), key=lambda kv: (kv[0][0] != "error", -kv[1], kv[0][1])
+    ):
+        table.add_row(
+            f"[red]{level}[/red]" if level == "error" else f"[yellow]{level}[/yellow]", rule, str(n)
+        )
     console.print(table)
     ordered = sorted(findings, key=lambda f: f.level != "error")
     if show_all:
@@ -126,9 +181,17 @@ def print_findings(console, findings: list, *, show_all: bool = False) -> None:
                 shown.append(f)
     for f in shown:
         colour = "red" if f.level == "error" else "yellow"
-        console.print(f"[{colour}]{f.level}[/{colour}] {f.where}: {f.message} [dim]({f.rule})[/dim]", soft_wrap=True, markup=True, highlight=False)
+        console.print(
+            f"[{colour}]{f.level}[/{colour}] {f.where}: {f.message} [dim]({f.rule})[/dim]",
+            soft_wrap=True,
+            markup=True,
+            highlight=False,
+        )
     if len(shown) < len(findings):
-        console.print(f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them all).")
+        console.print(
+            f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them "
+            "all)."
+        )
 
 
 def print_analysis(console, analysis, *, show_all: bool = False) -> None:
@@ -139,13 +202,25 @@ def print_analysis(console, analysis, *, show_all: bool = False) -> None:
     table.add_column("Figure")
     table.add_column("Value", justify="right")
     rows = [
-        ("examples read", counts["examples"]), ("excluded by errors", counts["excluded"]),
-        ("duplicates collapsed", counts["duplicates"]), ("train", counts["train"]),
-        ("validation", counts["validation"]), ("test", counts["test"]),
-        ("tokens p50 / p95 / max", f"{analysis.tokens.p50} / {analysis.tokens.p95} / {analysis.tokens.max}"),
-        (f"over max_length {analysis.tokens.max_length}", f"{analysis.tokens.share_over_max_length:.1%}"),
+        ("examples read", counts["examples"]),
+        ("excluded by errors", counts["excluded"]),
+        ("duplicates collapsed", counts["duplicates"]),
+        ("train", counts["train"]),
+        ("validation", counts["validation"]),
+        ("test", counts["test"]),
+        (
+            "tokens p50 / p95 / max",
+            f"{analysis.tokens.p50} / {analysis.tokens.p95} / {analysis.tokens.max}",
+        ),
+        (
+            f"over max_length {analysis.tokens.max_length}",
+            f"{analysis.tokens.share_over_max_length:.1%}",
+        ),
         ("refusal-like answers", f"{analysis.balance['refusal_like_share']:.1%}"),
-        ("answer chars p10 / p50 / p90", "{p10} / {p50} / {p90}".format(**analysis.balance["answer_chars"])),
+        (
+            "answer chars p10 / p50 / p90",
+            "{p10} / {p50} / {p90}".format(**analysis.balance["answer_chars"]),
+        ),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -174,20 +249,31 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
         engine = _open_db(settings)
         path, tokenizer = _tokenizer(settings)
         with session_scope(engine) as session:
-            result = build_snapshot(session, settings.home, base_model_path=path, config=config,
-                                    tokenizer=tokenizer, created_by=args.created_by)
+            result = build_snapshot(
+                session,
+                settings.home,
+                base_model_path=path,
+                config=config,
+                tokenizer=tokenizer,
+                created_by=args.created_by,
+            )
     except (DatasetConfigError, DatasetError, BaseModelError) as exc:
         return _fail(str(exc))
     if result.analysis is not None:
         print_analysis(console, result.analysis, show_all=args.all)
     counts = result.counts
     if result.created:
-        console.print(f"[bold green]Built snapshot {result.snapshot_id}[/bold green] at {result.path}: "
-                      f"{counts['train']} train, {counts['validation']} validation, {counts['test']} test "
-                      f"(content hash {result.content_hash[:12]}).")
+        console.print(
+            f"[bold green]Built snapshot {result.snapshot_id}[/bold green] at {result.path}: "
+            f"{counts['train']} train, {counts['validation']} validation, {counts['test']} test "
+            f"(content hash {result.content_hash[:12]})."
+        )
     else:
-        console.print(f"[bold]No new snapshot:[/bold] the content is the same as snapshot {result.snapshot_id} "
-                      f"({result.path}, content hash {result.content_hash[:12]}).")
+        console.print(
+            "[bold]No new snapshot:[/bold] the content is the same as snapshot "
+            f"{result.snapshot_id} "
+            f"({result.path}, content hash {result.content_hash[:12]})."
+        )
     ready = result.analysis.readiness if result.analysis else {"ready": counts.get("ready", True)}
     if not ready["ready"]:
         console.print("[red]Not ready to train yet[/red]: see the readiness finding above.")
@@ -217,7 +303,11 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     console.print(f"Checked {source}.")
     print_analysis(console, analysis, show_all=args.all)
     errors = len(analysis.errors)
-    console.print(f"{errors} error(s): those examples would be left out of a snapshot." if errors else "No errors.")
+    console.print(
+        f"{errors} error(s): those examples would be left out of a snapshot."
+        if errors
+        else "No errors."
+    )
     return 1 if errors else 0
 
 
@@ -234,10 +324,15 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         errors = [f for f in result.findings if f.level == "error"]
         bad_lines = len({f.where for f in errors})
         print_findings(console, errors, show_all=args.all)
-        console.print(f"[red]Nothing was imported:[/red] {bad_lines} of {result.rows} rows of {result.name} have errors; fix them and import again.")
+        console.print(
+            f"[red]Nothing was imported:[/red] {bad_lines} of {result.rows} rows of {result.name} "
+            "have errors; fix them and import again."
+        )
         return 1
-    console.print(f"Imported {result.imported} examples from {result.name} "
-                  f"({result.skipped} skipped: already stored or repeated in the file).")
+    console.print(
+        f"Imported {result.imported} examples from {result.name} "
+        f"({result.skipped} skipped: already stored or repeated in the file)."
+    )
     warnings = [f for f in result.findings if f.level == "warning" and f.rule != "format.no_system"]
     if warnings:
         print_findings(console, warnings, show_all=args.all)
@@ -262,5 +357,9 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         tmp = args.output.with_name(args.output.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(args.output)
-        print(f"Wrote {len(records)} examples of snapshot {snapshot.id} ({args.split}) to {args.output}", file=sys.stderr)
+        print(
+            f"Wrote {len(records)} examples of snapshot {snapshot.id} ({args.split}) to "
+            f"{args.output}",
+            file=sys.stderr,
+        )
     return 0

@@ -11,8 +11,12 @@ from bot.settings import Settings
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the loop locally against the Slack emulator")
-    demo.add_argument("--quick", action="store_true", help="a shorter run (fewer threads, fewer steps)")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="where to write the outputs")
+    demo.add_argument(
+        "--quick", action="store_true", help="a shorter run (fewer threads, fewer steps)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="where to write the outputs"
+    )
     demo.set_defaults(func=run)
 
 

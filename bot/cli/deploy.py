@@ -21,11 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     models.add_argument("action", nargs="?", choices=("list", "new-key"), default="list",
                         help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY")
     models.set_defaults(func=run_models)
-    deploy = sub.add_parser("deploy", help="check, load and probe a model, then serve it behind /ask")
+    deploy = sub.add_parser(
+        "deploy", help="check, load and probe a model, then serve it behind /ask"
+    )
     deploy.add_argument("model", help="a model name (tt-3), id, or job-<id>")
-    deploy.add_argument("--by", default="cli", help="who deploys (recorded in the deployment history)")
+    deploy.add_argument(
+        "--by", default="cli", help="who deploys (recorded in the deployment history)"
+    )
     deploy.set_defaults(func=run_deploy)
-    rollback = sub.add_parser("rollback", help="go back to the previously deployed model (or the base model)")
+    rollback = sub.add_parser(
+        "rollback", help="go back to the previously deployed model (or the base model)"
+    )
     rollback.add_argument("--by", default="cli", help="who rolls back (recorded)")
     rollback.set_defaults(func=run_rollback)
     ask = sub.add_parser("ask", help="ask the deployed model a question (logged like /ask)")
@@ -65,7 +71,10 @@ def run_deploy(args: argparse.Namespace, settings: Settings) -> int:
     print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
     if outcome.probe is not None:
         for row in outcome.probe.rows:
-            print(f"  {row.similarity:.2f}  {'≠ base' if row.differs_from_base else '= base'}  {row.prompt[:60]!r}")
+            print(
+                f"  {row.similarity:.2f}  {'≠ base' if row.differs_from_base else '= base'}  "
+                f"{row.prompt[:60]!r}"
+            )
     return 0 if outcome.ok else 1
 
 

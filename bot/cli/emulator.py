@@ -9,8 +9,11 @@ from bot.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    emu = sub.add_parser("emulator", help="run the local Slack emulator (a Web-API-compatible server)",
-                         add_help=False)
+    emu = sub.add_parser(
+        "emulator",
+        help="run the local Slack emulator (a Web-API-compatible server)",
+        add_help=False,
+    )
     emu.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bot.emulator")
     emu.set_defaults(func=run)
 

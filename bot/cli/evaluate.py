@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--no-post",
         action="store_true",
-        help="do not post the report to Slack (posted in the job's thread when SLACK_BOT_TOKEN is set)",
+        help=(
+            "do not post the report to Slack (posted in the job's thread when SLACK_BOT_TOKEN is "
+            "set)"
+        ),
     )
     ev.add_argument(
         "--max-new-tokens",
@@ -41,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace):  # noqa: ANN202
     try:
-        return EvalConfig(**({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
+        return EvalConfig(
+            **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -84,7 +89,9 @@ def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN
 
 def _evaluate_and_post(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN001, ANN202
     # no scheduler: the bot's closes A/B rounds at their deadline
-    services = Services.build(settings, db, make_client(settings.slack_bot_token, settings.slack_api_url))
+    services = Services.build(
+        settings, db, make_client(settings.slack_bot_token, settings.slack_api_url)
+    )
     services.evaluations.config = config
     services.evaluations.probes = probes
     return services.evaluations.run(job_id, background_ab=False)
@@ -98,11 +105,18 @@ def print_summary(result) -> None:  # noqa: ANN001
     report = result.report
     console = Console()
     table = Table(title=f"Job {result.job_id}: {result.model.name} vs {report.base.name}")
-    for name, justify in (("metric", "left"), ("base", "right"), ("candidate", "right"), ("change", "right")):
+    for name, justify in (
+        ("metric", "left"),
+        ("base", "right"),
+        ("candidate", "right"),
+        ("change", "right"),
+    ):
         table.add_column(name, justify=justify)
     for row in metric_rows(report):
         table.add_row(*row)
     console.print(table)
-    console.print(f"[bold]Verdict: {report.verdict}[/bold] — {VERDICT_TEXT[report.verdict]}", highlight=False)
+    console.print(
+        f"[bold]Verdict: {report.verdict}[/bold] — {VERDICT_TEXT[report.verdict]}", highlight=False
+    )
     for reason in report.reasons:
         console.print(f"  - {reason}", highlight=False, markup=False)

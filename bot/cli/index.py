@@ -36,9 +36,13 @@ def _open_db(settings: Settings):  # noqa: ANN202
         url = make_url(normalise_url(settings.db_url))
     except SQLAlchemyError:
         raise _NoDatabase("DATABASE_URL is not a database URL.") from None
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not Path(url.database).exists():
-            raise _NoDatabase(f"There is no database at {url.database} yet: nothing is curated.")
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database
+        and url.database != ":memory:"
+        and not Path(url.database).exists()
+    ):
+        raise _NoDatabase(f"There is no database at {url.database} yet: nothing is curated.")
     try:
         upgrade(settings.db_url)
     except SQLAlchemyError as exc:

@@ -25,13 +25,19 @@ from storage.models import DatasetSnapshot
 def register(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="claim and run training jobs")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
-    worker.add_argument("--lease", type=int, default=60, help="lease seconds (renewed while running)")
-    worker.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
+    worker.add_argument(
+        "--lease", type=int, default=60, help="lease seconds (renewed while running)"
+    )
+    worker.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between looks at the queue"
+    )
     worker.set_defaults(func=run_worker)
 
     train = sub.add_parser("train", help="queue a training job on the latest (or a given) snapshot")
     train.add_argument("--snapshot", type=int, help="snapshot number (default: build one now)")
-    train.add_argument("settings", nargs="*", metavar="key=value", help="training settings, e.g. lora_r=8 epochs=3")
+    train.add_argument(
+        "settings", nargs="*", metavar="key=value", help="training settings, e.g. lora_r=8 epochs=3"
+    )
     train.set_defaults(func=run_train)
 
     jobs = sub.add_parser("jobs", help="list training jobs")
@@ -66,8 +72,14 @@ def worker_services(settings: Settings, db: Engine) -> Services | None:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     services = worker_services(settings, db)
-    worker = Worker(db, settings.home, runner_for(settings.ray_address or None), lease_seconds=args.lease,
-                    poll_seconds=args.poll, observer=services.job_observer if services else None)
+    worker = Worker(
+        db,
+        settings.home,
+        runner_for(settings.ray_address or None),
+        lease_seconds=args.lease,
+        poll_seconds=args.poll,
+        observer=services.job_observer if services else None,
+    )
     if args.once:
         ran = worker.run_once()
         print("Ran one job." if ran else "No job was queued.")
@@ -87,17 +99,27 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     try:
         overrides = parse_overrides(args.settings)
         with session_scope(db) as session:
-            snapshot_id = args.snapshot or build_snapshot(session, settings.home, base_model_path=base).snapshot_id
+            snapshot_id = (
+                args.snapshot
+                or build_snapshot(session, settings.home, base_model_path=base).snapshot_id
+            )
         with session_scope(db) as session:
             snapshot = session.get(DatasetSnapshot, snapshot_id)
             if snapshot is None:
                 raise SubmitError(f"There is no snapshot #{snapshot_id}.")
-            job, _ = submit_training(session, snapshot=snapshot, base_model_path=str(base),
-                                     overrides=overrides, requested_by="cli")
+            job, _ = submit_training(
+                session,
+                snapshot=snapshot,
+                base_model_path=str(base),
+                overrides=overrides,
+                requested_by="cli",
+            )
     except SubmitError as exc:
         raise ConfigError(str(exc)) from exc
-    print(f"Job {job.id} queued on snapshot #{snapshot_id} ({describe(job.config)}). "
-          "Run `threadtune worker` to train it.")
+    print(
+        f"Job {job.id} queued on snapshot #{snapshot_id} ({describe(job.config)}). "
+        "Run `threadtune worker` to train it."
+    )
     return 0
 
 
@@ -112,8 +134,15 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         table.add_column(column)
     for job in rows:
         p = job.progress
-        table.add_row(str(job.id), job.state, job.method, str(job.snapshot_id), str(job.attempts),
-                      f"{p.step}/{p.total_steps}" if p.total_steps else "", job.error[:60])
+        table.add_row(
+            str(job.id),
+            job.state,
+            job.method,
+            str(job.snapshot_id),
+            str(job.attempts),
+            f"{p.step}/{p.total_steps}" if p.total_steps else "",
+            job.error[:60],
+        )
     Console().print(table)
     return 0
 
@@ -123,13 +152,19 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         job = get_job(session=session, job_id=args.job)
         if job is None:
             raise ConfigError(f"There is no job {args.job}.")
-        print(f"Job {job.id}: {job.state} ({job.method}, snapshot #{job.snapshot_id}, attempts {job.attempts})")
+        print(
+            f"Job {job.id}: {job.state} ({job.method}, snapshot #{job.snapshot_id}, attempts "
+            f"{job.attempts})"
+        )
         if job.run_dir:
             print(f"Run folder: {job.run_dir}")
         if job.error:
             print(f"Error: {job.error}")
         for event in list_events(session=session, job_id=job.id, limit=10_000):
-            print(f"  {event.created_at:%H:%M:%S} {event.level:7} {describe_event(event.message, event.metrics)}")
+            print(
+                f"  {event.created_at:%H:%M:%S} {event.level:7} "
+                f"{describe_event(event.message, event.metrics)}"
+            )
     return 0
 
 
@@ -154,6 +189,12 @@ def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
         except TransitionError as exc:
             print(f"Nothing to cancel: {exc}.", file=sys.stderr)
             return 1
-    print(f"Job {args.job} cancelled." + (" Its worker stops the training program within seconds and keeps"
-                                          " its run folder." if was_running else ""))
+    print(
+        f"Job {args.job} cancelled."
+        + (
+            " Its worker stops the training program within seconds and keeps its run folder."
+            if was_running
+            else ""
+        )
+    )
     return 0

@@ -13,7 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", required=True)
     fetch = model_sub.add_parser(
         "fetch",
-        help="prepare BASE_MODEL as a local Hugging Face folder (the embedded GGUF is converted once to bf16 safetensors)",
+        help=(
+            "prepare BASE_MODEL as a local Hugging Face folder (the embedded GGUF is converted "
+            "once to bf16 safetensors)"
+        ),
     )
     fetch.set_defaults(func=run_fetch)
 

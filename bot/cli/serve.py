@@ -49,7 +49,9 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
     if not settings.threadtune_encryption_key:
         log.warning("THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear")
     if not settings.curators:
-        log.warning("CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs")
+        log.warning(
+            "CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs"
+        )
     return services, create_app(services)
 
 
@@ -69,8 +71,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.socket_mode:
         serve_socket_mode(bolt, settings.slack_app_token, stop)
     else:
-        serve_http(bolt, services.db, signing_secret=settings.slack_signing_secret,
-                   host=args.host, port=args.port, stop=stop)
+        serve_http(
+            bolt,
+            services.db,
+            signing_secret=settings.slack_signing_secret,
+            host=args.host,
+            port=args.port,
+            stop=stop,
+        )
     if not stop.is_set():
         return 1  # the server ended by itself (the port was taken, say): uvicorn logged why
     services.shutdown()

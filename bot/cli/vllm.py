@@ -25,13 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--adapter", action="append", type=Path, default=[], metavar="PATH",
-        help="an adapter folder to serve (repeatable); default: the plain adapters under THREADTUNE_HOME/models/adapters",
+        help=(
+            "an adapter folder to serve (repeatable); default: the plain adapters under "
+            "THREADTUNE_HOME/models/adapters"
+        ),
     )  # fmt: skip
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
         "--python", default=None,
-        help="Python of the vLLM environment (default: ./.venv-vllm/bin/python when present, else python)",
+        help=(
+            "Python of the vLLM environment (default: ./.venv-vllm/bin/python when present, else "
+            "python)"
+        ),
     )  # fmt: skip
     parser.add_argument(
         "--device", choices=["cpu", "gpu"], default=None,

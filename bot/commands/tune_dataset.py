@@ -38,7 +38,7 @@ def dataset(command: Command, services: Services, ack: Callable, respond: Callab
     words = command.words[1:]
     if words and words[0] == "build":
         ack(text="Building a dataset snapshot… I'll post the result here.")
-        tell = lambda text: respond(text=text, response_type="ephemeral")
+        tell = lambda text: respond(text=text, response_type="ephemeral")  # noqa: E731
         start(services.work, tell, _build, command, services, respond)
         return
     with session_scope(services.db) as session:
@@ -51,7 +51,9 @@ def build_snapshot_for(services: Services, created_by: str):  # noqa: ANN201
     """Build (or find again) the snapshot of the current curated examples."""
     base = ensure_base_model(services.settings.home, services.settings.base_model)
     with session_scope(services.db) as session:
-        return build_snapshot(session, services.settings.home, base_model_path=base, created_by=created_by)
+        return build_snapshot(
+            session, services.settings.home, base_model_path=base, created_by=created_by
+        )
 
 
 def _build(command: Command, services: Services, respond: Callable) -> None:
@@ -61,7 +63,13 @@ def _build(command: Command, services: Services, respond: Callable) -> None:
         log.exception("dataset build failed")
         respond(text=f"The snapshot could not be built: {exc}", response_type="ephemeral")
         return
-    head = (f"Built snapshot #{result.snapshot_id}." if result.created
-            else f"Nothing changed since snapshot #{result.snapshot_id}; no new snapshot was made.")
-    lines = [head, *snapshot_lines(result.snapshot_id, result.manifest or read_manifest(result.path))]
+    head = (
+        f"Built snapshot #{result.snapshot_id}."
+        if result.created
+        else f"Nothing changed since snapshot #{result.snapshot_id}; no new snapshot was made."
+    )
+    lines = [
+        head,
+        *snapshot_lines(result.snapshot_id, result.manifest or read_manifest(result.path)),
+    ]
     respond(text="\n".join(lines), response_type="ephemeral")

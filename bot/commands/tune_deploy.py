@@ -33,7 +33,10 @@ def _in_background(
             text = work()
         except Exception:
             log.exception("/tune %s failed", name)
-            text = f"Sorry, `/tune {name}` failed on my side; an admin can find the details in the bot's log."
+            text = (
+                f"Sorry, `/tune {name}` failed on my side; an admin can find the details in the "
+                "bot's log."
+            )
         respond(text=text, response_type="ephemeral")
 
     start(services.work, lambda text: respond(text=text, response_type="ephemeral"), run)
@@ -42,7 +45,9 @@ def _in_background(
 def deploy(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     args = command.words[1:]
     if len(args) != 1:
-        ack(text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`).")
+        ack(
+            text="Usage: `/tune deploy <model>` — a model name from `/tune models` (or `job-<id>`)."
+        )
         return
     serving = services.serving
     if serving.busy():
@@ -54,9 +59,12 @@ def deploy(command: Command, services: Services, ack: Callable, respond: Callabl
     if name is None:
         ack(text=f"I don't know a model called `{args[0]}`; `/tune models` lists them.")
         return
-    ack(text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out questions. "
-             "I'll tell you here when it's done; /ask keeps answering meanwhile.")
-    _in_background(services, "deploy", lambda: serving.deploy(name, by_user=command.user).message, respond)
+    ack(
+        text=f"Deploying *{name}*: checking the adapter, loading it and probing it on held-out "
+        "questions. I'll tell you here when it's done; /ask keeps answering meanwhile."
+    )
+    deploying = lambda: serving.deploy(name, by_user=command.user).message  # noqa: E731
+    _in_background(services, "deploy", deploying, respond)
 
 
 def rollback(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
@@ -64,5 +72,11 @@ def rollback(command: Command, services: Services, ack: Callable, respond: Calla
     if serving.busy():
         ack(text="Another deploy or rollback is running; try again when it has finished.")
         return
-    ack(text="Rolling back to the previously deployed model (probing it again first). I'll tell you here when it's done.")
-    _in_background(services, "rollback", lambda: serving.rollback(by_user=command.user).message, respond)
+    ack(
+        text=(
+            "Rolling back to the previously deployed model (probing it again first). I'll tell you "
+            "here when it's done."
+        )
+    )
+    rolling_back = lambda: serving.rollback(by_user=command.user).message  # noqa: E731
+    _in_background(services, "rollback", rolling_back, respond)

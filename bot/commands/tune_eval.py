@@ -10,7 +10,10 @@ from bot.evaluation import EvaluationRefused
 from bot.payloads import Command
 from bot.services import Services
 
-USAGE = "Usage: `/tune eval <job>` — evaluate that job's model against the base model (see `/tune jobs`)."
+USAGE = (
+    "Usage: `/tune eval <job>` — evaluate that job's model against the base model (see `/tune "
+    "jobs`)."
+)
 
 
 def evaluate(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
@@ -24,5 +27,9 @@ def evaluate(command: Command, services: Services, ack: Callable, respond: Calla
     except EvaluationRefused as refusal:
         ack(text=f"I can't evaluate that: {refusal}")
         return
-    ack(text=started_text(inputs.job_id, len(inputs.test_rows), bool(inputs.channel and inputs.status_ts)))
+    ack(
+        text=started_text(
+            inputs.job_id, len(inputs.test_rows), bool(inputs.channel and inputs.status_ts)
+        )
+    )
     service.launch(inputs, requested_by=command.user, channel=command.channel)

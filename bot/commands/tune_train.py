@@ -30,20 +30,27 @@ def train(command: Command, services: Services, ack: Callable, respond: Callable
         ack(text=str(exc))
         return
     ack(text="Preparing a training job: building the dataset snapshot and checking the settings…")
-    tell = lambda text: respond(text=text, response_type="ephemeral")
+    tell = lambda text: respond(text=text, response_type="ephemeral")  # noqa: E731
     start(services.work, tell, queue_training, command, services, overrides, respond)
 
 
-def queue_training(command: Command, services: Services, overrides: dict[str, str], respond: Callable) -> int | None:
+def queue_training(
+    command: Command, services: Services, overrides: dict[str, str], respond: Callable
+) -> int | None:
     """Snapshot → validated job → the job's message in the channel. Returns the job id."""
     try:
         built = build_snapshot_for(services, command.user)
         with session_scope(services.db) as session:
             snapshot = session.get(DatasetSnapshot, built.snapshot_id)
             job, created = submit_training(
-                session, snapshot=snapshot, base_model_path=str(_base_model(services)), overrides=overrides,
-                requested_by=command.user, request_key=f"slack:{command.trigger_id}" if command.trigger_id else None,
-                channel=command.channel)
+                session,
+                snapshot=snapshot,
+                base_model_path=str(_base_model(services)),
+                overrides=overrides,
+                requested_by=command.user,
+                request_key=f"slack:{command.trigger_id}" if command.trigger_id else None,
+                channel=command.channel,
+            )
     except SubmitError as exc:
         respond(text=f"No training job was queued: {exc}", response_type="ephemeral")
         return None
@@ -61,11 +68,17 @@ def _base_model(services: Services):  # noqa: ANN202
 
 
 def post_job_message(services: Services, job) -> None:  # noqa: ANN001
-    progress = JobProgress(job.id, job.state, method=job.method, snapshot_id=job.snapshot_id,
-                           requested_by=job.requested_by)
+    progress = JobProgress(
+        job.id,
+        job.state,
+        method=job.method,
+        snapshot_id=job.snapshot_id,
+        requested_by=job.requested_by,
+    )
     try:
-        response = services.client.chat_postMessage(channel=job.channel, text=job_text(progress),
-                                                    blocks=job_blocks(progress))
+        response = services.client.chat_postMessage(
+            channel=job.channel, text=job_text(progress), blocks=job_blocks(progress)
+        )
     except SlackApiError as exc:
         log.warning("could not post job %s's message: %s", job.id, explain(exc))
         return
@@ -86,8 +99,10 @@ def jobs(command: Command, services: Services, ack: Callable, respond: Callable)
         progress = job.progress
         step = f", step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
         why = f" — {job.error}" if job.state == "failed" and job.error else ""
-        lines.append(f"{STATE_ICONS.get(job.state, '•')} Job {job.id} `{job.method}` {job.state}{step}"
-                     f" (snapshot #{job.snapshot_id}, by <@{job.requested_by}>){why}")
+        lines.append(
+            f"{STATE_ICONS.get(job.state, '•')} Job {job.id} `{job.method}` {job.state}{step}"
+            f" (snapshot #{job.snapshot_id}, by <@{job.requested_by}>){why}"
+        )
     ack(text="\n".join(lines))
 
 
@@ -107,7 +122,9 @@ def cancel(command: Command, services: Services, ack: Callable, respond: Callabl
         except jobs_q.TransitionError:
             ack(text=f"Job {job_id} has already {job.state}; nothing to cancel.")
             return
-        jobs_q.add_event(session=session, job_id=job_id, level="warning", message=f"cancelled by {command.user}")
+        jobs_q.add_event(
+            session=session, job_id=job_id, level="warning", message=f"cancelled by {command.user}"
+        )
     ack(text=f"Job {job_id} is cancelled; a running worker stops it at its next checkpoint.")
     observer = services.job_observer
     if observer is not None:

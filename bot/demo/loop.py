@@ -52,9 +52,13 @@ class RichJobProgress:
     def on_event(self, job, event: dict[str, Any]) -> None:  # noqa: ANN001
         kind = event.get("event")
         if kind == "start":
-            self.progress.update(self.task, total=event.get("total_steps"), completed=event.get("resumed_from") or 0)
+            self.progress.update(
+                self.task, total=event.get("total_steps"), completed=event.get("resumed_from") or 0
+            )
         elif kind == "step":
-            self.progress.update(self.task, completed=event.get("step"), loss=f"loss {event.get('loss', 0):.3f}")
+            self.progress.update(
+                self.task, completed=event.get("step"), loss=f"loss {event.get('loss', 0):.3f}"
+            )
         elif kind == "eval":
             self.progress.update(self.task, loss=f"validation loss {event.get('eval_loss', 0):.3f}")
 
@@ -104,9 +108,18 @@ class Loop:
     # -- steps ----------------------------------------------------------------------------------
 
     def snapshot(self):  # noqa: ANN201
-        self.c.print("\n[bold]4. /tune dataset build[/bold] — validate, de-duplicate, split by thread")
+        self.c.print(
+            "\n[bold]4. /tune dataset build[/bold] — validate, de-duplicate, split by thread"
+        )
         self.slack.slash(self.admin, self.channel, "/tune", "dataset build")
-        reply = wait_for(lambda: [e for e in self.slack.ephemerals(user=self.admin) if "snapshot #" in e.get("text", "")], 300)
+        reply = wait_for(
+            lambda: [
+                e
+                for e in self.slack.ephemerals(user=self.admin)
+                if "snapshot #" in e.get("text", "")
+            ],
+            300,
+        )
         if reply:
             for line in reply[0]["text"].splitlines()[:8]:
                 self.c.print("   " + line)
@@ -117,7 +130,9 @@ class Loop:
 
     def train(self):  # noqa: ANN201
         settings = QUICK_TRAIN if self.quick else FULL_TRAIN
-        self.c.print(f"\n[bold]5. /tune train {settings}[/bold] — QLoRA on SmolLM2-135M, on this CPU")
+        self.c.print(
+            f"\n[bold]5. /tune train {settings}[/bold] — QLoRA on SmolLM2-135M, on this CPU"
+        )
         self.slack.slash(self.admin, self.channel, "/tune", f"train {settings}")
 
         def queued():  # noqa: ANN202
@@ -128,16 +143,30 @@ class Loop:
         job = wait_for(queued, 300)
         if job is None:
             self.checks["job succeeded"] = False
-            self.c.print("   [red]no job was queued[/red]: " + "; ".join(e["text"] for e in self.slack.ephemerals(user=self.admin)[-2:]))
+            self.c.print(
+                "   [red]no job was queued[/red]: "
+                + "; ".join(e["text"] for e in self.slack.ephemerals(user=self.admin)[-2:])
+            )
             return None
         slack_observer = self.services.job_observer
         if slack_observer is not None:
             slack_observer.on_succeeded = None  # the demo runs the evaluation itself, narrated
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
         with Progress(*columns, console=self.c) as progress:
-            worker = Worker(self.services.db, self.services.settings.home, LocalRunner(), worker_id="demo-worker",
-                            observer=Fanout(slack_observer, RichJobProgress(progress)))
+            worker = Worker(
+                self.services.db,
+                self.services.settings.home,
+                LocalRunner(),
+                worker_id="demo-worker",
+                observer=Fanout(slack_observer, RichJobProgress(progress)),
+            )
             worker.run_once()
         with session_scope(self.services.db) as s:
             job = s.get(Job, job.id)
@@ -151,10 +180,13 @@ class Loop:
         service.auto_ab = False  # the demo starts its own round next, to narrate it
         if self.quick:
             service.probes = load_probes()[:6]
-            service.config = type(service.config)(**{**service.config.__dict__, "max_new_tokens": 64,
-                                                     "probe_max_new_tokens": 24})
+            service.config = type(service.config)(
+                **{**service.config.__dict__, "max_new_tokens": 64, "probe_max_new_tokens": 24}
+            )
         try:
-            result = service.run(job.id, requested_by=self.admin, channel=self.channel, background_ab=False)
+            result = service.run(
+                job.id, requested_by=self.admin, channel=self.channel, background_ab=False
+            )
         except Exception as exc:  # noqa: BLE001
             self.c.print(f"   [red]evaluation failed:[/red] {exc}")
             self.checks["evaluation verdict"] = False
@@ -172,7 +204,11 @@ class Loop:
         for path in Path(result.markdown_path).parent.iterdir():
             if path.suffix in (".md", ".png", ".json"):
                 (out / path.name).write_bytes(path.read_bytes())
-        self.checks["evaluation verdict"] = result.report.verdict in ("promote", "needs_ab", "reject")
+        self.checks["evaluation verdict"] = result.report.verdict in (
+            "promote",
+            "needs_ab",
+            "reject",
+        )
         return result.model
 
     def ab_round(self, job, model) -> None:  # noqa: ANN001
@@ -190,7 +226,11 @@ class Loop:
                 if rnd is None:
                     return None
                 pair_rows = s.exec(select(ABPair).where(ABPair.round_id == rnd.id)).all()
-                return (rnd, list(pair_rows)) if pair_rows and all(p.message_ts for p in pair_rows) else None
+                return (
+                    (rnd, list(pair_rows))
+                    if pair_rows and all(p.message_ts for p in pair_rows)
+                    else None
+                )
 
         found = wait_for(posted, 900)
         if not found:
@@ -217,14 +257,22 @@ class Loop:
             result = closed.result or {}
         win = result.get("win_rate")
         ci = result.get("ci") or {}
-        self.c.print(f"   {clicks} votes on {len(pair_rows)} pairs · candidate win rate "
-                     f"{'n/a' if win is None else f'{win:.0%}'}"
-                     + (f" (95% CI {ci.get('low', 0):.0%}–{ci.get('high', 0):.0%})" if ci.get("low") is not None else "")
-                     + f" · decided: {result.get('decided')}")
+        self.c.print(
+            f"   {clicks} votes on {len(pair_rows)} pairs · candidate win rate "
+            f"{'n/a' if win is None else f'{win:.0%}'}"
+            + (
+                f" (95% CI {ci.get('low', 0):.0%}–{ci.get('high', 0):.0%})"
+                if ci.get("low") is not None
+                else ""
+            )
+            + f" · decided: {result.get('decided')}"
+        )
         self.checks["A/B round closed"] = closed.status == "closed"
 
     def deploy(self, model) -> bool:  # noqa: ANN001
-        self.c.print(f"\n[bold]8. /tune deploy {model.name}[/bold] — load, probe, switch /ask to it")
+        self.c.print(
+            f"\n[bold]8. /tune deploy {model.name}[/bold] — load, probe, switch /ask to it"
+        )
         reply = self.slack.slash(self.admin, self.channel, "/tune", f"deploy {model.name}")
         self.c.print("   " + _text_of(reply.body)[:200])
 
@@ -234,7 +282,11 @@ class Loop:
                 return current if current is not None and current.name == model.name else None
 
         current = wait_for(deployed, 600)
-        notes = [e["text"] for e in self.slack.ephemerals(user=self.admin) if model.name in e.get("text", "")]
+        notes = [
+            e["text"]
+            for e in self.slack.ephemerals(user=self.admin)
+            if model.name in e.get("text", "")
+        ]
         for note in notes[-2:]:
             self.c.print("   " + note[:300])
         self.checks["model deployed"] = current is not None
@@ -251,22 +303,31 @@ class Loop:
 
             def answer(before: int = before):  # noqa: ANN202
                 posts = self.slack.bot_posts()[before:]
-                done = [p for p in posts if model.name in json.dumps(p) and "Thinking" not in p.get("text", "")]
+                done = [
+                    p
+                    for p in posts
+                    if model.name in json.dumps(p) and "Thinking" not in p.get("text", "")
+                ]
                 return done[-1] if done else None
 
             post = wait_for(answer, 300)
             self.c.print(f"   [bold]Q:[/bold] {q.question}")
             if post:
                 answered += 1
-                self.c.print(f"   [bold]A ({model.name}):[/bold] {_text_of(json.dumps(post))[:400]}")
+                self.c.print(
+                    f"   [bold]A ({model.name}):[/bold] {_text_of(json.dumps(post))[:400]}"
+                )
             else:
                 self.c.print("   [red]no answer[/red]")
-        self.checks["/ask answered by the deployed model"] = answered == len(questions) and answered > 0
+        self.checks["/ask answered by the deployed model"] = (
+            answered == len(questions) and answered > 0
+        )
 
 
 def _simulated_choice(a: str, b: str, rng: random.Random) -> str:
     """A teammate who mostly prefers the answer in the team's house style (it names the team's
     tools or signs off), else the longer, more specific one; sometimes a tie."""
+
     def score(text: str) -> float:
         words = ("shipit", "flagpole", "vaultkeeper", "go/", "ping #")
         return sum(w in text.lower() for w in words) + min(len(text), 400) / 400

@@ -45,7 +45,9 @@ class DemoResult:
 class Demo:
     """One run of the demo; ``run()`` returns 0 when every step did what it should."""
 
-    def __init__(self, settings: Settings, out: Path, *, quick: bool, console: Console | None = None):
+    def __init__(
+        self, settings: Settings, out: Path, *, quick: bool, console: Console | None = None
+    ):
         self.settings = settings
         self.out = out
         self.quick = quick
@@ -59,34 +61,50 @@ class Demo:
             shutil.rmtree(self.out)
         home = self.out / "home"
         home.mkdir(parents=True)
-        logging.basicConfig(filename=self.out / "bot.log", level=logging.INFO, force=True,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            filename=self.out / "bot.log",
+            level=logging.INFO,
+            force=True,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         workspace = load_workspace()
         _quiet_libraries()
         port = free_port()
         c = self.console
         c.rule("[bold]threadtune demo")
-        c.print("A local Slack workspace (the emulator), the bot on HTTP, SQLite, "
-                "SmolLM2-135M-Instruct — nothing leaves this machine.\n")
-        with Emulator.start(events_url=f"http://127.0.0.1:{port}/slack/events",
-                            signing_secret=SIGNING_SECRET) as slack:
+        c.print(
+            "A local Slack workspace (the emulator), the bot on HTTP, SQLite, "
+            "SmolLM2-135M-Instruct — nothing leaves this machine.\n"
+        )
+        with Emulator.start(
+            events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+        ) as slack:
             curators = [u.id for u in workspace.users if u.role == "curator"]
             admins = [u.id for u in workspace.users if u.role == "admin"]
-            settings = self.settings.model_copy(update={
-                "slack_bot_token": slack.bot_token, "slack_signing_secret": SIGNING_SECRET,
-                "slack_app_token": "", "slack_api_url": slack.api_url,
-                "threadtune_home": home, "database_url": f"sqlite:///{home / 'threadtune.db'}",
-                "curators": curators, "admins": admins,
-                # short answers keep a CPU demo moving; a real deployment keeps the default
-                "ask_max_new_tokens": 128 if self.quick else 256,
-            })
+            settings = self.settings.model_copy(
+                update={
+                    "slack_bot_token": slack.bot_token,
+                    "slack_signing_secret": SIGNING_SECRET,
+                    "slack_app_token": "",
+                    "slack_api_url": slack.api_url,
+                    "threadtune_home": home,
+                    "database_url": f"sqlite:///{home / 'threadtune.db'}",
+                    "curators": curators,
+                    "admins": admins,
+                    # short answers keep a CPU demo moving; a real deployment keeps the default
+                    "ask_max_new_tokens": 128 if self.quick else 256,
+                }
+            )
 
             install_redaction()
             services, bolt = build_runtime(settings)
             stop = threading.Event()
-            server = threading.Thread(target=serve_http, args=(bolt, services.db),
-                                      kwargs=dict(signing_secret=SIGNING_SECRET, host="127.0.0.1",
-                                                  port=port, stop=stop), daemon=True)
+            server = threading.Thread(
+                target=serve_http,
+                args=(bolt, services.db),
+                kwargs=dict(signing_secret=SIGNING_SECRET, host="127.0.0.1", port=port, stop=stop),
+                daemon=True,
+            )
             server.start()
             wait_healthy(f"http://127.0.0.1:{port}/healthz")
             try:
@@ -108,9 +126,16 @@ class Demo:
         ok = self.result.examples > 0 and all(self.result.checks.values())
         for name, passed in self.result.checks.items():
             c.print(f"  {'✅' if passed else '❌'} {name}")
-        (self.out / "summary.json").write_text(json.dumps({"examples": self.result.examples,
-                                                          "checks": self.result.checks,
-                                                          "steps": self.result.steps}, indent=2))
+        (self.out / "summary.json").write_text(
+            json.dumps(
+                {
+                    "examples": self.result.examples,
+                    "checks": self.result.checks,
+                    "steps": self.result.steps,
+                },
+                indent=2,
+            )
+        )
         return 0 if ok else 1
 
     # -- steps -------------------------------------------------------------------------------
@@ -128,24 +153,33 @@ class Demo:
         for channel in workspace.channels:
             slack.add_channel(channel.id, channel.name)
         self.posted: dict[str, list[str]] = {}
-        # every thread even when quick: a small set leaves too few held-out questions for an A/B round
+        # every thread even when quick: a small set leaves too few held-out questions for an A/B
+        # round
         threads = workspace.threads
         for thread in track(threads, description="people asking and answering", console=c):
             ts_list: list[str] = []
             for i, message in enumerate(thread.messages):
                 parent = ts_list[0] if (i > 0 and not thread.top_level) else None
-                ts_list.append(slack.post(message.user, thread.channel, message.text, thread_ts=parent))
+                ts_list.append(
+                    slack.post(message.user, thread.channel, message.text, thread_ts=parent)
+                )
             self.posted[thread.id] = ts_list
         self.threads = threads
-        c.print(f"   {len(threads)} threads posted in "
-                + ", ".join(f"#{ch.name}" for ch in workspace.channels) + "\n")
+        c.print(
+            f"   {len(threads)} threads posted in "
+            + ", ".join(f"#{ch.name}" for ch in workspace.channels)
+            + "\n"
+        )
 
     def _curate(self, slack, workspace, services) -> None:  # noqa: ANN001
         from rich.progress import track
         from sqlmodel import select
 
         c = self.console
-        c.print("[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a thread)")
+        c.print(
+            "[bold]2. Curators react[/bold] (:white_check_mark: keeps an answer, :x: excludes a "
+            "thread)"
+        )
         for thread in track(self.threads, description="curators reacting", console=c):
             ts_list = self.posted[thread.id]
             for mark in thread.curate:
@@ -157,9 +191,16 @@ class Demo:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with session_scope(services.db) as s:
-                stored = {e.message_ts for e in s.exec(select(Example).where(Example.status == "active")).all()}
-            done = all(self.posted[t][next(m.message_index for m in th.curate)] in stored
-                       for th in self.threads for t in [th.id] if th.id in expected_accept and th.curate)
+                stored = {
+                    e.message_ts
+                    for e in s.exec(select(Example).where(Example.status == "active")).all()
+                }
+            done = all(
+                self.posted[t][next(m.message_index for m in th.curate)] in stored
+                for th in self.threads
+                for t in [th.id]
+                if th.id in expected_accept and th.curate
+            )
             if done:
                 break
             time.sleep(0.2)
@@ -197,7 +238,11 @@ class Demo:
         except ValueError:
             body = {"text": reply.body}
         for block in body.get("blocks", []):
-            text = (block.get("text") or {}).get("text") if isinstance(block.get("text"), dict) else None
+            text = (
+                (block.get("text") or {}).get("text")
+                if isinstance(block.get("text"), dict)
+                else None
+            )
             if text:
                 c.print("   " + text.replace("\n", "\n   "))
 
@@ -207,15 +252,28 @@ class Demo:
         calls = slack.calls()
         with (self.out / "transcript.jsonl").open("w") as f:
             for call in calls:
-                f.write(json.dumps({"kind": "api_call", **call}, ensure_ascii=False, default=str) + "\n")
+                f.write(
+                    json.dumps({"kind": "api_call", **call}, ensure_ascii=False, default=str) + "\n"
+                )
             for post in slack.bot_posts():
-                f.write(json.dumps({"kind": "message", **post}, ensure_ascii=False, default=str) + "\n")
+                f.write(
+                    json.dumps({"kind": "message", **post}, ensure_ascii=False, default=str) + "\n"
+                )
             for note in slack.ephemerals():
-                f.write(json.dumps({"kind": "ephemeral", **note}, ensure_ascii=False, default=str) + "\n")
+                f.write(
+                    json.dumps({"kind": "ephemeral", **note}, ensure_ascii=False, default=str)
+                    + "\n"
+                )
         lines = ["# What the bot posted", ""]
         for post in slack.bot_posts():
-            lines.append(f"## #{post.get('channel', '')} {post.get('ts', '')}"
-                         + (f" (in thread {post['thread_ts']})" if post.get("thread_ts") not in (None, post.get("ts")) else ""))
+            lines.append(
+                f"## #{post.get('channel', '')} {post.get('ts', '')}"
+                + (
+                    f" (in thread {post['thread_ts']})"
+                    if post.get("thread_ts") not in (None, post.get("ts"))
+                    else ""
+                )
+            )
             lines.append(_message_text(post))
             lines.append("")
         lines += ["# Messages only one person saw", ""]
@@ -223,7 +281,10 @@ class Demo:
             lines.append(f"- to <@{note.get('user', '')}>: {_message_text(note)[:500]}")
         lines += ["", "# Web API calls", ""]
         for call in calls:
-            lines.append(f"- `{call.get('method')}`" + ("" if call.get("ok", True) else f" (error: {call.get('error')})"))
+            lines.append(
+                f"- `{call.get('method')}`"
+                + ("" if call.get("ok", True) else f" (error: {call.get('error')})")
+            )
         (self.out / "transcript.md").write_text("\n".join(lines) + "\n")
 
 
@@ -258,5 +319,3 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-

@@ -131,7 +131,7 @@ def _preference(r: VoteRecord, winner: str) -> dict[str, str]:
 def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | IO[str]) -> int:
     """Write one JSON object per line (UTF-8, not ASCII-escaped); returns the number of lines."""
     if isinstance(out, str | Path):
-        with open(out, "w", encoding="utf-8") as fh:
+        with Path(out).open("w", encoding="utf-8") as fh:
             return write_jsonl(rows, fh)
     n = 0
     for row in rows:
@@ -158,21 +158,24 @@ def load_records(*, session: Session, round_id: int | None = None) -> list[VoteR
     """Every vote (of one round, or of all rounds) as :class:`VoteRecord`, oldest round first."""
     from storage import ab
 
-    return [
-        VoteRecord(
-            round_id=pair.round_id,
-            pair_id=pair.id,
-            position=pair.position,
-            prompt=pair.prompt,
-            answer_a=pair.answer_a,
-            answer_b=pair.answer_b,
-            model_a=pair.model_a,
-            model_b=pair.model_b,
-            left=pair.left,
-            voter=vote.voter,
-            choice=vote.choice,
-            comment=vote.comment,
-            time=vote.updated_at,
+    records = []
+    for pair, vote in ab.votes_with_pairs(session=session, round_id=round_id):
+        assert pair.id is not None  # read from a stored row
+        records.append(
+            VoteRecord(
+                round_id=pair.round_id,
+                pair_id=pair.id,
+                position=pair.position,
+                prompt=pair.prompt,
+                answer_a=pair.answer_a,
+                answer_b=pair.answer_b,
+                model_a=pair.model_a,
+                model_b=pair.model_b,
+                left=pair.left,
+                voter=vote.voter,
+                choice=vote.choice,
+                comment=vote.comment,
+                time=vote.updated_at,
+            )
         )
-        for pair, vote in ab.votes_with_pairs(session=session, round_id=round_id)
-    ]
+    return records

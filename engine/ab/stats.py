@@ -332,6 +332,7 @@ def _tally(battles: Iterable[Battle]) -> _Tally:
         key_m = (min(i, j), max(i, j))
         m = matchups.setdefault(key_m, len(matchups))
         first_wins = b.score(b.model_a if i == key_m[0] else b.model_b)
+        assert first_wins is not None  # the model took part, and a both-bad vote scores a tie
         key_g = ("pair", b.pair) if b.pair is not None else ("vote", n)
         group = groups.setdefault(key_g, [m, 0.0, 0])
         if group[0] != m:

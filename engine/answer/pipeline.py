@@ -16,10 +16,10 @@ Every Slack surface (``/ask``, @mentions, DMs, the assistant pane) and ``threadt
    echo of the prompt's scaffolding from the reply (:func:`engine.answer.prompt.clean_reply`).
 4. **Check** that the reply carries the best curated answer's verbatim facts (a channel, a port,
    a command…); when it carries none, the curated answer, marked as such, is shown instead of the
-   reply (``quote_when_missing``; the reply stays in :attr:`GroundedAnswer.reply`). Measured on ``bench/grounding_quality.py``: the untuned
-   SmolLM2-135M-Instruct, given the right context, still dropped or garbled the key fact in 9 of
-   30 answers, and 5 of those 9 stated another channel, number or hostname in its place; a model
-   trained with context should rarely need it.
+   reply (``quote_when_missing``; the reply stays in :attr:`GroundedAnswer.reply`). Measured on
+   ``bench/grounding_quality.py``: the untuned SmolLM2-135M-Instruct, given the right context, still
+   dropped or garbled the key fact in 9 of 30 answers, and 5 of those 9 stated another channel,
+   number or hostname in its place; a model trained with context should rarely need it.
 
 The sources of an answer are exactly the examples that were in its prompt, numbered as the model
 saw them. With grounding off, the question goes to the model closed-book, as ``/ask`` did before.
@@ -173,8 +173,8 @@ def answer(
     # Twice what is needed: a fused-rank neighbour under the threshold must not cost a place.
     wanted = 2 * max(config.top_k, config.closest_k)
     hits = list(retriever.search(question, k=wanted, allowed=allowed))
-    best = max((h.dense for h in hits), default=0.0)
-    floor = max(config.threshold, best - config.margin)
+    best_score = max((h.dense for h in hits), default=0.0)
+    floor = max(config.threshold, best_score - config.margin)
     usable = [h for h in hits if h.dense >= floor][: config.top_k]
     if not usable:
         closest = [_source(h) for h in hits[: config.closest_k]]

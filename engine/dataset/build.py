@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -58,9 +57,15 @@ class Analysis:
         return [f for f in self.findings if f.level == WARNING]
 
     def counts(self) -> dict[str, Any]:
-        return {**self.split.counts(), "examples": len(self.entries), "excluded": self.excluded,
-                "duplicates": sum(len(c.dropped) for c in self.dedupe.clusters),
-                "errors": len(self.errors), "warnings": len(self.warnings), "ready": self.readiness["ready"]}
+        return {
+            **self.split.counts(),
+            "examples": len(self.entries),
+            "excluded": self.excluded,
+            "duplicates": sum(len(c.dropped) for c in self.dedupe.clusters),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "ready": self.readiness["ready"],
+        }
 
 
 @dataclass
@@ -79,16 +84,26 @@ class BuildResult:
 def entries_from_storage(rows: Sequence[Any]) -> list[Entry]:
     """``storage.datasets.StoredExample`` rows → entries."""
     return [
-        Entry(key=f"{r.channel}/{r.message_ts}", messages=r.messages,
-              origin=Origin.of_example(source=r.source, channel=r.channel, thread_ts=r.thread_ts, message_ts=r.message_ts),
-              curators=tuple(r.curators), created_at=r.created_at, example_id=r.id, source=r.source)
+        Entry(
+            key=f"{r.channel}/{r.message_ts}",
+            messages=r.messages,
+            origin=Origin.of_example(
+                source=r.source, channel=r.channel, thread_ts=r.thread_ts, message_ts=r.message_ts
+            ),
+            curators=tuple(r.curators),
+            created_at=r.created_at,
+            example_id=r.id,
+            source=r.source,
+        )
         for r in rows
     ]
 
 
-def analyse(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig, check_format: bool = True) -> Analysis:
-    """Apply every rule to ``entries``. Errors exclude an example; the rest is de-duplicated and split.
-    ``check_format=False`` when the entries were already checked (parsed from a file)."""
+def analyse(
+    entries: Sequence[Entry], tokenizer, *, config: DatasetConfig, check_format: bool = True
+) -> Analysis:
+    """Apply every rule to ``entries``. Errors exclude an example; the rest is de-duplicated and
+    split. ``check_format=False`` when the entries were already checked (parsed from a file)."""
     entries = list(entries)
     findings = validate_format(entries, workspace_url=config.workspace_url) if check_format else []
     bad = keys_with_errors(findings)
@@ -105,18 +120,37 @@ def analyse(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig, check
     findings += split.findings
     leakage = check_leakage(split.splits, deduped.clusters, thread_of)
     if any(leakage.values()):  # never expected: the grouping makes it impossible; refuse loudly
-        raise DatasetError(f"The split leaks between train, validation and test ({leakage}); the snapshot was not written.")
+        raise DatasetError(
+            f"The split leaks between train, validation and test ({leakage}); the snapshot was not "
+            "written."
+        )
     figures, balance_findings = balance(deduped.kept, config=config)
     ready, ready_findings = readiness(len(deduped.kept), config=config)
     findings += balance_findings + ready_findings
-    return Analysis(entries, findings, tokens, deduped, split, leakage, figures, ready, len(bad),
-                    chat_template=str(getattr(tokenizer, "chat_template", "") or ""), end_of_turn=str(tokenizer.eos_token))
+    return Analysis(
+        entries,
+        findings,
+        tokens,
+        deduped,
+        split,
+        leakage,
+        figures,
+        ready,
+        len(bad),
+        chat_template=str(getattr(tokenizer, "chat_template", "") or ""),
+        end_of_turn=str(tokenizer.eos_token),
+    )
 
 
 def render_split(entries: Sequence[Entry]) -> bytes:
     """OpenAI chat JSONL: one ``{"messages": [{"role", "content"}, ...]}`` a line."""
-    lines = [json.dumps({"messages": [{"role": m["role"], "content": m["content"]} for m in e.messages]},
-                        ensure_ascii=False) for e in entries]
+    lines = [
+        json.dumps(
+            {"messages": [{"role": m["role"], "content": m["content"]} for m in e.messages]},
+            ensure_ascii=False,
+        )
+        for e in entries
+    ]
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
@@ -131,13 +165,28 @@ def _cluster_list(clusters: Sequence[Cluster], where: dict[str, str]) -> list[di
     return [c.to_dict(where) for c in sorted(clusters, key=lambda c: (c.kind, c.kept))]
 
 
-def manifest_for(analysis: Analysis, *, snapshot_id: int, content_hash: str, base_model: str,
-                 config: DatasetConfig, created_by: str = "") -> dict[str, Any]:
+def manifest_for(
+    analysis: Analysis,
+    *,
+    snapshot_id: int,
+    content_hash: str,
+    base_model: str,
+    config: DatasetConfig,
+    created_by: str = "",
+) -> dict[str, Any]:
     where = {e.key: e.origin.where(config.workspace_url) for e in analysis.entries}
     examples = {
-        name: [{"line": line, "example_id": e.example_id, "key": e.key, "where": where[e.key],
-                "thread": e.origin.thread_key, "tokens": e.tags.get("tokens")}
-               for line, e in enumerate(analysis.split.splits[name], 1)]
+        name: [
+            {
+                "line": line,
+                "example_id": e.example_id,
+                "key": e.key,
+                "where": where[e.key],
+                "thread": e.origin.thread_key,
+                "tokens": e.tags.get("tokens"),
+            }
+            for line, e in enumerate(analysis.split.splits[name], 1)
+        ]
         for name in SPLITS
     }
     template = analysis.chat_template
@@ -193,42 +242,79 @@ def build_snapshot(
         tokenizer = load_tokenizer(base_model_path)
     entries = entries_from_storage(q.active_examples_with_curators(session=session))
     if not entries:
-        raise DatasetError("There are no curated examples yet: curate answers in Slack or import a file first.")
+        raise DatasetError(
+            "There are no curated examples yet: curate answers in Slack or import a file first."
+        )
     analysis = analyse(entries, tokenizer, config=config)
     if not any(analysis.split.splits.values()):
-        raise DatasetError(f"None of the {len(entries)} examples is usable; fix the errors listed by `threadtune dataset validate`.")
+        raise DatasetError(
+            f"None of the {len(entries)} examples is usable; fix the errors listed by `threadtune "
+            "dataset validate`."
+        )
     files = {name: render_split(analysis.split.splits[name]) for name in SPLITS}
     digest = content_hash_of(files)
 
     existing = q.snapshot_by_hash(session=session, content_hash=digest)
-    snapshot = None if existing else q.create_snapshot(session=session, content_hash=digest, path="", counts=analysis.counts(), created_by=created_by)
+    snapshot = (
+        None
+        if existing
+        else q.create_snapshot(
+            session=session,
+            content_hash=digest,
+            path="",
+            counts=analysis.counts(),
+            created_by=created_by,
+        )
+    )
     if snapshot is None:  # the same content was built before (or concurrently)
         existing = existing or q.snapshot_by_hash(session=session, content_hash=digest)
         assert existing is not None and existing.id is not None
-        return BuildResult(existing.id, Path(existing.path), digest, False, dict(existing.counts),
-                           read_manifest(existing.path), analysis)
+        return BuildResult(
+            existing.id,
+            Path(existing.path),
+            digest,
+            False,
+            dict(existing.counts),
+            read_manifest(existing.path),
+            analysis,
+        )
 
     assert snapshot.id is not None
     root = Path(home) / "datasets"
     root.mkdir(parents=True, exist_ok=True)
     target = root / str(snapshot.id)
-    manifest = manifest_for(analysis, snapshot_id=snapshot.id, content_hash=digest, base_model=str(base_model_path),
-                            config=config, created_by=created_by)
+    manifest = manifest_for(
+        analysis,
+        snapshot_id=snapshot.id,
+        content_hash=digest,
+        base_model=str(base_model_path),
+        config=config,
+        created_by=created_by,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{snapshot.id}-", dir=root))
     try:
         for name in SPLITS:
             (tmp / f"{name}.jsonl").write_bytes(files[name])
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        (tmp / MANIFEST).write_text(
+            json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
         tmp.chmod(0o755)
         if target.exists():  # left by a build whose transaction rolled back: no row claims it
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        tmp.replace(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     q.set_snapshot_path(session=session, snapshot=snapshot, path=str(target))
-    q.add_snapshot_examples(session=session, snapshot_id=snapshot.id, members=[
-        (e.example_id, name, line) for name in SPLITS for line, e in enumerate(analysis.split.splits[name], 1)])
+    q.add_snapshot_examples(
+        session=session,
+        snapshot_id=snapshot.id,
+        members=[
+            (e.example_id, name, line)
+            for name in SPLITS
+            for line, e in enumerate(analysis.split.splits[name], 1)
+        ],
+    )
     return BuildResult(snapshot.id, target, digest, True, analysis.counts(), manifest, analysis)
 
 
@@ -248,7 +334,11 @@ def load_snapshot(path: Path | str):
     folder = Path(path)
     if not (folder / MANIFEST).is_file():
         raise DatasetError(f"{folder} is not a dataset snapshot (it has no {MANIFEST}).")
-    return DatasetDict({
-        name: Dataset.from_dict({"messages": [r["messages"] for r in read_split(folder, name)]}, features=features)
-        for name in SPLITS
-    })
+    return DatasetDict(
+        {
+            name: Dataset.from_dict(
+                {"messages": [r["messages"] for r in read_split(folder, name)]}, features=features
+            )
+            for name in SPLITS
+        }
+    )

@@ -27,8 +27,8 @@ from engine.dataset.config import DatasetConfig
 from engine.dataset.findings import WARNING, Entry, Finding, finding
 
 SHINGLE_WORDS = 3
-# The LSH bands are chosen for this threshold, below the verification threshold, so that pairs
-# just above the threshold are still found (recall ≥ 0.95 on planted duplicates, see bench/dataset.py).
+# The LSH bands are chosen for this threshold, below the verification threshold, so that pairs just
+# above the threshold are still found (recall ≥ 0.95 on planted duplicates, see bench/dataset.py).
 LSH_MARGIN = 0.2
 
 
@@ -38,7 +38,8 @@ def shingles(messages: Sequence[dict[str, str]]) -> frozenset[int]:
     if len(words) < SHINGLE_WORDS:
         return frozenset({zlib.crc32(" ".join(words).encode())})
     return frozenset(
-        zlib.crc32(" ".join(words[i:i + SHINGLE_WORDS]).encode()) for i in range(len(words) - SHINGLE_WORDS + 1)
+        zlib.crc32(" ".join(words[i : i + SHINGLE_WORDS]).encode())
+        for i in range(len(words) - SHINGLE_WORDS + 1)
     )
 
 
@@ -84,9 +85,15 @@ class NearDuplicateIndex:
         self._lsh = MinHashLSH(threshold=max(0.05, threshold - LSH_MARGIN), num_perm=num_perm)
 
     def signature(self, shingle_set: frozenset[int]):
-        """One example's MinHash, the plain datasketch way (the reference for :meth:`signatures`)."""
-        mh = self._minhash(num_perm=self.num_perm, seed=self.seed, hashfunc=_identity,
-                           permutations=self._permutations, scheme="affine32")
+        """One example's MinHash, the plain datasketch way (the reference for
+        :meth:`signatures`)."""
+        mh = self._minhash(
+            num_perm=self.num_perm,
+            seed=self.seed,
+            hashfunc=_identity,
+            permutations=self._permutations,
+            scheme="affine32",
+        )
         mh.update_batch(shingle_set)
         return mh
 
@@ -103,16 +110,20 @@ class NearDuplicateIndex:
         except ImportError:  # another datasketch layout: fall back to the per-example path
             return [LeanMinHash(self.signature(s)) for s in sets]
         a, b = (np.asarray(p, dtype=np.uint32) for p in self._permutations)
-        out = []
+        out: list[LeanMinHash] = []
         for start in range(0, len(sets), SIGNATURE_CHUNK):
-            chunk = sets[start:start + SIGNATURE_CHUNK]
+            chunk = sets[start : start + SIGNATURE_CHUNK]
             lengths = np.fromiter((len(s) for s in chunk), dtype=np.int64, count=len(chunk))
-            values = np.fromiter((v for s in chunk for v in s), dtype=np.uint32, count=int(lengths.sum()))
+            values = np.fromiter(
+                (v for s in chunk for v in s), dtype=np.uint32, count=int(lengths.sum())
+            )
             mixed = _fmix(values, 32).reshape(-1, 1)
             permuted = mixed * a + b  # uint32 arithmetic wraps: mod 2^32, as in datasketch
             offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
             minima = np.minimum.reduceat(permuted, offsets, axis=0)
-            out.extend(LeanMinHash(seed=self.seed, hashvalues=row, scheme="affine32") for row in minima)
+            out.extend(
+                LeanMinHash(seed=self.seed, hashvalues=row, scheme="affine32") for row in minima
+            )
         return out
 
     def pairs(self, sets: Sequence[frozenset[int]]) -> tuple[list[tuple[int, int, float]], int]:
@@ -129,11 +140,13 @@ class NearDuplicateIndex:
         # cheaper than one query per example.
         candidates: set[tuple[int, int]] = set()
         for table in self._lsh.hashtables:
-            for bucket in table.keys():
+            for bucket in table.keys():  # noqa: SIM118 — a datasketch storage, not a dict
                 members = table.get(bucket)
                 if len(members) > 1:
                     ordered = sorted(members)
-                    candidates.update((x, y) for n, x in enumerate(ordered) for y in ordered[n + 1:])
+                    candidates.update(
+                        (x, y) for n, x in enumerate(ordered) for y in ordered[n + 1 :]
+                    )
         found = []
         for i, j in sorted(candidates):
             similarity = jaccard(sets[i], sets[j])
@@ -157,9 +170,14 @@ class Cluster:
         return (self.kept, *self.dropped)
 
     def to_dict(self, where: dict[str, str]) -> dict[str, Any]:
-        return {"kind": self.kind, "similarity": round(self.similarity, 4),
-                "kept": where.get(self.kept, self.kept), "dropped": [where.get(k, k) for k in self.dropped],
-                "kept_key": self.kept, "dropped_keys": list(self.dropped)}
+        return {
+            "kind": self.kind,
+            "similarity": round(self.similarity, 4),
+            "kept": where.get(self.kept, self.kept),
+            "dropped": [where.get(k, k) for k in self.dropped],
+            "kept_key": self.kept,
+            "dropped_keys": list(self.dropped),
+        }
 
 
 @dataclass
@@ -219,9 +237,16 @@ def dedupe(entries: Sequence[Entry], *, config: DatasetConfig) -> DedupeResult:
             dropped = sorted((e for e in group if e is not best), key=lambda e: e.key)
             clusters.append(Cluster("exact", best.key, tuple(e.key for e in dropped), 1.0))
             for e in dropped:
-                findings.append(finding(WARNING, "dedupe.exact", e,
-                    f"Same conversation as {where[best.key]} (ignoring case and spacing); {_why_kept(best, e)}.",
-                    config.workspace_url))
+                findings.append(
+                    finding(
+                        WARNING,
+                        "dedupe.exact",
+                        e,
+                        f"Same conversation as {where[best.key]} (ignoring case and spacing); "
+                        f"{_why_kept(best, e)}.",
+                        config.workspace_url,
+                    )
+                )
     representatives.sort(key=lambda e: e.key)
 
     index = NearDuplicateIndex(config.near_dup_threshold, config.num_perm)
@@ -244,13 +269,30 @@ def dedupe(entries: Sequence[Entry], *, config: DatasetConfig) -> DedupeResult:
         best = representatives[best_i]
         kept.append(best)
         if len(members) > 1:
-            dropped_idx = sorted((i for i in members if i != best_i), key=lambda i: representatives[i].key)
-            clusters.append(Cluster("near", best.key, tuple(representatives[i].key for i in dropped_idx), lowest[root]))
+            dropped_idx = sorted(
+                (i for i in members if i != best_i), key=lambda i: representatives[i].key
+            )
+            clusters.append(
+                Cluster(
+                    "near",
+                    best.key,
+                    tuple(representatives[i].key for i in dropped_idx),
+                    lowest[root],
+                )
+            )
             for i in dropped_idx:
                 e = representatives[i]
-                findings.append(finding(WARNING, "dedupe.near", e,
-                    f"Nearly the same conversation as {where[best.key]} ({jaccard(sets[i], sets[best_i]):.0%} of word triples shared); "
-                    f"{_why_kept(best, e)}.", config.workspace_url))
+                findings.append(
+                    finding(
+                        WARNING,
+                        "dedupe.near",
+                        e,
+                        f"Nearly the same conversation as {where[best.key]} "
+                        f"({jaccard(sets[i], sets[best_i]):.0%} of word triples shared); "
+                        f"{_why_kept(best, e)}.",
+                        config.workspace_url,
+                    )
+                )
     kept.sort(key=lambda e: e.key)
     near_pairs = [(representatives[i].key, representatives[j].key, s) for i, j, s in pairs]
     return DedupeResult(kept, clusters, findings, candidates, near_pairs)

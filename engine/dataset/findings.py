@@ -33,7 +33,13 @@ class Origin:
         if source == "import" or channel == IMPORT_CHANNEL:
             name, _, line = thread_ts.rpartition(":")
             if name and line.isdigit():
-                return cls(channel=channel, thread_ts=thread_ts, message_ts=message_ts, file=name, line=int(line))
+                return cls(
+                    channel=channel,
+                    thread_ts=thread_ts,
+                    message_ts=message_ts,
+                    file=name,
+                    line=int(line),
+                )
         return cls(channel=channel, thread_ts=thread_ts, message_ts=message_ts)
 
     @property
@@ -44,11 +50,15 @@ class Origin:
         return f"slack:{self.channel}:{self.thread_ts}"
 
     def where(self, workspace_url: str = "") -> str:
-        """How a curator finds the example: a permalink, ``#channel thread ts``, or ``file line n``."""
+        """How a curator finds the example: a permalink, ``#channel thread ts``, or ``file line
+        n``."""
         if self.file:
             return f"{self.file} line {self.line}"
         if workspace_url and self.channel and self.message_ts:
-            link = f"{workspace_url.rstrip('/')}/archives/{self.channel}/p{self.message_ts.replace('.', '')}"
+            link = (
+                f"{workspace_url.rstrip('/')}/archives/{self.channel}"
+                f"/p{self.message_ts.replace('.', '')}"
+            )
             if self.thread_ts and self.thread_ts != self.message_ts:
                 link += f"?thread_ts={self.thread_ts}&cid={self.channel}"
             return link
@@ -97,10 +107,15 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(**{k: data[k] for k in ("level", "rule", "where", "message") }, example=data.get("example", ""))
+        return cls(
+            **{k: data[k] for k in ("level", "rule", "where", "message")},
+            example=data.get("example", ""),
+        )
 
 
-def finding(level: str, rule: str, entry: Entry | None, message: str, workspace_url: str = "") -> Finding:
+def finding(
+    level: str, rule: str, entry: Entry | None, message: str, workspace_url: str = ""
+) -> Finding:
     """A finding about ``entry`` (or about the whole dataset when ``entry`` is None)."""
     if entry is None:
         return Finding(level, rule, "dataset", message)

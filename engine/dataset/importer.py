@@ -57,8 +57,12 @@ class ImportResult:
 
 
 def _entry(name: str, line: int, messages: Any) -> Entry:
-    return Entry(key=f"{name}:{line}", messages=messages, origin=Origin(channel=IMPORT_CHANNEL, file=name, line=line),
-                 source="import")
+    return Entry(
+        key=f"{name}:{line}",
+        messages=messages,
+        origin=Origin(channel=IMPORT_CHANNEL, file=name, line=line),
+        source="import",
+    )
 
 
 def _check(parsed: ParsedSource, record: Any, line: int, workspace_url: str) -> None:
@@ -82,8 +86,12 @@ def parse_jsonl(path: Path, *, config: DatasetConfig | None = None) -> ParsedSou
 
             if len(raw) > config.max_line_bytes:
                 parsed.rows += 1
-                bad("format.line_too_long", f"This line is {len(raw):,} bytes long, over the {config.max_line_bytes:,}-byte "
-                    "limit for one example; shorten or split it.")
+                bad(
+                    "format.line_too_long",
+                    f"This line is {len(raw):,} bytes long, over the "
+                    f"{config.max_line_bytes:,}-byte "
+                    "limit for one example; shorten or split it.",
+                )
                 continue
             if not raw.strip():
                 continue
@@ -91,13 +99,18 @@ def parse_jsonl(path: Path, *, config: DatasetConfig | None = None) -> ParsedSou
             try:
                 text = raw.rstrip(b"\r\n").decode("utf-8-sig" if line == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                bad("format.encoding", f"This line is not valid UTF-8 text (byte {exc.start + 1} cannot be read); "
-                    "save the file as UTF-8.")
+                bad(
+                    "format.encoding",
+                    f"This line is not valid UTF-8 text (byte {exc.start + 1} cannot be read); "
+                    "save the file as UTF-8.",
+                )
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
-                bad("format.json", f"This line is not valid JSON ({exc.msg} at column {exc.colno}).")
+                bad(
+                    "format.json", f"This line is not valid JSON ({exc.msg} at column {exc.colno})."
+                )
                 continue
             _check(parsed, record, line, config.workspace_url)
     return parsed
@@ -121,11 +134,18 @@ def parse_hf_folder(path: Path, *, config: DatasetConfig | None = None) -> Parse
         loaded = load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001 — datasets raises several kinds for "not a dataset folder"
         parsed = ParsedSource(path.name)
-        parsed.findings.append(Finding(ERROR, "format.dataset_folder", path.name,
-            f"This folder is not a Hugging Face dataset saved with save_to_disk ({exc})."))
+        parsed.findings.append(
+            Finding(
+                ERROR,
+                "format.dataset_folder",
+                path.name,
+                f"This folder is not a Hugging Face dataset saved with save_to_disk ({exc}).",
+            )
+        )
         return parsed
     parts: list[tuple[str, Dataset]] = (
-        [(f"{path.name}/{name}", loaded[name]) for name in sorted(loaded)] if isinstance(loaded, DatasetDict)
+        [(f"{path.name}/{name}", loaded[name]) for name in sorted(loaded)]
+        if isinstance(loaded, DatasetDict)
         else [(path.name, loaded)]
     )
     merged = ParsedSource(path.name)
@@ -147,7 +167,9 @@ def parse_source(path: Path | str, *, config: DatasetConfig | None = None) -> Pa
         return parse_hf_folder(path, config=config)
     if path.is_file():
         return parse_jsonl(path, config=config)
-    raise DatasetError(f"{path} does not exist: give a chat JSONL file or a Hugging Face datasets folder.")
+    raise DatasetError(
+        f"{path} does not exist: give a chat JSONL file or a Hugging Face datasets folder."
+    )
 
 
 def _default_redact() -> Callable[[str], Any]:
@@ -179,7 +201,8 @@ def import_examples(
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in parsed.entries:
-        messages, counts = [], {}
+        messages = []
+        counts: dict[str, int] = {}
         for message in entry.messages:
             text = message["content"]
             if redactor is not None:
@@ -192,9 +215,20 @@ def import_examples(
         if digest in seen:
             continue
         seen.add(digest)
-        rows.append({"source": "import", "channel": IMPORT_CHANNEL, "thread_ts": _thread_ts(entry.origin.file, entry.origin.line),
-                     "message_ts": "imp-" + digest[:28], "messages": messages, "redactions": counts, "content_hash": digest})
+        rows.append(
+            {
+                "source": "import",
+                "channel": IMPORT_CHANNEL,
+                "thread_ts": _thread_ts(entry.origin.file, entry.origin.line),
+                "message_ts": "imp-" + digest[:28],
+                "messages": messages,
+                "redactions": counts,
+                "content_hash": digest,
+            }
+        )
     stored = q.existing_content_hashes(session=session, hashes=[r["content_hash"] for r in rows])
     fresh = [r for r in rows if r["content_hash"] not in stored]
     q.insert_examples(session=session, examples=fresh)
-    return ImportResult(parsed.name, parsed.rows, len(fresh), len(parsed.entries) - len(fresh), parsed.findings)
+    return ImportResult(
+        parsed.name, parsed.rows, len(fresh), len(parsed.entries) - len(fresh), parsed.findings
+    )

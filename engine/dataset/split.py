@@ -41,9 +41,13 @@ class SplitResult:
         return {name: len(self.splits[name]) for name in SPLITS}
 
 
-def groups_of(entries: Sequence[Entry], clusters: Sequence[Cluster], thread_of: Mapping[str, str]) -> dict[str, str]:
+def groups_of(
+    entries: Sequence[Entry], clusters: Sequence[Cluster], thread_of: Mapping[str, str]
+) -> dict[str, str]:
     """Entry key → group name (the smallest thread key of its group)."""
-    threads = sorted({thread_of[e.key] for e in entries} | {thread_of[k] for c in clusters for k in c.members})
+    threads = sorted(
+        {thread_of[e.key] for e in entries} | {thread_of[k] for c in clusters for k in c.members}
+    )
     index = {t: i for i, t in enumerate(threads)}
     uf = _UnionFind(len(threads))
     for cluster in clusters:
@@ -55,7 +59,11 @@ def groups_of(entries: Sequence[Entry], clusters: Sequence[Cluster], thread_of: 
 
 
 def split_entries(
-    entries: Sequence[Entry], clusters: Sequence[Cluster], thread_of: Mapping[str, str], *, config: DatasetConfig
+    entries: Sequence[Entry],
+    clusters: Sequence[Cluster],
+    thread_of: Mapping[str, str],
+    *,
+    config: DatasetConfig,
 ) -> SplitResult:
     """Split the kept ``entries``; ``thread_of`` maps every key (kept and dropped) to its thread."""
     group_of = groups_of(entries, clusters, thread_of)
@@ -73,13 +81,22 @@ def split_entries(
         for split, ratio in (("validation", config.validation_ratio), ("test", config.test_ratio)):
             if ratio <= 0 or split in assigned.values():
                 continue
-            train_groups = sorted((g for g, s in assigned.items() if s == "train"), key=lambda g: position[g])
+            train_groups = sorted(
+                (g for g, s in assigned.items() if s == "train"), key=lambda g: position[g]
+            )
             if len(train_groups) >= 2:
-                assigned[train_groups[-1]] = split  # the training group closest to the held-out range
+                assigned[train_groups[-1]] = split
             else:
-                findings.append(Finding(WARNING, "split.too_few_threads", "dataset",
-                    f"All {len(entries)} examples come from {len(names)} thread group(s), so the {split} split stays empty; "
-                    "curate answers from more threads."))
+                findings.append(
+                    Finding(
+                        WARNING,
+                        "split.too_few_threads",
+                        "dataset",
+                        f"All {len(entries)} examples come from {len(names)} thread group(s), so "
+                        f"the {split} split stays empty; "
+                        "curate answers from more threads.",
+                    )
+                )
 
     splits: dict[str, list[Entry]] = {name: [] for name in SPLITS}
     for entry in entries:

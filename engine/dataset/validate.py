@@ -54,17 +54,30 @@ def format_findings(record: Any, entry: Entry, workspace_url: str = "") -> list[
         out.append(finding(level, rule, entry, message, workspace_url))
 
     if not isinstance(record, dict):
-        add(ERROR, "format.object", f'This line is a JSON {_type_name(record)}, not an object like {{"messages": [...]}}.')
+        add(
+            ERROR,
+            "format.object",
+            f'This line is a JSON {_type_name(record)}, not an object like {{"messages": [...]}}.',
+        )
         return out
     for key in record:
         if key not in RECORD_KEYS:
-            add(ERROR, "format.unknown_key", f'The key "{key}" is not part of the chat format; an example holds only "messages".')
+            add(
+                ERROR,
+                "format.unknown_key",
+                f'The key "{key}" is not part of the chat format; '
+                'an example holds only "messages".',
+            )
     if "messages" not in record:
         add(ERROR, "format.messages", 'There is no "messages" list.')
         return out
     messages = record["messages"]
     if not isinstance(messages, list):
-        add(ERROR, "format.messages", f'"messages" is a {_type_name(messages)}, not a list of messages.')
+        add(
+            ERROR,
+            "format.messages",
+            f'"messages" is a {_type_name(messages)}, not a list of messages.',
+        )
         return out
     if not messages:
         add(ERROR, "format.messages", 'The "messages" list is empty.')
@@ -73,15 +86,29 @@ def format_findings(record: Any, entry: Entry, workspace_url: str = "") -> list[
     roles: list[str] = []
     for i, message in enumerate(messages, 1):
         if not isinstance(message, dict):
-            add(ERROR, "format.message", f"Message {i} is a {_type_name(message)}, not an object with a role and content.")
+            add(
+                ERROR,
+                "format.message",
+                f"Message {i} is a {_type_name(message)}, not an object with a role and content.",
+            )
             continue
         for key in message:
             if key not in MESSAGE_KEYS:
-                add(ERROR, "format.unknown_key",
-                    f'Message {i} has the key "{key}", which threadtune does not use; a message holds only "role" and "content".')
+                add(
+                    ERROR,
+                    "format.unknown_key",
+                    f'Message {i} has the key "{key}", which threadtune does not use; '
+                    'a message holds only "role" and "content".',
+                )
         role = message.get("role")
         if role not in ROLES:
-            shown = "no role" if role is None else f'the role "{role}"' if isinstance(role, str) else f"a {_type_name(role)} as its role"
+            shown = (
+                "no role"
+                if role is None
+                else f'the role "{role}"'
+                if isinstance(role, str)
+                else f"a {_type_name(role)} as its role"
+            )
             add(ERROR, "format.role", f"Message {i} has {shown}; use system, user or assistant.")
         else:
             roles.append(role)
@@ -90,15 +117,27 @@ def format_findings(record: Any, entry: Entry, workspace_url: str = "") -> list[
         if "content" not in message:
             add(ERROR, "format.content", f"Message {i} ({label}) has no content.")
         elif not isinstance(content, str):
-            add(ERROR, "format.content", f"Message {i} ({label}) has content that is a {_type_name(content)}, not text.")
+            add(
+                ERROR,
+                "format.content",
+                f"Message {i} ({label}) has content that is a {_type_name(content)}, not text.",
+            )
         elif not content.strip():
             add(ERROR, "format.content", f"Message {i} ({label}) is empty.")
     if "assistant" not in roles:
-        add(ERROR, "format.no_assistant", "There is no assistant message, so there is no answer to learn from.")
+        add(
+            ERROR,
+            "format.no_assistant",
+            "There is no assistant message, so there is no answer to learn from.",
+        )
     if "user" not in roles:
         add(WARNING, "format.no_user", "There is no user message, so the answer has no question.")
     if "system" not in roles:
-        add(WARNING, "format.no_system", "There is no system message, so the base model's default system prompt applies.")
+        add(
+            WARNING,
+            "format.no_system",
+            "There is no system message, so the base model's default system prompt applies.",
+        )
     if not any(f.level == ERROR for f in out):
         order = order_problem(messages)
         if order:
@@ -118,11 +157,16 @@ def order_problem(messages: Sequence[dict[str, str]]) -> str:
     if not turns:
         return "There is only a system message; the conversation needs a question and an answer."
     if turns[0] != "user":
-        return f"The conversation starts with an {turns[0]} message (message {offset}); it must start with the user's question."
+        return (
+            f"The conversation starts with an {turns[0]} message (message {offset}); it must start "
+            "with the user's question."
+        )
     for j in range(1, len(turns)):
         if turns[j] == turns[j - 1]:
-            return (f"Messages {offset + j - 1} and {offset + j} are both {turns[j]} messages; "
-                    "user and assistant must take turns.")
+            return (
+                f"Messages {offset + j - 1} and {offset + j} are both {turns[j]} messages; "
+                "user and assistant must take turns."
+            )
     if turns[-1] != "assistant":
         return "The conversation ends with a user message; it must end with the assistant's answer."
     return ""
@@ -154,28 +198,42 @@ def probe_template(tokenizer) -> TemplateFacts:
     many template tokens follow the last question. Raises :class:`DatasetError` when the template
     cannot be used for training at all."""
     if not getattr(tokenizer, "chat_template", None):
-        raise DatasetError("The base model's tokenizer has no chat template, so conversations cannot be rendered for it.")
+        raise DatasetError(
+            "The base model's tokenizer has no chat template, so conversations cannot be rendered "
+            "for it."
+        )
     eot = tokenizer.eos_token
     answer = "threadtune-probe-answer"
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": answer}], tokenize=False)
+        [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": answer}],
+        tokenize=False,
+    )
     if not eot or answer + eot not in rendered:
         raise DatasetError(
-            f"The base model's chat template does not end an assistant turn with its end-of-sequence token ({eot!r}), "
-            "so no example's label mask could include an end-of-turn token.")
+            "The base model's chat template does not end an assistant turn with its "
+            f"end-of-sequence token ({eot!r}), "
+            "so no example's label mask could include an end-of-turn token."
+        )
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     if eot_id is None or eot_id == getattr(tokenizer, "unk_token_id", None):
         raise DatasetError(f"The end-of-turn token {eot!r} is not in the base model's vocabulary.")
     try:
         with_system = tokenizer.apply_chat_template(
-            [{"role": "system", "content": "threadtune-probe-system"}, {"role": "user", "content": "q"},
-             {"role": "assistant", "content": "a"}], tokenize=False)
+            [
+                {"role": "system", "content": "threadtune-probe-system"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ],
+            tokenize=False,
+        )
         keeps_system = "threadtune-probe-system" in with_system
     except Exception:  # noqa: BLE001 — templates signal "no system role" by raising
         keeps_system = False
     question = "threadtune-probe-question"
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    tail = prompt[prompt.rindex(question) + len(question):]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    tail = prompt[prompt.rindex(question) + len(question) :]
     return TemplateFacts(eot, int(eot_id), keeps_system, token_lengths(tokenizer, [tail])[0])
 
 
@@ -186,7 +244,7 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     fast = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
     out: list[int] = []
     for start in range(0, len(texts), TOKENIZE_BATCH):
-        batch = list(texts[start:start + TOKENIZE_BATCH])
+        batch = list(texts[start : start + TOKENIZE_BATCH])
         if fast is not None:
             out.extend(len(e.ids) for e in fast(batch, add_special_tokens=False))
         else:
@@ -219,8 +277,11 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
     return int(sorted_values[int(rank) - 1])
 
 
-def token_findings(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig) -> tuple[list[Finding], TokenStats]:
-    """The tokenizer rules for entries that passed the format rules. Sets ``entry.tags["tokens"]``."""
+def token_findings(
+    entries: Sequence[Entry], tokenizer, *, config: DatasetConfig
+) -> tuple[list[Finding], TokenStats]:
+    """The tokenizer rules for entries that passed the format rules. Sets
+    ``entry.tags["tokens"]``."""
     facts = probe_template(tokenizer)
     m = config.max_length
     out: list[Finding] = []
@@ -228,26 +289,41 @@ def token_findings(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig
     prompts: list[str] = []
     answers: list[str] = []
     for entry in entries:
+
         def add(level: str, rule: str, message: str, entry: Entry = entry) -> None:
             out.append(finding(level, rule, entry, message, config.workspace_url))
 
         messages = entry.messages
         if messages[0]["role"] == "system" and not facts.keeps_system:
-            add(ERROR, "template.system_dropped",
-                "The base model's chat template ignores system messages, so this example's system message would be lost.")
+            add(
+                ERROR,
+                "template.system_dropped",
+                "The base model's chat template ignores system messages, so this example's system "
+                "message would be lost.",
+            )
             continue
         try:
-            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+            prompt = tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=False
+            )
             full = tokenizer.apply_chat_template(messages, tokenize=False)
         except Exception as exc:  # noqa: BLE001 — templates reject conversations by raising
             reason = str(exc).strip().rstrip(".") or type(exc).__name__
-            add(ERROR, "template.error", f"The base model's chat template refuses this conversation: {reason}.")
+            add(
+                ERROR,
+                "template.error",
+                f"The base model's chat template refuses this conversation: {reason}.",
+            )
             continue
         answer = messages[-1]["content"]
         if not full.startswith(prompt + answer + facts.end_of_turn):
-            add(ERROR, "template.mismatch",
-                f"The chat template does not render this conversation as its question followed by the answer and "
-                f"{facts.end_of_turn}, so training cannot tell which tokens are the answer.")
+            add(
+                ERROR,
+                "template.mismatch",
+                "The chat template does not render this conversation as its question followed by "
+                "the answer and "
+                f"{facts.end_of_turn}, so training cannot tell which tokens are the answer.",
+            )
             continue
         rendered.append(entry)
         prompts.append(prompt)
@@ -258,6 +334,7 @@ def token_findings(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig
     totals: list[int] = []
     trained_total = 0
     for entry, p, a in zip(rendered, prompt_lengths, answer_lengths, strict=True):
+
         def add(level: str, rule: str, message: str, entry: Entry = entry) -> None:
             out.append(finding(level, rule, entry, message, config.workspace_url))
 
@@ -268,28 +345,49 @@ def token_findings(entries: Sequence[Entry], tokenizer, *, config: DatasetConfig
         kept_prompt = max(0, m - trained) if total > m else p
         entry.tags["tokens"] = total
         if a == 0:
-            add(ERROR, "mask.empty", "The answer turns into no tokens at all, so the label mask is empty and there is nothing to train on.")
+            add(
+                ERROR,
+                "mask.empty",
+                "The answer turns into no tokens at all, so the label mask is empty and there is "
+                "nothing to train on.",
+            )
         elif completion > m:
-            add(ERROR, "mask.no_end_of_turn",
-                f"The answer is {a:,} tokens, so with max_length {m:,} its end-of-turn token {facts.end_of_turn} is cut off "
-                "and the model would not learn to stop; shorten the answer or raise max_length.")
+            add(
+                ERROR,
+                "mask.no_end_of_turn",
+                f"The answer is {a:,} tokens, so with max_length {m:,} its end-of-turn token "
+                f"{facts.end_of_turn} is cut off "
+                "and the model would not learn to stop; shorten the answer or raise max_length.",
+            )
         elif kept_prompt <= facts.question_tail_tokens:
-            add(ERROR, "tokens.question_cut",
-                f"The answer takes {completion:,} of the {m:,} tokens allowed (max_length), so no part of the question "
-                "survives truncation; shorten the answer or raise max_length.")
+            add(
+                ERROR,
+                "tokens.question_cut",
+                f"The answer takes {completion:,} of the {m:,} tokens allowed (max_length), so no "
+                "part of the question "
+                "survives truncation; shorten the answer or raise max_length.",
+            )
         elif total > m:
-            add(WARNING, "tokens.over_max_length",
-                f"This conversation is {total:,} tokens, over max_length {m:,}: training keeps the answer and cuts "
-                f"the first {total - m:,} tokens of the conversation.")
+            add(
+                WARNING,
+                "tokens.over_max_length",
+                f"This conversation is {total:,} tokens, over max_length {m:,}: training keeps the "
+                "answer and cuts "
+                f"the first {total - m:,} tokens of the conversation.",
+            )
         if a and completion <= m:
             trained_total += trained
     ordered = sorted(totals)
     over = sum(1 for t in totals if t > m)
     stats = TokenStats(
-        examples=len(totals), p50=percentile(ordered, 50), p95=percentile(ordered, 95),
-        max=ordered[-1] if ordered else 0, over_max_length=over,
+        examples=len(totals),
+        p50=percentile(ordered, 50),
+        p95=percentile(ordered, 95),
+        max=ordered[-1] if ordered else 0,
+        over_max_length=over,
         share_over_max_length=round(over / len(totals), 4) if totals else 0.0,
-        trained_tokens=trained_total, max_length=m,
+        trained_tokens=trained_total,
+        max_length=m,
     )
     return out, stats
 

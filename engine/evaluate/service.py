@@ -215,6 +215,7 @@ def register_candidate(
                 model.checksum, model.encrypted = digest, encryption_key is not None
                 model.rank = inputs.rank
                 s.add(model)
+            assert model.id is not None  # read from a stored row
             return RegisteredModel(
                 model.id, model.name, stored, model.checksum, model.encrypted, created=False
             )
@@ -233,6 +234,7 @@ def register_candidate(
             rank=inputs.rank,
             encrypted=encryption_key is not None,
         )
+        assert model.id is not None  # add_model flushes, so the row has its id
         return RegisteredModel(model.id, name, target, digest, model.encrypted, created=True)
 
 
@@ -279,14 +281,17 @@ def evaluate_job(
     inputs: JobInputs | None = None,
 ) -> JobEvaluation:
     """Evaluate job ``job_id``'s adapter against its base model and register it (see the module
-    docstring). Give a ready ``backend`` or a ``backend_factory`` (called only once the job has
-    been checked): a :class:`engine.serving.base.ScoringBackend` that can ``load_adapter`` gives the
-    full report; ``probes=None`` runs the shipped general probes. Raises :class:`EvaluationError`."""
+    docstring). Give a ready ``backend`` or a ``backend_factory`` (called only once the job has been
+    checked): a :class:`engine.serving.base.ScoringBackend` that can ``load_adapter`` gives the full
+    report; ``probes=None`` runs the shipped general probes. Raises
+    :class:`EvaluationError`."""
     if backend is None and backend_factory is None:
         raise ValueError("Give a model backend or a backend_factory.")
     inputs = inputs or job_inputs(db, job_id)
     model = register_candidate(db, home, inputs, encryption_key=encryption_key)
-    backend = backend if backend is not None else backend_factory()
+    if backend is None:
+        assert backend_factory is not None  # one of the two was given: checked above
+        backend = backend_factory()
     _same_base(backend, inputs.base_model)
     adapter = load_candidate(backend, model, encryption_key)
     report = evaluate(
@@ -305,6 +310,7 @@ def evaluate_job(
     stored["files"] = [str(p) for p in paths]
     with session_scope(db) as s:
         row = s.get(Model, model.id)
+        assert row is not None  # registered above
         row.eval_verdict = report.verdict
         row.eval_report = stored
         s.add(row)

@@ -19,7 +19,9 @@ class Throttle:
     Not thread-safe on its own: keep one per job and call it from the thread that updates.
     """
 
-    def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be zero or more, not {interval_s}")
         self.interval_s = interval_s
@@ -38,7 +40,9 @@ class Throttle:
         return False
 
 
-def eta_seconds(*, elapsed_s: float, step: int, total_steps: int, first_step: int = 0) -> float | None:
+def eta_seconds(
+    *, elapsed_s: float, step: int, total_steps: int, first_step: int = 0
+) -> float | None:
     """Seconds left at this attempt's pace: ``step`` of ``total_steps`` reached after
     ``elapsed_s`` seconds of an attempt that started at ``first_step`` (the step resumed from,
     0 for a fresh run — restored steps took no time here). None while there is no pace yet."""

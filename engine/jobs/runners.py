@@ -62,7 +62,8 @@ class RunHandle(Protocol):
         ...
 
     def wait(self) -> int:
-        """Block until the program ends; its exit code (0 done, 1 failed or cancelled, 2 bad config)."""
+        """Block until the program ends; its exit code (0 done, 1 failed or cancelled, 2 bad
+        config)."""
         ...
 
     def stderr_tail(self, n: int = 2000) -> str:
@@ -79,8 +80,13 @@ class Runner(Protocol):
 
 
 def _program_env() -> dict[str, str]:
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 # -- local ----------------------------------------------------------------------------------------
@@ -140,7 +146,9 @@ class LocalRunner:
 
     name = "local"
 
-    def __init__(self, python: str = sys.executable, module: str = PROGRAM, grace_s: float = CANCEL_GRACE_S):
+    def __init__(
+        self, python: str = sys.executable, module: str = PROGRAM, grace_s: float = CANCEL_GRACE_S
+    ):
         self.python = python
         self.module = module
         self.grace_s = grace_s
@@ -150,9 +158,18 @@ class LocalRunner:
         stderr_path = run_dir / "stderr.log"
         cmd = [self.python, "-m", self.module, str(run_dir)] + (["--resume"] if resume else [])
         with stderr_path.open("a") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                                    cwd=ROOT, env={**os.environ, **_program_env()}, start_new_session=True,
-                                    bufsize=1, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, **_program_env()},
+                start_new_session=True,
+                bufsize=1,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         return LocalHandle(proc, stderr_path, self.grace_s)
 
 
@@ -174,7 +191,11 @@ class RayHandle:
     def _finished(self) -> bool:
         from ray.job_submission import JobStatus
 
-        return self.client.get_job_status(self.job_id) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        return self.client.get_job_status(self.job_id) in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+        }
 
     def events(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -185,7 +206,8 @@ class RayHandle:
             start = self._consumed
             end = len(text) if finished else text.rfind("\n", start) + 1
             for line in text[start:end].splitlines(keepends=True):
-                self._consumed += len(line)  # before yielding: a caller that stops early resumes after it
+                # before yielding: a caller that stops early resumes after it
+                self._consumed += len(line)
                 if line.strip():
                     yield parse_line(line)
             if finished:
@@ -220,14 +242,21 @@ class RayHandle:
 
 
 class RayRunner:
-    """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP
-    address, e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
-    ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared image)."""
+    """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP address,
+    e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
+    ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared
+    image)."""
 
     name = "ray"
 
-    def __init__(self, address: str, python: str = sys.executable, module: str = PROGRAM,
-                 grace_s: float = CANCEL_GRACE_S, poll_s: float = 0.5):
+    def __init__(
+        self,
+        address: str,
+        python: str = sys.executable,
+        module: str = PROGRAM,
+        grace_s: float = CANCEL_GRACE_S,
+        poll_s: float = 0.5,
+    ):
         self.address = address
         self.python = python
         self.module = module

@@ -8,6 +8,7 @@ out, the next worker re-queues the job, and whoever claims it resumes from the l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from engine.jobs.progress import Throttle
 from engine.jobs.runners import RunHandle, Runner
@@ -64,12 +66,14 @@ def prepare_run_dir(home: Path, job: Job, snapshot: DatasetSnapshot | None) -> P
         folder = Path(snapshot.path)
         for split in ("train", "validation"):
             if not (folder / f"{split}.jsonl").is_file():
-                raise FileNotFoundError(f"dataset snapshot #{snapshot.id} has no {split}.jsonl in {folder}")
+                raise FileNotFoundError(
+                    f"dataset snapshot #{snapshot.id} has no {split}.jsonl in {folder}"
+                )
         for split in SPLITS:
             source, target = folder / f"{split}.jsonl", data / f"{split}.jsonl"
             if source.is_file() and not target.exists():
                 shutil.copyfile(source, target.with_suffix(".part"))
-                os.replace(target.with_suffix(".part"), target)  # never a half-copied split
+                target.with_suffix(".part").replace(target)  # never a half-copied split
     return run_dir
 
 
@@ -80,9 +84,18 @@ def has_checkpoint(run_dir: Path) -> bool:
 class Worker:
     """Claims and runs jobs. ``db``: the SQLAlchemy engine; ``home``: THREADTUNE_HOME."""
 
-    def __init__(self, db: Engine, home: Path, runner: Runner, worker_id: str | None = None, *,
-                 lease_seconds: float = 60, poll_seconds: float = 2.0, observer: JobObserver | None = None,
-                 max_attempts: int = 3):
+    def __init__(
+        self,
+        db: Engine,
+        home: Path,
+        runner: Runner,
+        worker_id: str | None = None,
+        *,
+        lease_seconds: float = 60,
+        poll_seconds: float = 2.0,
+        observer: JobObserver | None = None,
+        max_attempts: int = 3,
+    ):
         if lease_seconds <= 0 or poll_seconds <= 0:
             raise ValueError("lease_seconds and poll_seconds must be positive")
         self.db = db
@@ -112,7 +125,9 @@ class Worker:
         with session_scope(self.db) as session:
             for job_id in q.requeue_expired(session=session, max_attempts=self.max_attempts):
                 log.warning("job %s lost its worker; queued again", job_id)
-            job = q.claim_next_job(session=session, worker_id=self.worker_id, lease_seconds=self.lease_seconds)
+            job = q.claim_next_job(
+                session=session, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+            )
         if job is None:
             return False
         log.info("worker %s claimed job %s (attempt %s)", self.worker_id, job.id, job.attempts)
@@ -135,13 +150,20 @@ class Worker:
                 raise FileNotFoundError(f"dataset snapshot #{job.snapshot_id} no longer exists")
             run_dir = prepare_run_dir(self.home, job, snapshot)
             resume = job.attempts > 1 or has_checkpoint(run_dir)
-            row = q.get_job(session=session, job_id=job.id)
+            row = _reread(session, job)
             row.run_dir = job.run_dir = str(run_dir)
             session.add(row)
-            q.add_event(session=session, job_id=job.id, level="info",
-                        message=f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} runner)"
-                        + (", resuming from the last checkpoint" if resume else ""),
-                        metrics={"attempt": job.attempts, "worker": self.worker_id, "resume": resume})
+            q.add_event(
+                session=session,
+                job_id=_job_id(job),
+                level="info",
+                message=(
+                    f"attempt {job.attempts} started on {self.worker_id} ({self.runner.name} "
+                    "runner)"
+                )
+                + (", resuming from the last checkpoint" if resume else ""),
+                metrics={"attempt": job.attempts, "worker": self.worker_id, "resume": resume},
+            )
         return run_dir, resume
 
     def _run(self, job: Job, run_dir: Path, resume: bool) -> None:
@@ -149,27 +171,39 @@ class Worker:
             handle = self.runner.start(run_dir, resume=resume)
         except Exception as exc:  # noqa: BLE001 — e.g. the Ray cluster cannot be reached
             log.exception("could not start job %s", job.id)
-            self._finish(job, None, error=f"the {self.runner.name} runner could not start the training program: {exc}")
+            self._finish(
+                job,
+                None,
+                error=f"the {self.runner.name} runner could not start the training program: {exc}",
+            )
             return
         finished = threading.Event()
         stopped_because: list[str] = []  # set by the watch thread: "cancelled" or "lost"
 
         def watch() -> None:
-            """Renew the lease and notice cancellation, every poll (a third of the lease at most)."""
+            """Renew the lease and notice cancellation, every poll (a third of the lease at
+            most)."""
             tick = min(self.poll_seconds, self.lease_seconds / 3)
             while not finished.wait(tick):
                 try:
                     with session_scope(self.db) as session:
-                        held = q.renew_lease(session=session, job_id=job.id, worker_id=self.worker_id,
-                                             lease_seconds=self.lease_seconds)
-                        state = None if held else q.get_job(session=session, job_id=job.id).state
+                        held = q.renew_lease(
+                            session=session,
+                            job_id=_job_id(job),
+                            worker_id=self.worker_id,
+                            lease_seconds=self.lease_seconds,
+                        )
+                        state = None if held else _reread(session, job).state
                 except Exception:  # noqa: BLE001 — a database blip: try again next tick, the lease has slack
                     log.exception("could not renew job %s's lease", job.id)
                     continue
                 if not held:
                     stopped_because.append("cancelled" if state == "cancelled" else "lost")
-                    log.warning("job %s is %s; stopping its training program",
-                                job.id, "cancelled" if state == "cancelled" else f"{state}, lease lost")
+                    log.warning(
+                        "job %s is %s; stopping its training program",
+                        job.id,
+                        "cancelled" if state == "cancelled" else f"{state}, lease lost",
+                    )
                     handle.cancel()
                     return
 
@@ -197,33 +231,63 @@ class Worker:
         if stopped_because and stopped_because[0] == "lost":
             # another worker may already hold the job: leave its state alone
             with session_scope(self.db) as session:
-                q.add_event(session=session, job_id=job.id, level="warning",
-                            message=f"{self.worker_id} lost the job's lease and stopped its attempt {job.attempts}")
+                q.add_event(
+                    session=session,
+                    job_id=_job_id(job),
+                    level="warning",
+                    message=(
+                        f"{self.worker_id} lost the job's lease and stopped its attempt "
+                        f"{job.attempts}"
+                    ),
+                )
             return
         if code == 0 and done is not None:
             self._finish(job, handle, succeeded=True)
         else:
-            self._finish(job, handle, error=error or _stderr_reason(handle)
-                         or f"the training program exited with code {code} without saying why")
+            self._finish(
+                job,
+                handle,
+                error=error
+                or _stderr_reason(handle)
+                or f"the training program exited with code {code} without saying why",
+            )
 
-    def _finish(self, job: Job, handle: RunHandle | None, *, succeeded: bool = False, error: str = "") -> None:
+    def _finish(
+        self, job: Job, handle: RunHandle | None, *, succeeded: bool = False, error: str = ""
+    ) -> None:
         """Record the outcome unless the job moved meanwhile (cancelled, or re-queued after a lost
         lease); tell the observer."""
         with session_scope(self.db) as session:
-            current = q.get_job(session=session, job_id=job.id)
+            current = _reread(session, job)
             if current.state == "running" and current.lease_owner == self.worker_id:
-                try:
-                    q.set_state(session=session, job=current, state="succeeded" if succeeded else "failed",
-                                error="" if succeeded else _sentence(error))
-                except q.TransitionError:
-                    pass  # cancelled between our read and our write: the cancel stands
+                # cancelled between our read and our write: the cancel stands
+                with contextlib.suppress(q.TransitionError):
+                    q.set_state(
+                        session=session,
+                        job=current,
+                        state="succeeded" if succeeded else "failed",
+                        error="" if succeeded else _sentence(error),
+                    )
             if current.state == "succeeded":
-                q.add_event(session=session, job_id=job.id, level="info", message="job succeeded")
+                q.add_event(
+                    session=session, job_id=_job_id(job), level="info", message="job succeeded"
+                )
             elif current.state == "failed":
-                q.add_event(session=session, job_id=job.id, level="error", message=f"job failed: {current.error}")
+                q.add_event(
+                    session=session,
+                    job_id=_job_id(job),
+                    level="error",
+                    message=f"job failed: {current.error}",
+                )
             elif current.state == "cancelled":
-                q.add_event(session=session, job_id=job.id, level="warning",
-                            message="job cancelled; the training program was stopped and its run folder kept")
+                q.add_event(
+                    session=session,
+                    job_id=_job_id(job),
+                    level="warning",
+                    message=(
+                        "job cancelled; the training program was stopped and its run folder kept"
+                    ),
+                )
         log.info("job %s %s", job.id, current.state)
         if current.state in q.TERMINAL:
             self._notify("on_finished", current)
@@ -236,7 +300,11 @@ class Worker:
         at most once a second, so that ``/tune jobs`` and the App Home show it without reading
         every event."""
         kind = str(event.get("event"))
-        metrics = {k: v for k, v in event.items() if k != "event" and isinstance(v, int | float | str | bool | None)}
+        metrics = {
+            k: v
+            for k, v in event.items()
+            if k != "event" and isinstance(v, int | float | str | bool | None)
+        }
         if kind in ("error", "log"):
             message = str(event.get("message", ""))[:MAX_EVENT_TEXT]
             metrics.pop("message", None)
@@ -244,15 +312,20 @@ class Worker:
             message = kind
         level = {"error": "error", "log": "debug"}.get(kind, "info")
         with session_scope(self.db) as session:
-            q.add_event(session=session, job_id=job.id, level=level, message=message, metrics=metrics)
+            q.add_event(
+                session=session, job_id=_job_id(job), level=level, message=message, metrics=metrics
+            )
             # the first and the last always go through, so what is shown at the end is exact
             last = kind != "step" or event.get("step") == event.get("total_steps")
             if kind in ("start", "step", "done") and progress_throttle.ready(final=last):
-                before = q.get_job(session=session, job_id=job.id).progress
+                before = _reread(session, job).progress
                 total = event.get("total_steps") or before.total_steps
-                step = {"start": event.get("resumed_from") or 0,
-                        "step": event.get("step", 0)}.get(kind, total)
-                q.record_progress(session=session, job_id=job.id, step=step, total_steps=total)
+                step = {"start": event.get("resumed_from") or 0, "step": event.get("step", 0)}.get(
+                    kind, total
+                )
+                q.record_progress(
+                    session=session, job_id=_job_id(job), step=step, total_steps=total
+                )
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.observer is None:
@@ -261,6 +334,19 @@ class Worker:
             getattr(self.observer, method)(*args)
         except Exception:  # noqa: BLE001 — Slack trouble must not fail training
             log.exception("job observer %s failed", method)
+
+
+def _job_id(job: Job) -> int:
+    """The id of a job read from the database (only a job not inserted yet lacks one)."""
+    assert job.id is not None
+    return job.id
+
+
+def _reread(session: Session, job: Job) -> Job:
+    """``job``'s row as it is now (jobs are never deleted)."""
+    row = q.get_job(session=session, job_id=_job_id(job))
+    assert row is not None
+    return row
 
 
 def _sentence(text: str) -> str:

@@ -239,7 +239,7 @@ class Index:
         changed_ids = [i for i, seen in versions.items() if known.get(i) != seen]
         stored = q.vectors_for(session=session, ids=changed_ids)
         model, dimension = self.embedder.name, self.embedder.dimension
-        fresh: list[tuple[int, _Entry | None]] = []  # entries still needing their vector
+        fresh: list[tuple[int, _Entry]] = []  # entries still needing their vector
         reused = skipped = added = updated = 0
         examples = q.example_texts(session=session, ids=changed_ids)
         questions = [question_text(e.messages) for e in examples]
@@ -257,17 +257,29 @@ class Index:
             row = stored.get(example.id)
             entry = _Entry(example.id, example.channel, example.thread_ts, example.source,
                            question, answer, np.zeros(0, dtype=np.float32), tokens)
-            if row is not None and (row.text_hash, row.model, row.dimension) == (digest, model, dimension):
+            if row is not None and (row.text_hash, row.model, row.dimension) == (
+                digest,
+                model,
+                dimension,
+            ):
                 entries[example.id] = _with_vector(entry, np.frombuffer(row.vector, dtype="<f4"))
                 reused += 1
             else:
                 fresh.append((example.id, entry))
         vectors = self.embedder.embed([e.question for _, e in fresh])
-        q.save_vectors(session=session, rows=[
-            {"example_id": example_id, "model": model, "dimension": dimension,
-             "text_hash": text_hash(model, entry.question), "vector": vector.astype("<f4").tobytes()}
-            for (example_id, entry), vector in zip(fresh, vectors, strict=True)
-        ])
+        q.save_vectors(
+            session=session,
+            rows=[
+                {
+                    "example_id": example_id,
+                    "model": model,
+                    "dimension": dimension,
+                    "text_hash": text_hash(model, entry.question),
+                    "vector": vector.astype("<f4").tobytes(),
+                }
+                for (example_id, entry), vector in zip(fresh, vectors, strict=True)
+            ],
+        )
         for (example_id, entry), vector in zip(fresh, vectors, strict=True):
             entries[example_id] = _with_vector(entry, vector)
         q.drop_stale_vectors(session=session)
@@ -275,14 +287,30 @@ class Index:
         self._snapshot = _Snapshot(ordered, visibility, dimension)
         self._entries, self._versions, self._fingerprint = entries, versions, fingerprint
         self._last_sync = utcnow()
-        return SyncReport(changed=True, added=added, updated=updated, removed=len(gone),
-                          embedded=len(fresh), reused=reused, skipped=skipped,
-                          examples=len(ordered), seconds=time.perf_counter() - started)
+        return SyncReport(
+            changed=True,
+            added=added,
+            updated=updated,
+            removed=len(gone),
+            embedded=len(fresh),
+            reused=reused,
+            skipped=skipped,
+            examples=len(ordered),
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _with_vector(entry: _Entry, vector: np.ndarray) -> _Entry:
-    return _Entry(entry.example_id, entry.channel, entry.thread_ts, entry.source, entry.question,
-                  entry.answer, np.asarray(vector, dtype=np.float32), entry.tokens)
+    return _Entry(
+        entry.example_id,
+        entry.channel,
+        entry.thread_ts,
+        entry.source,
+        entry.question,
+        entry.answer,
+        np.asarray(vector, dtype=np.float32),
+        entry.tokens,
+    )
 
 
 def stored_stats(*, session: Session, model: str = MINILM, dimension: int = 384) -> IndexStats:
@@ -294,5 +322,10 @@ def stored_stats(*, session: Session, model: str = MINILM, dimension: int = 384)
         (model, dimension), count = max(vectors.items(), key=lambda item: item[1])
     else:
         count = 0
-    return IndexStats(examples=count, model=model, dimension=dimension,
-                      last_sync=summary["last_indexed"], pending=summary["missing"])
+    return IndexStats(
+        examples=count,
+        model=model,
+        dimension=dimension,
+        last_sync=summary["last_indexed"],
+        pending=summary["missing"],
+    )

@@ -59,7 +59,7 @@ class AdapterHost(ModelBackend, Protocol):
     def unload_adapter(self, name: str) -> None: ...
 
 
-# -- checks -----------------------------------------------------------------------------------------
+# -- checks ----------------------------------------------------------------------------------------
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:
@@ -75,10 +75,15 @@ def rank_problem(rank: int, max_lora_rank: int | None) -> str | None:
     if max_lora_rank is None or rank <= max_lora_rank:
         return None
     needed = next((r for r in ALLOWED_MAX_LORA_RANKS if r >= rank), None)
-    fix = (f"restart the server with --max-lora-rank {needed}" if needed is not None
-           else f"retrain with r of at most {ALLOWED_MAX_LORA_RANKS[-1]}, the largest vLLM serves")
-    return (f"its LoRA rank {rank} is above the server's maximum {max_lora_rank}; {fix} "
-            f"(its largest LoRA rank is {rank}, counting rank_pattern)")
+    fix = (
+        f"restart the server with --max-lora-rank {needed}"
+        if needed is not None
+        else f"retrain with r of at most {ALLOWED_MAX_LORA_RANKS[-1]}, the largest vLLM serves"
+    )
+    return (
+        f"its LoRA rank {rank} is above the server's maximum {max_lora_rank}; {fix} "
+        f"(its largest LoRA rank is {rank}, counting rank_pattern)"
+    )
 
 
 def same_base(trained: str, served: str | Path) -> bool:
@@ -152,11 +157,15 @@ def _base_problem(
     if folder is not None and not _same_folder(folder, base):
         declared_config = _read_json(folder / "config.json") or {}
         if not _same_architecture(declared_config, base_config):
-            return (f"it was trained on {declared} ({_describe(declared_config)}), but the server "
-                    f"runs {base} ({_describe(base_config)}): it was built for another base model "
-                    "and would answer wrongly without an error")
-    return (f"it was trained on {declared!r}, but the server runs {base} ({base.name!r}); "
-            "retrain it on the served base model")
+            return (
+                f"it was trained on {declared} ({_describe(declared_config)}), but the server "
+                f"runs {base} ({_describe(base_config)}): it was built for another base model "
+                "and would answer wrongly without an error"
+            )
+    return (
+        f"it was trained on {declared!r}, but the server runs {base} ({base.name!r}); "
+        "retrain it on the served base model"
+    )
 
 
 def _weight_problems(
@@ -173,8 +182,10 @@ def _weight_problems(
     targets = config.get("target_modules") or []
     if targets and not any(_matches_target(m, targets) for m in base_modules):
         shown = targets if isinstance(targets, str) else ", ".join(targets)
-        problems.append(f"its target modules ({shown}) match no layer of the served base model, "
-                        "so the server would answer with the base model under the adapter's name")
+        problems.append(
+            f"its target modules ({shown}) match no layer of the served base model, "
+            "so the server would answer with the base model under the adapter's name"
+        )
 
     adapter_shapes: dict[str, list[int]] = {}
     for file in weights:
@@ -200,23 +211,31 @@ def _weight_problems(
     if not lora_modules:
         problems.append("its weights hold no LoRA matrices, so it would change nothing")
     if mismatched and check_shapes:
-        problems.append(f"{len(mismatched)} of its weights do not fit the served base model, e.g. "
-                        f"{'; '.join(mismatched[:3])}: it was built for another base model")
+        problems.append(
+            f"{len(mismatched)} of its weights do not fit the served base model, e.g. "
+            f"{'; '.join(mismatched[:3])}: it was built for another base model"
+        )
     if extra and not config.get("modules_to_save"):
-        problems.append(f"it holds non-LoRA weights ({', '.join(sorted(extra)[:3])}), which vLLM "
-                        "refuses or ignores; train without modules_to_save or trainable tokens")
+        problems.append(
+            f"it holds non-LoRA weights ({', '.join(sorted(extra)[:3])}), which vLLM "
+            "refuses or ignores; train without modules_to_save or trainable tokens"
+        )
     return problems
 
 
-# -- loading ----------------------------------------------------------------------------------------
+# -- loading ---------------------------------------------------------------------------------------
 
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
 def load_once(
-    backend: AdapterHost, name: str, adapter_path: str | Path, *, key: bytes | None,
-    checksum: str | None
+    backend: AdapterHost,
+    name: str,
+    adapter_path: str | Path,
+    *,
+    key: bytes | None,
+    checksum: str | None,
 ) -> str:
     """Load the registry adapter at ``adapter_path`` into ``backend`` under ``name`` unless the
     backend holds it already, and return ``name``.
@@ -235,7 +254,7 @@ def load_once(
     return name
 
 
-# -- reading adapter and model folders --------------------------------------------------------------
+# -- reading adapter and model folders -------------------------------------------------------------
 
 
 def _rank_of(config: Mapping[str, Any]) -> int:
@@ -284,8 +303,10 @@ def _base_names(base: Path, config: Mapping[str, Any]) -> set[str]:
 
 def _describe(config: Mapping[str, Any]) -> str:
     arch = ",".join(config.get("architectures") or []) or config.get("model_type", "?")
-    return (f"{arch}, hidden size {config.get('hidden_size')}, "
-            f"{config.get('num_hidden_layers')} layers, vocabulary {config.get('vocab_size')}")
+    return (
+        f"{arch}, hidden size {config.get('hidden_size')}, "
+        f"{config.get('num_hidden_layers')} layers, vocabulary {config.get('vocab_size')}"
+    )
 
 
 def _same_architecture(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -139,7 +139,9 @@ def _tokens(text: str) -> list[str]:
 # -- probe prompts ---------------------------------------------------------------------------------
 
 
-def probe_prompts(session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS) -> list[list[Message]]:
+def probe_prompts(
+    session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS
+) -> list[list[Message]]:
     """Up to ``n`` held-out conversations (the turns before the answer) of ``model``'s snapshot
     (:func:`engine.dataset.heldout.held_out_examples`), in file order; a few general questions
     when it has none or its test split cannot be read."""
@@ -152,7 +154,8 @@ def probe_prompts(session: Session, model: Model, n: int = DEFAULT_PROBE_PROMPTS
     if snapshot is not None and has_test_split(snapshot.path):
         try:
             prompts = [list(e.messages) for e in held_out_examples(snapshot.path)[:n]]
-        except HeldOutError as exc:  # the probe tests the server, not the data: general questions do
+        except HeldOutError as exc:
+            # the probe tests the server, not the data: general questions do
             log.warning("probing %s with general questions: %s", model.name, exc)
     if not prompts:
         prompts = [[{"role": "user", "content": q}] for q in FALLBACK_PROMPTS[:n]]
@@ -176,7 +179,9 @@ def run_probe(
     if reference is serving and reference_adapter == adapter:
         ref = served
     else:
-        ref = reference.generate(prompts, max_new_tokens=config.max_new_tokens, adapter=reference_adapter)
+        ref = reference.generate(
+            prompts, max_new_tokens=config.max_new_tokens, adapter=reference_adapter
+        )
     rows = tuple(
         ProbeRow(p[-1]["content"], s.text, b.text, r.text, similarity(s.text, r.text))
         for p, s, b, r in zip(prompts, served, base, ref, strict=True)
@@ -184,13 +189,25 @@ def run_probe(
     agreement = sum(r.similarity for r in rows) / len(rows)
     differ = sum(r.differs_from_base for r in rows)
     if differ == 0:
-        return ProbeResult(False, f"the served adapter gave the base model's answers on all {len(rows)} "
-                                  "probe questions, so it changes nothing (an adapter that does not "
-                                  "match the served model is silently ignored)", rows, agreement, differ)
+        return ProbeResult(
+            False,
+            f"the served adapter gave the base model's answers on all {len(rows)} "
+            "probe questions, so it changes nothing (an adapter that does not "
+            "match the served model is silently ignored)",
+            rows,
+            agreement,
+            differ,
+        )
     if agreement < config.threshold:
-        return ProbeResult(False, f"the served adapter's answers agree only {agreement:.0%} with the same "
-                                  f"adapter run in-process (at least {config.threshold:.0%} is needed), so "
-                                  "the server is not serving what was trained", rows, agreement, differ)
+        return ProbeResult(
+            False,
+            f"the served adapter's answers agree only {agreement:.0%} with the same "
+            f"adapter run in-process (at least {config.threshold:.0%} is needed), so "
+            "the server is not serving what was trained",
+            rows,
+            agreement,
+            differ,
+        )
     return ProbeResult(True, "", rows, agreement, differ)
 
 
@@ -202,7 +219,9 @@ def _unload(backend: AdapterHost, name: str) -> None:
         if name in (backend.adapters or [name]):
             backend.unload_adapter(name)
     except Exception as exc:  # cleaning up must not hide the reason the deploy failed
-        log.warning("could not unload adapter %s from %s: %s", name, getattr(backend, "name", backend), exc)
+        log.warning(
+            "could not unload adapter %s from %s: %s", name, getattr(backend, "name", backend), exc
+        )
 
 
 def _loaded(backend: AdapterHost, name: str) -> bool:
@@ -244,10 +263,18 @@ def deploy(
     def refuse(reason: str, probe: ProbeResult | None = None) -> DeployOutcome:
         registry.record_refusal(session=session, model=model, by_user=by_user, detail=reason)
         session.flush()
-        still = f"{current_name} stays deployed" if current_name else "/ask keeps using the base model"
+        still = (
+            f"{current_name} stays deployed" if current_name else "/ask keeps using the base model"
+        )
         log.warning("deploy of %s refused: %s", name, reason)
-        return DeployOutcome(False, f"I didn't deploy {name}: {reason}. {still}.", current_name, current_name,
-                             probe, reason)
+        return DeployOutcome(
+            False,
+            f"I didn't deploy {name}: {reason}. {still}.",
+            current_name,
+            current_name,
+            probe,
+            reason,
+        )
 
     if max_lora_rank is None:
         max_lora_rank = serving_backend.max_lora_rank
@@ -255,7 +282,9 @@ def deploy(
     if too_big:  # the registry row says so already: no need to decrypt anything
         return refuse(too_big)
     if model.base_model and not same_base(model.base_model, base_model_path):
-        return refuse(f"it was trained on {model.base_model}, but the server runs {base_model_path}")
+        return refuse(
+            f"it was trained on {model.base_model}, but the server runs {base_model_path}"
+        )
 
     separate = inprocess_backend is not serving_backend
     reference_name = name + PROBE_SUFFIX if separate else name
@@ -271,7 +300,9 @@ def deploy(
             if separate and not _loaded(inprocess_backend, reference_name):
                 inprocess_backend.load_adapter(reference_name, plain)
                 loaded_reference = True
-        probe = run_probe(serving_backend, inprocess_backend, name, reference_name, probe_prompts, config)
+        probe = run_probe(
+            serving_backend, inprocess_backend, name, reference_name, probe_prompts, config
+        )
     except AdapterIntegrityError as exc:
         return refuse(str(exc))
     except FileNotFoundError:
@@ -293,12 +324,15 @@ def deploy(
         if loaded_serving:
             _unload(serving_backend, name)
         return refuse(probe.reason, probe)
-    previous = registry.mark_deployed(session=session, model=model, by_user=by_user, action=action,
-                                      detail=probe.summary())
+    previous = registry.mark_deployed(
+        session=session, model=model, by_user=by_user, action=action, detail=probe.summary()
+    )
     session.flush()
     log.info("deployed %s (%s) by %s; %s", name, action, by_user or "?", probe.summary())
     prev_name = previous.name if previous is not None else current_name
-    return DeployOutcome(True, f"{name} is deployed behind /ask ({probe.summary()}).", name, prev_name, probe)
+    return DeployOutcome(
+        True, f"{name} is deployed behind /ask ({probe.summary()}).", name, prev_name, probe
+    )
 
 
 def rollback(
@@ -322,20 +356,36 @@ def rollback(
     previous = registry.previous_deployed(session=session)
     note = ""
     if previous is not None:
-        outcome = deploy(session, previous, serving_backend=serving_backend, inprocess_backend=inprocess_backend,
-                         base_model_path=base_model_path, key=key,
-                         probe_prompts=probe_prompts(session, previous, n_prompts), threshold=threshold,
-                         by_user=by_user, max_lora_rank=max_lora_rank, action="rollback",
-                         max_new_tokens=max_new_tokens)
+        outcome = deploy(
+            session,
+            previous,
+            serving_backend=serving_backend,
+            inprocess_backend=inprocess_backend,
+            base_model_path=base_model_path,
+            key=key,
+            probe_prompts=probe_prompts(session, previous, n_prompts),
+            threshold=threshold,
+            by_user=by_user,
+            max_lora_rank=max_lora_rank,
+            action="rollback",
+            max_new_tokens=max_new_tokens,
+        )
         if outcome.ok:
-            return DeployOutcome(True, f"Rolled back from {current.name} to {previous.name} "
-                                       f"({outcome.probe.summary() if outcome.probe else 'probed'}).",
-                                 previous.name, current.name, outcome.probe)
+            return DeployOutcome(
+                True,
+                f"Rolled back from {current.name} to {previous.name} "
+                f"({outcome.probe.summary() if outcome.probe else 'probed'}).",
+                previous.name,
+                current.name,
+                outcome.probe,
+            )
         note = f" {previous.name} could not come back: {outcome.reason}."
     registry.undeploy(session=session, by_user=by_user, detail=f"rollback from {current.name}")
     session.flush()
     log.info("rolled back from %s to the base model by %s", current.name, by_user or "?")
-    return DeployOutcome(True, f"Rolled back from {current.name} to the base model.{note}", None, current.name)
+    return DeployOutcome(
+        True, f"Rolled back from {current.name} to the base model.{note}", None, current.name
+    )
 
 
 __all__ = [

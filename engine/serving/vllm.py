@@ -82,7 +82,9 @@ class VLLMBackend:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
         if max_adapters < 1:
-            raise ValueError(f"max_adapters (VLLM_MAX_LORAS) must be at least 1, got {max_adapters}.")
+            raise ValueError(
+                f"max_adapters (VLLM_MAX_LORAS) must be at least 1, got {max_adapters}."
+            )
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -232,8 +234,12 @@ class VLLMBackend:
         while name not in loaded and len(loaded) >= self.max_adapters:
             # adapters this client never used (loaded by another process) count as the oldest
             oldest = min(loaded, key=lambda a: self._used.get(a, 0.0))
-            log.info("unloading adapter %s from vLLM at %s to make room (at most %d loaded)",
-                     oldest, self.url, self.max_adapters)
+            log.info(
+                "unloading adapter %s from vLLM at %s to make room (at most %d loaded)",
+                oldest,
+                self.url,
+                self.max_adapters,
+            )
             self.unload_adapter(oldest)
             loaded.remove(oldest)
 
@@ -317,7 +323,7 @@ def _short(exc: Exception) -> str:
     return match.group(0) if match else text[:200]
 
 
-# -- adapter checks ---------------------------------------------------------------------------------
+# -- adapter checks --------------------------------------------------------------------------------
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:

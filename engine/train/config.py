@@ -44,38 +44,124 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 class TrainConfig:
     """Settings of one training run. ``None`` means "auto": filled by :meth:`resolve`."""
 
-    method: str = field(default="qlora", metadata=_help("qlora (4-bit NF4 base + LoRA), lora (bf16 base + LoRA) or full fine-tuning."))
-    base_model: str = field(default="", metadata=_help("Local folder of the base model (Hugging Face format)."))
+    method: str = field(
+        default="qlora",
+        metadata=_help(
+            "qlora (4-bit NF4 base + LoRA), lora (bf16 base + LoRA) or full fine-tuning."
+        ),
+    )
+    base_model: str = field(
+        default="", metadata=_help("Local folder of the base model (Hugging Face format).")
+    )
     lora_r: int = field(default=16, metadata=_help("LoRA rank.", min=1))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r).", min=1))
-    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA path.", min=0.0, max=0.9))
-    target_modules: str = field(default="all-linear", metadata=_help("'all-linear' or comma-separated module names (q_proj,v_proj,...)."))
-    learning_rate: float | None = field(default=None, metadata=_help("Peak learning rate; auto scales with model size.", min=1e-7, max=1e-2))
-    epochs: float | None = field(default=None, metadata=_help("Passes over the training set; auto scales with dataset size.", min=0.01, max=100))
-    min_steps: int = field(default=40, metadata=_help("Auto epochs grow until the run has at least this many optimiser steps.", min=1, max=100_000))
+    lora_alpha: int = field(
+        default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r).", min=1)
+    )
+    lora_dropout: float = field(
+        default=0.05, metadata=_help("Dropout on the LoRA path.", min=0.0, max=0.9)
+    )
+    target_modules: str = field(
+        default="all-linear",
+        metadata=_help("'all-linear' or comma-separated module names (q_proj,v_proj,...)."),
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata=_help("Peak learning rate; auto scales with model size.", min=1e-7, max=1e-2),
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata=_help(
+            "Passes over the training set; auto scales with dataset size.", min=0.01, max=100
+        ),
+    )
+    min_steps: int = field(
+        default=40,
+        metadata=_help(
+            "Auto epochs grow until the run has at least this many optimiser steps.",
+            min=1,
+            max=100_000,
+        ),
+    )
     max_epochs: int = field(default=10, metadata=_help("Ceiling for auto epochs.", min=1, max=100))
-    max_steps: int | None = field(default=None, metadata=_help("Stop after this many optimiser steps (overrides epochs).", min=1, max=1_000_000))
-    batch_size: int = field(default=2, metadata=_help("Sequences per device per forward pass.", min=1, max=1024))
-    grad_accum: int = field(default=1, metadata=_help("Forward passes per optimiser step.", min=1, max=1024))
-    max_length: int = field(default=1024, metadata=_help("Tokens per (packed) sequence; longer examples are truncated.", min=16, max=131_072))
-    packing: bool = field(default=True, metadata=_help("Pack several examples into each sequence (no padding)."))
-    gradient_checkpointing: bool = field(default=True, metadata=_help("Recompute activations in the backward pass to save memory."))
-    eval_steps: int | None = field(default=None, metadata=_help("Evaluate on the validation split every N steps; auto ≈ 8 times a run.", min=1))
-    save_steps: int | None = field(default=None, metadata=_help("Write a checkpoint every N steps; auto = eval_steps.", min=1))
-    early_stopping_patience: int = field(default=3, metadata=_help("Stop after N evaluations without a better validation loss; 0 turns it off.", min=0, max=1000))
-    logging_steps: int = field(default=1, metadata=_help("Report the training loss every N steps.", min=1))
-    warmup_steps: int | None = field(default=None, metadata=_help("Linear warm-up steps; auto = 5% of the run.", min=0))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay.", min=0.0, max=1.0))
-    seed: int = field(default=42, metadata=_help("Random seed (data order, LoRA init, dropout).", min=0))
-    precision: str = field(default="auto", metadata=_help("Compute dtype: auto (bf16 where the device supports it), bf16 or fp32."))
-    canaries: int = field(default=0, metadata=_help("Canary strings planted in the training data (recorded for evaluation).", min=0, max=1000))
-    max_lora_rank: int = field(default=64, metadata=_help("Highest LoRA rank the serving side (vLLM --max-lora-rank) accepts.", min=1))
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "Stop after this many optimiser steps (overrides epochs).", min=1, max=1_000_000
+        ),
+    )
+    batch_size: int = field(
+        default=2, metadata=_help("Sequences per device per forward pass.", min=1, max=1024)
+    )
+    grad_accum: int = field(
+        default=1, metadata=_help("Forward passes per optimiser step.", min=1, max=1024)
+    )
+    max_length: int = field(
+        default=1024,
+        metadata=_help(
+            "Tokens per (packed) sequence; longer examples are truncated.", min=16, max=131_072
+        ),
+    )
+    packing: bool = field(
+        default=True, metadata=_help("Pack several examples into each sequence (no padding).")
+    )
+    gradient_checkpointing: bool = field(
+        default=True, metadata=_help("Recompute activations in the backward pass to save memory.")
+    )
+    eval_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "Evaluate on the validation split every N steps; auto ≈ 8 times a run.", min=1
+        ),
+    )
+    save_steps: int | None = field(
+        default=None, metadata=_help("Write a checkpoint every N steps; auto = eval_steps.", min=1)
+    )
+    early_stopping_patience: int = field(
+        default=3,
+        metadata=_help(
+            "Stop after N evaluations without a better validation loss; 0 turns it off.",
+            min=0,
+            max=1000,
+        ),
+    )
+    logging_steps: int = field(
+        default=1, metadata=_help("Report the training loss every N steps.", min=1)
+    )
+    warmup_steps: int | None = field(
+        default=None, metadata=_help("Linear warm-up steps; auto = 5% of the run.", min=0)
+    )
+    weight_decay: float = field(
+        default=0.0, metadata=_help("AdamW weight decay.", min=0.0, max=1.0)
+    )
+    seed: int = field(
+        default=42, metadata=_help("Random seed (data order, LoRA init, dropout).", min=0)
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_help("Compute dtype: auto (bf16 where the device supports it), bf16 or fp32."),
+    )
+    canaries: int = field(
+        default=0,
+        metadata=_help(
+            "Canary strings planted in the training data (recorded for evaluation).",
+            min=0,
+            max=1000,
+        ),
+    )
+    max_lora_rank: int = field(
+        default=64,
+        metadata=_help("Highest LoRA rank the serving side (vLLM --max-lora-rank) accepts.", min=1),
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise TrainConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}.")
+            raise TrainConfigError(
+                f"method must be one of {', '.join(METHODS)}, not {self.method!r}."
+            )
         if self.precision not in PRECISIONS:
-            raise TrainConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
+            raise TrainConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}."
+            )
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or isinstance(value, bool):
@@ -87,12 +173,16 @@ class TrainConfig:
                 raise TrainConfigError(f"{f.name} must be at most {high}, not {value}.")
         if self.training_method.lora and self.lora_r > self.max_lora_rank:
             raise TrainConfigError(
-                f"lora_r={self.lora_r} is above the rank serving allows (max_lora_rank={self.max_lora_rank}); "
-                f"choose a rank of at most {self.max_lora_rank} or raise vLLM's --max-lora-rank and max_lora_rank together."
+                f"lora_r={self.lora_r} is above the rank serving allows "
+                f"(max_lora_rank={self.max_lora_rank}); "
+                f"choose a rank of at most {self.max_lora_rank} or raise vLLM's --max-lora-rank "
+                "and max_lora_rank together."
             )
         if "" in self.target_names():
             # an empty name ("q_proj,,v_proj") is a typo, not a request for fewer layers
-            raise TrainConfigError("target_modules must be 'all-linear' or a comma-separated list of module names.")
+            raise TrainConfigError(
+                "target_modules must be 'all-linear' or a comma-separated list of module names."
+            )
         if (
             self.eval_steps is not None
             and self.save_steps is not None
@@ -100,7 +190,8 @@ class TrainConfig:
             and self.save_steps % self.eval_steps
         ):
             raise TrainConfigError(
-                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) so that the best "
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                f"({self.eval_steps}) so that the best "
                 "evaluated checkpoint is a saved one (early stopping keeps it)."
             )
 
@@ -130,7 +221,8 @@ class TrainConfig:
 
     @classmethod
     def from_overrides(cls, base: dict[str, Any], overrides: dict[str, str]) -> TrainConfig:
-        """``base`` (e.g. a shipped config) with ``key=value`` strings on top, as ``/tune train`` gives them."""
+        """``base`` (e.g. a shipped config) with ``key=value`` strings on top, as ``/tune train``
+        gives them."""
         unknown = sorted(set(overrides) - set(cls.field_names()))
         if unknown:
             raise TrainConfigError(_unknown_message(unknown))
@@ -149,7 +241,9 @@ class TrainConfig:
 
     # -- auto values ------------------------------------------------------------------------------
 
-    def resolve(self, n_train_examples: int, model_params: int, n_train_sequences: int | None = None) -> TrainConfig:
+    def resolve(
+        self, n_train_examples: int, model_params: int, n_train_sequences: int | None = None
+    ) -> TrainConfig:
         """A copy with every auto value filled (see the module docstring for the rules).
 
         ``n_train_sequences`` is what one epoch iterates after packing (default: the examples).
@@ -179,7 +273,12 @@ class TrainConfig:
             save_steps = eval_steps
         warmup = self.warmup_steps if self.warmup_steps is not None else math.ceil(0.05 * total)
         return dataclasses.replace(
-            self, learning_rate=lr, epochs=epochs, eval_steps=eval_steps, save_steps=save_steps, warmup_steps=warmup
+            self,
+            learning_rate=lr,
+            epochs=epochs,
+            eval_steps=eval_steps,
+            save_steps=save_steps,
+            warmup_steps=warmup,
         )
 
     def total_steps(self, n_train_sequences: int) -> int:
@@ -187,14 +286,30 @@ class TrainConfig:
         if self.max_steps:
             return self.max_steps
         assert self.epochs is not None, "resolve() first"
-        return max(1, math.ceil(math.ceil(n_train_sequences / (self.batch_size * self.grad_accum)) * self.epochs))
+        return max(
+            1,
+            math.ceil(
+                math.ceil(n_train_sequences / (self.batch_size * self.grad_accum)) * self.epochs
+            ),
+        )
 
 
 # Names people often type for our fields (from other trainers' configs): suggested, never applied.
-_ALIASES = {"r": "lora_r", "rank": "lora_r", "lora_rank": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout",
-            "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "steps": "max_steps",
-            "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size": "batch_size",
-            "max_seq_length": "max_length", "patience": "early_stopping_patience"}
+_ALIASES = {
+    "r": "lora_r",
+    "rank": "lora_r",
+    "lora_rank": "lora_r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "lr": "learning_rate",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "steps": "max_steps",
+    "gradient_accumulation_steps": "grad_accum",
+    "per_device_train_batch_size": "batch_size",
+    "max_seq_length": "max_length",
+    "patience": "early_stopping_patience",
+}
 
 
 def _unknown_message(unknown: list[str]) -> str:
@@ -202,9 +317,16 @@ def _unknown_message(unknown: list[str]) -> str:
 
     parts = []
     for key in unknown:
-        close = [_ALIASES[key]] if key in _ALIASES else difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
+        close = (
+            [_ALIASES[key]]
+            if key in _ALIASES
+            else difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
+        )
         parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"Unknown training setting {', '.join(parts)}; known settings: {', '.join(TrainConfig.field_names())}."
+    return (
+        f"Unknown training setting {', '.join(parts)}; "
+        f"known settings: {', '.join(TrainConfig.field_names())}."
+    )
 
 
 def _field_type(name: str) -> str:
@@ -252,7 +374,12 @@ def _coerce(name: str, value: Any) -> Any:
             return result
         return str(value)
     except (TypeError, ValueError):
-        expected = kind.split(" |")[0].replace("bool", "true/false").replace("int", "a whole number").replace("float", "a number")
+        expected = (
+            kind.split(" |")[0]
+            .replace("bool", "true/false")
+            .replace("int", "a whole number")
+            .replace("float", "a number")
+        )
         raise TrainConfigError(f"{name} must be {expected}, not {value!r}.") from None
 
 

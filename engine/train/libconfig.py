@@ -106,7 +106,9 @@ def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validati
         per_device_eval_batch_size=max(1, min(config.batch_size, 2)),
         gradient_accumulation_steps=config.grad_accum,
         gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if config.gradient_checkpointing
+        else None,
         max_length=config.max_length,
         packing=config.packing,
         # The dataset arrives tokenized with our own labels (assistant turn + end-of-turn only).
@@ -148,5 +150,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["bnb_config", "compute_dtype_name", "lora_config", "model_dtype", "sft_config",
-           "torch_dtype"]
+__all__ = [
+    "bnb_config",
+    "compute_dtype_name",
+    "lora_config",
+    "model_dtype",
+    "sft_config",
+    "torch_dtype",
+]

@@ -4,9 +4,10 @@
 
 Reads only ``RUN_DIR/config.json`` (TrainConfig fields) and
 ``RUN_DIR/data/{train,validation}.jsonl`` (OpenAI chat JSONL); writes only into RUN_DIR:
-``checkpoints/checkpoint-N/``, ``adapter/`` (the final PEFT adapter — the best checkpoint when
-early stopping; ``model/`` for ``method=full``), ``metrics.jsonl`` and ``run_info.json``. stdout carries one JSON event per line and nothing else
-(library chatter goes to stderr), so a runner can run this anywhere and stream the events back:
+``checkpoints/checkpoint-N/``, ``adapter/`` (the final PEFT adapter — the best checkpoint when early
+stopping; ``model/`` for ``method=full``), ``metrics.jsonl`` and ``run_info.json``. stdout carries
+one JSON event per line and nothing else (library chatter goes to stderr), so a runner can run this
+anywhere and stream the events back:
 
     start · step · eval · checkpoint · done | error
 
@@ -57,8 +58,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*")
-            if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    done = [
+        p
+        for p in folder.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()
+    ]
     return max(done, key=checkpoint_step, default=None)
 
 
@@ -100,28 +104,46 @@ def _run(run_dir: Path, resume: bool) -> int:
     base = _base_model_folder(config)
     checkpoint = latest_checkpoint(run_dir)
     if resume and checkpoint is None:
-        print("--resume given but no checkpoint exists yet; starting from the beginning.",
-              file=sys.stderr)
+        print(  # noqa: T201 — stderr: stdout carries only the JSON events
+            "--resume given but no checkpoint exists yet; starting from the beginning.",
+            file=sys.stderr,
+        )
     info_path = run_dir / "run_info.json"
-    previous = (json.loads(info_path.read_text())
-                if checkpoint is not None and info_path.is_file() else None)
+    previous = (
+        json.loads(info_path.read_text())
+        if checkpoint is not None and info_path.is_file()
+        else None
+    )
     compute, tokenizer, model_config = _load_libraries(config, base)
 
     # ---- load data ----
     train_examples, validation_examples, canaries = _load_data(run_dir / "data", config)
     train_set = as_dataset(tokenizer, train_examples, config.max_length)
-    validation_set = (as_dataset(tokenizer, validation_examples, config.max_length)
-                      if validation_examples else None)
+    validation_set = (
+        as_dataset(tokenizer, validation_examples, config.max_length)
+        if validation_examples
+        else None
+    )
     plan = RunPlan(
-        run_dir=run_dir, base=base, compute=compute, tokenizer=tokenizer,
+        run_dir=run_dir,
+        base=base,
+        compute=compute,
+        tokenizer=tokenizer,
         config=_resolved(config, previous, model_config, train_set, len(train_examples)),
-        train_examples=train_examples, validation_examples=validation_examples,
-        train_set=train_set, validation_set=validation_set, checkpoint=checkpoint,
+        train_examples=train_examples,
+        validation_examples=validation_examples,
+        train_set=train_set,
+        validation_set=validation_set,
+        checkpoint=checkpoint,
         canaries=canaries,
     )
     memory = preflight(model_config, plan.config, compute)
-    state = RunState(config=plan.config, n_train=len(train_examples),
-                     n_validation=len(validation_examples), resumed_from=plan.resumed_from)
+    state = RunState(
+        config=plan.config,
+        n_train=len(train_examples),
+        n_validation=len(validation_examples),
+        resumed_from=plan.resumed_from,
+    )
     state.info = _run_info(plan, state, memory, previous)
     _write_json(info_path, state.info)
 
@@ -130,8 +152,10 @@ def _run(run_dir: Path, resume: bool) -> int:
     _fit(trainer, plan, state)
 
     # ---- validate ----
-    metrics: dict[str, float | None] = {"train_loss": state.last_train_loss,
-                                        "eval_loss": state.last_eval_loss}
+    metrics: dict[str, float | None] = {
+        "train_loss": state.last_train_loss,
+        "eval_loss": state.last_eval_loss,
+    }
     best_step = trainer.state.global_step
     if trainer.state.best_model_checkpoint:
         # Early stopping loaded the best checkpoint's weights: they are what gets saved.
@@ -145,9 +169,16 @@ def _run(run_dir: Path, resume: bool) -> int:
     out_name = plan.method.output_dir
     save_final(trainer, tokenizer, run_dir / out_name, plan.method)
     probe = greedy_probe(trainer.model, tokenizer, (validation_examples or train_examples)[0])
-    state.info.update({"probe": probe, "best_step": best_step,
-                       "final_step": trainer.state.global_step, "metrics": metrics,
-                       "output_dir": out_name, "finished_at": _now()})
+    state.info.update(
+        {
+            "probe": probe,
+            "best_step": best_step,
+            "final_step": trainer.state.global_step,
+            "metrics": metrics,
+            "output_dir": out_name,
+            "finished_at": _now(),
+        }
+    )
     _write_json(info_path, state.info)
     emit("done", adapter_dir=out_name, best_step=best_step, metrics=metrics)
     return 0
@@ -155,12 +186,15 @@ def _run(run_dir: Path, resume: bool) -> int:
 
 def _base_model_folder(config: TrainConfig) -> Path:
     if not config.base_model:
-        raise TrainConfigError("base_model is not set in config.json: give the folder of the "
-                               "prepared base model.")
+        raise TrainConfigError(
+            "base_model is not set in config.json: give the folder of the prepared base model."
+        )
     base = Path(config.base_model).expanduser()
     if not (base / "config.json").is_file():
-        raise TrainConfigError(f"base_model {config.base_model} is not a model folder (no "
-                               "config.json); run `threadtune model fetch`.")
+        raise TrainConfigError(
+            f"base_model {config.base_model} is not a model folder (no "
+            "config.json); run `threadtune model fetch`."
+        )
     return base
 
 
@@ -196,8 +230,9 @@ def _load_data(data: Path, config: TrainConfig) -> tuple[list, list, list[str]]:
     return train_examples, validation_examples, canaries
 
 
-def _resolved(config: TrainConfig, previous: dict[str, Any] | None, model_config, train_set,
-              n_examples: int) -> TrainConfig:
+def _resolved(
+    config: TrainConfig, previous: dict[str, Any] | None, model_config, train_set, n_examples: int
+) -> TrainConfig:
     if previous is not None:
         # A resumed run keeps the plan it started with, so steps and schedule line up.
         return TrainConfig.from_dict(previous["config"])
@@ -206,8 +241,9 @@ def _resolved(config: TrainConfig, previous: dict[str, Any] | None, model_config
     return config.resolve(n_examples, parameter_count(model_config), n_train_sequences=sequences)
 
 
-def _run_info(plan: RunPlan, state: RunState, memory: dict[str, Any],
-              previous: dict[str, Any] | None) -> dict[str, Any]:
+def _run_info(
+    plan: RunPlan, state: RunState, memory: dict[str, Any], previous: dict[str, Any] | None
+) -> dict[str, Any]:
     """run_info.json before training; the save step adds the outcome."""
     import torch
 
@@ -242,8 +278,9 @@ def _fit(trainer, plan: RunPlan, state: RunState) -> None:
     if state.failure:
         raise TrainingError(state.failure)
     if state.cancelled:
-        raise TrainingError("Training was cancelled; the last checkpoint is kept and a later run "
-                            "resumes from it.")
+        raise TrainingError(
+            "Training was cancelled; the last checkpoint is kept and a later run resumes from it."
+        )
 
 
 def _library_versions() -> dict[str, str]:
@@ -265,17 +302,20 @@ def _now() -> str:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=events.jsonable), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _install_signal_handlers(state: RunState) -> dict[int, Any]:
     """Cancel = SIGTERM (what runners send) or SIGINT; returns the handlers it replaced."""
+
     def stop(signum, frame):
         if state.cancelled:  # a second signal: give up at once
             raise KeyboardInterrupt
         state.cancelled = True
-        print(f"Received signal {signum}: stopping after this step and saving a checkpoint.",
-              file=sys.stderr)
+        print(  # noqa: T201 — stderr: stdout carries only the JSON events
+            f"Received signal {signum}: stopping after this step and saving a checkpoint.",
+            file=sys.stderr,
+        )
 
     return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
@@ -283,21 +323,32 @@ def _install_signal_handlers(state: RunState) -> dict[int, Any]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m engine.train",
-                                     description="Train one run folder.")
-    parser.add_argument("run_dir", type=Path,
-                        help="folder with config.json and data/{train,validation}.jsonl")
-    parser.add_argument("--resume", action="store_true",
-                        help="resume from the latest checkpoint (automatic when one exists)")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.train", description="Train one run folder."
+    )
+    parser.add_argument(
+        "run_dir", type=Path, help="folder with config.json and data/{train,validation}.jsonl"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from the latest checkpoint (automatic when one exists)",
+    )
     args = parser.parse_args(argv)
     events.EVENT_STREAM = events.claim_stdout()
     return run(args.run_dir, resume=args.resume)
 
 
 __all__ = [
-    "DataError", "TrainingError", "latest_checkpoint", "load_examples", "main", "read_config",
+    "DataError",
+    "TrainingError",
+    "latest_checkpoint",
+    "load_examples",
+    "main",
+    "read_config",
     "run",
     # re-exported for the names others already use: bench/train.py (linear_module_names) and the
     # dataset rules, which predict the program's label mask (tokenize_example)
-    "linear_module_names", "tokenize_example",
+    "linear_module_names",
+    "tokenize_example",
 ]

@@ -5,7 +5,6 @@ run gets this far."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ def save_final(trainer, tokenizer, out_dir: Path, method: Method) -> None:
                 "vLLM rejects; this is a bug in threadtune's LoRA setup."
             )
     shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    tmp.replace(out_dir)
 
 
 def parameter_count(model_config) -> int:

@@ -6,7 +6,13 @@ from .reaction_added import reaction_added
 from .reaction_removed import reaction_removed
 
 #: The bot events this module subscribes to (manifest.yml must declare exactly these).
-EVENTS = ("reaction_added", "reaction_removed", "message.channels", "message.groups", "app_home_opened")
+EVENTS = (
+    "reaction_added",
+    "reaction_removed",
+    "message.channels",
+    "message.groups",
+    "app_home_opened",
+)
 
 
 def register(app: App) -> None:

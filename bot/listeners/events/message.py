@@ -23,4 +23,5 @@ def message_deleted(body, context) -> None:  # noqa: ANN001
 
 
 def message(body) -> None:  # noqa: ANN001
-    """Other messages (people's and bots') need no action; acknowledging them stops Slack's retries."""
+    """Other messages (people's and bots') need no action; acknowledging them stops Slack's
+    retries."""
