@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         16, ge=1,
         description="Slow tasks (/ask answers, A/B rounds, evaluations) run at once; more wait "
                     "their turn. /ask questions running together share one batched generation.")
+    index_sync_s: float = Field(
+        30.0, gt=0.0,
+        description="Seconds between the bot's checks that the index of curated examples is in "
+                    "step with the database (imports, other processes); curation in Slack "
+                    "updates it at once.")
     shutdown_grace_s: float = Field(
         20.0, ge=0.0,
         description="On SIGTERM, seconds to let answers in progress finish; the rest are marked "
