@@ -19,7 +19,8 @@ def _optional_areas() -> list:
     """Areas whose modules may pull heavy imports lazily; listed here so each is wired once."""
     import importlib
 
-    names = ["dataset", "model", "jobs", "evaluate", "ab", "deploy", "vllm", "demo", "emulator", "audit", "index"]
+    names = ["dataset", "model", "jobs", "evaluate", "ab", "deploy", "vllm", "demo", "emulator", "audit", "index",
+             "ask"]
     found = []
     for name in names:
         try:
