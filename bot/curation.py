@@ -21,9 +21,13 @@ from bot.payloads import MessageChange, Reaction
 from bot.slack_api import explain, fetch_thread
 from engine.curation import ExampleDraft, Refusal, SlackMessage, build_example
 from storage import curation as q
+from storage import retrieval
 from storage.db import session_scope
 
 log = logging.getLogger(__name__)
+
+CHANGED = frozenset({"accepted", "excluded", "withdrawn", "updated", "deleted"})
+"""Outcomes that changed which examples are current, or their text: the index must follow."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,43 @@ def default_redactor() -> Callable:
 
 class CurationService:
     def __init__(
-        self, db: Engine, client: WebClient, rules: CurationRules, redact: Callable | None = None
+        self,
+        db: Engine,
+        client: WebClient,
+        rules: CurationRules,
+        redact: Callable | None = None,
+        on_change: Callable[[], None] | None = None,
     ):
         self.db = db
         self.client = client
         self.rules = rules
         self.redact = redact or default_redactor()
+        # Called after a committed change to the current examples (the bot syncs its index).
+        self.on_change = on_change
         # Events about one channel are applied in order of arrival; channels run in parallel.
         self._locks = [threading.Lock() for _ in range(64)]
+        # channel id → private, as conversations.info said; a channel's privacy rarely changes
+        self._private: dict[str, bool] = {}
+
+    def _changed(self, outcome: str) -> str:
+        if outcome in CHANGED and self.on_change is not None:
+            self.on_change()
+        return outcome
+
+    def _channel_private(self, channel: str) -> bool | None:
+        """Whether Slack says ``channel`` is private (asked once per process); None when it could
+        not say, which the index treats as private."""
+        if channel in self._private:
+            return self._private[channel]
+        try:
+            info = self.client.conversations_info(channel=channel)
+        except SlackApiError as exc:
+            log.warning("could not read whether %s is private: %s; its examples stay private to "
+                        "the index until it is known", channel, explain(exc))
+            return None
+        private = bool(info.get("channel", {}).get("is_private", True))
+        self._private[channel] = private
+        return private
 
     def _lock(self, channel: str) -> threading.Lock:
         return self._locks[zlib.crc32(channel.encode()) % len(self._locks)]
@@ -59,6 +92,9 @@ class CurationService:
 
     def reaction_added(self, reaction: Reaction) -> str:
         """Apply a reaction; returns what happened (for logs and tests)."""
+        return self._changed(self._reaction_added(reaction))
+
+    def _reaction_added(self, reaction: Reaction) -> str:
         if reaction.name not in (self.rules.curate_emoji, self.rules.reject_emoji):
             return "ignored:emoji"
         if reaction.user not in self.rules.curators:
@@ -129,11 +165,14 @@ class CurationService:
         )
 
     def _store(self, reaction: Reaction, draft: ExampleDraft, thread_ts: str | None) -> str:
+        private = self._channel_private(reaction.channel)  # a Slack read: before the transaction
         with session_scope(self.db) as session:
             if not q.claim_event(
                 session=session, event_id=reaction.event_id, kind="reaction_added"
             ):
                 return "duplicate_event"
+            if private is not None:
+                retrieval.record_channel(session=session, channel=reaction.channel, private=private)
             if q.is_excluded(session=session, channel=reaction.channel, thread_ts=draft.thread_ts):
                 refusal = Refusal(
                     "excluded",
@@ -191,6 +230,9 @@ class CurationService:
         return "excluded"
 
     def reaction_removed(self, reaction: Reaction) -> str:
+        return self._changed(self._reaction_removed(reaction))
+
+    def _reaction_removed(self, reaction: Reaction) -> str:
         if reaction.name != self.rules.curate_emoji or reaction.user not in self.rules.curators:
             return "ignored"
         with self._lock(reaction.channel), session_scope(self.db) as session:
@@ -219,6 +261,9 @@ class CurationService:
     # -- edits and deletions -----------------------------------------------------------------
 
     def message_changed(self, change: MessageChange) -> str:
+        return self._changed(self._message_changed(change))
+
+    def _message_changed(self, change: MessageChange) -> str:
         thread_ts = change.thread_ts or change.ts
         with self._lock(change.channel):
             with session_scope(self.db) as session:

@@ -1,7 +1,8 @@
 """What a process needs, built once by its entry point (``serve``, ``worker``, a CLI command, the
 demo) and passed down: listeners find it in Bolt's context, commands and hooks take it as an
 argument. Nothing here loads a model: :class:`bot.backends.Serving` loads the base model on first
-use, and the /ask embedding model starts loading with the first question."""
+use, the /ask embedding model starts loading with the first question, and the index of curated
+examples (:attr:`Services.index`) is built, and its embedding model loaded, on first use."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from bot.ask import AskConfig, AskService
 from bot.backends import Serving
 from bot.curation import CurationRules, CurationService
 from bot.evaluation import EvaluationService
+from bot.indexing import IndexSyncer
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
 from bot.training import SlackJobObserver
 from bot.work import Workers
 from engine.ab.answers import AnswerSource, BackendAnswers
+from engine.retrieval import Index
 from engine.serving.embed import QuestionEmbedder
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,18 @@ class Services:
     scheduler: BotScheduler | None = None  # only ``serve`` runs one (A/B deadlines)
     job_observer: SlackJobObserver | None = None  # Slack progress of training jobs (bot token set)
     home_users: HomeUsers = field(default_factory=HomeUsers)
+    indexing: IndexSyncer | None = None  # set by build: keeps ``index`` in step with curation
+    _index: Index | None = field(default=None, init=False, repr=False)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def index(self) -> Index:
+        """The index of curated examples that grounds answers, built on first use (the first
+        sync loads its all-MiniLM-L6-v2); sync it with ``indexing`` before searching."""
+        with self._index_lock:
+            if self._index is None:
+                self._index = Index()
+            return self._index
 
     def is_admin(self, user: str) -> bool:
         return user in self.settings.admins
@@ -111,7 +126,7 @@ class Services:
             if settings.slack_bot_token
             else None
         )
-        return cls(
+        services = cls(
             settings=settings,
             db=db,
             client=client,
@@ -124,6 +139,9 @@ class Services:
             scheduler=scheduler,
             job_observer=observer,
         )
+        services.indexing = IndexSyncer(db, lambda: services.index, work)
+        curation.on_change = services.indexing.request
+        return services
 
     def shutdown(self, grace: float | None = None) -> None:
         """Take no new work; give the work in progress ``grace`` seconds (SHUTDOWN_GRACE_S), then

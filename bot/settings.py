@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         description="Slow tasks (/ask answers, A/B rounds, evaluations) run at once; more wait "
         "their turn. /ask questions running together share one batched generation.",
     )
+    index_sync_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds between the bot's checks that the index of curated examples is in "
+        "step with the database (imports, other processes); curation in Slack updates it at once.",
+    )
     shutdown_grace_s: float = Field(
         20.0,
         ge=0.0,

@@ -31,6 +31,7 @@ def _optional_areas() -> list:
         "emulator",
         "audit",
         "index",
+        "ask",
     ]
     found = []
     for name in names:

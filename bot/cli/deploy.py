@@ -1,13 +1,12 @@
-"""``threadtune models | deploy MODEL | rollback | ask "question"``: the deploy side for admins
-and scripts, without Slack. Same code paths as ``/tune models|deploy|rollback`` and ``/ask``."""
+"""``threadtune models | deploy MODEL | rollback``: the deploy side for admins and scripts,
+without Slack. Same code paths as ``/tune models|deploy|rollback``; ``threadtune ask`` is in
+``bot.cli.ask``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from bot.ask import AskConfig, AskFailed, AskService
 from bot.backends import Serving
 from bot.blocks.models import ModelRow, model_line
 from bot.settings import Settings
@@ -34,10 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rollback.add_argument("--by", default="cli", help="who rolls back (recorded)")
     rollback.set_defaults(func=run_rollback)
-    ask = sub.add_parser("ask", help="ask the deployed model a question (logged like /ask)")
-    ask.add_argument("question")
-    ask.add_argument("--user", default="cli", help="who asks (the audit log's user)")
-    ask.set_defaults(func=run_ask)
 
 
 def _db(settings: Settings):  # noqa: ANN202
@@ -82,20 +77,3 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
     outcome = _serving(settings).rollback(by_user=args.by)
     print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
     return 0 if outcome.ok else 1
-
-
-def run_ask(args: argparse.Namespace, settings: Settings) -> int:
-    serving = _serving(settings)
-    service = AskService(serving.db, None, serving, AskConfig.from_settings(settings))
-    ask_id = service.open_ask(args.user, "", args.question)
-    start = time.monotonic()
-    try:
-        answer = service.answer(args.question)
-    except AskFailed as exc:
-        service.log_answer(ask_id, None, error=str(exc), latency=time.monotonic() - start)
-        print(f"threadtune: {exc}", file=sys.stderr)
-        return 1
-    service.log_answer(ask_id, answer, latency=time.monotonic() - start)
-    print(answer.text)
-    print(f"— {answer.model or 'the base model'}, {answer.seconds:.2f} s", file=sys.stderr)
-    return 0

@@ -44,6 +44,9 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
     assert services.scheduler is not None
     # re-arms open A/B deadlines; overdue rounds close at once
     start_ab_deadlines(services.scheduler, services.rounds)
+    # curation in Slack syncs the index at once; the timer catches imports and other processes
+    assert services.indexing is not None
+    services.scheduler.every("index-sync", settings.index_sync_s, services.indexing.request)
     services.rounds.on_closed.append(lambda: refresh_all(services))
     services.serving.on_change(lambda: refresh_all(services))
     if not settings.threadtune_encryption_key:
