@@ -29,7 +29,7 @@ class SlowIndex:
 
 def test_a_burst_of_requests_runs_one_sync_and_one_more(db):
     index, work = SlowIndex(), Workers(4)
-    syncer = IndexSyncer(db, lambda: index, work)
+    syncer = IndexSyncer(db, lambda: index, work, quiet_s=0)
     syncer.request()
     assert index.started.wait(10)
     for _ in range(20):
@@ -40,6 +40,30 @@ def test_a_burst_of_requests_runs_one_sync_and_one_more(db):
     assert index.calls == 2 and syncer.syncs == 2
     syncer.request()  # idle again: a new request runs a new sync
     assert work.wait(10) and index.calls == 3
+
+
+def test_a_burst_of_curation_is_synced_once_after_it_goes_quiet(db):
+    index, work = SlowIndex(), Workers(4)
+    index.release.set()
+    syncer = IndexSyncer(db, lambda: index, work, quiet_s=0.5, max_wait_s=10)
+    started = time.monotonic()
+    for _ in range(10):  # events 0.1 s apart: never 0.5 s of quiet until the last
+        syncer.request()
+        time.sleep(0.1)
+    assert index.started.wait(10)
+    assert time.monotonic() - started >= 1.4 and index.calls == 1
+    assert work.wait(10) and index.calls == 1
+
+
+def test_a_sync_waits_no_longer_than_max_wait_under_endless_curation(db):
+    index, work = SlowIndex(), Workers(4)
+    index.release.set()
+    syncer = IndexSyncer(db, lambda: index, work, quiet_s=0.5, max_wait_s=1.0)
+    started = time.monotonic()
+    while not index.started.is_set() and time.monotonic() - started < 5:
+        syncer.request()
+        time.sleep(0.05)
+    assert index.started.is_set() and time.monotonic() - started < 1.6
 
 
 class Client:
