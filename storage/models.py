@@ -302,6 +302,20 @@ class AskLog(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
     )
+    # where it was asked: slash (/ask) | mention | dm | assistant (the AI assistant pane)
+    surface: str = Field(default="slash", max_length=16)
+    thread_ts: str = Field(default="", max_length=32)  # the thread the answer went into, if any
+    abstained: bool = Field(default=False, index=True)  # nothing curated covered the question
+    # the curated examples the answer cited: [{"example_id", "channel", "thread_ts", "score"}]
+    sources: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    # answered later from the Home tab's Unanswered list: the curated example that answers it
+    resolved_example_id: int | None = Field(
+        default=None, foreign_key="example.id", ondelete="SET NULL"
+    )
+    resolved_by: str = Field(default="", max_length=32)
+    resolved_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True), nullable=True)
+    )
 
 
 class AskFeedback(SQLModel, table=True):
