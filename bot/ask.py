@@ -45,12 +45,13 @@ A curator's emoji on the bot's answer message curates it like any answer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,16 +61,20 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.engine import Engine
 
 from bot import ids
-from bot.backends import BASE_NAME, Serving
+from bot.backends import BASE_NAME, DeployedBackend, Serving
 from bot.blocks import ask as blocks
+from bot.conversation import SourceLinks, thread_history
 from bot.metrics import METRICS, Metrics
 from bot.payloads import BlockAction, Command
 from bot.settings import Settings
 from bot.slack_api import explain
 from bot.work import ShuttingDown, Workers
+from engine.answer import GroundingConfig, Source
+from engine.answer import answer as grounded_answer
 from engine.basemodel import BaseModelError
 from engine.redact import redact as redact_text
-from engine.serving.base import BackendError
+from engine.retrieval import Index
+from engine.serving.base import BackendError, Message
 from storage import registry
 from storage.db import session_scope
 
@@ -77,7 +82,12 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EDITS_PER_MINUTE = 30
 USAGE = "Ask me something: `/ask how do I rotate the staging database password?`"
+MENTION_USAGE = "Ask me something, e.g. _how do I rotate the staging database password?_"
 MAX_QUESTION_CHARS = 2000
+UNANSWERED_NOTE = (
+    "I've put this question on the team's Unanswered list, where curators can answer it; "
+    "their answer will ground mine from then on."
+)
 INTERRUPTED = (
     "I was restarted before I could finish this answer, so it was interrupted; please ask again."
 )
@@ -93,6 +103,8 @@ class AskConfig:
     progress_interval: float = 1.0  # seconds between "Thinking…" edits; Slack allows ~1/s
     cache_size: int = 1000
     semantic_threshold: float = 0.95  # 0 = exact matches only
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    history_turns: int = 8  # earlier messages of a thread given to the model as conversation
 
     def __post_init__(self) -> None:
         if self.rate_limit < 1:
@@ -116,6 +128,11 @@ class AskConfig:
             rate_limit=settings.ask_rate_limit,
             max_new_tokens=settings.ask_max_new_tokens,
             semantic_threshold=settings.ask_semantic_threshold,
+            grounding=GroundingConfig(
+                enabled=settings.ask_grounding,
+                threshold=settings.ask_grounding_threshold,
+                top_k=settings.ask_grounding_top_k,
+            ),
         )
 
 
@@ -149,12 +166,18 @@ class RateLimiter:
 
 @dataclass(frozen=True)
 class Answer:
-    """An answer and where it came from. ``model`` None = the base model."""
+    """An answer and where it came from. ``model`` None = the base model (or, when
+    ``abstained``, no model: nothing curated covered the question and none was asked).
+    ``sources`` are the curated threads in the prompt, ``closest`` those an abstention lists."""
 
     text: str
     model: str | None
     seconds: float
     cached: bool = False
+    sources: tuple[Source, ...] = ()
+    closest: tuple[Source, ...] = ()
+    abstained: bool = False
+    quoted: bool = False  # the best curated answer shown in place of the model's reply
 
 
 NEGATIONS = frozenset(
@@ -178,7 +201,7 @@ class Lookup:
     """A question looked up in the cache: the hit (``answer``, ``match``) or what storing its
     answer needs (the key, the guard and the embedding computed for the lookup)."""
 
-    epoch: int
+    epoch: Hashable  # what the answer depends on besides the question (see AskService.scope)
     question: str
     key: str
     guard: frozenset[str]
@@ -205,14 +228,14 @@ class AnswerCache:
         self, size: int, embed: Callable[[str], Any] | None = None, threshold: float = 0.95
     ) -> None:
         self.size, self.embed, self.threshold = size, embed, threshold
-        self._items: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
+        self._items: OrderedDict[tuple[Hashable, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def semantic(self) -> bool:
         return self.embed is not None and self.threshold > 0
 
-    def lookup(self, epoch: int, question: str) -> Lookup:
+    def lookup(self, epoch: Hashable, question: str) -> Lookup:
         found = Lookup(epoch, question, normalise(question), guard(question))
         with self._lock:
             entry = self._items.get((epoch, found.key))
@@ -270,15 +293,53 @@ class AnswerCache:
         return len(self._items)
 
 
+#: Where people ask: ``/ask``, an @mention in a channel or thread, a DM (the Messages tab), the
+#: AI assistant pane. The audit log and the metrics say which.
+SURFACES = ("slash", "mention", "dm", "assistant")
+PRIVATE_SURFACES = frozenset({"dm", "assistant"})  # only the asker reads the answer
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who will read an answer, which decides the curated examples it may draw on: public ones
+    always; a private channel's in that channel (everyone there is a member); in a DM or the
+    assistant pane, only the asker reads it, so the private channels they are a member of."""
+
+    surface: str
+    channel: str
+    user: str
+    is_member: Callable[[str, str], bool] | None = None  # (user, channel) → member?
+
+    def may_see(self, channel: str) -> bool:
+        if channel == self.channel:
+            return True
+        if self.surface in PRIVATE_SURFACES and self.is_member is not None:
+            return self.is_member(self.user, channel)
+        return False
+
+    def allowed(self, hit: Any) -> bool:
+        return not hit.private or self.may_see(hit.channel)
+
+    def view(self, private_channels: frozenset[str]) -> tuple[str, ...]:
+        """The private channels of the index this audience may see: two askers with the same
+        view get the same retrieval, so they may share cached answers, and no one else may."""
+        return tuple(sorted(c for c in private_channels if self.may_see(c)))
+
+
 @dataclass(frozen=True)
 class AskRequest:
-    """An accepted question: its audit row and where to answer."""
+    """An accepted question: its audit row and where to answer. ``thread_ts``: the thread the
+    answer goes into ("" = the channel itself); ``message_ts``: the asker's own message (@mentions,
+    DMs, the assistant pane), whose thread's earlier messages are the conversation so far."""
 
     ask_id: int
     user: str
     channel: str
     question: str
-    accepted: float = field(default_factory=time.monotonic)  # when the slash command was accepted
+    accepted: float = field(default_factory=time.monotonic)  # when the question was accepted
+    surface: str = "slash"
+    thread_ts: str = ""
+    message_ts: str = ""
 
 
 class AskFailed(Exception):
@@ -314,11 +375,19 @@ class AskService:
         metrics: Metrics | None = None,
         work: Workers | None = None,
         warm: Callable[[], None] | None = None,
+        index: Callable[[], Index | None] | None = None,
+        is_member: Callable[[str, str], bool] | None = None,
     ) -> None:
         """``work`` runs answers (default: a small pool of its own); ``warm`` is called when a
         question is accepted, so that slow set-up (the embedding model) starts with the first
-        question rather than with the process."""
+        question rather than with the process. ``index`` gives the index of curated examples,
+        synced at least once (None, or a call that returns None: answers are closed-book);
+        ``is_member(user, channel)`` says whether someone may see a private channel's examples
+        in their DMs and assistant threads (None: nobody does)."""
         self.db, self.client, self.serving = db, client, serving
+        self._index = index
+        self._is_member = is_member
+        self.links = SourceLinks(client, db)
         self.config = config or AskConfig()
         self.limiter = RateLimiter(self.config.rate_limit, self.config.window_s)
         self.progress_budget = RateLimiter(PROGRESS_EDITS_PER_MINUTE, 60.0)
@@ -338,13 +407,22 @@ class AskService:
 
     # -- answering (Slack-free; the CLI calls this too) -------------------------------------------
 
-    def answer(self, question: str) -> Answer:
-        """The deployed model's answer (the cache's when it has one); raises :class:`AskFailed`."""
-        found = self.lookup(question)
-        return found.answer if found.answer is not None else self.generate(found)
+    def audience(self, request: AskRequest) -> Audience:
+        return Audience(request.surface, request.channel, request.user, self._is_member)
 
-    def lookup(self, question: str) -> Lookup:
-        """What is deployed now and whether the cache already holds an answer for it."""
+    def index(self) -> Index | None:
+        if self._index is None or not self.config.grounding.enabled:
+            return None
+        return self._index()
+
+    def answer(self, request: AskRequest) -> Answer:
+        """The answer for ``request`` (the cache's when it has one); raises :class:`AskFailed`."""
+        found = self.lookup(request)
+        return found.answer if found.answer is not None else self.generate(found, request)
+
+    def lookup(self, request: AskRequest) -> Lookup:
+        """What is deployed now and whether the cache already holds an answer for this question
+        and this audience (see :meth:`scope`)."""
         start = time.monotonic()
         try:
             with session_scope(self.db) as s:
@@ -358,7 +436,8 @@ class AskService:
                 "I couldn't read which model is deployed (the database didn't answer); your "
                 "question is saved if the log could be written — please try again shortly."
             ) from exc
-        found = self.cache.lookup(epoch, question)
+        scope = self.scope(epoch, request)
+        found = self.cache.lookup(scope, request.question)
         found.model = model
         if found.answer is not None:
             hit = found.answer
@@ -366,20 +445,38 @@ class AskService:
             log.info(
                 "ask cache hit (%s, model %s, epoch %s)", found.match, hit.model or BASE_NAME, epoch
             )
-            found.answer = Answer(hit.text, hit.model, time.monotonic() - start, cached=True)
+            found.answer = dataclasses.replace(hit, seconds=time.monotonic() - start, cached=True)
         return found
 
-    def generate(self, found: Lookup) -> Answer:
-        """A fresh answer from the model deployed at lookup time, stored in the cache."""
+    def scope(self, epoch: int, request: AskRequest) -> Hashable:
+        """What a cached answer depends on besides the question: the deployed model (the
+        deployment epoch), what can be retrieved (the index's version) and which private
+        channels the audience may see — so a private thread's answer is never served to someone
+        who may not see it, and an edited or withdrawn example is never served at all."""
+        index = self.index()
+        if index is None:
+            return (epoch,)
+        return (epoch, index.version, self.audience(request).view(index.private_channels()))
+
+    def generate(
+        self, found: Lookup, request: AskRequest, *, history: Sequence[Message] | None = None
+    ) -> Answer:
+        """A fresh answer — grounded in the curated examples this audience may see, or an
+        abstention — from the model deployed at lookup time; stored in the cache unless it
+        abstained (a curator may answer the question any minute)."""
         start = time.monotonic()
         model = found.model
         try:
-            adapter = self.serving.adapter_for(model)
-            generation = self.serving.for_questions().generate(
-                [[{"role": "user", "content": found.question}]],
+            result = grounded_answer(
+                request.question,
+                retriever=self.index(),
+                backend=DeployedBackend(self.serving, model),
+                adapter=model.name if model is not None else None,
+                config=self.config.grounding,
+                allowed=self.audience(request).allowed,
+                history=self.history(request) if history is None else history,
                 max_new_tokens=self.config.max_new_tokens,
-                adapter=adapter,
-            )[0]
+            )
         except (BackendError, BaseModelError) as exc:
             raise AskFailed(
                 f"I couldn't reach the model to answer this: {str(exc).rstrip('.')}. "
@@ -392,10 +489,30 @@ class AskService:
                 "saved in the log and an admin can find the details in the bot's log."
             ) from exc
         answer = Answer(
-            generation.text, model.name if model is not None else None, time.monotonic() - start
+            result.text,
+            None if result.abstained else (model.name if model is not None else None),
+            time.monotonic() - start,
+            sources=tuple(self.links.fill(result.sources)),
+            closest=tuple(self.links.fill(result.closest)),
+            abstained=result.abstained,
+            quoted=result.quoted,
         )
-        self.cache.put(found, answer)
+        if not answer.abstained:
+            self.cache.put(found, answer)
         return answer
+
+    def history(self, request: AskRequest) -> list[Message]:
+        """The thread's earlier messages as conversation turns (none for ``/ask``)."""
+        if not request.thread_ts or not request.message_ts or self.client is None:
+            return []
+        return thread_history(
+            self.client,
+            self.db,
+            request.channel,
+            request.thread_ts,
+            before=request.message_ts,
+            turns=self.config.history_turns,
+        )
 
     def log_answer(
         self,
@@ -413,37 +530,74 @@ class AskService:
             if answer is not None:
                 fields.update(
                     answer=self.redact(answer.text),
-                    model_name=answer.model or BASE_NAME,
+                    model_name="" if answer.abstained else (answer.model or BASE_NAME),
                     cached=answer.cached,
+                    abstained=answer.abstained,
+                    sources=[
+                        {
+                            "example_id": src.example_id,
+                            "channel": src.channel,
+                            "thread_ts": src.thread_ts,
+                            "score": round(src.score, 4),
+                        }
+                        for src in answer.sources
+                    ],
                 )
             registry.update_ask(session=s, ask_id=ask_id, **fields)
 
-    def open_ask(self, user: str, channel: str, question: str, *, error: str = "") -> int:
+    def open_ask(
+        self,
+        user: str,
+        channel: str,
+        question: str,
+        *,
+        error: str = "",
+        surface: str = "slash",
+        thread_ts: str = "",
+    ) -> int:
         with session_scope(self.db) as s:
             return registry.log_ask(
-                session=s, user=user, channel=channel, question=self.redact(question), error=error
+                session=s,
+                user=user,
+                channel=channel,
+                question=self.redact(question),
+                error=error,
+                surface=surface,
+                thread_ts=thread_ts,
             ).id
 
     # -- Slack ------------------------------------------------------------------------------------
 
-    def accept(self, command: Command) -> AskRequest | str:
-        """An accepted request, or the sentence to answer with at once (usage, rate limit)."""
-        question = command.text.strip()
+    def accept(
+        self,
+        user: str,
+        channel: str,
+        text: str,
+        *,
+        surface: str = "slash",
+        thread_ts: str = "",
+        message_ts: str = "",
+    ) -> AskRequest | str:
+        """An accepted request, or the sentence to answer with at once (usage, rate limit).
+        Every surface comes through here: one rate limit per person across all of them."""
+        question = text.strip()
         if not question:
-            self.metrics.asks.labels("refused").inc()
-            return USAGE
+            self.metrics.asks.labels("refused", surface).inc()
+            return USAGE if surface == "slash" else MENTION_USAGE
         if len(question) > MAX_QUESTION_CHARS:
-            self.metrics.asks.labels("refused").inc()
+            self.metrics.asks.labels("refused", surface).inc()
             return (
                 f"That question is {len(question)} characters long; please keep it under "
                 f"{MAX_QUESTION_CHARS}."
             )
-        wait = self.limiter.allow(command.user)
+        wait = self.limiter.allow(user)
         if wait is not None:
-            self.open_ask(command.user, command.channel, question, error="rate limited")
-            self.metrics.asks.labels("rate_limited").inc()
+            self.open_ask(
+                user, channel, question, error="rate limited", surface=surface, thread_ts=thread_ts
+            )
+            self.metrics.asks.labels("rate_limited", surface).inc()
             self.metrics.rate_limited.inc()
-            log.info("/ask rate limit reached for %s", command.user)
+            log.info("ask rate limit reached for %s (%s)", user, surface)
             return (
                 f"You've asked {self.config.rate_limit} questions in the last minute, which is my "
                 f"limit per person. Please try again in {max(1, round(wait))} seconds. 🙏"
@@ -451,11 +605,18 @@ class AskService:
         if self._warm is not None:
             self._warm()
         return AskRequest(
-            self.open_ask(command.user, command.channel, question),
-            command.user,
-            command.channel,
+            self.open_ask(user, channel, question, surface=surface, thread_ts=thread_ts),
+            user,
+            channel,
             question,
+            surface=surface,
+            thread_ts=thread_ts,
+            message_ts=message_ts,
         )
+
+    def accept_command(self, command: Command) -> AskRequest | str:
+        """``/ask``: the answer goes into the channel (a slash command carries no thread)."""
+        return self.accept(command.user, command.channel, command.text)
 
     def launch(self, request: AskRequest, tell: Callable[[str], Any]) -> None:
         """Answer on the pool (:meth:`run`); when the process is stopping, say so at once."""
@@ -478,9 +639,16 @@ class AskService:
         answer: Answer | None = None
         error = ""
         try:
-            found = self.lookup(request.question)
+            found = self.lookup(request)
             if found.answer is not None:
                 answer = found.answer
+            elif request.surface == "assistant":
+                # the assistant pane shows "is thinking…" under the thread until the bot replies
+                self._assistant_status(request, "is thinking…")
+                history = self.history(request)
+                if not any(turn["role"] == "user" for turn in history):
+                    self._assistant_title(request)
+                answer = self.generate(found, request, history=history)
             else:
                 with entry.lock:  # an interruption waits for the placeholder, then edits it
                     if entry.settling:
@@ -563,10 +731,36 @@ class AskService:
                 ],
                 unfurl_links=False,
                 unfurl_media=False,
+                **self._thread(request),
             )
             return str(posted["ts"]), ""
         except SlackApiError as exc:
             return "", explain(exc)
+
+    @staticmethod
+    def _thread(request: AskRequest) -> dict[str, str]:
+        return {"thread_ts": request.thread_ts} if request.thread_ts else {}
+
+    def _assistant_title(self, request: AskRequest) -> None:
+        """An assistant thread is titled by its first question (a courtesy, like the status)."""
+        title = " ".join(request.question.split())
+        try:
+            self.client.assistant_threads_setTitle(
+                channel_id=request.channel,
+                thread_ts=request.thread_ts,
+                title=title if len(title) <= 80 else title[:79] + "…",
+            )
+        except SlackApiError as exc:
+            log.debug("assistant title for ask %s failed: %s", request.ask_id, explain(exc))
+
+    def _assistant_status(self, request: AskRequest, status: str) -> None:
+        """The assistant pane's status line (a courtesy: a failure only gets logged)."""
+        try:
+            self.client.assistant_threads_setStatus(
+                channel_id=request.channel, thread_ts=request.thread_ts, status=status
+            )
+        except SlackApiError as exc:
+            log.debug("assistant status for ask %s failed: %s", request.ask_id, explain(exc))
 
     def _not_posted(self, entry: _InFlight, reason: str) -> None:
         if not self._claim(entry):
@@ -579,7 +773,7 @@ class AskService:
                 error=f"posting failed: {reason}",
                 latency=time.monotonic() - request.accepted,
             )
-            self.metrics.asks.labels("failed").inc()
+            self.metrics.asks.labels("failed", request.surface).inc()
             entry.tell(f"I couldn't post the answer in this channel: {reason}")
         finally:
             with self._inflight_lock:
@@ -595,7 +789,7 @@ class AskService:
                 )
                 self._ticker.start()
         self._tick_wake.set()
-        return self.generate(found)
+        return self.generate(found, entry.request)
 
     def _finish(
         self,
@@ -607,9 +801,19 @@ class AskService:
     ) -> None:
         """Post or edit in the answer (or the failure sentence), then log and count it."""
         user, question = request.user, request.question
-        if answer is not None:
+        if answer is not None and answer.abstained:
+            text = blocks.abstention_text(user)
+            content = blocks.abstention_blocks(
+                user,
+                question,
+                answer.closest,
+                names=self.links.names(answer.closest),
+                curators=self.links.curators(answer.closest),
+                note=UNANSWERED_NOTE,
+            )
+        elif answer is not None:
             text = blocks.answer_text(user, answer.text)
-            content = blocks.answer_blocks(
+            content = blocks.grounded_answer_blocks(
                 user,
                 question,
                 answer.text,
@@ -617,6 +821,9 @@ class AskService:
                 seconds=time.monotonic() - request.accepted,
                 ask_id=request.ask_id,
                 cached=answer.cached,
+                sources=answer.sources,
+                names=self.links.names(answer.sources),
+                curators=self.links.curators(answer.sources),
             )
         else:
             text, content = error, blocks.failure_blocks(user, question, error)
@@ -641,6 +848,7 @@ class AskService:
                         blocks=payload,
                         unfurl_links=False,
                         unfurl_media=False,
+                        **self._thread(request),
                     )["ts"]
                 )
         except SlackApiError as exc:
@@ -650,12 +858,17 @@ class AskService:
         latency = time.monotonic() - request.accepted
         if not logged:
             self.log_answer(request.ask_id, answer, error=error, message_ts=ts, latency=latency)
-        self.metrics.asks.labels("failed" if error else "answered").inc()
+        outcome = "failed" if error else "abstained" if answer and answer.abstained else "answered"
+        self.metrics.asks.labels(outcome, request.surface).inc()
         if not error and answer is not None:
-            self.metrics.ask_latency.labels(cached=str(answer.cached).lower()).observe(latency)
+            self.metrics.ask_latency.labels(
+                cached=str(answer.cached).lower(), surface=request.surface
+            ).observe(latency)
         log.info(
-            "ask %s answered by %s in %.0f ms (%s)",
+            "ask %s (%s) %s by %s in %.0f ms (%s)",
             request.ask_id,
+            request.surface,
+            outcome,
             (answer.model or BASE_NAME) if answer else "nobody",
             latency * 1000,
             "cached"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from bot.settings import Settings
 from engine.basemodel import ensure_base_model
 from engine.registry.crypto import parse_key
 from engine.serving.adapters import load_once
-from engine.serving.base import ModelBackend
+from engine.serving.base import Generation, Message, ModelBackend
 from engine.serving.batching import BatchingBackend
 from engine.serving.compute import COMPUTE
 from engine.serving.deploy import DeployOutcome, deploy, probe_prompts, rollback
@@ -182,3 +182,26 @@ class Serving:
 def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
+
+
+class DeployedBackend:
+    """The model deployed at the time of the question as a backend that resolves (and, the first
+    time, loads) its adapter on its first ``generate``: a grounded answer that abstains never
+    calls it, so an abstention loads no model. ``model`` is the registry row (None: the base
+    model); the ``adapter`` argument of ``generate`` is ignored (``model`` decides)."""
+
+    name = "deployed"
+
+    def __init__(self, serving: Serving, model: Any, *, batched: bool = True) -> None:
+        self.serving, self.model, self.batched = serving, model, batched
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_new_tokens: int = 256,
+        adapter: str | None = None,
+    ) -> list[Generation]:
+        loaded = self.serving.adapter_for(self.model)
+        backend = self.serving.for_questions() if self.batched else self.serving.serving()
+        return backend.generate(prompts, max_new_tokens=max_new_tokens, adapter=loaded)

@@ -72,16 +72,16 @@ class Metrics:
         r = self.registry
         self.asks = Counter(
             "threadtune_ask_requests",
-            "/ask questions by outcome: answered, failed "
+            "Questions by outcome: answered, abstained (nothing curated covers it), failed "
             "(no answer: model unreachable or an error), rate_limited, "
-            "refused (empty or too long).",
-            ["outcome"],
+            "refused (empty or too long); and by surface (slash, mention, dm, assistant).",
+            ["outcome", "surface"],
             registry=r,
         )
         self.ask_latency = Histogram(
             "threadtune_ask_latency_seconds",
-            "/ask latency from the accepted slash command to the posted answer.",
-            ["cached"],
+            "Answer latency from the accepted question to the posted answer, by surface.",
+            ["cached", "surface"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -113,10 +113,10 @@ class Metrics:
         )
         self.jobs = JobCollector()
         r.register(self.jobs)
-        for outcome in ("answered", "failed", "rate_limited", "refused"):
-            self.asks.labels(
-                outcome
-            )  # present at 0 from the start, so rates work from the first scrape
+        for outcome in ("answered", "abstained", "failed", "rate_limited", "refused"):
+            for surface in ("slash", "mention", "dm", "assistant"):
+                # present at 0 from the start, so rates work from the first scrape
+                self.asks.labels(outcome, surface)
         for match in ("exact", "semantic"):
             self.cache_hits.labels(match)
 

@@ -74,6 +74,14 @@ class Services:
                 self._index = Index()
             return self._index
 
+    def ready_index(self) -> Index:
+        """:attr:`index`, synced once on the calling thread if it never was (the first question
+        after a start waits for it; later ones search what the syncer keeps in step)."""
+        index = self.index
+        if index.stats().last_sync is None and self.indexing is not None:
+            self.indexing.sync_now()
+        return index
+
     def is_admin(self, user: str) -> bool:
         return user in self.settings.admins
 
@@ -110,6 +118,7 @@ class Services:
             embed=embedder.embed if embedder else None,
             work=work,
             warm=embedder.start_loading if embedder else None,
+            index=lambda: services.ready_index(),
         )
         rounds = ABRoundService(
             db,

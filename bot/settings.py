@@ -77,6 +77,25 @@ class Settings(BaseSettings):
             "matches still hit)."
         ),
     )
+    ask_grounding: bool = Field(
+        True,
+        description=(
+            "Ground answers in the curated examples, cite them, and say so when nothing curated "
+            "covers a question; false = the model answers closed-book."
+        ),
+    )
+    ask_grounding_threshold: float = Field(
+        0.50,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Least cosine similarity (all-MiniLM-L6-v2) between a question and a curated "
+            "question for that example to ground an answer; below it the bot abstains."
+        ),
+    )
+    ask_grounding_top_k: int = Field(
+        3, ge=1, le=10, description="Curated examples put into an answer's prompt at most."
+    )
     probe_threshold: float = Field(
         0.9, description="Deploy probe: agreement needed between served and in-process answers."
     )

@@ -79,6 +79,9 @@ def env(request, tmp_path_factory, tiny_model, tiny_adapter):  # noqa: F811
         slack.add_channel(CHANNEL, "help")
         bot = Bot(slack, port, tmp, url, tiny_model)
         bot.env["CURATORS"] = "UCUR1"
+        # the closed-book mechanics every answer rests on (progress, cache, deploys, feedback,
+        # limits, metrics, export); grounded answers: tests/test_ask_grounded_http.py
+        bot.env["ASK_GROUNDING"] = "false"
         bot.start()
         engine = make_engine(url)
         try:
@@ -497,7 +500,7 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
         bot = Bot(slack, port, tmp, url, base_model_path)
-        bot.env.update(VLLM_URL=server.url, VLLM_MAX_LORA_RANK="16")
+        bot.env.update(VLLM_URL=server.url, VLLM_MAX_LORA_RANK="16", ASK_GROUNDING="false")
         bot.start()
         engine = make_engine(url)
         env = type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}))
@@ -571,6 +574,7 @@ def test_an_unreachable_model_server_gives_a_sentence_not_a_hang(
         slack.add_channel(CHANNEL, "help")
         bot = Bot(slack, port, tmp, url, tiny_model)
         bot.env["VLLM_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        bot.env["ASK_GROUNDING"] = "false"  # with nothing curated a grounded ask calls no model
         bot.start()
         engine = make_engine(url)
         try:

@@ -15,20 +15,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.backends import BASE_NAME, Serving
+from bot.backends import BASE_NAME, DeployedBackend, Serving
 from bot.cli.index import _NoDatabase, _open_db
 from bot.settings import Settings
 from bot.slack_api import explain, make_client
 from engine.answer import GroundedAnswer, Source, answer
 from engine.basemodel import BaseModelError
 from engine.retrieval import Hit, Index
-from engine.serving.base import BackendError, Generation, Message
+from engine.serving.base import BackendError
 from storage import registry
 from storage.db import session_scope
 
@@ -48,22 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def make_serving(settings: Settings, db: Any) -> Serving:
     """The process's model backends (tests replace this)."""
     return Serving(settings, db)
-
-
-class _Deployed:
-    """The deployed model as a backend that loads on its first ``generate``: an abstention never
-    calls it, so it never loads a model. ``adapter`` names the registry model (None: base)."""
-
-    name = "deployed"
-
-    def __init__(self, serving: Serving, model: Any) -> None:
-        self.serving, self.model = serving, model
-
-    def generate(self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
-                 adapter: str | None = None) -> list[Generation]:
-        loaded = self.serving.adapter_for(self.model)
-        return self.serving.serving().generate(prompts, max_new_tokens=max_new_tokens,
-                                               adapter=loaded)
 
 
 class Visibility:
@@ -132,7 +115,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if model is not None:
                 session.expunge(model)
         serving = make_serving(settings, engine)
-        result = answer(question, retriever=index, backend=_Deployed(serving, model),
+        backend = DeployedBackend(serving, model, batched=False)
+        result = answer(question, retriever=index, backend=backend,
                         adapter=model.name if model is not None else None,
                         allowed=visibility, max_new_tokens=settings.ask_max_new_tokens)
     except ImportError as exc:

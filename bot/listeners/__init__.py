@@ -2,9 +2,9 @@
 
 from slack_bolt import App
 
-from . import actions, commands, events, views
+from . import actions, assistant, commands, events, views
 
-SURFACES = (events, commands, actions, views)
+SURFACES = (assistant, events, commands, actions, views)
 
 
 def register(app: App) -> None:

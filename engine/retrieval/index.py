@@ -169,6 +169,35 @@ class Index:
         self._fingerprint: tuple | None = None
         self._sync_lock = threading.Lock()
         self._last_sync: datetime | None = None
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Bumped each time what can be retrieved changes (0: never synced with changes). Answer
+        caches key on it, so an edited or withdrawn example is never served from a cache."""
+        return self._version
+
+    def private_channels(self) -> frozenset[str]:
+        """Channels whose indexed examples are private (who may see them is decided per asker)."""
+        snap = self._snapshot
+        return frozenset(e.channel for e, private in zip(snap.entries, snap.private, strict=True)
+                         if private)
+
+    def suggestions(self, n: int, *, max_chars: int = 120) -> list[str]:
+        """Up to ``n`` questions of public examples, newest first, one line each and at most
+        ``max_chars`` long (suggested prompts for people who don't know what to ask)."""
+        snap = self._snapshot
+        out: list[str] = []
+        seen: set[str] = set()
+        for entry, private in zip(reversed(snap.entries), reversed(snap.private), strict=True):
+            question = " ".join(entry.question.split())
+            if private or not question or len(question) > max_chars or question.lower() in seen:
+                continue
+            seen.add(question.lower())
+            out.append(question)
+            if len(out) == n:
+                break
+        return out
 
     # -- searching ---------------------------------------------------------------------------
 
@@ -287,6 +316,7 @@ class Index:
         self._snapshot = _Snapshot(ordered, visibility, dimension)
         self._entries, self._versions, self._fingerprint = entries, versions, fingerprint
         self._last_sync = utcnow()
+        self._version += 1
         return SyncReport(
             changed=True,
             added=added,

@@ -6,7 +6,7 @@ from bot.payloads import Command
 def ask(ack, body, respond, context) -> None:  # noqa: ANN001
     command = Command.parse(body)
     service = context["services"].ask
-    request = service.accept(command)
+    request = service.accept_command(command)
     if isinstance(request, str):  # usage or the rate limit: an ephemeral sentence
         ack(text=request)
         return

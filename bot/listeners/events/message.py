@@ -1,5 +1,7 @@
 import logging
 
+from bot.asking import answer_in_slack
+from bot.conversation import strip_mentions
 from bot.payloads import MessageChange
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,22 @@ def message_deleted(body, context) -> None:  # noqa: ANN001
     _apply(body, context)
 
 
-def message(body) -> None:  # noqa: ANN001
-    """Other messages (people's and bots') need no action; acknowledging them stops Slack's
-    retries."""
+def message(event, context) -> None:  # noqa: ANN001
+    """A person's DM to the bot (the Messages tab) is a question, answered in the DM; replies in
+    a DM thread reach the assistant listeners (``bot/listeners/assistant``) first. Other messages
+    (channels, bots, edits) need no action; acknowledging them stops Slack's retries."""
+    if (
+        event.get("channel_type") != "im"
+        or event.get("subtype")
+        or event.get("bot_id")
+        or event.get("thread_ts")
+    ):
+        return
+    answer_in_slack(
+        context["services"],
+        surface="dm",
+        user=event.get("user", ""),
+        channel=event.get("channel", ""),
+        text=strip_mentions(event.get("text") or ""),
+        message_ts=event.get("ts", ""),
+    )
