@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .delivery import Deliverer
-from .state import JSON, Message, SlackError, Workspace, mentions
+from .state import JSON, Message, SlackError, Workspace
 from .webapi import changed_event, deleted_event, reaction_event
 
 RESPONSE_URL_USES = 5  # Slack accepts five posts to one response_url (for 30 minutes)

@@ -734,7 +734,9 @@ class Workspace:
         with self.lock:
             self.channel(channel_id, need_member=self.bot.id)
             if not thread_ts:
-                found = [s for (c, _), s in self.threads.items() if c == channel_id and s.is_assistant]
+                found = [
+                    s for (c, _), s in self.threads.items() if c == channel_id and s.is_assistant
+                ]
                 if not found:
                     raise SlackError("invalid_thread_ts")
                 return found[-1]

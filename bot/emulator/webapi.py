@@ -63,7 +63,10 @@ def _json(args: JSON, key: str) -> Any:
         try:
             return json.loads(value)
         except ValueError:
-            code = f"invalid_{key}" if key in ("blocks", "view") else "invalid_arguments"
+            code = {
+                "blocks": "invalid_blocks", "view": "invalid_view",
+                "metadata": "invalid_metadata_format",
+            }.get(key, "invalid_arguments")  # fmt: skip
             raise SlackError(code) from None
     return value
 
