@@ -8,6 +8,13 @@
         slack.react("W444", "C111", answer, "white_check_mark")
         slack.wait_for(lambda: slack.reactions("C111", answer).get("inbox_tray"))
 
+        slack.post("W222", "C111", slack.mention("who approves deploys?"))  # + app_mention
+        slack.post_dm("W222", "who approves deploys?")                       # message.im
+        dm, thread = slack.open_assistant_thread("W222", "C111")             # the AI pane
+        slack.post_dm("W222", "and on weekends?", thread_ts=thread)
+        slack.wait_for(lambda: slack.thread_messages(dm, thread)[2:])
+        slack.thread_state(dm, thread)  # status history, suggested prompts, title
+
 Everything goes through the emulator's control endpoints over HTTP, so the same class drives an
 emulator in this process (:meth:`Emulator.start`) or one running on its own
 (``python -m bot.emulator``, then :meth:`Emulator.connect`).
