@@ -8,6 +8,13 @@
         slack.react("W444", "C111", answer, "white_check_mark")
         slack.wait_for(lambda: slack.reactions("C111", answer).get("inbox_tray"))
 
+        slack.post("W222", "C111", slack.mention("who approves deploys?"))  # + app_mention
+        slack.post_dm("W222", "who approves deploys?")                       # message.im
+        dm, thread = slack.open_assistant_thread("W222", "C111")             # the AI pane
+        slack.post_dm("W222", "and on weekends?", thread_ts=thread)
+        slack.wait_for(lambda: slack.thread_messages(dm, thread)[2:])
+        slack.thread_state(dm, thread)  # status history, suggested prompts, title
+
 Everything goes through the emulator's control endpoints over HTTP, so the same class drives an
 emulator in this process (:meth:`Emulator.start`) or one running on its own
 (``python -m bot.emulator``, then :meth:`Emulator.connect`).
@@ -76,6 +83,7 @@ class Emulator:
         self.team_id: str = info["team_id"]
         self.app_id: str = info["app_id"]
         self.last_delivery: Delivery | None = None
+        self.last_deliveries: list[Delivery | None] = []  # a post with a mention: two
 
     @classmethod
     @contextmanager
@@ -144,6 +152,10 @@ class Emulator:
 
     def _acted(self, result: JSON) -> Delivery | None:
         self.last_delivery = _delivery(result.get("delivery"))
+        if "deliveries" in result:
+            self.last_deliveries = [_delivery(d) for d in result["deliveries"]]
+        else:
+            self.last_deliveries = [self.last_delivery]
         return self.last_delivery
 
     # -- setup ---------------------------------------------------------------------------------
@@ -195,12 +207,60 @@ class Emulator:
         *,
         blocks: list[JSON] | None = None,
     ) -> str:
-        """``user`` posts in ``channel`` (in a thread when ``thread_ts``); returns the new ts."""
+        """``user`` posts in ``channel`` (in a thread when ``thread_ts``); returns the new ts.
+
+        A text with ``<@bot_user_id>`` also delivers ``app_mention`` (after ``message``):
+        :attr:`last_deliveries` holds both, :attr:`last_delivery` the ``message`` one.
+        """
         result = self._call(
             "post", user=user, channel=channel, text=text, thread_ts=thread_ts, blocks=blocks
         )
         self._acted(result)
         return result["ts"]
+
+    def mention(self, text: str = "") -> str:
+        """``<@bot_user_id>`` followed by ``text``: how a person's message mentions the app."""
+        return f"<@{self.bot_user_id}> {text}".rstrip()
+
+    def dm(self, user: str) -> str:
+        """The id of the DM channel between ``user`` and the app (created if need be)."""
+        return self._call("dm", user=user)["id"]
+
+    def post_dm(
+        self,
+        user: str,
+        text: str,
+        thread_ts: str | None = None,
+        *,
+        blocks: list[JSON] | None = None,
+    ) -> str:
+        """``user`` writes to the app in its Messages tab (a reply when ``thread_ts``): a
+        ``message`` event with ``channel_type: "im"``; returns the new ts."""
+        result = self._call("post_dm", user=user, text=text, thread_ts=thread_ts, blocks=blocks)
+        self._acted(result)
+        return result["ts"]
+
+    def open_assistant_thread(self, user: str, channel: str | None = None) -> tuple[str, str]:
+        """``user`` opens the app's AI pane while viewing ``channel``: Slack starts a thread in
+        their DM with the app and sends ``assistant_thread_started``. Returns (DM channel id,
+        thread_ts); the person's questions go there with :meth:`post_dm`."""
+        result = self._call("open_assistant_thread", user=user, channel=channel)
+        self._acted(result)
+        return result["channel"], result["thread_ts"]
+
+    def change_assistant_context(
+        self, channel: str, thread_ts: str, context_channel: str | None
+    ) -> Delivery | None:
+        """The person switches to ``context_channel`` with the pane open:
+        ``assistant_thread_context_changed``."""
+        return self._acted(
+            self._call(
+                "change_assistant_context",
+                channel=channel,
+                thread_ts=thread_ts,
+                context_channel=context_channel,
+            )
+        )
 
     def edit(self, user: str, channel: str, ts: str, text: str) -> Delivery | None:
         return self._acted(self._call("edit", user=user, channel=channel, ts=ts, text=text))
@@ -347,8 +407,30 @@ class Emulator:
     # -- inspection ----------------------------------------------------------------------------
 
     def messages(self, channel: str, thread_ts: str | None = None) -> list[JSON]:
-        """Top-level messages of a channel, or one thread (parent first), oldest first."""
+        """Top-level messages of a channel, or one thread (parent first), oldest first; each
+        with its ``metadata`` when it has some."""
         return self._call("messages", channel=channel, thread_ts=thread_ts)
+
+    def thread_messages(self, channel: str, thread_ts: str) -> list[JSON]:
+        """One thread, parent first, oldest first (with each message's ``metadata``)."""
+        return self.messages(channel, thread_ts)
+
+    def thread_state(self, channel: str, thread_ts: str) -> JSON | None:
+        """What the app set on a thread through ``assistant.threads.*``: ``status`` (now; ""
+        once cleared by the app's reply), ``status_history`` (every setStatus and clear, in
+        order), ``loading_messages``, ``prompts`` ([{title, message}]), ``prompts_title``,
+        ``title``, and for an assistant thread ``is_assistant``, ``user``, ``context``. None
+        when the app set nothing there and it is not an assistant thread."""
+        return self._call("thread_state", channel=channel, thread_ts=thread_ts)
+
+    def assistant_status(self, channel: str, thread_ts: str) -> str:
+        return (self.thread_state(channel, thread_ts) or {}).get("status", "")
+
+    def suggested_prompts(self, channel: str, thread_ts: str) -> list[JSON]:
+        return (self.thread_state(channel, thread_ts) or {}).get("prompts", [])
+
+    def assistant_title(self, channel: str, thread_ts: str) -> str | None:
+        return (self.thread_state(channel, thread_ts) or {}).get("title")
 
     def ephemerals(self, user: str | None = None, channel: str | None = None) -> list[JSON]:
         """Ephemeral messages shown so far (chat.postEphemeral, response_url, ack bodies)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .delivery import Deliverer
-from .state import JSON, SlackError, Workspace
+from .state import JSON, Message, SlackError, Workspace
 from .webapi import changed_event, deleted_event, reaction_event
 
 RESPONSE_URL_USES = 5  # Slack accepts five posts to one response_url (for 30 minutes)
@@ -50,6 +50,7 @@ class Controller:
         "click", "submit_view", "open_home", "deliver", "deliver_event", "fail_next",
         "clear_faults", "wait_idle", "messages", "ephemerals", "reactions", "bot_posts",
         "calls", "home_view", "view", "uploaded_files", "events", "deliveries", "info",
+        "dm", "post_dm", "open_assistant_thread", "change_assistant_context", "thread_state",
     )  # fmt: skip
 
     def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
@@ -128,11 +129,81 @@ class Controller:
         thread_ts: str | None = None,
         blocks: list[JSON] | None = None,
     ) -> JSON:
-        """``user`` posts ``text`` (a reply when ``thread_ts``); unknown ids are created."""
+        """``user`` posts ``text`` (a reply when ``thread_ts``); unknown ids are created.
+
+        Slack sends ``message`` (message.channels / .groups / .im) and, when the text mentions
+        the app's bot user outside a DM, ``app_mention`` too, as two deliveries in that order.
+        (The emulator does not model event subscriptions: the app gets every event.)
+        """
         self._ensure(user, channel)
         message = self.ws.post(channel, user, text, blocks=blocks, thread_ts=thread_ts)
-        delivery = self._emit(channel, self.ws.message_event(message))
-        return {"ts": message.ts, "delivery": delivery}
+        return self._posted(message)
+
+    def _posted(self, message: Message) -> JSON:
+        deliveries = [self._emit(message.channel, self.ws.message_event(message))]
+        mention = self.ws.app_mention_event(message)
+        if mention is not None:
+            deliveries.append(self._emit(message.channel, mention))
+        return {
+            "ts": message.ts,
+            "channel": message.channel,
+            "delivery": deliveries[0],
+            "deliveries": deliveries,
+        }
+
+    def dm(self, user: str) -> JSON:
+        """The DM channel between ``user`` and the app (what conversations.open gives it)."""
+        self.ws.add_user(user)
+        return self.ws.im_channel(user).to_api(self.ws.bot.id)
+
+    def post_dm(
+        self,
+        user: str,
+        text: str,
+        thread_ts: str | None = None,
+        blocks: list[JSON] | None = None,
+    ) -> JSON:
+        """``user`` writes to the app in its Messages tab (in a thread when ``thread_ts``):
+        a ``message`` event with ``channel_type: "im"``."""
+        self.ws.add_user(user)
+        channel = self.ws.im_channel(user).id
+        message = self.ws.post(channel, user, text, blocks=blocks, thread_ts=thread_ts)
+        return self._posted(message)
+
+    def open_assistant_thread(self, user: str, channel: str | None = None) -> JSON:
+        """``user`` opens the app's AI pane while looking at ``channel`` (None: no channel):
+        Slack starts a thread in their DM with the app and sends ``assistant_thread_started``."""
+        self.ws.add_user(user)
+        state, _root = self.ws.open_assistant_thread(user, channel)
+        delivery = self._emit(None, self._assistant_event("assistant_thread_started", state))
+        return {"channel": state.channel, "thread_ts": state.thread_ts, "delivery": delivery}
+
+    def change_assistant_context(
+        self, channel: str, thread_ts: str, context_channel: str | None
+    ) -> JSON:
+        """The person switches to ``context_channel`` with the pane (``channel``/``thread_ts``)
+        open: ``assistant_thread_context_changed``."""
+        state = self.ws.change_assistant_context(channel, thread_ts, context_channel)
+        event = self._assistant_event("assistant_thread_context_changed", state)
+        return {"delivery": self._emit(None, event)}
+
+    def _assistant_event(self, kind: str, state: Any) -> JSON:
+        return {
+            "type": kind,
+            "assistant_thread": {
+                "user_id": state.user,
+                "context": dict(state.context),
+                "channel_id": state.channel,
+                "thread_ts": state.thread_ts,
+            },
+            "event_ts": self.ws.new_ts(),
+        }
+
+    def thread_state(self, channel: str, thread_ts: str) -> JSON | None:
+        """What the app set on a thread: status (and its history), suggested prompts, title;
+        None when it set nothing there and it is not an assistant thread."""
+        state = self.ws.thread_state(channel, thread_ts)
+        return state.to_dict() if state else None
 
     def edit(self, user: str, channel: str, ts: str, text: str) -> JSON:
         if self.ws.find_message(channel, ts).user != user:
@@ -431,7 +502,11 @@ class Controller:
                 ts_list = [thread_ts, *ch.threads.get(thread_ts, [])]
             else:
                 ts_list = list(ch.timeline)
-            return [ws.message_json(ch.messages[ts]) for ts in ts_list if ts in ch.messages]
+            return [
+                ws.message_json(ch.messages[ts], include_metadata=True)
+                for ts in ts_list
+                if ts in ch.messages
+            ]
 
     def ephemerals(self, user: str | None = None, channel: str | None = None) -> list[JSON]:
         with self.ws.lock:

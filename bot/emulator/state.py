@@ -9,6 +9,7 @@ follow the recorded payloads in ``tests/fixtures/slack/``.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 import uuid
@@ -77,6 +78,7 @@ class Message:
     edited: JSON | None = None
     client_msg_id: str | None = None
     reactions: dict[str, list[str]] = field(default_factory=dict)  # name -> users, in order
+    metadata: JSON | None = None  # {"event_type", "event_payload"}, shown on request only
 
 
 @dataclass
@@ -112,6 +114,43 @@ class Channel:
         if self.is_im:
             data["user"] = self.im_user
         return data
+
+
+@dataclass
+class ThreadState:
+    """What the app set on one thread through ``assistant.threads.*``.
+
+    Assistant threads (the AI pane) are opened by a person and carry the channel they were
+    looking at (``context``); ``setStatus`` also works in channel threads, which get a state
+    the first time the app sets a status there.
+    """
+
+    channel: str
+    thread_ts: str
+    is_assistant: bool = False
+    user: str | None = None  # who opened the assistant thread
+    context: JSON = field(default_factory=dict)
+    status: str = ""
+    loading_messages: list[str] | None = None
+    status_history: list[JSON] = field(default_factory=list)  # every setStatus, and clears
+    prompts: list[JSON] = field(default_factory=list)
+    prompts_title: str | None = None
+    title: str | None = None
+
+    def to_dict(self) -> JSON:
+        return {
+            "channel": self.channel,
+            "thread_ts": self.thread_ts,
+            "is_assistant": self.is_assistant,
+            "user": self.user,
+            "context": dict(self.context),
+            "status": self.status,
+            "loading_messages": self.loading_messages,
+            "status_history": [dict(h) for h in self.status_history],
+            "prompts": [dict(p) for p in self.prompts],
+            "prompts_title": self.prompts_title,
+            "title": self.title,
+        }
 
 
 @dataclass
@@ -176,17 +215,33 @@ def with_block_ids(blocks: list[JSON] | None) -> list[JSON] | None:
     ]
 
 
+MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
 def rich_text(text: str) -> list[JSON]:
-    """The rich_text block Slack's clients attach to a message a person types."""
+    """The rich_text block Slack attaches to a message posted as plain text (a mention becomes a
+    ``user`` element, as Slack's clients send it)."""
+    elements: list[JSON] = []
+    at = 0
+    for match in MENTION.finditer(text):
+        if match.start() > at:
+            elements.append({"type": "text", "text": text[at : match.start()]})
+        elements.append({"type": "user", "user_id": match.group(1)})
+        at = match.end()
+    if at < len(text) or not elements:
+        elements.append({"type": "text", "text": text[at:]})
     return [
         {
             "type": "rich_text",
             "block_id": uuid.uuid4().hex[:5],
-            "elements": [
-                {"type": "rich_text_section", "elements": [{"type": "text", "text": text}]}
-            ],
+            "elements": [{"type": "rich_text_section", "elements": elements}],
         }
     ]
+
+
+def mentions(text: str) -> list[str]:
+    """User ids mentioned as ``<@U…>`` in a message's text, in order."""
+    return list(dict.fromkeys(MENTION.findall(text or "")))
 
 
 class Workspace:
@@ -215,6 +270,7 @@ class Workspace:
         self.views: dict[str, JSON] = {}  # view id -> view as Slack returns it
         self.home_views: dict[str, str] = {}  # user id -> view id of their home tab
         self.trigger_ids: set[str] = set()
+        self.threads: dict[tuple[str, str], ThreadState] = {}  # (channel, thread_ts) -> state
         self._last_ts_us = 0
         self._ids = itertools.count(1)
 
@@ -314,8 +370,9 @@ class Workspace:
 
     # -- message shapes ------------------------------------------------------------------------
 
-    def message_json(self, message: Message) -> JSON:
-        """A message as conversations.history / replies return it."""
+    def message_json(self, message: Message, *, include_metadata: bool = False) -> JSON:
+        """A message as conversations.history / replies return it (its ``metadata`` only when
+        asked, as ``include_all_metadata`` does)."""
         with self.lock:
             data: JSON = {"type": "message"}
             if message.subtype:
@@ -358,6 +415,8 @@ class Workspace:
                     {"name": name, "users": list(users), "count": len(users)}
                     for name, users in message.reactions.items()
                 ]
+            if include_metadata and message.metadata:
+                data["metadata"] = dict(message.metadata)
             return data
 
     def _bot_profile(self, user_id: str) -> JSON:
@@ -388,6 +447,39 @@ class Workspace:
             )
             return event
 
+    def app_mention_event(self, message: Message) -> JSON | None:
+        """The ``app_mention`` Slack sends beside ``message`` when a message outside a DM
+        mentions the app's bot user (never for the app's own posts)."""
+        with self.lock:
+            channel = self.channels[message.channel]
+            if (
+                channel.is_im
+                or message.user == self.bot.id
+                or message.subtype is not None
+                or self.bot.id not in mentions(message.text)
+            ):
+                return None
+            event: JSON = {
+                "type": "app_mention",
+                "user": message.user,
+                "text": message.text,
+                "ts": message.ts,
+                "team": self.team_id,
+                "channel": channel.id,
+                "event_ts": message.ts,
+            }
+            if message.client_msg_id:
+                event["client_msg_id"] = message.client_msg_id
+            if message.blocks is not None:
+                event["blocks"] = message.blocks
+            if message.bot_id:
+                event["bot_id"] = message.bot_id
+            if message.thread_ts and message.thread_ts != message.ts:
+                event["thread_ts"] = message.thread_ts
+                parent = channel.messages.get(message.thread_ts)
+                event["parent_user_id"] = parent.user if parent else None
+            return event
+
     # -- messages ------------------------------------------------------------------------------
 
     def find_message(self, channel_id: str, ts: str) -> Message:
@@ -407,6 +499,7 @@ class Workspace:
         thread_ts: str | None = None,
         files: list[JSON] | None = None,
         subtype: str | None = None,
+        metadata: JSON | None = None,
     ) -> Message:
         """Add a message (a reply when ``thread_ts`` names a top-level message)."""
         with self.lock:
@@ -420,8 +513,10 @@ class Workspace:
                     raise SlackError("thread_not_found")
             if blocks is not None:
                 blocks = with_block_ids(blocks)
-            elif not user.is_bot:
-                blocks = rich_text(text)  # what Slack's clients attach to a typed message
+            elif not user.is_bot or (text and not files):
+                # what Slack's clients attach to a typed message, and what Slack stores for an
+                # app's plain-text post (Bolt's assistant context store reads it back)
+                blocks = rich_text(text)
             message = Message(
                 channel=channel.id,
                 ts=self.new_ts(),
@@ -434,11 +529,17 @@ class Workspace:
                 subtype=subtype,
                 files=files or [],
                 client_msg_id=None if user.is_bot else str(uuid.uuid4()),
+                metadata=metadata,
             )
             channel.messages[message.ts] = message
             if thread_ts:
                 parent.thread_ts = parent.ts
                 channel.threads.setdefault(thread_ts, []).append(message.ts)
+                state = self.threads.get((channel.id, thread_ts))
+                if user.id == self.bot.id and state is not None and state.status:
+                    # Slack clears "is thinking…" once the app replies in the thread
+                    state.status, state.loading_messages = "", None
+                    state.status_history.append({"status": "", "cleared_by": message.ts})
             else:
                 channel.timeline.append(message.ts)
             return message
@@ -452,11 +553,15 @@ class Workspace:
         blocks: list[JSON] | None = None,
         *,
         mark_edited: bool = True,
+        metadata: JSON | None = None,
     ) -> tuple[JSON, JSON]:
-        """Change a message's text/blocks; returns (previous, current) in API shape."""
+        """Change a message's text/blocks (and metadata, when given); returns (previous,
+        current) in API shape."""
         with self.lock:
             message = self.find_message(channel_id, ts)
             previous = self.message_json(message)
+            if metadata is not None:
+                message.metadata = metadata
             if text is not None:
                 message.text = text
                 if blocks is None and not self.users[message.user].is_bot:
@@ -516,7 +621,7 @@ class Workspace:
     # -- reading -------------------------------------------------------------------------------
 
     def history(
-        self, channel_id: str, *, start_ts: str | None, limit: int
+        self, channel_id: str, *, start_ts: str | None, limit: int, include_metadata: bool = False
     ) -> tuple[list[JSON], str | None]:
         """Top-level messages, newest first, from ``start_ts`` down; and where the next page
         starts."""
@@ -526,18 +631,30 @@ class Workspace:
             if start_ts:
                 newest_first = [ts for ts in newest_first if _ts_key(ts) <= _ts_key(start_ts)]
             page, rest = newest_first[:limit], newest_first[limit:]
-            return [self.message_json(channel.messages[ts]) for ts in page], (
-                rest[0] if rest else None
-            )
+            return [
+                self.message_json(channel.messages[ts], include_metadata=include_metadata)
+                for ts in page
+            ], (rest[0] if rest else None)
 
     def replies(
-        self, channel_id: str, ts: str, *, start_ts: str | None, limit: int
+        self,
+        channel_id: str,
+        ts: str,
+        *,
+        start_ts: str | None,
+        limit: int,
+        oldest: str | None = None,
+        latest: str | None = None,
+        inclusive: bool = False,
+        include_metadata: bool = False,
     ) -> tuple[list[JSON], str | None]:
         """The thread whose parent is ``ts``, parent first, from ``start_ts`` on, paged.
 
         As Slack does, ``ts`` of a reply answers with that reply alone (its ``thread_ts`` tells
         the caller where the thread starts), and a message without replies answers with itself.
-        Later pages hold only replies: the parent comes once, on the first page.
+        Later pages hold only replies: the parent comes once, on the first page. ``oldest`` /
+        ``latest`` bound the replies (exclusive unless ``inclusive``); the parent always comes,
+        as it does from Slack.
         """
         with self.lock:
             channel = self.channel(channel_id, need_member=self.bot.id)
@@ -545,14 +662,116 @@ class Workspace:
             if message is None:
                 raise SlackError("thread_not_found")
             if message.thread_ts and message.thread_ts != message.ts:
-                return [self.message_json(message)], None
-            thread = [message.ts, *channel.threads.get(message.ts, [])]
+                return [self.message_json(message, include_metadata=include_metadata)], None
+            replies = channel.threads.get(message.ts, [])
+            if oldest:
+                replies = [
+                    t for t in replies
+                    if _ts_key(t) > _ts_key(oldest) or (inclusive and t == oldest)
+                ]  # fmt: skip
+            if latest:
+                replies = [
+                    t for t in replies
+                    if _ts_key(t) < _ts_key(latest) or (inclusive and t == latest)
+                ]  # fmt: skip
+            thread = [message.ts, *replies]
             if start_ts:
                 thread = [t for t in thread if _ts_key(t) >= _ts_key(start_ts)]
             page, rest = thread[:limit], thread[limit:]
-            return [self.message_json(channel.messages[t]) for t in page], (
-                rest[0] if rest else None
+            return [
+                self.message_json(channel.messages[t], include_metadata=include_metadata)
+                for t in page
+            ], (rest[0] if rest else None)
+
+    def members(self, channel_id: str, *, caller: str) -> list[str]:
+        """A conversation's members, sorted. Private ones (and DMs) are visible to members
+        only: anyone else is told ``channel_not_found``, as Slack does."""
+        with self.lock:
+            channel = self.channel(channel_id)
+            if (channel.is_private or channel.is_im) and caller not in channel.members:
+                raise SlackError("channel_not_found")
+            return sorted(channel.members)
+
+    # -- assistant threads ---------------------------------------------------------------------
+
+    def open_assistant_thread(
+        self, user_id: str, context_channel: str | None = None
+    ) -> tuple[ThreadState, Message]:
+        """``user_id`` opens the app's AI pane: Slack starts a thread in their DM with the app,
+        rooted on a message of the app's with subtype ``assistant_app_thread``."""
+        with self.lock:
+            self.user(user_id)
+            context = self._context(context_channel)
+            im = self.im_channel(user_id)
+            root = self.post(
+                im.id,
+                self.bot.id,
+                f"Chats from {time.strftime('%Y-%m-%d', time.gmtime())}",
+                subtype="assistant_app_thread",
             )
+            root.blocks = None  # Slack's own root message carries only text
+            state = ThreadState(im.id, root.ts, is_assistant=True, user=user_id, context=context)
+            self.threads[(im.id, root.ts)] = state
+            return state, root
+
+    def change_assistant_context(
+        self, channel_id: str, thread_ts: str, context_channel: str | None
+    ) -> ThreadState:
+        """The person moves to another channel with the pane open."""
+        with self.lock:
+            state = self.assistant_thread(channel_id, thread_ts)
+            state.context = self._context(context_channel)
+            return state
+
+    def _context(self, channel_id: str | None) -> JSON:
+        if not channel_id:
+            return {}
+        self.channel(channel_id)
+        return {"channel_id": channel_id, "team_id": self.team_id, "enterprise_id": None}
+
+    def assistant_thread(self, channel_id: str, thread_ts: str | None) -> ThreadState:
+        """The assistant thread (the latest in the DM when ``thread_ts`` is not given)."""
+        with self.lock:
+            self.channel(channel_id, need_member=self.bot.id)
+            if not thread_ts:
+                found = [
+                    s for (c, _), s in self.threads.items() if c == channel_id and s.is_assistant
+                ]
+                if not found:
+                    raise SlackError("invalid_thread_ts")
+                return found[-1]
+            state = self.threads.get((channel_id, thread_ts))
+            if state is None or not state.is_assistant:
+                raise SlackError("invalid_thread_ts")
+            return state
+
+    def set_status(
+        self, channel_id: str, thread_ts: str, status: str, loading_messages: list[str] | None
+    ) -> ThreadState:
+        """The app's "is thinking…" line under a thread (an empty ``status`` clears it)."""
+        with self.lock:
+            try:
+                channel = self.channel(channel_id, need_member=self.bot.id)
+            except SlackError:
+                raise SlackError("channel_not_found") from None
+            message = channel.messages.get(thread_ts)
+            if message is None:
+                raise SlackError("invalid_thread_ts")
+            if message.thread_ts and message.thread_ts != message.ts:
+                thread_ts = message.thread_ts  # a reply's ts names its thread
+            state = self.threads.setdefault(
+                (channel.id, thread_ts), ThreadState(channel.id, thread_ts)
+            )
+            state.status = status
+            state.loading_messages = list(loading_messages) if status and loading_messages else None
+            state.status_history.append(
+                {"status": status, "loading_messages": state.loading_messages, "time": time.time()}
+            )
+            return state
+
+    def thread_state(self, channel_id: str, thread_ts: str) -> ThreadState | None:
+        with self.lock:
+            return self.threads.get((channel_id, thread_ts))
 
     # -- ephemerals, views and files -----------------------------------------------------------
 

@@ -23,6 +23,8 @@ MAX_FIELD_TEXT = 2_000
 MAX_HEADER_TEXT = 150
 MAX_ACTION_ELEMENTS = 25
 MAX_BUTTON_VALUE = 2_000
+MAX_SUGGESTED_PROMPTS = 4
+MAX_LOADING_MESSAGES = 10
 
 Handler = Callable[["WebApi", JSON], JSON]
 METHODS: dict[str, Handler] = {}
@@ -61,7 +63,10 @@ def _json(args: JSON, key: str) -> Any:
         try:
             return json.loads(value)
         except ValueError:
-            code = f"invalid_{key}" if key in ("blocks", "view") else "invalid_arguments"
+            code = {
+                "blocks": "invalid_blocks", "view": "invalid_view",
+                "metadata": "invalid_metadata_format",
+            }.get(key, "invalid_arguments")  # fmt: skip
             raise SlackError(code) from None
     return value
 
@@ -72,6 +77,27 @@ def _limit(args: JSON, default: int) -> int:
     except (TypeError, ValueError):
         raise SlackError("invalid_limit") from None
     return max(1, min(limit, 1000))
+
+
+def _flag(args: JSON, key: str) -> bool:
+    """A boolean argument as slack_sdk sends it: true/1 in JSON, "1"/"true" in forms."""
+    value = args.get(key)
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _metadata(args: JSON) -> JSON | None:
+    """Message metadata: ``{"event_type": str, "event_payload": {...}}`` or Slack's error."""
+    metadata = _json(args, "metadata")
+    if metadata is None:
+        return None
+    if (
+        not isinstance(metadata, dict)
+        or not isinstance(metadata.get("event_type"), str)
+        or not metadata["event_type"]
+        or not isinstance(metadata.get("event_payload"), dict)
+    ):
+        raise SlackError("invalid_metadata_format")
+    return {"event_type": metadata["event_type"], "event_payload": metadata["event_payload"]}
 
 
 def encode_cursor(ts: str | None) -> str:
@@ -230,7 +256,37 @@ def users_info(api: WebApi, args: JSON) -> JSON:
 @method("conversations.info")
 def conversations_info(api: WebApi, args: JSON) -> JSON:
     channel = api.ws.channel(_str(args, "channel", error="channel_not_found"))
+    if (channel.is_private or channel.is_im) and api.ws.bot.id not in channel.members:
+        raise SlackError("channel_not_found")  # Slack hides private conversations from outsiders
     return {"channel": channel.to_api(api.ws.bot.id)}
+
+
+@method("conversations.members")
+def conversations_members(api: WebApi, args: JSON) -> JSON:
+    channel = _str(args, "channel", error="channel_not_found")
+    members = api.ws.members(channel, caller=api.ws.bot.id)
+    start = _decode_member_cursor(_opt(args, "cursor"))
+    if start is not None:
+        members = [m for m in members if m >= start]
+    limit = _limit(args, 100)
+    page, rest = members[:limit], members[limit:]
+    return {"members": page, "response_metadata": {"next_cursor": _encode_member_cursor(rest)}}
+
+
+def _encode_member_cursor(rest: list[str]) -> str:
+    return base64.b64encode(f"next_user:{rest[0]}".encode()).decode() if rest else ""
+
+
+def _decode_member_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        prefix, _, user = base64.b64decode(cursor, validate=True).decode().partition(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise SlackError("invalid_cursor") from None
+    if prefix != "next_user" or not user:
+        raise SlackError("invalid_cursor")
+    return user
 
 
 @method("conversations.open")
@@ -256,7 +312,10 @@ def conversations_join(api: WebApi, args: JSON) -> JSON:
 def conversations_history(api: WebApi, args: JSON) -> JSON:
     channel = _str(args, "channel", error="channel_not_found")
     messages, next_ts = api.ws.history(
-        channel, start_ts=decode_cursor(_opt(args, "cursor")), limit=_limit(args, 100)
+        channel,
+        start_ts=decode_cursor(_opt(args, "cursor")),
+        limit=_limit(args, 100),
+        include_metadata=_flag(args, "include_all_metadata"),
     )
     return {
         "messages": messages,
@@ -271,7 +330,14 @@ def conversations_replies(api: WebApi, args: JSON) -> JSON:
     channel = _str(args, "channel", error="channel_not_found")
     ts = _str(args, "ts", error="thread_not_found")
     messages, next_ts = api.ws.replies(
-        channel, ts, start_ts=decode_cursor(_opt(args, "cursor")), limit=_limit(args, 1000)
+        channel,
+        ts,
+        start_ts=decode_cursor(_opt(args, "cursor")),
+        limit=_limit(args, 1000),
+        oldest=_opt(args, "oldest"),
+        latest=_opt(args, "latest"),
+        inclusive=_flag(args, "inclusive"),
+        include_metadata=_flag(args, "include_all_metadata"),
     )
     return {
         "messages": messages,
@@ -287,15 +353,18 @@ def conversations_replies(api: WebApi, args: JSON) -> JSON:
 def chat_post_message(api: WebApi, args: JSON) -> JSON:
     channel = api.resolve_channel(_str(args, "channel", error="channel_not_found"))
     text, blocks = _content(args)
+    metadata = _metadata(args)
     thread_ts = _opt(args, "thread_ts")
     if thread_ts:
         # a reply's ts names its thread, as it does in Slack's clients
         parent = api.ws.channel(channel).messages.get(thread_ts)
         if parent is not None and parent.thread_ts:
             thread_ts = parent.thread_ts
-    message = api.ws.post(channel, api.ws.bot.id, text or "", blocks=blocks, thread_ts=thread_ts)
+    message = api.ws.post(
+        channel, api.ws.bot.id, text or "", blocks=blocks, thread_ts=thread_ts, metadata=metadata
+    )
     api.echo(channel, api.ws.message_event(message))
-    data = api.ws.message_json(message)
+    data = api.ws.message_json(message, include_metadata=True)
     return {"channel": channel, "ts": message.ts, "message": data}
 
 
@@ -322,11 +391,13 @@ def chat_update(api: WebApi, args: JSON) -> JSON:
     api.ws.channel(channel)
     api.own_message(channel, ts, "cant_update_message")
     text, blocks = _content(args, required=False)
+    metadata = _metadata(args)
     if text is None and blocks is None:
         raise SlackError("no_text")
-    previous, current = api.ws.edit(channel, ts, api.ws.bot.id, text, blocks)
+    previous, current = api.ws.edit(channel, ts, api.ws.bot.id, text, blocks, metadata=metadata)
     api.echo(channel, changed_event(api.ws, channel, previous, current))
-    return {"channel": channel, "ts": ts, "text": current["text"], "message": current}
+    answer = api.ws.message_json(api.ws.find_message(channel, ts), include_metadata=True)
+    return {"channel": channel, "ts": ts, "text": current["text"], "message": answer}
 
 
 @method("chat.delete")
@@ -389,6 +460,72 @@ def reaction_event(ws: Workspace, kind: str, user: str, message: Message, name: 
         "item_user": message.user,
         "event_ts": ws.new_ts(),
     }
+
+
+# -- assistant threads (the AI pane; setStatus also in channel threads) -----------------------
+
+
+@method("assistant.threads.setStatus")
+def assistant_threads_set_status(api: WebApi, args: JSON) -> JSON:
+    channel = _str(args, "channel_id", error="channel_not_found")
+    thread_ts = _str(args, "thread_ts", error="invalid_thread_ts")
+    if args.get("status") is None:
+        raise SlackError("invalid_arguments", needed="status")
+    loading = _json(args, "loading_messages")
+    if loading is not None and (
+        not isinstance(loading, list)
+        or len(loading) > MAX_LOADING_MESSAGES
+        or not all(isinstance(m, str) and m for m in loading)
+    ):
+        raise SlackError("invalid_arguments", needed="loading_messages")
+    api.ws.set_status(channel, thread_ts, str(args["status"]), loading)
+    return {}
+
+
+@method("assistant.threads.setSuggestedPrompts")
+def assistant_threads_set_suggested_prompts(api: WebApi, args: JSON) -> JSON:
+    channel = _str(args, "channel_id", error="channel_not_found")
+    prompts = _json(args, "prompts")
+    if (
+        not isinstance(prompts, list)
+        or len(prompts) > MAX_SUGGESTED_PROMPTS
+        or not all(
+            isinstance(p, dict)
+            and isinstance(p.get("title"), str)
+            and p["title"]
+            and isinstance(p.get("message"), str)
+            and p["message"]
+            for p in prompts
+        )
+    ):
+        raise SlackError(
+            "invalid_arguments",
+            response_metadata={
+                "messages": [
+                    f"[ERROR] prompts must be a list of at most {MAX_SUGGESTED_PROMPTS} "
+                    "objects with a title and a message"
+                ]
+            },
+        )
+    with api.ws.lock:
+        state = api.ws.assistant_thread(channel, _opt(args, "thread_ts"))
+        state.prompts = [{"title": p["title"], "message": p["message"]} for p in prompts]
+        state.prompts_title = _opt(args, "title")
+    return {}
+
+
+@method("assistant.threads.setTitle")
+def assistant_threads_set_title(api: WebApi, args: JSON) -> JSON:
+    channel = _str(args, "channel_id", error="channel_not_found")
+    thread_ts = _str(args, "thread_ts", error="invalid_thread_ts")
+    title = _str(args, "title")
+    with api.ws.lock:
+        state = api.ws.assistant_thread(channel, thread_ts)
+        state.title = title
+        # the thread's root message carries the title in the history list of the pane
+        previous, current = api.ws.edit(channel, thread_ts, api.ws.bot.id, title, mark_edited=False)
+    api.echo(channel, changed_event(api.ws, channel, previous, current))
+    return {}
 
 
 # -- reactions ---------------------------------------------------------------------------------
