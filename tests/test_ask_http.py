@@ -172,7 +172,9 @@ def test_ask_before_any_deploy_uses_the_base_model_shows_progress_and_splits_a_l
     times = [c["time"] for c in progress]  # the answer itself replaces the placeholder at once
     assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
     row = ask_row(env, message["ts"])
-    assert len(progress) >= int(row.latency_ms / 1000) - 1, (
+    # one edit a second, the second counted from the end of the previous edit: each edit's own
+    # time (tens of ms, more on a loaded machine) stretches the period, so allow a fifth of slack
+    assert len(progress) >= int(0.8 * row.latency_ms / 1000) - 1, (
         "too few progress edits for a slow answer"
     )
     assert row.user == "UASK" and row.channel == CHANNEL and row.model_name == "base"
