@@ -23,6 +23,7 @@ from engine.curation import ExampleDraft, Refusal, SlackMessage, build_example
 from storage import curation as q
 from storage import retrieval
 from storage.db import session_scope
+from storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,11 @@ class CurationService:
                     outcome = "withdrawn"
                     continue
                 if example.status == "active" or example.status_reason.startswith("after an edit"):
-                    for key, value in self._fields(draft).items():
+                    fields = self._fields(draft)
+                    if any(getattr(example, key) != value for key, value in fields.items()):
+                        # the index follows ``updated_at``: without it an edit is never seen
+                        example.updated_at = utcnow()
+                    for key, value in fields.items():
                         setattr(example, key, value)
                     if example.status_reason.startswith("after an edit") and q.curators_of(
                         session=session, example_id=example.id
