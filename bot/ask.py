@@ -178,6 +178,7 @@ class Answer:
     closest: tuple[Source, ...] = ()
     abstained: bool = False
     quoted: bool = False  # the best curated answer shown in place of the model's reply
+    redacted: int = 0  # personal data or secrets the model wrote, replaced before posting
 
 
 NEGATIONS = frozenset(
@@ -488,14 +489,21 @@ class AskService:
                 "I couldn't answer this because of a problem on my side; your question is "
                 "saved in the log and an admin can find the details in the bot's log."
             ) from exc
+        text, redacted = result.text, 0
+        if not result.abstained:
+            # the model may repeat personal data or a secret it saw in training: every answer is
+            # redacted before anyone sees it (curated text already was, when it was curated)
+            cleaned = self._redact(text)
+            text, redacted = cleaned.text, sum(cleaned.counts.values())
         answer = Answer(
-            result.text,
+            text,
             None if result.abstained else (model.name if model is not None else None),
             time.monotonic() - start,
             sources=tuple(self.links.fill(result.sources)),
             closest=tuple(self.links.fill(result.closest)),
             abstained=result.abstained,
             quoted=result.quoted,
+            redacted=redacted,
         )
         if not answer.abstained:
             self.cache.put(found, answer)
@@ -533,6 +541,7 @@ class AskService:
                     model_name="" if answer.abstained else (answer.model or BASE_NAME),
                     cached=answer.cached,
                     abstained=answer.abstained,
+                    redacted=answer.redacted,
                     sources=[
                         {
                             "example_id": src.example_id,
@@ -821,6 +830,7 @@ class AskService:
                 seconds=time.monotonic() - request.accepted,
                 ask_id=request.ask_id,
                 cached=answer.cached,
+                redacted=answer.redacted,
                 sources=answer.sources,
                 names=self.links.names(answer.sources),
                 curators=self.links.curators(answer.sources),

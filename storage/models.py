@@ -306,6 +306,7 @@ class AskLog(SQLModel, table=True):
     surface: str = Field(default="slash", max_length=16)
     thread_ts: str = Field(default="", max_length=32)  # the thread the answer went into, if any
     abstained: bool = Field(default=False, index=True)  # nothing curated covered the question
+    redacted: int = Field(default=0)  # items of personal data or secrets removed from the answer
     # the curated examples the answer cited: [{"example_id", "channel", "thread_ts", "score"}]
     sources: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     # answered later from the Home tab's Unanswered list: the curated example that answers it

@@ -14,6 +14,7 @@ from bot import ids
 from bot.ask import Answer, AnswerCache, AskConfig, RateLimiter, guard, normalise
 from bot.blocks.ask import answer_blocks, answer_sections, model_line
 from bot.blocks.models import ModelRow, models_blocks, models_text
+from engine.redact import Redacted
 from engine.serving.compute import COMPUTE
 
 
@@ -176,7 +177,7 @@ def test_a_slow_answer_shows_progress_at_most_once_a_second(tmp_path):
     with Emulator.start() as slack:
         slack.add_channel("CHELP", "help")
         service = AskService(
-            db, slack.web_client(), SlowServing(3.5), redact=lambda t: type("R", (), {"text": t})
+            db, slack.web_client(), SlowServing(3.5), redact=lambda t: Redacted(t, {})
         )
         with session_scope(db) as s:
             ask_id = registry.log_ask(session=s, user="U1", channel="CHELP", question="why red?").id
@@ -220,3 +221,41 @@ def test_questions_waiting_together_are_embedded_in_one_batch_with_the_same_vect
     for q in questions:
         assert np.allclose(together[q], alone[q], atol=1e-5), q
     assert max(embedder.batches[-len(questions) :]) == len(questions)
+
+
+class LeakyServing(SlowServing):
+    """A model that repeats personal data and a secret it saw in training."""
+
+    def generate(self, prompts, *, max_new_tokens, adapter=None):
+        from engine.serving.base import Generation
+
+        return [Generation(text="Mail ops-lead@example.com the key AKIAIOSFODNN7EXAMPLE and retry.",
+                           finished=True, n_tokens=12)]
+
+
+def test_an_answer_with_an_email_and_a_key_is_posted_redacted_and_says_so(tmp_path):
+    from sqlmodel import select
+
+    from bot.ask import AskRequest, AskService
+    from bot.emulator import Emulator
+    from engine.redact import redact
+    from storage import registry
+    from storage.db import make_engine, session_scope, upgrade
+    from storage.models import AskLog
+
+    url = f"sqlite:///{tmp_path / 'ask.db'}"
+    upgrade(url)
+    db = make_engine(url)
+    with Emulator.start() as slack:
+        slack.add_channel("CHELP", "help")
+        service = AskService(db, slack.web_client(), LeakyServing(0), redact=redact)
+        with session_scope(db) as s:
+            ask_id = registry.log_ask(session=s, user="U1", channel="CHELP", question="why?").id
+        service.run(AskRequest(ask_id, "U1", "CHELP", "why?"), lambda text: None)
+        posted = json.dumps(slack.messages("CHELP")[-1]["blocks"], ensure_ascii=False)
+        assert "ops-lead@example.com" not in posted and "AKIAIOSFODNN7EXAMPLE" not in posted
+        assert "[EMAIL]" in posted and "2 items of personal data or secrets redacted" in posted
+        with session_scope(db) as s:
+            row = s.exec(select(AskLog).where(AskLog.id == ask_id)).one()
+            assert row.redacted == 2 and "ops-lead@example.com" not in row.answer
+    db.dispose()

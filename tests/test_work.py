@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import select
 
 from bot.work import RESTARTING, ShuttingDown, Workers, start
+from engine.redact import Redacted
 
 
 def test_the_pool_runs_at_most_size_tasks_at_once_and_all_of_them_in_the_end():
@@ -106,7 +107,7 @@ def test_an_answer_cut_off_by_shutdown_says_so_and_its_audit_row_is_complete(tmp
         slack.add_channel("CHELP", "help")
         pool = Workers(1, "ask-test")
         service = AskService(
-            db, slack.web_client(), serving, redact=lambda t: type("R", (), {"text": t}), work=pool
+            db, slack.web_client(), serving, redact=lambda t: Redacted(t, {}), work=pool
         )
         requests = []
         for question in ("why red?", "and green?"):  # the second waits for the pool's one thread

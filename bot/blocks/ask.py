@@ -40,10 +40,13 @@ def answer_sections(answer: str) -> list[SectionBlock]:
     return [SectionBlock(text=MarkdownTextObject(text=part)) for part in parts]
 
 
-def model_line(model: str | None, seconds: float, *, cached: bool = False) -> str:
+def model_line(model: str | None, seconds: float, *, cached: bool = False,
+               redacted: int = 0) -> str:
     who = f"*{model}*" if model else "the base model (nothing deployed yet)"
     how = "from the answer cache" if cached else f"{seconds:.1f} s"
-    return f"Answered by {who} · {how} · 👍/👎 tell the team how it did"
+    hidden = (f" · {redacted} item{'' if redacted == 1 else 's'} of personal data or secrets "
+              "redacted" if redacted else "")
+    return f"Answered by {who} · {how}{hidden} · 👍/👎 tell the team how it did"
 
 
 def placeholder_blocks(user: str, question: str, waited: float | None = None) -> list[Block]:
@@ -52,11 +55,11 @@ def placeholder_blocks(user: str, question: str, waited: float | None = None) ->
 
 
 def answer_blocks(user: str, question: str, answer: str, *, model: str | None, seconds: float,
-                  ask_id: int, cached: bool = False) -> list[Block]:
+                  ask_id: int, cached: bool = False, redacted: int = 0) -> list[Block]:
     return [
         question_block(user, question),
         *answer_sections(answer),
-        context(model_line(model, seconds, cached=cached)),
+        context(model_line(model, seconds, cached=cached, redacted=redacted)),
         ActionsBlock(
             block_id=f"ask_feedback_{ask_id}",
             elements=[
@@ -120,10 +123,11 @@ def sources_block(sources: Sequence[Source], *, names: Mapping[str, str] | None 
 def grounded_answer_blocks(user: str, question: str, answer: str, *, model: str | None,
                            seconds: float, ask_id: int, sources: Sequence[Source],
                            cached: bool = False, names: Mapping[str, str] | None = None,
-                           curators: Mapping[int, int] | None = None) -> list[Block]:
+                           curators: Mapping[int, int] | None = None,
+                           redacted: int = 0) -> list[Block]:
     """:func:`answer_blocks` with the sources line between the answer and the model line."""
     blocks = answer_blocks(user, question, answer, model=model, seconds=seconds, ask_id=ask_id,
-                           cached=cached)
+                           cached=cached, redacted=redacted)
     line = sources_block(sources, names=names, curators=curators)
     if line is not None:
         blocks.insert(len(blocks) - 2, line)

@@ -1,5 +1,5 @@
-"""ask log: where a question was asked, whether the bot abstained, what it cited, and who answered
-it later from the Unanswered list (issue 13)
+"""ask log: where a question was asked, whether the bot abstained, what it cited, how much of the
+answer was redacted, and who answered it later from the Unanswered list (issues 13, 15)
 
 Rows written before were all ``/ask`` answers of the closed-book model: surface ``slash``, not
 abstained, no sources.
@@ -27,6 +27,8 @@ def upgrade() -> None:
                                       nullable=False, server_default=''))
         batch_op.add_column(sa.Column('abstained', sa.Boolean(), nullable=False,
                                       server_default=sa.false()))
+        batch_op.add_column(sa.Column('redacted', sa.Integer(), nullable=False,
+                                      server_default='0'))
         batch_op.add_column(sa.Column('sources', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('resolved_example_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('resolved_by', sqlmodel.sql.sqltypes.AutoString(length=32),
@@ -45,6 +47,7 @@ def downgrade() -> None:
         batch_op.drop_column('resolved_by')
         batch_op.drop_column('resolved_example_id')
         batch_op.drop_column('sources')
+        batch_op.drop_column('redacted')
         batch_op.drop_column('abstained')
         batch_op.drop_column('thread_ts')
         batch_op.drop_column('surface')
