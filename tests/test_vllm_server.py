@@ -153,6 +153,35 @@ def test_missing_adapter_folder(backend, tmp_path):
         backend.load_adapter("ghost", tmp_path / "nothing-here")
 
 
+def test_a_grounded_answer_through_vllm_cites_its_source_like_the_inprocess_one(
+    backend, inprocess, db
+):
+    """The answering pipeline with vLLM as its backend: the same retrieval, the same prompt (the
+    curated answers as numbered data, the instruction after), the same reply as in-process (greedy,
+    float32 on both), the curated fact in the answer, the source cited; and an uncovered question
+    abstains."""
+    from engine.answer import answer
+    from engine.retrieval import Index
+    from tests.test_retrieval import curate, sync
+
+    fact = "lumenctl restart --all --grace 30"
+    lumen = curate(db, "401.0", "How do I restart the Lumen cluster?",
+                   f"Run `{fact}` from the ops bastion, then check #lumen-status.")
+    curate(db, "402.0", "Where are the on-call docs?", "In the ops wiki under On-call > Handbook.")
+    index = Index()
+    sync(db, index)
+    question = "what's the command to restart lumen"
+    served = answer(question, retriever=index, backend=backend, max_new_tokens=48)
+    local = answer(question, retriever=index, backend=inprocess, max_new_tokens=48)
+    assert not served.abstained and [s.example_id for s in served.sources] == [lumen]
+    assert [s.example_id for s in local.sources] == [lumen]
+    assert served.reply and served.reply == local.reply, (served.reply, local.reply)
+    assert fact in served.text
+    missing = answer("What is the wifi password in the Lisbon office?", retriever=index,
+                     backend=backend)
+    assert missing.abstained and missing.model is None
+
+
 def test_stopped_server_gives_a_clear_error(server, backend):
     server.stop()
     started = time.monotonic()
