@@ -12,11 +12,26 @@ from storage.db import session_scope
 from storage.models import AskLog, Example, utcnow
 
 
-def _ask(s, question, *, minutes_ago, channel="CHELP", user="UASK", abstained=False, error="",
-         downs=0, ups=0):
+def _ask(
+    s,
+    question,
+    *,
+    minutes_ago,
+    channel="CHELP",
+    user="UASK",
+    abstained=False,
+    error="",
+    downs=0,
+    ups=0,
+):
     row = registry.log_ask(
-        session=s, user=user, channel=channel, question=question, abstained=abstained,
-        error=error, created_at=utcnow() - timedelta(minutes=minutes_ago),
+        session=s,
+        user=user,
+        channel=channel,
+        question=question,
+        abstained=abstained,
+        error=error,
+        created_at=utcnow() - timedelta(minutes=minutes_ago),
         answer="" if abstained else "some answer",
     )
     for i in range(downs):
@@ -27,8 +42,13 @@ def _ask(s, question, *, minutes_ago, channel="CHELP", user="UASK", abstained=Fa
 
 
 def _example(s):
-    example = Example(channel="CHELP", thread_ts="1.0", message_ts="1.0",
-                      messages=[{"role": "user", "content": "q"}], content_hash="h")
+    example = Example(
+        channel="CHELP",
+        thread_ts="1.0",
+        message_ts="1.0",
+        messages=[{"role": "user", "content": "q"}],
+        content_hash="h",
+    )
     s.add(example)
     s.flush()
     return example.id
@@ -37,8 +57,9 @@ def _example(s):
 def test_lists_abstained_and_downvoted_asks_deduplicated_newest_first(db):
     with session_scope(db) as s:
         vpn_old = _ask(s, "How do I reset the VPN token?", minutes_ago=50, abstained=True)
-        vpn_new = _ask(s, "  how do I reset the   VPN token ", minutes_ago=5, abstained=True,
-                       user="UOTH")
+        vpn_new = _ask(
+            s, "  how do I reset the   VPN token ", minutes_ago=5, abstained=True, user="UOTH"
+        )
         vpn_down = _ask(s, "HOW DO I RESET THE VPN TOKEN?!", minutes_ago=30, downs=2)
         deploy = _ask(s, "Who approves prod deploys?", minutes_ago=10, downs=1, ups=3)
         _ask(s, "Where is the wiki?", minutes_ago=1)  # answered, no 👎: not listed
@@ -53,8 +74,11 @@ def test_lists_abstained_and_downvoted_asks_deduplicated_newest_first(db):
     vpn = page.questions[0]
     assert (vpn.times, vpn.downvotes, vpn.abstained) == (3, 2, True)
     assert vpn.ask_ids == (vpn_new, vpn_down, vpn_old)
-    assert (page.questions[1].times, page.questions[1].downvotes,
-            page.questions[1].abstained) == (1, 1, False)
+    assert (page.questions[1].times, page.questions[1].downvotes, page.questions[1].abstained) == (
+        1,
+        1,
+        False,
+    )
 
     with session_scope(db) as s:
         limited = registry.unanswered(session=s, limit=2)
@@ -65,8 +89,7 @@ def test_lists_abstained_and_downvoted_asks_deduplicated_newest_first(db):
 def test_hidden_channels_are_left_out_and_do_not_count(db):
     with session_scope(db) as s:
         public = _ask(s, "Where are the payroll exports?", minutes_ago=9, abstained=True)
-        _ask(s, "Where are the payroll exports?", minutes_ago=1, abstained=True,
-             channel="GSECRET")
+        _ask(s, "Where are the payroll exports?", minutes_ago=1, abstained=True, channel="GSECRET")
         _ask(s, "What is the finance bucket?", minutes_ago=2, abstained=True, channel="GSECRET")
     with session_scope(db) as s:
         assert registry.unanswered_channels(session=s) == {"CHELP", "GSECRET"}
@@ -80,8 +103,9 @@ def test_resolving_marks_every_twin_and_leaves_the_list(db):
     with session_scope(db) as s:
         a = _ask(s, "How do I reset the VPN token?", minutes_ago=9, abstained=True)
         b = _ask(s, "how do i reset the vpn token", minutes_ago=8, downs=1, channel="CDEV")
-        c = _ask(s, "How do I reset the VPN token?", minutes_ago=7, abstained=True,
-                 channel="GSECRET")
+        c = _ask(
+            s, "How do I reset the VPN token?", minutes_ago=7, abstained=True, channel="GSECRET"
+        )
         other = _ask(s, "Who approves prod deploys?", minutes_ago=6, abstained=True)
         example_id = _example(s)
     with session_scope(db) as s:
@@ -99,8 +123,9 @@ def test_resolving_marks_every_twin_and_leaves_the_list(db):
     # a second answer to an ask already resolved is refused (nothing marked)
     with session_scope(db) as s:
         assert registry.mark_resolved(session=s, ask_id=a, example_id=example_id, by="UCUR2") == []
-        assert registry.mark_resolved(session=s, ask_id=10**9, example_id=example_id,
-                                      by="UCUR2") == []
+        assert (
+            registry.mark_resolved(session=s, ask_id=10**9, example_id=example_id, by="UCUR2") == []
+        )
     with session_scope(db) as s:
         marked = registry.mark_resolved(session=s, ask_id=c, example_id=example_id, by="UCUR2")
     assert [r.id for r in marked] == [c]
