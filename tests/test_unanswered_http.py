@@ -404,6 +404,19 @@ def test_a_good_answer_becomes_a_redacted_attributed_example_found_at_once(env):
         assert "[EMAIL]" in told[0]["text"] and "<@UCUR1>" in told[0]["text"]
 
 
+def test_an_edit_in_the_questions_thread_keeps_the_curators_answer(env):
+    """The answer's thread holds the bot's answer, not the curator's: re-deriving it from the
+    thread after an edit would withdraw it ("a bot's answer")."""
+    twin = ask_row(env, env.state["mention_twin"])
+    env.slack.edit("UOTH", CHANNEL, twin.thread_ts, "how do I rotate the billing deploy key?")
+    env.slack.wait_idle()
+    time.sleep(1)  # the edit is applied after the acknowledgement
+    with session_scope(env.db) as s:
+        example = s.get(Example, env.state["example"])
+    assert example.status == "active", example.status_reason
+    assert "message_changed" in env.log.read_text()
+
+
 def test_a_second_answer_to_a_resolved_question_is_refused(env):
     reply = submit(
         env,
