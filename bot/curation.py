@@ -19,9 +19,16 @@ from sqlalchemy.engine import Engine
 
 from bot.payloads import MessageChange, Reaction
 from bot.slack_api import explain, fetch_thread
-from engine.curation import ExampleDraft, Refusal, SlackMessage, build_example
+from engine.curation import (
+    ANSWERED_SOURCE,
+    ExampleDraft,
+    Refusal,
+    SlackMessage,
+    answered_example,
+    build_example,
+)
 from storage import curation as q
-from storage import retrieval
+from storage import registry, retrieval
 from storage.db import session_scope
 from storage.models import utcnow
 
@@ -29,6 +36,33 @@ log = logging.getLogger(__name__)
 
 CHANGED = frozenset({"accepted", "excluded", "withdrawn", "updated", "deleted"})
 """Outcomes that changed which examples are current, or their text: the index must follow."""
+
+
+DM_SURFACES = frozenset({"dm", "assistant"})
+"""Where a question asked is seen by the asker and the bot only (``AskLog.surface``)."""
+
+
+@dataclass(frozen=True)
+class ResolvedAsk:
+    """An ask a curator's answer resolved: where to tell its asker."""
+
+    ask_id: int
+    user: str
+    channel: str
+    surface: str
+    thread_ts: str
+    message_ts: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What :meth:`CurationService.answer_question` stored."""
+
+    example_id: int
+    question: str  # as stored: redacted
+    answer: str  # as stored: redacted
+    private: bool  # private to the question's channel
+    resolved: list[ResolvedAsk]
 
 
 @dataclass(frozen=True)
@@ -259,6 +293,100 @@ class CurationService:
             return "withdrawn"
         return "curator_removed"
 
+    # -- answers written from the Unanswered list ----------------------------------------------
+
+    def answer_question(self, ask_id: int, curator: str, question: str, answer: str) -> Answered:
+        """Store a curator's answer to an unanswered question as an example (``source`` =
+        "answered", attributed to ``curator``) and mark resolved every ask of that question it
+        answers. The caller checks that ``curator`` may see the question, then syncs the index
+        (this does not call ``on_change``: the answer must be retrievable at once, not after the
+        sync's quiet period). Raises :class:`Refusal` with a sentence for the curator.
+
+        The example is private to the question's channel when Slack says that channel is private;
+        a question from a DM or the assistant pane is answered for everyone (the curator wrote the
+        answer for the team). When Slack can't say whether the channel is private, nothing is
+        stored: a private channel's answer must never become public by accident."""
+        with session_scope(self.db) as session:
+            ask = registry.get_ask(session=session, ask_id=ask_id)
+            if ask is None:
+                raise Refusal("gone", "That question is no longer in my log.")
+            if ask.resolved_by or ask.resolved_example_id is not None:
+                raise Refusal("answered", f"<@{ask.resolved_by}> already answered that question.")
+            channel, surface = ask.channel, ask.surface
+            message_ts, thread_ts = ask.message_ts, ask.thread_ts
+        in_dm = surface in DM_SURFACES or channel.startswith("D")
+        private = False
+        if not in_dm:
+            known = self._channel_private(channel)  # a Slack read: before the transaction
+            if known is None:
+                raise Refusal(
+                    "visibility_unknown",
+                    f"I couldn't check with Slack whether <#{channel}> is private, so I didn't "
+                    "save the answer (it must not reach people outside a private channel). "
+                    "Please try again in a minute.",
+                )
+            private = known
+        with self._lock(channel), session_scope(self.db) as session:
+            # the answer's place: the bot's answer message, unless it has none (the answer was
+            # never posted) or that message is an example already (its emoji-curated answer);
+            # then a synthetic ts, which no Slack event can ever name, keeps (channel,
+            # message_ts) unique
+            if not message_ts or q.get_example(
+                session=session, channel=channel, message_ts=message_ts
+            ):
+                message_ts = f"ask:{ask_id}"
+            draft = answered_example(
+                channel,
+                thread_ts or message_ts,
+                message_ts,
+                curator,
+                question,
+                answer,
+                min_answer_chars=self.rules.min_answer_chars,
+                redact=self.redact,
+            )
+            if not in_dm:
+                retrieval.record_channel(session=session, channel=channel, private=private)
+            if q.is_excluded(session=session, channel=channel, thread_ts=draft.thread_ts):
+                raise Refusal(
+                    "excluded",
+                    "A curator excluded that thread with the reject emoji, so nothing from it "
+                    "becomes an example.",
+                )
+            if dup := q.find_duplicate(
+                session=session,
+                content_hash=draft.content_hash,
+                channel=channel,
+                message_ts=draft.message_ts,
+            ):
+                raise Refusal(
+                    "duplicate", f"That question and answer are already example #{dup.id}."
+                )
+            fields = {**self._fields(draft), "source": ANSWERED_SOURCE}
+            example, _ = q.save_example(session=session, fields=fields, curator=curator)
+            assert example.id is not None  # flushed by save_example
+            marked = registry.mark_resolved(
+                session=session,
+                ask_id=ask_id,
+                example_id=example.id,
+                by=curator,
+                channels=[channel] if private else None,
+            )
+            if not marked:  # another curator's answer committed first: keep theirs
+                raise Refusal("answered", "Another curator answered that question a moment ago.")
+            resolved = [
+                ResolvedAsk(a.id, a.user, a.channel, a.surface, a.thread_ts, a.message_ts)
+                for a in marked
+                if a.id is not None
+            ]
+            answered = Answered(
+                example.id, draft.messages[0]["content"], draft.messages[1]["content"],
+                private, resolved,
+            )
+        log.info("curator %s answered ask %s as example %s (%d asks resolved)",
+                 curator, ask_id, answered.example_id, len(resolved))
+        return answered
+
     # -- edits and deletions -----------------------------------------------------------------
 
     def message_changed(self, change: MessageChange) -> str:
@@ -310,6 +438,8 @@ class CurationService:
             for example in q.examples_in_thread(
                 session=session, channel=change.channel, thread_ts=thread_ts
             ):
+                if example.source == ANSWERED_SOURCE:
+                    continue  # a curator wrote it: nothing in the thread's text derives it
                 try:
                     draft = build_example(
                         change.channel,

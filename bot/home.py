@@ -1,4 +1,5 @@
-"""Gathers what the Home tab shows and publishes it (on open, and after jobs, deploys, rounds)."""
+"""Gathers what the Home tab shows and publishes it (on open, and after jobs, deploys, rounds,
+answered questions). Curators also see the Unanswered list, limited to what each may see."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import logging
 from slack_sdk.errors import SlackApiError
 
 from bot.blocks.home import HomeData, home_view
+from bot.blocks.unanswered import UnansweredItem
 from bot.services import Services
 from bot.slack_api import explain
 from engine.ab.board import battles_of, overall_leaderboard
 from storage.curation import curation_stats
 from storage.db import session_scope
+from storage.registry import unanswered, unanswered_channels
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,64 @@ def _leaderboard(db) -> list[dict]:  # noqa: ANN001
     ]
 
 
-def publish(client, db, user: str) -> None:  # noqa: ANN001
+def publish(client, db, user: str, data: HomeData | None = None) -> None:  # noqa: ANN001
     try:
-        client.views_publish(user_id=user, view=home_view(gather(db)))
+        client.views_publish(user_id=user, view=home_view(data or gather(db)))
     except SlackApiError as exc:
         log.warning("could not publish the Home tab for %s: %s", user, explain(exc))
+
+
+def publish_for(services: Services, user: str) -> None:
+    """Publish ``user``'s Home tab: what everyone sees, and for a curator the Unanswered list
+    (only the questions they may see)."""
+    data = gather(services.db)
+    if is_curator(services, user):
+        data.unanswered, data.unanswered_total = unanswered_for(services, user)
+    publish(services.client, services.db, user, data)
+
+
+def is_curator(services: Services, user: str) -> bool:
+    """Curators answer unanswered questions; admins may too."""
+    return user in services.settings.curators or services.is_admin(user)
+
+
+def may_see(services: Services, user: str, channel: str) -> bool:
+    """Whether ``user`` may see a question asked in ``channel``: asked in a DM or the assistant
+    pane (shown redacted, and the asker is told so), in a public channel, or in a private
+    channel ``user`` is a member of. When Slack can't say whether a channel is private, or who
+    is in it, the answer is no."""
+    if not channel or channel.startswith("D"):
+        return True
+    access = services.access
+    if access is None:
+        return False
+    private = access.is_private(channel)
+    if private is False:
+        return True
+    return access.is_member(user, channel)
+
+
+def unanswered_for(services: Services, user: str) -> tuple[list[UnansweredItem], int]:
+    """The Unanswered list as ``user`` may see it: (items shown, distinct questions in all)."""
+    with session_scope(services.db) as session:
+        channels = unanswered_channels(session=session)
+    hidden = {c for c in channels if not may_see(services, user, c)}  # Slack reads: no session
+    with session_scope(services.db) as session:
+        page = unanswered(session=session, hidden_channels=hidden)
+    items = [
+        UnansweredItem(
+            ask_id=q.ask.id or 0,
+            question=q.ask.question,
+            where=q.ask.surface,
+            channel=q.ask.channel,
+            asked_at=q.ask.created_at,
+            times=q.times,
+            downvotes=q.downvotes,
+            abstained=q.abstained,
+        )
+        for q in page.questions
+    ]
+    return items, page.total
 
 
 def remember(services: Services, user: str) -> None:
@@ -78,4 +134,4 @@ def remember(services: Services, user: str) -> None:
 def refresh_all(services: Services) -> None:
     """Re-publish the Home tab for everyone who opened it (after a job, deploy or round)."""
     for user in services.home_users.snapshot():
-        publish(services.client, services.db, user)
+        publish_for(services, user)

@@ -20,3 +20,13 @@ AB_WHY_INPUT = "ab_why_text"
 ASK_UP = "ask_feedback_up"
 ASK_DOWN = "ask_feedback_down"
 ASK_FEEDBACK = {ASK_UP: "up", ASK_DOWN: "down"}
+
+# -- the Home tab's Unanswered list (bot/unanswered.py, bot/blocks/unanswered.py) ----------------
+#: "Answer it" beside an unanswered question; its value is the question's (newest) ask_log id
+UNANSWERED_ANSWER = "unanswered_answer"
+#: the modal where a curator writes the answer; private_metadata is the ask_log id
+UNANSWERED_MODAL = "unanswered_modal"
+UNANSWERED_QUESTION_BLOCK = "unanswered_question"
+UNANSWERED_QUESTION_INPUT = "unanswered_question_text"
+UNANSWERED_ANSWER_BLOCK = "unanswered_answer"
+UNANSWERED_ANSWER_INPUT = "unanswered_answer_text"

@@ -14,6 +14,7 @@ from slack_sdk import WebClient
 from sqlalchemy.engine import Engine
 
 from bot.ab_rounds import ABRoundService
+from bot.access import ChannelAccess
 from bot.ask import AskConfig, AskService
 from bot.backends import Serving
 from bot.curation import CurationRules, CurationService
@@ -62,6 +63,7 @@ class Services:
     job_observer: SlackJobObserver | None = None  # Slack progress of training jobs (bot token set)
     home_users: HomeUsers = field(default_factory=HomeUsers)
     indexing: IndexSyncer | None = None  # set by build: keeps ``index`` in step with curation
+    access: ChannelAccess | None = None  # set by build: who is in which channel, cached
     _index: Index | None = field(default=None, init=False, repr=False)
     _index_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -150,6 +152,7 @@ class Services:
         )
         services.indexing = IndexSyncer(db, lambda: services.index, work)
         curation.on_change = services.indexing.request
+        services.access = ChannelAccess(client)
         return services
 
     def shutdown(self, grace: float | None = None) -> None:

@@ -180,3 +180,51 @@ def build_example(
         messages=messages,
         redactions=counts,
     )
+
+
+ANSWERED_SOURCE = "answered"
+"""``Example.source`` of an example a curator wrote from the Home tab's Unanswered list."""
+
+
+def answered_example(
+    channel: str,
+    thread_ts: str,
+    message_ts: str,
+    curator: str,
+    question: str,
+    answer: str,
+    *,
+    min_answer_chars: int,
+    redact=None,
+) -> ExampleDraft:
+    """The example a curator writes for an unanswered question: the question (as the curator may
+    have corrected it) as the ``user`` turn, their answer as the ``assistant`` turn, both redacted
+    like any curated thread. Raises :class:`Refusal` with a sentence for the curator."""
+    question, answer = question.strip(), answer.strip()
+    if not question:
+        raise Refusal("no_question", "The question is empty: write the question being answered.")
+    if not answer:
+        raise Refusal("empty_answer", "Write an answer first.")
+    if len(answer) < min_answer_chars:
+        raise Refusal(
+            "too_short",
+            f"That answer is too short to teach anything ({len(answer)} characters; "
+            f"at least {min_answer_chars} are needed).",
+        )
+    counts: dict[str, int] = {}
+    messages = []
+    for role, text in (("user", question), ("assistant", answer)):
+        if redact is not None:
+            result = redact(text)
+            text = result.text
+            for kind, n in result.counts.items():
+                counts[kind] = counts.get(kind, 0) + n
+        messages.append({"role": role, "content": text})
+    return ExampleDraft(
+        channel=channel,
+        thread_ts=thread_ts,
+        message_ts=message_ts,
+        answer_user=curator,
+        messages=messages,
+        redactions=counts,
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -225,3 +226,127 @@ def audit_rows(
         stmt = stmt.where(AskLog.created_at < until)
     for row, up, down in session.exec(stmt.execution_options(yield_per=500)):
         yield row, int(up), int(down)
+
+
+# -- the Home tab's Unanswered list (issue 13) ----------------------------------------------------
+
+UNANSWERED_LIMIT = 20
+_TRAILING = "?!.…,;: "
+
+
+def normalise_question(text: str) -> str:
+    """What makes two questions "the same" on the Unanswered list: case, runs of whitespace and
+    trailing punctuation do not count."""
+    return " ".join(text.lower().split()).rstrip(_TRAILING)
+
+
+@dataclass(frozen=True)
+class UnansweredQuestion:
+    """One question on the Unanswered list: the newest ask of it, and how the others add up."""
+
+    ask: AskLog  # the newest unresolved ask of this question
+    times: int  # how many unresolved asks share its normalised text
+    downvotes: int  # 👎 on those asks' answers, together
+    abstained: bool  # at least one of them got "nothing curated covers this"
+    ask_ids: tuple[int, ...]  # newest first
+
+
+@dataclass(frozen=True)
+class UnansweredPage:
+    questions: list[UnansweredQuestion]  # newest first, at most ``limit``
+    total: int  # distinct questions in the list, shown or not
+
+
+def _unanswered_rows(session: Session) -> Any:
+    """Unresolved, error-free asks that abstained or got a 👎, newest first, with their 👎 count."""
+    downs = (
+        select(AskFeedback.ask_id, func.count().label("down"))
+        .where(AskFeedback.value == "down")
+        .group_by(col(AskFeedback.ask_id))
+        .subquery()
+    )
+    return (
+        select(AskLog, func.coalesce(downs.c.down, 0))
+        .outerjoin(downs, downs.c.ask_id == AskLog.id)
+        .where(
+            col(AskLog.resolved_example_id).is_(None),
+            AskLog.resolved_by == "",
+            AskLog.error == "",
+            AskLog.question != "",
+            (col(AskLog.abstained)) | (func.coalesce(downs.c.down, 0) > 0),
+        )
+        .order_by(col(AskLog.created_at).desc(), col(AskLog.id).desc())
+    )
+
+
+def unanswered_channels(*, session: Session) -> set[str]:
+    """The channels the Unanswered list's asks come from (to decide who may see which)."""
+    rows = _unanswered_rows(session).subquery()
+    return set(session.exec(select(rows.c.channel).distinct()).all())
+
+
+def unanswered(
+    *, session: Session, limit: int = UNANSWERED_LIMIT, hidden_channels: Collection[str] = ()
+) -> UnansweredPage:
+    """The Unanswered list: questions nothing curated covered, or whose answer got a 👎, that no
+    curator has answered yet; one entry per normalised question (newest ask first) with how many
+    times it was asked. Asks from ``hidden_channels`` are left out (the viewer may not see them)."""
+    hidden = set(hidden_channels)
+    groups: dict[str, list[tuple[AskLog, int]]] = {}
+    for row, down in session.exec(_unanswered_rows(session).execution_options(yield_per=500)):
+        if row.channel in hidden:
+            continue
+        groups.setdefault(normalise_question(row.question), []).append((row, int(down)))
+    questions = [
+        UnansweredQuestion(
+            ask=rows[0][0],
+            times=len(rows),
+            downvotes=sum(down for _, down in rows),
+            abstained=any(row.abstained for row, _ in rows),
+            ask_ids=tuple(row.id for row, _ in rows if row.id is not None),
+        )
+        for rows in groups.values()  # insertion order: by each question's newest ask
+    ]
+    return UnansweredPage(questions=questions[:limit], total=len(questions))
+
+
+def mark_resolved(
+    *,
+    session: Session,
+    ask_id: int,
+    example_id: int,
+    by: str,
+    channels: Collection[str] | None = None,
+    when: datetime | None = None,
+) -> list[AskLog]:
+    """Mark ask ``ask_id`` answered by ``example_id`` (written by ``by``), and with it every other
+    unresolved ask of the same normalised question (only those from ``channels`` when given: an
+    answer private to one channel resolves nothing asked elsewhere). Returns the asks marked;
+    empty when ``ask_id`` was already resolved (another curator was first) or is unknown."""
+    when = when or utcnow()
+    claimed = session.exec(
+        update(AskLog)
+        .where(
+            col(AskLog.id) == ask_id,
+            col(AskLog.resolved_example_id).is_(None),
+            col(AskLog.resolved_by) == "",
+        )
+        .values(resolved_example_id=example_id, resolved_by=by, resolved_at=when)
+    )
+    if not claimed.rowcount:
+        return []
+    first = session.get(AskLog, ask_id)
+    assert first is not None  # just updated
+    session.refresh(first)
+    key = normalise_question(first.question)
+    stmt = _unanswered_rows(session)
+    if channels is not None:
+        stmt = stmt.where(col(AskLog.channel).in_(list(channels)))
+    marked = [first]
+    for row, _ in session.exec(stmt).all():
+        if normalise_question(row.question) == key:
+            row.resolved_example_id, row.resolved_by, row.resolved_at = example_id, by, when
+            session.add(row)
+            marked.append(row)
+    session.flush()
+    return marked

@@ -1,4 +1,5 @@
-"""The App Home tab: dataset, recent jobs, the deployed model, the A/B leaderboard."""
+"""The App Home tab: dataset, recent jobs, the deployed model, the A/B leaderboard, and for
+curators the questions waiting for an answer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from slack_sdk.models.views import View
 
 from bot.blocks.common import context, sections
 from bot.blocks.dataset import TARGET, readiness_line
+from bot.blocks.unanswered import UnansweredItem, unanswered_blocks
+
+MAX_BLOCKS = 100  # Slack's limit for a Home view
 
 STATE_ICONS = {"validating": "🔎", "queued": "⏳", "running": "🏃", "succeeded": "✅",
                "failed": "❌", "cancelled": "🚫"}
@@ -23,6 +27,9 @@ class HomeData:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # id, state, method, step, total
     deployed: dict[str, Any] | None = None  # name, eval_verdict, ab_result
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # model, rating, lo, hi, votes
+    # curators only (None: the viewer is not one, and sees no such section)
+    unanswered: list[UnansweredItem] | None = None
+    unanswered_total: int = 0
 
 
 def home_view(data: HomeData) -> View:
@@ -86,6 +93,11 @@ def home_view(data: HomeData) -> View:
             for i, r in enumerate(data.leaderboard[:10])
         ]
         blocks += sections("*Leaderboard* (Bradley–Terry, base = 1000)\n" + "\n".join(rows))
+    footer = 1
+    if data.unanswered is not None:
+        blocks += unanswered_blocks(
+            data.unanswered, data.unanswered_total, MAX_BLOCKS - len(blocks) - footer
+        )
     blocks.append(
         context(
             "Curate with :white_check_mark: on a thread reply · "

@@ -12,7 +12,10 @@ that are new or whose question text changed.
 Privacy: an example is ``private`` when Slack said its channel is private
 (``storage.retrieval.record_channel``) or when nothing was recorded for its channel — an unknown
 channel is treated as private, so that a missing record can only hide an example, never show it to
-someone who may not see it. Imported examples (no Slack channel) are not private.
+someone who may not see it. Imported examples (no Slack channel) are not private. An answer a
+curator wrote from the Unanswered list (``source == "answered"``) is private only when its channel
+is recorded as private: its question may come from a DM or the assistant pane, and the bot records
+a channel's visibility before it stores an answer to a question asked there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import datetime
 import numpy as np
 from sqlmodel import Session
 
+from engine.curation import ANSWERED_SOURCE
 from engine.retrieval.embedder import MINILM, Embedder, MiniLMEmbedder
 from engine.retrieval.lexical import Lexical, tokenize
 from engine.retrieval.text import answer_text, question_text, text_hash
@@ -96,6 +100,18 @@ class _Entry:
     tokens: list[str]
 
 
+def _private(entry: _Entry, visibility: dict[str, bool]) -> bool:
+    """Imports are public; an answer a curator wrote from the Unanswered list is private only
+    when its question came from a channel Slack said is private (a question from a DM or the
+    assistant pane was answered for the team, and the bot records the channel's visibility before
+    it stores such an answer); any other example is private unless its channel is known public."""
+    if entry.source == IMPORT_SOURCE:
+        return False
+    if entry.source == ANSWERED_SOURCE:
+        return visibility.get(entry.channel, False)
+    return visibility.get(entry.channel, True)
+
+
 class _Snapshot:
     """Everything one search reads; never changed after it is built."""
 
@@ -103,9 +119,7 @@ class _Snapshot:
         import torch
 
         self.entries = entries
-        self.private = [
-            e.source != IMPORT_SOURCE and visibility.get(e.channel, True) for e in entries
-        ]
+        self.private = [_private(e, visibility) for e in entries]
         # half precision: half the memory and, on the CPU, half the time of a float32 product
         # (memory-bound: 50,000 x 384 is 38 MB instead of 77); cosines move by about 1e-3
         matrix = (np.stack([e.vector for e in entries]) if entries

@@ -5,9 +5,10 @@ from bot import ids
 from .ab_vote import ab_vote
 from .ab_why import ab_why
 from .ask_feedback import ask_feedback
+from .unanswered_answer import unanswered_answer
 
 #: The action ids this surface handles (manifest.yml enables interactivity when there are any).
-ACTIONS = (*ids.AB_VOTES, ids.AB_WHY, *ids.ASK_FEEDBACK)
+ACTIONS = (*ids.AB_VOTES, ids.AB_WHY, *ids.ASK_FEEDBACK, ids.UNANSWERED_ANSWER)
 
 
 def register(app: App) -> None:
@@ -16,3 +17,4 @@ def register(app: App) -> None:
     app.action(ids.AB_WHY)(ab_why)
     for action_id in ids.ASK_FEEDBACK:
         app.action(action_id)(ask_feedback)
+    app.action(ids.UNANSWERED_ANSWER)(unanswered_answer)

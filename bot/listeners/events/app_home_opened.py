@@ -1,4 +1,4 @@
-from bot.home import publish, remember
+from bot.home import publish_for, remember
 
 
 def app_home_opened(event, context) -> None:  # noqa: ANN001
@@ -6,4 +6,4 @@ def app_home_opened(event, context) -> None:  # noqa: ANN001
     if event.get("tab", "home") == "home":
         services = context["services"]
         remember(services, event["user"])
-        publish(services.client, services.db, event["user"])
+        publish_for(services, event["user"])

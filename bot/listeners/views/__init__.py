@@ -3,10 +3,12 @@ from slack_bolt import App
 from bot import ids
 
 from .ab_why_submit import ab_why_submit
+from .unanswered_submit import unanswered_submit
 
 #: The modal callback ids this surface handles.
-VIEWS = (ids.AB_WHY_MODAL,)
+VIEWS = (ids.AB_WHY_MODAL, ids.UNANSWERED_MODAL)
 
 
 def register(app: App) -> None:
     app.view(ids.AB_WHY_MODAL)(ab_why_submit)
+    app.view(ids.UNANSWERED_MODAL)(unanswered_submit)
