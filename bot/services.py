@@ -111,6 +111,7 @@ class Services:
         serving = Serving(settings, db)
         config = AskConfig.from_settings(settings)
         embedder = QuestionEmbedder() if config.semantic_threshold > 0 else None
+        access = ChannelAccess(client)
         ask = AskService(
             db,
             client,
@@ -121,6 +122,7 @@ class Services:
             work=work,
             warm=embedder.start_loading if embedder else None,
             index=lambda: services.ready_index(),
+            is_member=access.is_member,
         )
         rounds = ABRoundService(
             db,
@@ -152,7 +154,7 @@ class Services:
         )
         services.indexing = IndexSyncer(db, lambda: services.index, work)
         curation.on_change = services.indexing.request
-        services.access = ChannelAccess(client)
+        services.access = access
         return services
 
     def shutdown(self, grace: float | None = None) -> None:

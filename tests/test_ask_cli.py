@@ -143,29 +143,31 @@ def test_a_private_example_is_cited_only_in_its_channel(cli_db, no_model, monkey
     assert "9464" not in out["answer"]  # another private channel's example stays out
 
 
-def test_membership_decides_with_a_user(monkeypatch):
+def test_membership_decides_with_a_user():
+    """Membership comes from Slack's conversations.members (the emulator, more members than one
+    page holds), asked once per channel."""
+    from bot.emulator import Emulator
     from engine.retrieval import Hit
-
-    class Client:
-        def __init__(self):
-            self.calls = 0
-
-        def conversations_members(self, channel, limit):
-            self.calls += 1
-            return iter([{"members": ["UA"]}, {"members": ["UB"]}])
 
     def hit(channel, private):
         return Hit(example_id=1, channel=channel, thread_ts="1.0", private=private, question="q",
                    answer="a", score=1.0, dense=1.0, rank=1)
 
-    client = Client()
-    member = ask_cli.Visibility(None, "UB", client)
-    assert member(hit("GSECRET", True)) and member(hit("GSECRET", True))
-    assert client.calls == 1  # asked once per channel
-    stranger = ask_cli.Visibility(None, "UC", client)
-    assert not stranger(hit("GSECRET", True)) and stranger(hit("CHELP", False))
-    assert stranger.left_out == {1}
-    no_token = ask_cli.Visibility(None, "UB", None)
+    with Emulator.start() as slack:
+        for i in range(1200):  # conversations.members pages at 1,000 at most
+            slack.add_user(f"UM{i:04d}", f"member{i}")
+        slack.add_channel("GSECRET", "secret", is_private=True)
+        slack.add_channel("CHELP", "help")
+        slack.add_user("UC", "stranger")  # joined the workspace after: not in GSECRET
+        client = slack.web_client()
+        member = ask_cli.Visibility(None, "UM1150", client)
+        assert member(hit("GSECRET", True)) and member(hit("GSECRET", True))
+        calls = slack.calls("conversations.members")
+        assert len(calls) == 2 and calls[1]["args"].get("cursor")  # two pages, once
+        stranger = ask_cli.Visibility(None, "UC", client)
+        assert not stranger(hit("GSECRET", True)) and stranger(hit("CHELP", False))
+        assert stranger.left_out == {1}
+    no_token = ask_cli.Visibility(None, "UM0001", None)
     assert not no_token(hit("GSECRET", True))
 
 

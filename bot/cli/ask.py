@@ -20,6 +20,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.access import ChannelAccess
 from bot.backends import BASE_NAME, DeployedBackend, Serving
 from bot.cli.index import _NoDatabase, _open_db
 from bot.settings import Settings
@@ -51,11 +52,12 @@ def make_serving(settings: Settings, db: Any) -> Serving:
 
 class Visibility:
     """Decides which retrieved examples this asker may see, and counts the private ones left
-    out."""
+    out: a private channel's examples with ``--channel`` that channel, or with ``--user`` a member
+    of it (Slack's ``conversations.members`` through :class:`bot.access.ChannelAccess`)."""
 
     def __init__(self, channel: str | None, user: str | None, client: WebClient | None) -> None:
-        self.channel, self.user, self.client = channel, user, client
-        self._members: dict[str, bool] = {}
+        self.channel, self.user = channel, user
+        self.access = ChannelAccess(client) if client is not None else None
         self.left_out: set[int] = set()
 
     def __call__(self, hit: Hit) -> bool:
@@ -65,21 +67,9 @@ class Visibility:
         return False
 
     def _is_member(self, channel: str) -> bool:
-        if self.user is None or self.client is None:
+        if self.user is None or self.access is None:
             return False
-        if channel not in self._members:
-            self._members[channel] = self._ask_slack(channel)
-        return self._members[channel]
-
-    def _ask_slack(self, channel: str) -> bool:
-        try:
-            for page in self.client.conversations_members(channel=channel, limit=1000):
-                if self.user in page.get("members", []):
-                    return True
-        except SlackApiError as exc:
-            log.warning("could not read the members of %s (%s): its examples are left out",
-                        channel, explain(exc))
-        return False
+        return self.access.is_member(self.user, channel)
 
 
 def _permalink(client: WebClient | None, source: Source) -> str | None:
