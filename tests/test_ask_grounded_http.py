@@ -189,6 +189,25 @@ def test_a_question_nothing_covers_is_not_guessed_and_goes_on_the_unanswered_lis
     assert metric(env, "threadtune_ask_requests_total", outcome="abstained", surface="slash") >= 1
 
 
+def test_a_curator_answers_it_from_the_home_tab_and_the_next_ask_cites_that(env):
+    from tests.test_unanswered_http import answer_buttons, click_answer_it, submit
+
+    [asked] = rows(env, question=UNCOVERED)
+    env.slack.open_home("UCUR1")
+    wait(lambda: str(asked.id) in answer_buttons(env, "UCUR1"), 30, "Answer it on the Home tab",
+         env.log)
+    modal = click_answer_it(env, "UCUR1", asked.id)
+    answer = "The Lisbon office wifi is on the guest network; reception hands out the day's code."
+    assert submit(env, "UCUR1", modal, UNCOVERED, answer) == {}
+    wait(lambda: rows(env, id=asked.id)[0].resolved_example_id, 30, "the ask resolved", env.log)
+    example_id = rows(env, id=asked.id)[0].resolved_example_id
+    time.sleep(0.5)  # the bot synced its index before resolving the Home tab; let it settle
+    env.slack.slash("UEXP", HELP, "/ask", "what's the wifi password at the Lisbon office")
+    row = settled(env, question="what's the wifi password at the Lisbon office")
+    assert not row.abstained and [s["example_id"] for s in row.sources] == [example_id]
+    assert "reception hands out the day's code" in text_of(message(env, HELP, row.message_ts))
+
+
 def test_an_at_mention_in_a_thread_is_answered_once_in_that_thread(env):
     parent = env.slack.post("UASK", HELP, "We migrate staging to the new cluster this week.")
     env.slack.post("UEXP", HELP, "Anything to watch out for with the database?", thread_ts=parent)
@@ -241,7 +260,7 @@ def test_the_assistant_pane_suggests_shows_status_titles_and_answers_follow_ups(
     assert ROTATE_FACT in text_of(reply) and "*Sources*" in context_lines(reply)
     assert first.thread_ts == thread
     # a follow-up in the same thread is answered there too, and does not retitle the thread
-    env.slack.post_dm("UOTH", UNCOVERED, thread_ts=thread)
+    env.slack.post_dm("UOTH", "Who won the office chess tournament last spring?", thread_ts=thread)
     follow = wait(lambda: [r for r in rows(env, surface="assistant") if r.id != first.id
                            and r.message_ts], 120, "the follow-up's answer", env.log)[0]
     assert follow.abstained and follow.thread_ts == thread
