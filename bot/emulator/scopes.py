@@ -14,14 +14,12 @@ Scopes from the method pages on docs.slack.dev (bot tokens).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from .manifest import MANIFEST, manifest_scopes, normalize
 from .state import JSON, SlackError, Workspace
 
-MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+__all__ = ["MANIFEST", "METHOD_SCOPES", "Needs", "check", "manifest_scopes", "normalize"]
 
 # conversation type (Channel.channel_type) -> the scope family's member for it
 CONVERSATION_TYPES = ("channel", "group", "im", "mpim")
@@ -119,22 +117,6 @@ METHOD_SCOPES: dict[str, Needs] = {
     # Not emulated: apps.connections.open (Socket Mode) takes the app-level token (xapp-…) with
     # connections:write, not the bot token; the emulator delivers events over HTTP instead.
 }
-
-
-def manifest_scopes(path: str | Path | None = None) -> list[str]:
-    """``oauth_config.scopes.bot`` of an app manifest (``manifest.yml`` at the repo root)."""
-    import yaml
-
-    data: Any = yaml.safe_load(Path(path or MANIFEST).read_text())
-    scopes = (((data or {}).get("oauth_config") or {}).get("scopes") or {}).get("bot") or []
-    return [str(s) for s in scopes]
-
-
-def normalize(scopes: Iterable[str] | str) -> list[str]:
-    """A scope list from a list or Slack's comma-separated string, without repeats."""
-    if isinstance(scopes, str):
-        scopes = scopes.split(",")
-    return list(dict.fromkeys(s.strip() for s in scopes if s and s.strip()))
 
 
 def needs(method: str) -> Needs:

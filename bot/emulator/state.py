@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .manifest import manifest_scopes, normalize
+
 JSON = dict[str, Any]
 THREAD_SUMMARY_KEYS = (
     "reply_count", "reply_users_count", "latest_reply", "reply_users", "is_locked", "subscribed"
@@ -263,8 +265,6 @@ class Workspace:
     ) -> None:
         """``scopes``: the bot token's granted OAuth scopes (default: manifest.yml's bot
         scopes); a Web API method outside them answers ``missing_scope``."""
-        from .scopes import manifest_scopes, normalize
-
         self.lock = threading.RLock()
         self.scopes: list[str] = normalize(manifest_scopes() if scopes is None else scopes)
         self.team_id, self.team_name, self.domain = team_id, team_name, domain
@@ -283,8 +283,6 @@ class Workspace:
 
     def set_scopes(self, scopes: Iterable[str] | str) -> list[str]:
         """Grant exactly ``scopes`` from now on (an admin reinstalling the app with others)."""
-        from .scopes import normalize
-
         with self.lock:
             self.scopes = normalize(scopes)
             return list(self.scopes)
