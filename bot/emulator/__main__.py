@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 
+from .scopes import manifest_scopes
 from .server import EmulatorServer
 from .state import Workspace
 
@@ -29,13 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--user", action="append", default=[], metavar="ID[:NAME]", help="create a person"
     )
+    parser.add_argument(
+        "--scopes", help="the bot token's scopes, comma-separated (default: the manifest's)"
+    )
+    parser.add_argument("--manifest", help="read the bot scopes from this app manifest")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    workspace = Workspace(bot_token=args.bot_token)
+    scopes = args.scopes
+    if scopes is None and args.manifest:
+        scopes = manifest_scopes(args.manifest)
+    workspace = Workspace(bot_token=args.bot_token, scopes=scopes)
     for spec in args.user:
         user_id, _, name = spec.partition(":")
         workspace.add_user(user_id, name or None)

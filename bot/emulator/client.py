@@ -27,9 +27,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .delivery import ACK_TIMEOUT_S, Delivery
@@ -99,6 +100,8 @@ class Emulator:
         echo_bot_events: bool = True,
         ack_timeout_s: float = ACK_TIMEOUT_S,
         workspace: Workspace | None = None,
+        scopes: Iterable[str] | str | None = None,
+        manifest: str | Path | None = None,
     ) -> Iterator[Emulator]:
         """Run an emulator in this process for the ``with`` block.
 
@@ -107,6 +110,11 @@ class Emulator:
         ``/slack/events``). With no ``events_url`` events are recorded but not sent. A request
         the app has not answered within ``ack_timeout_s`` (Slack: 3 s) counts as unanswered;
         ``echo_bot_events=False`` stops events about the app's own posts and reactions.
+
+        The bot token is granted ``scopes`` (a list), else the bot scopes of the app manifest at
+        ``manifest``, else those of the repository's ``manifest.yml``: a Web API method outside
+        them answers ``missing_scope`` as Slack does (:meth:`revoke` / :meth:`set_scopes` change
+        them while running).
         """
         server = EmulatorServer(
             host=host,
@@ -118,6 +126,8 @@ class Emulator:
             echo_bot_events=echo_bot_events,
             ack_timeout_s=ack_timeout_s,
             workspace=workspace,
+            scopes=scopes,
+            manifest=manifest,
         ).start()
         try:
             yield cls(server.url, server=server)
@@ -375,6 +385,23 @@ class Emulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"condition not met within {timeout_s}s")
             time.sleep(interval_s)
+
+    # -- OAuth scopes --------------------------------------------------------------------------
+
+    def scopes(self) -> list[str]:
+        """The scopes the bot token has now (``x-oauth-scopes``)."""
+        return self._call("scopes")
+
+    def set_scopes(self, scopes: Iterable[str]) -> list[str]:
+        """Grant exactly ``scopes`` from the next Web API call on."""
+        return self._call("set_scopes", scopes=list(scopes))
+
+    def grant(self, scope: str) -> list[str]:
+        return self._call("grant", scope=scope)
+
+    def revoke(self, scope: str) -> list[str]:
+        """Take ``scope`` away: methods that need it answer ``missing_scope`` from now on."""
+        return self._call("revoke", scope=scope)
 
     # -- faults --------------------------------------------------------------------------------
 

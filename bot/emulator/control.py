@@ -51,6 +51,7 @@ class Controller:
         "clear_faults", "wait_idle", "messages", "ephemerals", "reactions", "bot_posts",
         "calls", "home_view", "view", "uploaded_files", "events", "deliveries", "info",
         "dm", "post_dm", "open_assistant_thread", "change_assistant_context", "thread_state",
+        "scopes", "set_scopes", "grant", "revoke",
     )  # fmt: skip
 
     def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
@@ -75,7 +76,27 @@ class Controller:
             "bot_token": ws.bot_token,
             "api_url": f"{self._base_url()}/api/",
             "events_url": self.deliverer.events_url,
+            "scopes": list(ws.scopes),
         }
+
+    # -- OAuth scopes (what the bot token was granted) -----------------------------------------
+
+    def scopes(self) -> list[str]:
+        with self.ws.lock:
+            return list(self.ws.scopes)
+
+    def set_scopes(self, scopes: list[str] | str) -> list[str]:
+        """Grant exactly ``scopes`` from the next Web API call on (a reinstall)."""
+        return self.ws.set_scopes(scopes)
+
+    def grant(self, scope: str) -> list[str]:
+        with self.ws.lock:
+            return self.ws.set_scopes([*self.ws.scopes, scope])
+
+    def revoke(self, scope: str) -> list[str]:
+        """Take ``scope`` away; methods needing it answer ``missing_scope`` from now on."""
+        with self.ws.lock:
+            return self.ws.set_scopes([s for s in self.ws.scopes if s != scope])
 
     def add_user(
         self,

@@ -15,16 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .control import Controller
 from .delivery import ACK_TIMEOUT_S, Deliverer
+from .scopes import accepted_header, check, manifest_scopes
 from .state import JSON, SlackError, Workspace
-from .webapi import WebApi
+from .webapi import METHODS, WebApi
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,16 @@ class EmulatorServer:
         echo_bot_events: bool = True,
         ack_timeout_s: float = ACK_TIMEOUT_S,
         workspace: Workspace | None = None,
+        scopes: Iterable[str] | str | None = None,
+        manifest: str | Path | None = None,
     ) -> None:
-        self.workspace = workspace or Workspace()
+        # the bot token's scopes: ``scopes`` when given, else those of ``manifest`` (a path),
+        # else the workspace's own (by default manifest.yml's)
+        if scopes is None and manifest is not None:
+            scopes = manifest_scopes(manifest)
+        self.workspace = workspace or Workspace(scopes=scopes)
+        if scopes is not None:
+            self.workspace.set_scopes(scopes)
         self.deliverer = Deliverer(
             self.workspace,
             events_url=events_url,
@@ -117,7 +128,14 @@ class EmulatorServer:
         elif token != self.workspace.bot_token:
             body = {"ok": False, "error": "invalid_auth"}
         else:
+            # Slack names the token's scopes and the method's on every authenticated answer
+            headers = {
+                "x-oauth-scopes": ",".join(self.workspace.scopes),
+                "x-accepted-oauth-scopes": accepted_header(method),
+            }
             try:
+                if method in METHODS:
+                    check(method, args, self.workspace)  # before anything else, as Slack does
                 body = {"ok": True, **self.api.call(method, args)}
             except SlackError as exc:
                 body = {"ok": False, "error": exc.code, **exc.extra}

@@ -13,8 +13,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .manifest import manifest_scopes, normalize
 
 JSON = dict[str, Any]
 THREAD_SUMMARY_KEYS = (
@@ -258,8 +261,12 @@ class Workspace:
         bot_id: str = "B0BOT",
         bot_name: str = "threadtune",
         bot_token: str = "xoxb-emulator-token",
+        scopes: Iterable[str] | str | None = None,
     ) -> None:
+        """``scopes``: the bot token's granted OAuth scopes (default: manifest.yml's bot
+        scopes); a Web API method outside them answers ``missing_scope``."""
         self.lock = threading.RLock()
+        self.scopes: list[str] = normalize(manifest_scopes() if scopes is None else scopes)
         self.team_id, self.team_name, self.domain = team_id, team_name, domain
         self.app_id, self.bot_token = app_id, bot_token
         self.bot = User(bot_user_id, bot_name, is_bot=True, bot_id=bot_id, app_id=app_id)
@@ -273,6 +280,12 @@ class Workspace:
         self.threads: dict[tuple[str, str], ThreadState] = {}  # (channel, thread_ts) -> state
         self._last_ts_us = 0
         self._ids = itertools.count(1)
+
+    def set_scopes(self, scopes: Iterable[str] | str) -> list[str]:
+        """Grant exactly ``scopes`` from now on (an admin reinstalling the app with others)."""
+        with self.lock:
+            self.scopes = normalize(scopes)
+            return list(self.scopes)
 
     # -- identifiers ---------------------------------------------------------------------------
 
