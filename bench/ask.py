@@ -102,7 +102,9 @@ def bot_model_seconds(log_text: str, db_path: Path, asked: dict[str, str]) -> di
 
     model_ms = {
         int(m.group(1)): int(m.group(2))
-        for m in re.finditer(r"ask (\d+) answered by \S+ in \d+ ms \(model (\d+) ms\)", log_text)
+        for m in re.finditer(
+            r"ask (\d+) (?:\(\w+\) )?answered by \S+ in \d+ ms \(model (\d+) ms\)", log_text
+        )
     }
     with sqlite3.connect(db_path) as db:
         users = dict(db.execute("SELECT id, user FROM ask_log").fetchall())
