@@ -542,7 +542,9 @@ def _random_looking(group: str) -> Callable[[re.Match[str]], bool]:
 
 def _plain_value_ok(value: str) -> bool:
     value = value.strip().rstrip(".,;:")
-    return bool(value) and value.lower() not in _PROSE_VALUES and not _PLACEHOLDER_VALUE.match(value)
+    return (
+        bool(value) and value.lower() not in _PROSE_VALUES and not _PLACEHOLDER_VALUE.match(value)
+    )
 
 
 def _url_credentials_ok(m: re.Match[str]) -> bool:
@@ -681,8 +683,7 @@ def _secret_recognizers() -> list[Callable[[str], Iterable[Finding]]]:
             "password",
             c(
                 r"\b(?P<key>(?:docker|podman) login\b[^\n]{0,200}?\s-p[ \t]+"
-                r"|mysql\w*\b[^\n]{0,200}?\s-p)(?P<sep>)"
-                + _VALUE
+                r"|mysql\w*\b[^\n]{0,200}?\s-p)(?P<sep>)" + _VALUE
             ),
             group=_password_group,
             accept=lambda m: _password_ok(m) and not _password_value(m).startswith("-"),
