@@ -55,6 +55,8 @@ def test_email_on_any_domain_is_redacted(address):
         "npm i react@18.2.0 lodash@4.17.21",  # versions
         "git@gitlab.acme.corp:platform/infra.git is the remote",
         "@alice can you look?",
+        "scores = q@k.transpose(-2, -1) / math.sqrt(d)",  # a matrix product in code
+        "her posts are on medium.com/@alice.smith",  # a profile path
     ],
 )
 def test_email_look_alikes_are_kept(text):
@@ -306,7 +308,7 @@ def test_service_account_json_keeps_its_structure():
     assert redacted == {
         "type": "service_account",
         "project_id": "acme-prod",
-        "private_key": "[PRIVATE_KEY]\\n",
+        "private_key": "[PRIVATE_KEY]\n",  # the escaped newline after END stays
         "client_email": "[EMAIL]",
     }
 
