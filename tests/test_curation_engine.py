@@ -145,3 +145,40 @@ def test_odd_unicode_and_huge_text_survive():
     draft = build_example("C1", thread(msg("101.0", EXPERT, text)), "101.0", min_answer_chars=20)
     assert draft.messages[-1]["content"].startswith("Ünïcödé ✓ 🚀")
     assert len(draft.messages[-1]["content"]) > 50_000
+
+
+INTERNAL_SECRETS = (
+    "ops@acme.corp",
+    "ops@build.internal",
+    "oncall-lead@acme-infra.example",
+    "app_rw:Vb7kLq2pZ",
+)
+
+
+def test_real_redaction_covers_internal_domains_and_connection_strings():
+    from engine.redact import redact
+
+    t = [
+        msg(
+            "100.000001",
+            ASKER,
+            "Who gets the alerts? I only know ops@acme.corp and ops@build.internal",
+        ),
+        msg(
+            "101.0",
+            EXPERT,
+            "oncall-lead@acme-infra.example, and the app connects with "
+            "postgres://app_rw:Vb7kLq2pZ@db1.prod.internal:5432/orders (metrics on "
+            "metrics.prod.internal:9464).",
+        ),
+    ]
+    draft = build_example("C1", t, "101.0", min_answer_chars=10, redact=redact)
+    stored = str(draft.messages)
+    for raw in INTERNAL_SECRETS:
+        assert raw not in stored
+    assert draft.messages[0]["content"] == "Who gets the alerts? I only know [EMAIL] and [EMAIL]"
+    assert draft.messages[1]["content"] == (
+        "[EMAIL], and the app connects with postgres://[PASSWORD]@db1.prod.internal:5432/orders "
+        "(metrics on metrics.prod.internal:9464)."
+    )
+    assert draft.redactions == {"email": 3, "password": 1}

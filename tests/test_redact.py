@@ -1,7 +1,14 @@
-"""PII and secret redaction (engine/redact.py): recall and precision per kind on the labelled set
-in tests/fixtures/redaction_cases.jsonl, and the behaviour callers rely on.
+"""PII and secret redaction (engine/redact.py): recall and precision per kind on the labelled set,
+and the behaviour callers rely on.
 
-Run with ``-s`` to see the recall / precision table:
+The labelled set has two parts: ``tests/fixtures/redaction_cases.jsonl``, the part the rules are
+tuned on, and ``tests/fixtures/redaction_heldout.jsonl``, a held-back part written and committed
+before the rules for internal e-mail domains, connection strings, .netrc / .pgpass lines and the
+newer key shapes, and never tuned on: its figures estimate how the rules do on text nobody
+looked at while writing them. Cases that a held-back miss taught us go to the tuning part, not
+the held-back one.
+
+Run with ``-s`` to see the recall / precision tables of both parts:
 ``.venv/bin/pytest tests/test_redact.py -s -q``.
 """
 
@@ -25,15 +32,28 @@ import engine.redact as redact_module
 from engine.redact import KINDS, PLACEHOLDERS, Finding, Redacted, RedactingFilter, find, redact
 
 CASES_FILE = Path(__file__).parent / "fixtures" / "redaction_cases.jsonl"
-CASES: list[dict] = [
-    json.loads(line) for line in CASES_FILE.read_text(encoding="utf-8").splitlines()
-]
+HELDOUT_FILE = Path(__file__).parent / "fixtures" / "redaction_heldout.jsonl"
+
+
+def _load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+CASES: list[dict] = _load(CASES_FILE)
+HELDOUT: list[dict] = _load(HELDOUT_FILE)
+PARTS = {"tuning": (CASES_FILE, CASES), "held-back": (HELDOUT_FILE, HELDOUT)}
 
 SECRET_KINDS = ("slack_token", "api_key", "private_key", "password")
 # Recall must be perfect for secrets and e-mail; the other PII kinds may miss or over-match a
 # little.
 FULL_RECALL_KINDS = (*SECRET_KINDS, "email")
 MIN_RECALL, MIN_PRECISION = 0.95, 0.95
+# On the held-back part the floor is lower: its kinds have 1 to 25 positives each, so one
+# borderline false positive moves precision by 4 to 6 points (1 in 16 e-mails is 94%), while a
+# rule that over-matches a family (every internal host name taken for an e-mail, every
+# host:port:… for a .pgpass line) falls far below 90%. A kind with no positives there must
+# find nothing at all (precision 0% otherwise).
+MIN_PRECISION_HELDOUT = 0.90
 
 # Fake credentials, built so that no scanner mistakes this file for a leak.
 SLACK_TOKEN = "xoxb-" + "123456789012-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
@@ -46,11 +66,11 @@ PASSWORD = "Tr0ub4dor&3"
 # -- the labelled set -----------------------------------------------------------------------------
 
 
-def _score() -> tuple[dict[str, dict[str, int]], list[str]]:
+def _score(cases: list[dict]) -> tuple[dict[str, dict[str, int]], list[str]]:
     """Per kind: expected, found, true positives (counted per line), and the lines that differ."""
     stats = {kind: {"expected": 0, "found": 0, "tp": 0} for kind in KINDS}
     mismatches = []
-    for case in CASES:
+    for case in cases:
         counts = redact(case["text"]).counts
         for kind in KINDS:
             expected, found = case["expect"].get(kind, 0), counts.get(kind, 0)
@@ -73,21 +93,38 @@ def _table(stats: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def test_labelled_set_is_large_and_well_formed():
-    assert len(CASES) >= 220
-    for case in CASES:
+def _well_formed(cases: list[dict]) -> None:
+    for case in cases:
         assert set(case) == {"text", "expect"}
         assert set(case["expect"]) <= set(KINDS), case
         assert all(isinstance(n, int) and n > 0 for n in case["expect"].values()), case
+
+
+def test_labelled_set_is_large_and_well_formed():
+    assert len(CASES) >= 220
+    _well_formed(CASES)
     positives = {kind: sum(1 for c in CASES if kind in c["expect"]) for kind in KINDS}
     assert all(n >= 10 for n in positives.values()), positives
     assert sum(1 for c in CASES if not c["expect"]) >= 60  # negatives matter as much as positives
 
 
-def test_recall_and_precision_per_kind():
-    stats, mismatches = _score()
+def test_held_back_part_is_separate_and_covers_the_secret_kinds():
+    assert len(HELDOUT) >= 60
+    _well_formed(HELDOUT)
+    assert not {c["text"] for c in HELDOUT} & {c["text"] for c in CASES}
+    positives = {kind: sum(1 for c in HELDOUT if kind in c["expect"]) for kind in KINDS}
+    assert all(positives[kind] >= 3 for kind in FULL_RECALL_KINDS), positives
+    assert positives["email"] >= 10 and positives["password"] >= 10, positives
+    assert sum(1 for c in HELDOUT if not c["expect"]) >= 20
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_recall_and_precision_per_kind(part):
+    path, cases = PARTS[part]
+    min_precision = MIN_PRECISION if part == "tuning" else MIN_PRECISION_HELDOUT
+    stats, mismatches = _score(cases)
     table = _table(stats)
-    print(f"\nRedaction on {len(CASES)} labelled strings ({CASES_FILE.name}):\n{table}")
+    print(f"\nRedaction on the {part} part, {len(cases)} labelled strings ({path.name}):\n{table}")
     if mismatches:
         print("Lines that differ from their label:\n" + "\n".join(mismatches))
     report = f"\n{table}\nLines that differ from their label:\n" + "\n".join(mismatches)
@@ -95,13 +132,13 @@ def test_recall_and_precision_per_kind():
         recall = s["tp"] / s["expected"] if s["expected"] else 1.0
         precision = s["tp"] / s["found"] if s["found"] else 1.0
         if kind in FULL_RECALL_KINDS:
-            assert recall == 1.0, f"{kind}: recall {recall:.1%} must be 100%{report}"
-        assert recall >= MIN_RECALL, f"{kind}: recall {recall:.1%}{report}"
-        assert precision >= MIN_PRECISION, f"{kind}: precision {precision:.1%}{report}"
+            assert recall == 1.0, f"{part}, {kind}: recall {recall:.1%} must be 100%{report}"
+        assert recall >= MIN_RECALL, f"{part}, {kind}: recall {recall:.1%}{report}"
+        assert precision >= min_precision, f"{part}, {kind}: precision {precision:.1%}{report}"
 
 
 def test_redacting_twice_changes_nothing():
-    for case in CASES:
+    for case in CASES + HELDOUT:
         once = redact(case["text"])
         twice = redact(once.text)
         assert twice.text == once.text, case["text"]
@@ -128,9 +165,10 @@ def test_redacting_twice_changes_nothing():
         (f"password={PASSWORD}", "password=[PASSWORD]"),
         (f'{{"password": "{PASSWORD}"}}', '{"password": "[PASSWORD]"}'),
         (f"db_password: {PASSWORD}", "db_password: [PASSWORD]"),
+        # A URL's whole userinfo goes: the user slot may hold the token itself.
         (
             f"postgresql://app:{PASSWORD}@db.internal/app",
-            "postgresql://app:[PASSWORD]@db.internal/app",
+            "postgresql://[PASSWORD]@db.internal/app",
         ),
     ],
 )
