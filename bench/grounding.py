@@ -945,8 +945,15 @@ def quality_set(
     top3 = sum(
         eid in [h.example_id for h in index.search(q, k=3, allowed=public)] for q, eid, _ in covered
     )
-    best_covered = [index.search(q, k=1, allowed=public)[0].dense for q, _, _ in covered]
-    best_uncovered = [index.search(q, k=1, allowed=public)[0].dense for q in uncovered]
+    # the best cosine among the hits the pipeline reads (not the first fused hit's: BM25 can put a
+    # hit of lower cosine first), which is what the threshold is compared with
+    window = 2 * max(config.top_k, config.closest_k)
+
+    def best_dense(q: str) -> float:
+        return max(h.dense for h in index.search(q, k=window, allowed=public))
+
+    best_covered = [best_dense(q) for q, _, _ in covered]
+    best_uncovered = [best_dense(q) for q in uncovered]
 
     console.print(f"{qset.title}: {len(covered)} questions closed-book (one batched call)…")
     started = time.perf_counter()
