@@ -3,11 +3,18 @@ latency for the same prompts, measured in the same run on SmolLM2-135M-Instruct.
 
     .venv/bin/python bench/ask.py [--users 16] [--max-new-tokens 48]
 
+/ask answers grounded (issue 13): before the bot starts, the bench curates every demo thread it
+asks about into the bot's database (question = the thread's opener, answer = the curated reply,
+channel recorded public), so every question is grounded in its own thread and its neighbours.
+
 Two arms:
 
 * **backend** — ``engine.serving.inprocess.InProcessBackend`` on the base model behind
-  ``engine.serving.batching.BatchingBackend`` (as /ask uses it), called directly in this process:
-  the time ``generate`` takes for one question (greedy, ``--max-new-tokens``).
+  ``engine.serving.batching.BatchingBackend`` (as /ask uses it), called directly in this process
+  on **the same grounded prompt** /ask builds (``engine.answer.answer`` over an index of the same
+  database, same settings): the time ``generate`` takes for one question (greedy,
+  ``--max-new-tokens``). Retrieval is not in this arm's time: it is threadtune's work, so it is
+  part of the overhead.
 * **/ask** — a real ``threadtune serve`` subprocess (SQLite, in-process backend on the same model,
   ``ASK_MAX_NEW_TOKENS`` the same), driven over HTTP by the Slack emulator running in this process:
   the time from sending the signed slash command to the moment the emulator receives the
@@ -68,19 +75,75 @@ def questions(n: int) -> list[str]:
     return openers[:n]
 
 
-def backend_timer(base: Path, max_new_tokens: int) -> Callable[[str], float]:
+def curate_threads(db_url: str) -> int:
+    """Every distinct demo thread with a curated reply, saved as the bot's curation saves it (the
+    channel recorded public); returns how many."""
+    from bot.demo.content import load_workspace
+    from storage import curation as store
+    from storage import retrieval
+    from storage.db import make_engine, session_scope, upgrade
+
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    saved = 0
+    with session_scope(engine) as s:
+        for i, thread in enumerate(load_workspace().threads):
+            if thread.duplicate_of or not thread.curate:
+                continue
+            answer = thread.messages[thread.curate[0].message_index].text
+            fields = dict(
+                channel=CHANNEL, thread_ts=f"{1000 + i}.000100", message_ts=f"{1000 + i}.000200",
+                answer_user="UEXP", redactions={}, content_hash=f"bench-{thread.id}",
+                messages=[{"role": "user", "content": thread.messages[0].text},
+                          {"role": "assistant", "content": answer}],
+            )  # fmt: skip
+            store.save_example(session=s, fields=fields, curator="UCUR")
+            saved += 1
+        retrieval.record_channel(session=s, channel=CHANNEL, private=False)
+    engine.dispose()
+    return saved
+
+
+class _Timed:
+    """The backend, timing its ``generate`` calls (the grounded pipeline calls it once)."""
+
+    def __init__(self, backend) -> None:  # noqa: ANN001
+        self.backend = backend
+        self.seconds = 0.0
+
+    def generate(self, prompts, *, max_new_tokens=256, adapter=None):  # noqa: ANN001, ANN201
+        t = time.perf_counter()
+        try:
+            return self.backend.generate(prompts, max_new_tokens=max_new_tokens, adapter=adapter)
+        finally:
+            self.seconds = time.perf_counter() - t
+
+
+def backend_timer(base: Path, max_new_tokens: int, db_url: str) -> Callable[[str], float]:
     """The backend alone, as /ask's in-process path uses it: seconds ``generate`` takes for one
-    question."""
+    question's grounded prompt (built by the same pipeline over the same curated examples)."""
+    from engine.answer import GroundingConfig, answer
+    from engine.retrieval import Index
     from engine.serving.batching import BatchingBackend
     from engine.serving.inprocess import InProcessBackend
+    from storage.db import make_engine, session_scope
 
     backend = BatchingBackend(InProcessBackend(base, name="bench"))
     backend.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=4)  # warm-up
+    index = Index()
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        index.sync(session=s)
+    engine.dispose()
+    config = GroundingConfig()  # the bot's defaults (ASK_GROUNDING_THRESHOLD, _TOP_K)
 
     def one(q: str) -> float:
-        t = time.perf_counter()
-        backend.generate([[{"role": "user", "content": q}]], max_new_tokens=max_new_tokens)
-        return time.perf_counter() - t
+        timed = _Timed(backend)
+        result = answer(q, retriever=index, backend=timed, config=config,
+                        max_new_tokens=max_new_tokens)
+        if result.abstained:
+            raise SystemExit(f"the bench question {q!r} is not grounded: nothing curated is close")
+        return timed.seconds
 
     return one
 
@@ -213,14 +276,16 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="tt-bench-ask-")
     home = Path(home_env or tmp.name)
     base = ensure_base_model(home, os.environ.get("BASE_MODEL", "smollm2-135m-instruct"))
-    qs = questions(2 * args.users)
-    seq, conc = qs[: args.users], qs[args.users :]
-
-    console.print("Loading the model for the backend arm…")
-    backend = backend_timer(base, args.max_new_tokens)
+    qs = questions(2 * args.users + 1)
+    seq, conc, warm = qs[: args.users], qs[args.users : 2 * args.users], qs[-1]
 
     port = free_port()
     work = Path(tmp.name)
+    db_url = f"sqlite:///{work / 'bench-ask.db'}"
+    console.print(f"Curated {curate_threads(db_url)} demo threads for grounded answers.")
+    console.print("Loading the model and the index for the backend arm…")
+    backend = backend_timer(base, args.max_new_tokens, db_url)
+
     with Emulator.start(
         events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SECRET
     ) as slack:
@@ -231,7 +296,7 @@ def main() -> int:
             "SLACK_SIGNING_SECRET": SECRET,
             "SLACK_API_URL": slack.api_url,
             "SLACK_APP_TOKEN": "",
-            "DATABASE_URL": f"sqlite:///{work / 'bench-ask.db'}",
+            "DATABASE_URL": db_url,
             "THREADTUNE_HOME": str(home),
             "BASE_MODEL": str(base),
             "ASK_MAX_NEW_TOKENS": str(args.max_new_tokens),
@@ -250,8 +315,8 @@ def main() -> int:
         try:
             wait_healthy(port, bot)
             driver = AskDriver(slack)
-            console.print("Warming up /ask (model and embedding model load)…")
-            driver.ask("Hello, who are you?")
+            console.print("Warming up /ask (index, model and embedding model load)…")
+            driver.ask(warm)
             deadline = time.monotonic() + 300
             while (
                 "semantic /ask cache ready" not in log_path.read_text()

@@ -5,7 +5,7 @@ the curated example's question turns, all-MiniLM-L6-v2), not to the fused score:
 fusion ranks well but says nothing absolute (the best of a bad lot still ranks first), while a
 cosine means the same thing whatever else is indexed.
 
-Default 0.50, measured with ``bench/grounding_quality.py`` (20 invented internal systems, 30
+Default 0.50, measured on the tuning set of ``bench/grounding.py`` (20 invented internal systems, 30
 curated examples, 30 paraphrased questions whose answer is curated, 10 questions nothing covers;
 MiniLM cosine): the paraphrases' best match scored 0.55–0.97 (p10 0.68), the uncovered questions'
 best 0.18–0.46 but for one at 0.54 — "What port does the Mistral broker use?" against the curated

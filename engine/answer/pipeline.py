@@ -17,9 +17,10 @@ Every Slack surface (``/ask``, @mentions, DMs, the assistant pane) and ``threadt
 4. **Check** that the reply carries the best curated answer's verbatim facts (a channel, a port,
    a command…); when it carries none, the curated answer, marked as such, is shown instead of the
    reply (``quote_when_missing``; the reply stays in :attr:`GroundedAnswer.reply`). Measured on
-   ``bench/grounding_quality.py``: the untuned SmolLM2-135M-Instruct, given the right context, still
-   dropped or garbled the key fact in 9 of 30 answers, and 5 of those 9 stated another channel,
-   number or hostname in its place; a model trained with context should rarely need it.
+   ``bench/grounding.py``'s tuning set: the untuned SmolLM2-135M-Instruct, given the right
+   context, still dropped or garbled the key fact in 9 of 30 answers, and 5 of those 9 stated
+   another channel, number or hostname in its place; a model trained with context should rarely
+   need it.
 
 The sources of an answer are exactly the examples that were in its prompt, numbered as the model
 saw them. With grounding off, the question goes to the model closed-book, as ``/ask`` did before.

@@ -121,7 +121,7 @@ def clean_reply(text: str) -> str:
 
     A small model (SmolLM2-135M-Instruct, untuned) often answers by repeating the context block
     — tags, ``Question:`` line and all — before or instead of answering (seen often in
-    ``bench/grounding_quality.py``), and the curated facts it copies are the useful part. So
+    ``bench/grounding.py``), and the curated facts it copies are the useful part. So
     delimiter lines (ours, and lone tags made up in their likeness), echoed ``Question:`` lines
     and the instruction are dropped and ``Answer:`` prefixes removed. A reply that is nothing but
     scaffolding comes back empty.
