@@ -13,16 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bot.cli.common import CommandError, open_db
 from bot.cli.curated import add_curated_subcommands, add_export_arguments, export_current
 from bot.settings import Settings
-from engine.basemodel import BaseModelError, ensure_base_model, load_tokenizer
-from engine.dataset import DatasetConfig, DatasetConfigError
+from engine.basemodel import ensure_base_model, load_tokenizer
+from engine.dataset import DatasetConfig
 from engine.dataset.build import analyse, build_snapshot, entries_from_storage, read_split
 from engine.dataset.importer import import_examples, parse_source
 from engine.dataset.split import SPLITS
-from engine.dataset.validate import DatasetError
 from storage import datasets as q
-from storage.db import make_engine, session_scope, upgrade
+from storage.db import session_scope
 
 SHOWN_FINDINGS = 20
 SHOWN_PER_RULE = 5
@@ -131,17 +131,6 @@ def _config(args: argparse.Namespace):
     return DatasetConfig(**overrides)
 
 
-def _open_db(settings: Settings):  # noqa: ANN202
-    settings.home.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
-
-
-def _fail(message: str) -> int:
-    print(f"threadtune: {message}", file=sys.stderr)
-    return 1
-
-
 def _tokenizer(settings: Settings):  # noqa: ANN202
     path = ensure_base_model(settings.home, settings.base_model)
     return path, load_tokenizer(path)
@@ -244,21 +233,18 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        config = _config(args)
-        engine = _open_db(settings)
-        path, tokenizer = _tokenizer(settings)
-        with session_scope(engine) as session:
-            result = build_snapshot(
-                session,
-                settings.home,
-                base_model_path=path,
-                config=config,
-                tokenizer=tokenizer,
-                created_by=args.created_by,
-            )
-    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
-        return _fail(str(exc))
+    config = _config(args)
+    engine = open_db(settings)
+    path, tokenizer = _tokenizer(settings)
+    with session_scope(engine) as session:
+        result = build_snapshot(
+            session,
+            settings.home,
+            base_model_path=path,
+            config=config,
+            tokenizer=tokenizer,
+            created_by=args.created_by,
+        )
     if result.analysis is not None:
         print_analysis(console, result.analysis, show_all=args.all)
     counts = result.counts
@@ -284,22 +270,19 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        config = _config(args)
-        _, tokenizer = _tokenizer(settings)
-        if args.file is not None:
-            parsed = parse_source(args.file, config=config)
-            analysis = analyse(parsed.entries, tokenizer, config=config, check_format=False)
-            analysis.findings[:0] = parsed.findings
-            analysis.excluded += len({f.example for f in parsed.errors})
-            source = f"{args.file} ({parsed.rows} rows)"
-        else:
-            with session_scope(_open_db(settings)) as session:
-                entries = entries_from_storage(q.active_examples_with_curators(session=session))
-            analysis = analyse(entries, tokenizer, config=config)
-            source = "the curated examples"
-    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
-        return _fail(str(exc))
+    config = _config(args)
+    _, tokenizer = _tokenizer(settings)
+    if args.file is not None:
+        parsed = parse_source(args.file, config=config)
+        analysis = analyse(parsed.entries, tokenizer, config=config, check_format=False)
+        analysis.findings[:0] = parsed.findings
+        analysis.excluded += len({f.example for f in parsed.errors})
+        source = f"{args.file} ({parsed.rows} rows)"
+    else:
+        with session_scope(open_db(settings)) as session:
+            entries = entries_from_storage(q.active_examples_with_curators(session=session))
+        analysis = analyse(entries, tokenizer, config=config)
+        source = "the curated examples"
     console.print(f"Checked {source}.")
     print_analysis(console, analysis, show_all=args.all)
     errors = len(analysis.errors)
@@ -315,11 +298,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        with session_scope(_open_db(settings)) as session:
-            result = import_examples(session, args.file)
-    except DatasetError as exc:
-        return _fail(str(exc))
+    with session_scope(open_db(settings)) as session:
+        result = import_examples(session, args.file)
     if not result.ok:
         errors = [f for f in result.findings if f.level == "error"]
         bad_lines = len({f.where for f in errors})
@@ -343,10 +323,12 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.snapshot is None:
         return export_current(settings, args.output)
 
-    with session_scope(_open_db(settings)) as session:
+    with session_scope(open_db(settings)) as session:
         snapshot = q.get_snapshot(session=session, snapshot_id=args.snapshot)
     if snapshot is None or not Path(snapshot.path).is_dir():
-        return _fail(f"There is no snapshot {args.snapshot}; `threadtune dataset build` makes one.")
+        raise CommandError(
+            f"There is no snapshot {args.snapshot}; `threadtune dataset build` makes one."
+        )
     splits = SPLITS if args.split == "all" else (args.split,)
     records = [record for name in splits for record in read_split(snapshot.path, name)]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

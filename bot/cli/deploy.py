@@ -9,10 +9,11 @@ import sys
 
 from bot.backends import Serving
 from bot.blocks.models import ModelRow, model_line
+from bot.cli.common import open_db
 from bot.settings import Settings
 from engine.registry.crypto import generate_key
 from storage import registry
-from storage.db import make_engine, session_scope, upgrade
+from storage.db import session_scope
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(settings: Settings):  # noqa: ANN202
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
+    return open_db(settings)
 
 
 def run_models(args: argparse.Namespace, settings: Settings) -> int:
