@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from bot.cli.common import CommandError, open_db
 from bot.cli.curated import add_curated_subcommands, add_export_arguments, export_current
@@ -19,13 +20,13 @@ from bot.settings import Settings
 from engine.basemodel import ensure_base_model, load_tokenizer
 from engine.dataset import DatasetConfig
 from engine.dataset.build import analyse, build_snapshot, entries_from_storage, read_split
+from engine.dataset.findings import ERROR, group_findings
 from engine.dataset.importer import import_examples, parse_source
 from engine.dataset.split import SPLITS
 from storage import datasets as q
 from storage.db import session_scope
 
-SHOWN_FINDINGS = 20
-SHOWN_PER_RULE = 5
+SHOWN_PER_RULE = 5  # a group this small lists its examples; a bigger one is one line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,46 +141,34 @@ def _tokenizer(settings: Settings):  # noqa: ANN202
 
 
 def print_findings(console, findings: list, *, show_all: bool = False) -> None:
-    """A count per rule, then the findings themselves (errors first), each with its thread."""
-    from rich.table import Table
-
+    """Each kind of finding once with its count (errors first; see
+    :func:`engine.dataset.findings.group_findings`), then where to look: every finding with
+    ``--all``, else those of the small groups (a rule that hits many examples is one line)."""
     if not findings:
         console.print("No findings.")
         return
-    by_rule = Counter((f.level, f.rule) for f in findings)
-    table = Table(title="Findings by rule")
-    table.add_column("Level")
-    table.add_column("Rule")
-    table.add_column("Examples", justify="right")
-    for (level, rule), n in sorted(
-        by_rule.items(), key=lambda kv: (kv[0][0] != "error", -kv[1], kv[0][1])
-    ):
-        table.add_row(
-            f"[red]{level}[/red]" if level == "error" else f"[yellow]{level}[/yellow]", rule, str(n)
-        )
-    console.print(table)
-    ordered = sorted(findings, key=lambda f: f.level != "error")
-    if show_all:
-        shown = ordered
-    else:  # a few of each rule, errors first, so one common warning cannot hide the rest
-        per_rule: Counter = Counter()
-        shown = []
-        for f in ordered:
-            if per_rule[f.rule] < SHOWN_PER_RULE and len(shown) < SHOWN_FINDINGS:
-                per_rule[f.rule] += 1
-                shown.append(f)
-    for f in shown:
-        colour = "red" if f.level == "error" else "yellow"
+    shown = 0
+    for group in group_findings(findings):
+        colour = "red" if group.level == ERROR else "yellow"
         console.print(
-            f"[{colour}]{f.level}[/{colour}] {f.where}: {f.message} [dim]({f.rule})[/dim]",
+            f"[{colour}]{group.level}[/{colour}] {escape(group.sentence())} "
+            f"[dim]({group.rule})[/dim]",
             soft_wrap=True,
-            markup=True,
             highlight=False,
         )
-    if len(shown) < len(findings):
+        shown += 1
+        if group.count == 1:
+            continue
+        listed = group.findings if show_all or group.count <= SHOWN_PER_RULE else []
+        for f in listed:
+            console.print(
+                f"    {escape(f.where)}: {escape(f.message)}", soft_wrap=True, highlight=False
+            )
+        shown += len(listed)
+    hidden = len(findings) - shown
+    if hidden > 0 and not show_all:
         console.print(
-            f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them "
-            "all)."
+            f"(--all lists each of the {len(findings)} findings; the manifest keeps them all.)"
         )
 
 
