@@ -79,7 +79,7 @@ def test_the_slack_summary_keeps_five_kinds_and_counts_the_rest():
         "findings": [f.to_dict() for f in findings],
     }
     lines = snapshot_lines(4, manifest)
-    assert lines[0].endswith("1 error · 105 warnings")
+    assert lines[0].endswith("1 error · 105 warnings of 6 kinds")
     assert lines[1] == "⛔ #C thread 0: Message 1 (user) is empty."
     assert lines[2] == f"⚠️ {GROUPED}"
     assert lines[3:6] == [

@@ -5,7 +5,7 @@ from typing import Any
 from slack_sdk.models.blocks import Block, DividerBlock, HeaderBlock
 
 from bot.blocks.common import context, sections
-from engine.dataset.findings import ERROR, Finding, group_findings
+from engine.dataset.findings import ERROR, WARNING, Finding, FindingGroup, group_findings
 
 TARGET = 500
 
@@ -59,13 +59,11 @@ def snapshot_lines(
     how many more there are. Every finding stays in the manifest and in ``dataset validate``."""
     counts = manifest.get("counts", {})
     groups = group_findings([Finding.from_dict(f) for f in manifest.get("findings", [])])
-    errors = sum(g.count for g in groups if g.level == ERROR)
-    warnings = sum(g.count for g in groups if g.level != ERROR)
     lines = [
         f"*Snapshot #{snapshot_id}:* {counts.get('train', 0)} train / "
         f"{counts.get('validation', 0)} validation / "
         f"{counts.get('test', 0)} test · {counts.get('duplicates', 0)} duplicates collapsed · "
-        f"{_plural(errors, 'error')} · {_plural(warnings, 'warning')}"
+        f"{_tally(groups, ERROR, 'error')} · {_tally(groups, WARNING, 'warning')}"
     ]
     for group in groups[:limit]:
         icon = "⛔" if group.level == ERROR else "⚠️"
@@ -79,5 +77,10 @@ def snapshot_lines(
     return lines
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def _tally(groups: list[FindingGroup], level: str, word: str) -> str:
+    """``90 warnings of 3 kinds``: how many, and how many lines they take below."""
+    mine = [g for g in groups if g.level == level]
+    n = sum(g.count for g in mine)
+    return f"{n} {word}{'' if n == 1 else 's'}" + (
+        f" of {len(mine)} kinds" if len(mine) > 1 else ""
+    )

@@ -23,8 +23,21 @@ from bot.settings import Settings
 from storage.db import session_scope
 from storage.registry import audit_rows
 
-FIELDS = ["id", "time", "user", "channel", "question", "answer", "model", "latency_ms", "cached",
-          "error", "message_ts", "thumbs_up", "thumbs_down"]
+FIELDS = [
+    "id",
+    "time",
+    "user",
+    "channel",
+    "question",
+    "answer",
+    "model",
+    "latency_ms",
+    "cached",
+    "error",
+    "message_ts",
+    "thumbs_up",
+    "thumbs_down",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,8 +18,13 @@ from storage.db import session_scope
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list trained models and which one /ask uses")
-    models.add_argument("action", nargs="?", choices=("list", "new-key"), default="list",
-                        help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY")
+    models.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "new-key"),
+        default="list",
+        help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY",
+    )
     models.set_defaults(func=run_models)
     deploy = sub.add_parser(
         "deploy", help="check, load and probe a model, then serve it behind /ask"

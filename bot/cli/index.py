@@ -40,14 +40,19 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         with session_scope(engine) as session:
             report = index.rebuild(session=session)
     except ImportError as exc:
-        print(f"threadtune: the embedding model is not installed ({exc.name}): "
-              "install threadtune with its ml extra.", file=sys.stderr)
+        print(
+            f"threadtune: the embedding model is not installed ({exc.name}): "
+            "install threadtune with its ml extra.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         engine.dispose()
     skipped = f"; {report.skipped} skipped (no question or no answer)" if report.skipped else ""
-    print(f"Indexed {report.examples} curated examples with {index.embedder.name} "
-          f"in {report.seconds:.1f} s{skipped}.")
+    print(
+        f"Indexed {report.examples} curated examples with {index.embedder.name} "
+        f"in {report.seconds:.1f} s{skipped}."
+    )
     return 0
 
 
@@ -63,14 +68,24 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     last = stats.last_sync.isoformat(timespec="seconds") if stats.last_sync else None
     if args.json:
-        print(json.dumps({"examples": stats.examples, "model": stats.model,
-                          "dimension": stats.dimension, "last_sync": last,
-                          "pending": stats.pending}))
+        print(
+            json.dumps(
+                {
+                    "examples": stats.examples,
+                    "model": stats.model,
+                    "dimension": stats.dimension,
+                    "last_sync": last,
+                    "pending": stats.pending,
+                }
+            )
+        )
         return 0
     print(f"Examples indexed: {stats.examples}")
     print(f"Model:            {stats.model} ({stats.dimension} dimensions)")
     print(f"Last sync:        {last or 'never'}")
     if stats.pending:
-        print(f"Not indexed yet:  {stats.pending} current examples (the bot indexes them within "
-              "seconds; `threadtune index rebuild` does it now)")
+        print(
+            f"Not indexed yet:  {stats.pending} current examples (the bot indexes them within "
+            "seconds; `threadtune index rebuild` does it now)"
+        )
     return 0
