@@ -99,8 +99,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     # the settings are checked before anything is built: a typo costs no snapshot
     TrainConfig.from_overrides({"base_model": settings.base_model}, overrides)
     db = _db(settings)
-    base = ensure_base_model(settings.home, settings.base_model)
     try:
+        base = ensure_base_model(settings.home, settings.base_model)
         with session_scope(db) as session:
             snapshot_id = (
                 args.snapshot
