@@ -5,6 +5,7 @@ from typing import Any
 from slack_sdk.models.blocks import Block, DividerBlock, HeaderBlock
 
 from bot.blocks.common import context, sections
+from engine.dataset.findings import ERROR, WARNING, Finding, FindingGroup, group_findings
 
 TARGET = 500
 
@@ -47,27 +48,39 @@ def dataset_blocks(
     return blocks
 
 
-def snapshot_lines(snapshot_id: int, manifest: dict[str, Any], *, limit: int = 8) -> list[str]:
-    """The latest snapshot in a few lines: splits, duplicates, errors first, then warnings."""
+SHOWN_GROUPS = 5
+
+
+def snapshot_lines(
+    snapshot_id: int, manifest: dict[str, Any], *, limit: int = SHOWN_GROUPS
+) -> list[str]:
+    """The latest snapshot in a few lines: splits, then the ``limit`` most useful findings, each
+    kind once with its count (errors first, then the whole dataset's, then the commonest), and
+    how many more there are. Every finding stays in the manifest and in ``dataset validate``."""
     counts = manifest.get("counts", {})
+    groups = group_findings([Finding.from_dict(f) for f in manifest.get("findings", [])])
     lines = [
         f"*Snapshot #{snapshot_id}:* {counts.get('train', 0)} train / "
         f"{counts.get('validation', 0)} validation / "
         f"{counts.get('test', 0)} test · {counts.get('duplicates', 0)} duplicates collapsed · "
-        f"{counts.get('errors', 0)} errors · {counts.get('warnings', 0)} warnings"
+        f"{_tally(groups, ERROR, 'error')} · {_tally(groups, WARNING, 'warning')}"
     ]
-    findings = sorted(manifest.get("findings", []), key=lambda f: f.get("level") != "error")
-    seen_rules: dict[str, int] = {}
-    shown = 0
-    for f in findings:
-        rule = f.get("rule", "")
-        seen_rules[rule] = seen_rules.get(rule, 0) + 1
-        if seen_rules[rule] > 2 or shown >= limit:
-            continue
-        icon = "⛔" if f.get("level") == "error" else "⚠️"
-        lines.append(f"{icon} {f.get('where', '')}: {f.get('message', '')}")
-        shown += 1
-    hidden = len(findings) - shown
+    for group in groups[:limit]:
+        icon = "⛔" if group.level == ERROR else "⚠️"
+        lines.append(f"{icon} {group.sentence()}")
+    hidden = len(groups) - limit
     if hidden > 0:
-        lines.append(f"…and {hidden} more findings (`threadtune dataset validate --all`).")
+        lines.append(
+            f"+{hidden} more kind{'s' if hidden != 1 else ''} of finding "
+            "(`threadtune dataset validate --all` lists every one)."
+        )
     return lines
+
+
+def _tally(groups: list[FindingGroup], level: str, word: str) -> str:
+    """``90 warnings of 3 kinds``: how many, and how many lines they take below."""
+    mine = [g for g in groups if g.level == level]
+    n = sum(g.count for g in mine)
+    return f"{n} {word}{'' if n == 1 else 's'}" + (
+        f" of {len(mine)} kinds" if len(mine) > 1 else ""
+    )

@@ -14,9 +14,10 @@ import os
 import secrets
 from pathlib import Path
 
+from bot.cli.common import open_db
 from bot.settings import Settings
 from engine.ab.export import load_records, write_battle_log, write_preference_pairs
-from storage.db import make_engine, session_scope
+from storage.db import session_scope
 
 SALT_FILE = "ab-voter-salt"
 
@@ -69,7 +70,7 @@ def voter_salt(home: Path) -> bytes:
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     out = args.output_dir or settings.home / "exports" / "ab"
     out.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.db_url)
+    engine = open_db(settings)
     try:
         with session_scope(engine) as session:
             records = load_records(session=session, round_id=args.round)

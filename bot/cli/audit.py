@@ -18,12 +18,26 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO
 
+from bot.cli.common import open_db
 from bot.settings import Settings
-from storage.db import make_engine, session_scope
+from storage.db import session_scope
 from storage.registry import audit_rows
 
-FIELDS = ["id", "time", "user", "channel", "question", "answer", "model", "latency_ms", "cached",
-          "error", "message_ts", "thumbs_up", "thumbs_down"]
+FIELDS = [
+    "id",
+    "time",
+    "user",
+    "channel",
+    "question",
+    "answer",
+    "model",
+    "latency_ms",
+    "cached",
+    "error",
+    "message_ts",
+    "thumbs_up",
+    "thumbs_down",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +125,7 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
             newline="",
             encoding="utf-8",
         )
-    engine = make_engine(settings.db_url)
+    engine = open_db(settings)
     try:
         with session_scope(engine) as session:
             n = write(audit_rows(session=session, since=since, until=until), out, args.format)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from bot.blocks.dataset import readiness_line
+from bot.cli.common import open_db
 from bot.settings import Settings
 from storage.curation import active_examples, curation_stats
-from storage.db import make_engine, session_scope, upgrade
+from storage.db import session_scope
 
 TARGET = 500
 
@@ -29,16 +30,11 @@ def add_export_arguments(export: argparse.ArgumentParser) -> None:
     )
 
 
-def _open_db(settings: Settings):  # noqa: ANN202
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
-
-
 def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    with session_scope(_open_db(settings)) as session:
+    with session_scope(open_db(settings)) as session:
         stats = curation_stats(session=session)
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -62,7 +58,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def export_current(settings: Settings, output: Path | None) -> int:
     """Write the current curated examples as chat JSONL with their Slack origin."""
-    with session_scope(_open_db(settings)) as session:
+    with session_scope(open_db(settings)) as session:
         rows = active_examples(session=session)
     lines = [
         json.dumps(

@@ -9,23 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from bot.cli.common import CommandError, open_db
 from bot.cli.curated import add_curated_subcommands, add_export_arguments, export_current
 from bot.settings import Settings
-from engine.basemodel import BaseModelError, ensure_base_model, load_tokenizer
-from engine.dataset import DatasetConfig, DatasetConfigError
+from engine.basemodel import ensure_base_model, load_tokenizer
+from engine.dataset import DatasetConfig
 from engine.dataset.build import analyse, build_snapshot, entries_from_storage, read_split
+from engine.dataset.findings import ERROR, group_findings
 from engine.dataset.importer import import_examples, parse_source
 from engine.dataset.split import SPLITS
-from engine.dataset.validate import DatasetError
 from storage import datasets as q
-from storage.db import make_engine, session_scope, upgrade
+from storage.db import session_scope
 
-SHOWN_FINDINGS = 20
-SHOWN_PER_RULE = 5
+SHOWN_PER_RULE = 5  # a group this small lists its examples; a bigger one is one line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,17 +132,6 @@ def _config(args: argparse.Namespace):
     return DatasetConfig(**overrides)
 
 
-def _open_db(settings: Settings):  # noqa: ANN202
-    settings.home.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
-
-
-def _fail(message: str) -> int:
-    print(f"threadtune: {message}", file=sys.stderr)
-    return 1
-
-
 def _tokenizer(settings: Settings):  # noqa: ANN202
     path = ensure_base_model(settings.home, settings.base_model)
     return path, load_tokenizer(path)
@@ -151,46 +141,34 @@ def _tokenizer(settings: Settings):  # noqa: ANN202
 
 
 def print_findings(console, findings: list, *, show_all: bool = False) -> None:
-    """A count per rule, then the findings themselves (errors first), each with its thread."""
-    from rich.table import Table
-
+    """Each kind of finding once with its count (errors first; see
+    :func:`engine.dataset.findings.group_findings`), then where to look: every finding with
+    ``--all``, else those of the small groups (a rule that hits many examples is one line)."""
     if not findings:
         console.print("No findings.")
         return
-    by_rule = Counter((f.level, f.rule) for f in findings)
-    table = Table(title="Findings by rule")
-    table.add_column("Level")
-    table.add_column("Rule")
-    table.add_column("Examples", justify="right")
-    for (level, rule), n in sorted(
-        by_rule.items(), key=lambda kv: (kv[0][0] != "error", -kv[1], kv[0][1])
-    ):
-        table.add_row(
-            f"[red]{level}[/red]" if level == "error" else f"[yellow]{level}[/yellow]", rule, str(n)
-        )
-    console.print(table)
-    ordered = sorted(findings, key=lambda f: f.level != "error")
-    if show_all:
-        shown = ordered
-    else:  # a few of each rule, errors first, so one common warning cannot hide the rest
-        per_rule: Counter = Counter()
-        shown = []
-        for f in ordered:
-            if per_rule[f.rule] < SHOWN_PER_RULE and len(shown) < SHOWN_FINDINGS:
-                per_rule[f.rule] += 1
-                shown.append(f)
-    for f in shown:
-        colour = "red" if f.level == "error" else "yellow"
+    shown = 0
+    for group in group_findings(findings):
+        colour = "red" if group.level == ERROR else "yellow"
         console.print(
-            f"[{colour}]{f.level}[/{colour}] {f.where}: {f.message} [dim]({f.rule})[/dim]",
+            f"[{colour}]{group.level}[/{colour}] {escape(group.sentence())} "
+            f"[dim]({group.rule})[/dim]",
             soft_wrap=True,
-            markup=True,
             highlight=False,
         )
-    if len(shown) < len(findings):
+        shown += 1
+        if group.count == 1:
+            continue
+        listed = group.findings if show_all or group.count <= SHOWN_PER_RULE else []
+        for f in listed:
+            console.print(
+                f"    {escape(f.where)}: {escape(f.message)}", soft_wrap=True, highlight=False
+            )
+        shown += len(listed)
+    hidden = len(findings) - shown
+    if hidden > 0 and not show_all:
         console.print(
-            f"… and {len(findings) - len(shown)} more (--all lists them; the manifest keeps them "
-            "all)."
+            f"(--all lists each of the {len(findings)} findings; the manifest keeps them all.)"
         )
 
 
@@ -244,21 +222,18 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        config = _config(args)
-        engine = _open_db(settings)
-        path, tokenizer = _tokenizer(settings)
-        with session_scope(engine) as session:
-            result = build_snapshot(
-                session,
-                settings.home,
-                base_model_path=path,
-                config=config,
-                tokenizer=tokenizer,
-                created_by=args.created_by,
-            )
-    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
-        return _fail(str(exc))
+    config = _config(args)
+    engine = open_db(settings)
+    path, tokenizer = _tokenizer(settings)
+    with session_scope(engine) as session:
+        result = build_snapshot(
+            session,
+            settings.home,
+            base_model_path=path,
+            config=config,
+            tokenizer=tokenizer,
+            created_by=args.created_by,
+        )
     if result.analysis is not None:
         print_analysis(console, result.analysis, show_all=args.all)
     counts = result.counts
@@ -284,22 +259,19 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        config = _config(args)
-        _, tokenizer = _tokenizer(settings)
-        if args.file is not None:
-            parsed = parse_source(args.file, config=config)
-            analysis = analyse(parsed.entries, tokenizer, config=config, check_format=False)
-            analysis.findings[:0] = parsed.findings
-            analysis.excluded += len({f.example for f in parsed.errors})
-            source = f"{args.file} ({parsed.rows} rows)"
-        else:
-            with session_scope(_open_db(settings)) as session:
-                entries = entries_from_storage(q.active_examples_with_curators(session=session))
-            analysis = analyse(entries, tokenizer, config=config)
-            source = "the curated examples"
-    except (DatasetConfigError, DatasetError, BaseModelError) as exc:
-        return _fail(str(exc))
+    config = _config(args)
+    _, tokenizer = _tokenizer(settings)
+    if args.file is not None:
+        parsed = parse_source(args.file, config=config)
+        analysis = analyse(parsed.entries, tokenizer, config=config, check_format=False)
+        analysis.findings[:0] = parsed.findings
+        analysis.excluded += len({f.example for f in parsed.errors})
+        source = f"{args.file} ({parsed.rows} rows)"
+    else:
+        with session_scope(open_db(settings)) as session:
+            entries = entries_from_storage(q.active_examples_with_curators(session=session))
+        analysis = analyse(entries, tokenizer, config=config)
+        source = "the curated examples"
     console.print(f"Checked {source}.")
     print_analysis(console, analysis, show_all=args.all)
     errors = len(analysis.errors)
@@ -315,11 +287,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     console = Console()
-    try:
-        with session_scope(_open_db(settings)) as session:
-            result = import_examples(session, args.file)
-    except DatasetError as exc:
-        return _fail(str(exc))
+    with session_scope(open_db(settings)) as session:
+        result = import_examples(session, args.file)
     if not result.ok:
         errors = [f for f in result.findings if f.level == "error"]
         bad_lines = len({f.where for f in errors})
@@ -343,10 +312,12 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.snapshot is None:
         return export_current(settings, args.output)
 
-    with session_scope(_open_db(settings)) as session:
+    with session_scope(open_db(settings)) as session:
         snapshot = q.get_snapshot(session=session, snapshot_id=args.snapshot)
     if snapshot is None or not Path(snapshot.path).is_dir():
-        return _fail(f"There is no snapshot {args.snapshot}; `threadtune dataset build` makes one.")
+        raise CommandError(
+            f"There is no snapshot {args.snapshot}; `threadtune dataset build` makes one."
+        )
     splits = SPLITS if args.split == "all" else (args.split,)
     records = [record for name in splits for record in read_split(snapshot.path, name)]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bot.cli.common import open_db
 from bot.settings import Settings
-from storage.db import upgrade
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    upgrade(settings.db_url)
+    open_db(settings).dispose()
     print("Database schema is up to date.")
     return 0

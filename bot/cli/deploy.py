@@ -9,16 +9,22 @@ import sys
 
 from bot.backends import Serving
 from bot.blocks.models import ModelRow, model_line
+from bot.cli.common import open_db
 from bot.settings import Settings
 from engine.registry.crypto import generate_key
 from storage import registry
-from storage.db import make_engine, session_scope, upgrade
+from storage.db import session_scope
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list trained models and which one /ask uses")
-    models.add_argument("action", nargs="?", choices=("list", "new-key"), default="list",
-                        help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY")
+    models.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "new-key"),
+        default="list",
+        help="`new-key` prints a fresh THREADTUNE_ENCRYPTION_KEY",
+    )
     models.set_defaults(func=run_models)
     deploy = sub.add_parser(
         "deploy", help="check, load and probe a model, then serve it behind /ask"
@@ -36,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(settings: Settings):  # noqa: ANN202
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
+    return open_db(settings)
 
 
 def run_models(args: argparse.Namespace, settings: Settings) -> int:

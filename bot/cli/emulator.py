@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from bot.emulator.__main__ import main
 from bot.settings import Settings
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_help=False,
     )
     emu.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bot.emulator")
-    emu.set_defaults(func=run)
+    emu.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from bot.backends import Serving
+from bot.cli.common import open_db
 from bot.evaluation import EvaluationRefused, parse_job_ref
 from bot.services import Services
 from bot.settings import ConfigError, Settings
@@ -14,7 +15,6 @@ from bot.slack_api import make_client
 from engine.evaluate.report import VERDICT_TEXT, metric_rows
 from engine.evaluate.run import EvalConfig
 from engine.evaluate.service import EvaluationError, evaluate_job
-from storage.db import make_engine, upgrade
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,9 +52,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
-    db = make_engine(settings.db_url)
+    db = open_db(settings)
     config = _config(args)
     probes = [] if args.no_probes else None
     try:

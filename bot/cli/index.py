@@ -7,11 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-
+from bot.cli.common import CommandError, open_db
 from bot.settings import Settings
 
 
@@ -25,55 +22,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
 
 
-class _NoDatabase(Exception):
-    """A sentence saying why the database can't be used."""
-
-
 def _open_db(settings: Settings):  # noqa: ANN202
-    from storage.db import make_engine, normalise_url, upgrade
+    """The database for a read-only look: a SQLite file that isn't there is a sentence."""
+    return open_db(settings, must_exist=True)
 
-    try:
-        url = make_url(normalise_url(settings.db_url))
-    except SQLAlchemyError:
-        raise _NoDatabase("DATABASE_URL is not a database URL.") from None
-    if (
-        url.get_backend_name() == "sqlite"
-        and url.database
-        and url.database != ":memory:"
-        and not Path(url.database).exists()
-    ):
-        raise _NoDatabase(f"There is no database at {url.database} yet: nothing is curated.")
-    try:
-        upgrade(settings.db_url)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise _NoDatabase(f"Cannot use the database at {url.render_as_string(hide_password=True)}: "
-                          f"{reason}") from None
-    return make_engine(settings.db_url)
+
+_NoDatabase = CommandError  # what bot.cli.ask catches from _open_db
 
 
 def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from engine.retrieval import Index
     from storage.db import session_scope
 
-    try:
-        engine = _open_db(settings)
-    except _NoDatabase as exc:
-        print(f"threadtune: {exc}", file=sys.stderr)
-        return 1
+    engine = _open_db(settings)
     index = Index()
     try:
         with session_scope(engine) as session:
             report = index.rebuild(session=session)
     except ImportError as exc:
-        print(f"threadtune: the embedding model is not installed ({exc.name}): "
-              "install threadtune with its ml extra.", file=sys.stderr)
+        print(
+            f"threadtune: the embedding model is not installed ({exc.name}): "
+            "install threadtune with its ml extra.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         engine.dispose()
     skipped = f"; {report.skipped} skipped (no question or no answer)" if report.skipped else ""
-    print(f"Indexed {report.examples} curated examples with {index.embedder.name} "
-          f"in {report.seconds:.1f} s{skipped}.")
+    print(
+        f"Indexed {report.examples} curated examples with {index.embedder.name} "
+        f"in {report.seconds:.1f} s{skipped}."
+    )
     return 0
 
 
@@ -81,11 +60,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     from engine.retrieval import stored_stats
     from storage.db import session_scope
 
-    try:
-        engine = _open_db(settings)
-    except _NoDatabase as exc:
-        print(f"threadtune: {exc}", file=sys.stderr)
-        return 1
+    engine = _open_db(settings)
     try:
         with session_scope(engine) as session:
             stats = stored_stats(session=session)
@@ -93,14 +68,24 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     last = stats.last_sync.isoformat(timespec="seconds") if stats.last_sync else None
     if args.json:
-        print(json.dumps({"examples": stats.examples, "model": stats.model,
-                          "dimension": stats.dimension, "last_sync": last,
-                          "pending": stats.pending}))
+        print(
+            json.dumps(
+                {
+                    "examples": stats.examples,
+                    "model": stats.model,
+                    "dimension": stats.dimension,
+                    "last_sync": last,
+                    "pending": stats.pending,
+                }
+            )
+        )
         return 0
     print(f"Examples indexed: {stats.examples}")
     print(f"Model:            {stats.model} ({stats.dimension} dimensions)")
     print(f"Last sync:        {last or 'never'}")
     if stats.pending:
-        print(f"Not indexed yet:  {stats.pending} current examples (the bot indexes them within "
-              "seconds; `threadtune index rebuild` does it now)")
+        print(
+            f"Not indexed yet:  {stats.pending} current examples (the bot indexes them within "
+            "seconds; `threadtune index rebuild` does it now)"
+        )
     return 0

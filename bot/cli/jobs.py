@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
 
 from sqlalchemy.engine import Engine
 
+from bot.cli.common import CommandError, open_db
 from bot.services import Services
 from bot.settings import ConfigError, Settings
 from bot.slack_api import make_client
 from engine.basemodel import ensure_base_model
 from engine.dataset.build import build_snapshot
 from engine.jobs.runners import runner_for
-from engine.jobs.submit import SubmitError, describe, parse_overrides, submit_training
+from engine.jobs.submit import describe, parse_overrides, submit_training
 from engine.jobs.worker import Worker
-from storage.db import make_engine, session_scope, upgrade
+from engine.train.config import TrainConfig
+from storage.db import session_scope
 from storage.jobs import TransitionError, get_job, list_events, list_jobs, request_cancel
 from storage.models import DatasetSnapshot
 
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--poll", type=float, default=2.0, help="seconds between looks at the queue"
     )
-    worker.set_defaults(func=run_worker)
+    worker.set_defaults(func=run_worker, log_level=logging.INFO)  # a service: its log is its output
 
     train = sub.add_parser("train", help="queue a training job on the latest (or a given) snapshot")
     train.add_argument("--snapshot", type=int, help="snapshot number (default: build one now)")
@@ -52,9 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(settings: Settings):  # noqa: ANN202
-    settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
-    return make_engine(settings.db_url)
+    return open_db(settings)
 
 
 def worker_services(settings: Settings, db: Engine) -> Services | None:
@@ -94,10 +95,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    overrides = parse_overrides(args.settings)
+    # the settings are checked before anything is built: a typo costs no snapshot
+    TrainConfig.from_overrides({"base_model": settings.base_model}, overrides)
     db = _db(settings)
-    base = ensure_base_model(settings.home, settings.base_model)
     try:
-        overrides = parse_overrides(args.settings)
+        base = ensure_base_model(settings.home, settings.base_model)
         with session_scope(db) as session:
             snapshot_id = (
                 args.snapshot
@@ -106,7 +109,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         with session_scope(db) as session:
             snapshot = session.get(DatasetSnapshot, snapshot_id)
             if snapshot is None:
-                raise SubmitError(f"There is no snapshot #{snapshot_id}.")
+                raise CommandError(f"There is no snapshot #{snapshot_id}.")
             job, _ = submit_training(
                 session,
                 snapshot=snapshot,
@@ -114,8 +117,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
                 overrides=overrides,
                 requested_by="cli",
             )
-    except SubmitError as exc:
-        raise ConfigError(str(exc)) from exc
+    finally:
+        db.dispose()
     print(
         f"Job {job.id} queued on snapshot #{snapshot_id} ({describe(job.config)}). "
         "Run `threadtune worker` to train it."

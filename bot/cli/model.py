@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from bot.settings import ConfigError, Settings
-from engine.basemodel import BaseModelError, ensure_base_model
+from bot.settings import Settings
+from engine.basemodel import ensure_base_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        path = ensure_base_model(settings.home, settings.base_model)
-    except BaseModelError as exc:
-        raise ConfigError(str(exc)) from exc
+    path = ensure_base_model(settings.home, settings.base_model)
     print(f"Base model {settings.base_model} is ready at {path}.")
     return 0

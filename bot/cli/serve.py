@@ -14,6 +14,7 @@ import threading
 from slack_bolt import App
 
 from bot.app import create_app
+from bot.cli.common import open_db
 from bot.home import refresh_all
 from bot.logs import install_redaction
 from bot.scheduler import BotScheduler, start_ab_deadlines
@@ -21,7 +22,6 @@ from bot.server import serve_http, serve_socket_mode
 from bot.services import Services
 from bot.settings import Settings
 from bot.slack_api import make_client
-from storage.db import make_engine, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the Slack bot and its scheduler")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP mode: address to listen on")
     serve.add_argument("--port", type=int, default=3000, help="HTTP mode: port (default 3000)")
-    serve.set_defaults(func=run)
+    serve.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
 def build_runtime(settings: Settings) -> tuple[Services, App]:
     """Everything ``serve`` needs, built from settings: database, Slack client, services (with the
     scheduler started and open A/B deadlines re-armed), app."""
     settings.require_slack()
-    upgrade(settings.db_url)
-    db = make_engine(settings.db_url)
+    db = open_db(settings)
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
     services = Services.build(settings, db, client, scheduler=BotScheduler())
     assert services.scheduler is not None

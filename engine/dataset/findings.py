@@ -128,3 +128,90 @@ def errors(findings: list[Finding]) -> list[Finding]:
 
 def keys_with_errors(findings: list[Finding]) -> set[str]:
     return {f.example for f in findings if f.level == ERROR and f.example}
+
+
+# -- grouping: one line per kind of problem ------------------------------------------------------
+
+# What a rule says about several examples at once; ``{has}``/``{is}`` agree with the count.
+# Rules missing here read "N examples: <rule> (e.g. <where>: <message>)".
+RULE_SUMMARIES = {
+    "format.no_system": "{has} no system message: the base model's default system prompt applies",
+    "format.no_user": "{has} no user message, so the answer has no question",
+    "format.no_assistant": "{has} no assistant message, so there is no answer to learn from",
+    "format.content": "{has} a message that is empty or not text",
+    "format.unknown_key": "{has} keys that are not part of the chat format",
+    "roles.order": "{has} roles out of order (system?, then user and assistant taking turns)",
+    "template.system_dropped": "{has} a system message the base model's chat template ignores",
+    "template.error": "{is} refused by the base model's chat template",
+    "template.mismatch": "{is} rendered so that training cannot tell which tokens are the answer",
+    "mask.empty": "{has} an answer that turns into no tokens, so there is nothing to train on",
+    "mask.no_end_of_turn": (
+        "{has} an answer so long that its end-of-turn token is cut off; shorten the answers or "
+        "raise max_length"
+    ),
+    "tokens.question_cut": (
+        "{has} an answer that leaves no room for the question within max_length; shorten the "
+        "answers or raise max_length"
+    ),
+    "tokens.over_max_length": (
+        "{is} over max_length: training keeps the answers and cuts the start of the conversation"
+    ),
+    "dedupe.exact": "{is} the same conversation as another example; one copy is kept",
+    "dedupe.near": "{is} nearly the same conversation as another example; one is kept",
+}
+
+
+@dataclass
+class FindingGroup:
+    """Findings of one rule and level, reported as one line with their count. A dataset-wide
+    finding is a group of its own."""
+
+    level: str
+    rule: str
+    findings: list[Finding]
+
+    @property
+    def count(self) -> int:
+        return len(self.findings)
+
+    @property
+    def dataset_wide(self) -> bool:
+        return not self.findings[0].example
+
+    def sentence(self) -> str:
+        """``85 examples have no system message: …`` (one finding: its own ``where: message``)."""
+        first = self.findings[0]
+        if self.count == 1:
+            return first.message if self.dataset_wide else f"{first.where}: {first.message}"
+        n = self.count
+        template = RULE_SUMMARIES.get(self.rule)
+        if template is None:
+            return f"{n} examples: {self.rule} (e.g. {first.where}: {first.message})"
+        text = template.format(has="have", **{"is": "are"})
+        return f"{n} examples {text}."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "rule": self.rule,
+            "count": self.count,
+            "sentence": self.sentence(),
+            "examples": [f.where for f in self.findings],
+        }
+
+
+def group_findings(findings: list[Finding]) -> list[FindingGroup]:
+    """One group per (level, rule) of per-example findings, each dataset-wide finding alone, the
+    most useful first: errors before warnings; then what concerns the whole dataset (readiness,
+    balance); then the rules that hit the most examples; ties by rule name."""
+    groups: dict[tuple[str, str], FindingGroup] = {}
+    alone: list[FindingGroup] = []
+    for f in findings:
+        if not f.example:
+            alone.append(FindingGroup(f.level, f.rule, [f]))
+            continue
+        group = groups.setdefault((f.level, f.rule), FindingGroup(f.level, f.rule, []))
+        group.findings.append(f)
+    ordered = alone + list(groups.values())
+    ordered.sort(key=lambda g: (g.level != ERROR, not g.dataset_wide, -g.count, g.rule))
+    return ordered
