@@ -16,6 +16,7 @@ from bot.slack_api import explain
 from bot.work import start
 from engine.basemodel import ensure_base_model
 from engine.jobs.submit import SubmitError, parse_overrides, submit_training
+from engine.train.config import TrainConfig, TrainConfigError
 from storage import jobs as jobs_q
 from storage.db import session_scope
 from storage.models import DatasetSnapshot
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 def train(command: Command, services: Services, ack: Callable, respond: Callable) -> None:
     try:
         overrides = parse_overrides(command.words[1:])
-    except SubmitError as exc:
+        # the settings are checked before a snapshot is built: a typo costs nothing
+        TrainConfig.from_overrides({}, overrides)
+    except (SubmitError, TrainConfigError) as exc:
         ack(text=str(exc))
         return
     ack(text="Preparing a training job: building the dataset snapshot and checking the settings…")
