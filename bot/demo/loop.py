@@ -298,8 +298,8 @@ class Loop:
 
     def ask(self, model) -> None:  # noqa: ANN001
         self.c.print(
-            "\n[bold]9. Ask where people ask[/bold] — /ask, an @mention in a thread and a DM, "
-            "answered from the curated threads with their sources"
+            "\n[bold]9. Ask where people ask[/bold] — /ask, an @mention in a thread, a DM and the "
+            "AI pane, answered from the curated threads with their sources"
         )
         ws = self.workspace
         askers = [u.id for u in ws.users if u.role == "asker"]
@@ -395,6 +395,41 @@ class Loop:
             if in_dm:
                 self.c.print(f"      → posted in @{ws.user(asker).name}'s DM with @{bot}")
             self.checks["DM answered in the DM, with sources"] = ok and in_dm
+        self.assistant_pane(model, askers[-2], bot)
+
+    def assistant_pane(self, model, asker: str, bot: str) -> None:  # noqa: ANN001
+        """(e) Slack's AI pane: the bot suggests questions the team has curated answers to, and the
+        person clicks the first; the answer goes in the pane's thread."""
+        ws = self.workspace
+        name = ws.user(asker).name
+        channel, thread_ts = self.slack.open_assistant_thread(asker, self.channel)
+        prompts = wait_for(lambda: self.slack.suggested_prompts(channel, thread_ts), 30) or []
+        self.c.print(
+            f"\n   [bold]AI pane[/bold]: @{name} opens @{bot}'s assistant pane; it suggests "
+            "questions the team has answered:"
+        )
+        for prompt in prompts:
+            self.c.print(f"      • {escape(_short(prompt.get('message', ''), 100))}")
+        if not prompts:
+            self.c.print("   [red]no suggested prompts[/red]")
+            self.checks["AI pane suggests curated questions and answers one"] = False
+            return
+        question = prompts[0]["message"]
+        self.c.print(f"   @{name} clicks the first: {escape(question)}")
+        row, post = self._asked(
+            "assistant", lambda: self.slack.post_dm(asker, question, thread_ts=thread_ts)
+        )
+        ok = self._show_answer(row, post, model)
+        in_pane = bool(
+            row
+            and row["thread_ts"] == thread_ts
+            and any(
+                m.get("ts") == row["message_ts"] for m in self.slack.messages(channel, thread_ts)
+            )
+        )
+        if in_pane:
+            self.c.print("      → posted in the pane's thread")
+        self.checks["AI pane suggests curated questions and answers one"] = ok and in_pane
 
     def _last_ask(self) -> int:
         with session_scope(self.services.db) as s:
