@@ -2,8 +2,8 @@
 curated, a snapshot built, a job succeeded, a report with a verdict, a round closed, a model
 deployed, then questions asked where people ask: /ask answered by that model with the curated
 threads as sources, an abstention on a question nothing curated covers, an @mention answered in
-its thread, a DM answered in the DM and a suggested prompt answered in the AI pane. Real everything: emulator, HTTP, SQLite, QLoRA on
-SmolLM2-135M on the CPU (several minutes)."""
+its thread, a DM answered in the DM and a suggested prompt answered in the AI pane. Real
+everything: emulator, HTTP, SQLite, QLoRA on SmolLM2-135M on the CPU (several minutes)."""
 
 from __future__ import annotations
 
