@@ -17,7 +17,6 @@ from rich.table import Table
 from sqlmodel import select
 
 from bot import ids
-from bot.demo.runner import _message_text
 from engine.answer.pipeline import NO_CURATED_ANSWER
 from engine.evaluate.report import metric_rows
 from engine.evaluate.run import load_probes
@@ -336,7 +335,7 @@ class Loop:
                 "slash", lambda: self.slack.slash(asker, q.channel, "/ask", q.question)
             )
             # what Slack shows under the quoted question
-            text = _message_text({"blocks": (post or {}).get("blocks", [])[1:]})
+            text = _block_text((post or {}).get("blocks", [])[1:])
             for line in text.splitlines():
                 self.c.print("   " + escape(_plain_links(line)))
             self.checks["/ask abstains on a question nothing curated covers"] = bool(
@@ -498,6 +497,16 @@ class Loop:
 def _short(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _block_text(blocks: list[dict]) -> str:
+    """The words of sections and context lines, one line each."""
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block.get("text"), dict):
+            lines.append(block["text"].get("text", ""))
+        lines += [e.get("text", "") for e in block.get("elements", []) if isinstance(e, dict)]
+    return "\n".join(line for line in lines if isinstance(line, str) and line)
 
 
 def _sources_line(post: dict) -> list[str]:
