@@ -274,9 +274,11 @@ def test_the_questions_the_demo_asks_are_grounded_and_the_uncovered_one_is_not(
     threshold = Settings.model_fields["ask_grounding_threshold"].default
     ids, matrix, embed = curated
     asked = ws.asked_on("slash")[:3] + ws.asked_on("mention") + ws.asked_on("dm")
-    best = (embed([h.question for h in asked]) @ matrix.T).max(axis=1)
-    for held, score in zip(asked, best, strict=True):
-        assert score >= threshold + 0.02, (held.question, round(float(score), 3))
+    scores = embed([h.question for h in asked]) @ matrix.T
+    for held, row in zip(asked, scores, strict=True):
+        nearest = ids[int(row.argmax())]
+        assert row.max() >= threshold + 0.02, (held.question, round(float(row.max()), 3))
+        assert nearest == held.answered_by, (held.question, nearest, held.answered_by)
     scores = embed([u.question for u in ws.uncovered]) @ matrix.T
     for u, row in zip(ws.uncovered, scores, strict=True):
         assert row.max() < threshold - 0.08, (u.question, ids[int(row.argmax())], row.max())
@@ -323,6 +325,7 @@ def test_quick_sample_shows_every_case(ws: DemoWorkspace) -> None:
             "also a held-out question",
         ),
         (lambda d: d["uncovered"][0].update(channel="C0NOWHERE"), "unknown channel"),
+        (lambda d: d["held_out"][0].update(answered_by="no-such-thread"), "unknown thread"),
     ],
 )
 def test_loader_names_what_is_wrong(tmp_path: Path, change, complaint: str) -> None:

@@ -125,6 +125,9 @@ class HeldOutQuestion:
     """One of :data:`SURFACES`."""
     thread: str | None = None
     """For ``mention``: the id of the seeded thread the question is asked in."""
+    answered_by: str | None = None
+    """The id of the curated thread that answers it, for the questions the demo asks (the
+    content tests check that retrieval finds that thread first)."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _parse(raw: dict[str, Any]) -> DemoWorkspace:
                 h["reference"],
                 surface=h.get("surface", "slash"),
                 thread=h.get("thread"),
+                answered_by=h.get("answered_by"),
             )
             for h in raw.get("held_out", [])
         ),
@@ -291,6 +295,8 @@ def _check(ws: DemoWorkspace) -> None:
                 )
         elif h.thread is not None:
             fail(f"{where} names a thread, but only a mention is asked in one.")
+        if h.answered_by is not None and h.answered_by not in threads:
+            fail(f"{where} is answered by an unknown thread {h.answered_by!r}.")
     asked = {normalise_question(h.question) for h in ws.held_out}
     for u in ws.uncovered:
         where = f"Uncovered question {u.question!r}"

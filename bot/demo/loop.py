@@ -372,7 +372,7 @@ class Loop:
             )
             if in_thread:
                 replies = len(self.slack.messages(q.channel, parent)) - 1
-                self.c.print(f"      → posted in that thread (reply {replies} of {replies})")
+                self.c.print(f"      → posted in that thread, as its reply #{replies}")
             self.checks["@mention answered in its thread, with sources"] = ok and in_thread
         # (d) a DM to the bot: answered in the DM
         dm = ws.asked_on("dm")[:1]
