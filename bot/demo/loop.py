@@ -413,8 +413,10 @@ class Loop:
             self.c.print("   [red]no suggested prompts[/red]")
             self.checks["AI pane suggests curated questions and answers one"] = False
             return
-        question = prompts[0]["message"]
-        self.c.print(f"   @{name} clicks the first: {escape(question)}")
+        # a person clicks one that reads well: not one with redaction placeholders ([EMAIL]…)
+        plain = [p["message"] for p in prompts if not re.search(r"\[[A-Z_]+\]", p["message"])]
+        question = (plain or [prompts[0]["message"]])[0]
+        self.c.print(f"   @{name} clicks: {escape(question)}")
         row, post = self._asked(
             "assistant", lambda: self.slack.post_dm(asker, question, thread_ts=thread_ts)
         )
