@@ -337,7 +337,7 @@ class Loop:
             # what Slack shows under the quoted question
             text = _block_text((post or {}).get("blocks", [])[1:])
             for line in text.splitlines():
-                self.c.print("   " + escape(_plain_links(line)))
+                self.c.print("   " + escape(_plain_links(line)), soft_wrap=True)
             self.checks["/ask abstains on a question nothing curated covers"] = bool(
                 row
                 and row["abstained"]
@@ -490,7 +490,8 @@ class Loop:
         )
         sources = _sources_line(post)
         for source in sources:
-            self.c.print(f"      [dim]source[/dim] {escape(_plain_links(source))}")
+            # not wrapped: a permalink cut in two is no longer a link
+            self.c.print(f"      [dim]source[/dim] {escape(_plain_links(source))}", soft_wrap=True)
         if not sources:
             self.c.print("   [red]no Sources line under the answer[/red]")
         return bool(sources) and bool(row["sources"])
