@@ -230,6 +230,60 @@ def test_held_out_questions_are_new(ws: DemoWorkspace) -> None:
         assert closest < 0.3, (held.question, closest)
 
 
+def test_the_demo_asks_on_every_surface(ws: DemoWorkspace) -> None:
+    assert len(ws.asked_on("slash")) >= 3
+    (mention,) = ws.asked_on("mention")
+    (dm,) = ws.asked_on("dm")
+    thread = ws.thread(mention.thread or "")
+    assert not thread.top_level and thread.channel == mention.channel
+    assert ws.uncovered
+    held = {normalise(h.question) for h in ws.held_out}
+    assert all(normalise(u.question) not in held for u in ws.uncovered)
+
+
+@pytest.fixture(scope="module")
+def curated(ws, outcomes):
+    """The curated questions as the retrieval index embeds them (question_text of each stored
+    example), with the MiniLM embedder the bot uses: (thread ids, unit vectors, embed)."""
+    import numpy as np
+
+    from engine.retrieval import MiniLMEmbedder, question_text
+
+    embedder = MiniLMEmbedder()
+
+    def embed(texts: list[str]):  # noqa: ANN202
+        vectors = np.asarray(embedder.embed(texts), dtype=float)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    stored = [
+        (t.id, draft)
+        for t in ws.threads
+        for outcome, draft in [outcomes[t.id]]
+        if outcome == "accepted" and draft is not None
+    ]
+    ids = [i for i, _ in stored]
+    return ids, embed([question_text(d.messages) for _, d in stored]), embed
+
+
+def test_the_questions_the_demo_asks_are_grounded_and_the_uncovered_one_is_not(
+    ws: DemoWorkspace, curated
+) -> None:
+    """The demo's step 9 expects a grounded answer (a Sources line) for each held-out question it
+    asks and an abstention for the uncovered one: the questions must sit clearly on either side
+    of the grounding threshold (cosine on MiniLM, Settings.ask_grounding_threshold)."""
+    threshold = Settings.model_fields["ask_grounding_threshold"].default
+    ids, matrix, embed = curated
+    asked = ws.asked_on("slash")[:3] + ws.asked_on("mention") + ws.asked_on("dm")
+    scores = embed([h.question for h in asked]) @ matrix.T
+    for held, row in zip(asked, scores, strict=True):
+        nearest = ids[int(row.argmax())]
+        assert row.max() >= threshold + 0.02, (held.question, round(float(row.max()), 3))
+        assert nearest == held.answered_by, (held.question, nearest, held.answered_by)
+    scores = embed([u.question for u in ws.uncovered]) @ matrix.T
+    for u, row in zip(ws.uncovered, scores, strict=True):
+        assert row.max() < threshold - 0.08, (u.question, ids[int(row.argmax())], row.max())
+
+
 def test_quick_sample_shows_every_case(ws: DemoWorkspace) -> None:
     sample = ws.threads[:QUICK_THREADS]
     ids = {t.id for t in sample}
@@ -258,6 +312,20 @@ def test_quick_sample_shows_every_case(ws: DemoWorkspace) -> None:
             "must be an earlier thread",
         ),
         (lambda d: d["threads"][0]["messages"][0].update(text="x" * MAX_TEXT_CHARS), "characters"),
+        (lambda d: d["held_out"][0].update(surface="email"), "is not one of"),
+        (
+            lambda d: d["held_out"][0].update(surface="mention", thread="no-such-thread"),
+            "must be a thread of the same channel",
+        ),
+        (lambda d: d["held_out"][0].update(thread=d["threads"][0]["id"]), "only a mention"),
+        (
+            lambda d: d["uncovered"].append(
+                {"channel": d["held_out"][0]["channel"], "question": d["held_out"][0]["question"]}
+            ),
+            "also a held-out question",
+        ),
+        (lambda d: d["uncovered"][0].update(channel="C0NOWHERE"), "unknown channel"),
+        (lambda d: d["held_out"][0].update(answered_by="no-such-thread"), "unknown thread"),
     ],
 )
 def test_loader_names_what_is_wrong(tmp_path: Path, change, complaint: str) -> None:

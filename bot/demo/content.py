@@ -11,8 +11,10 @@ every expectation, for ``threadtune demo --quick``.
 The team's answers follow house conventions a fine-tuned model can pick up: the internal tools
 shipit (deploys), flagpole (feature flags) and vaultkeeper (secrets), go/ links such as
 ``go/runbooks/<topic>``, and a sign-off ``— ping #<channel> if stuck``. The ``held_out`` questions
-are answerable from the same knowledge but appear in no thread: they are what ``/ask`` is asked
-at the end of the demo.
+are answerable from the same knowledge but appear in no thread: they are what the bot is asked at
+the end of the demo, each where its ``surface`` says (``/ask``, an @mention inside a seeded
+thread, a DM), and they paraphrase a curated thread closely enough to be answered grounded. The
+``uncovered`` questions are ones no curated thread answers: the bot should abstain on them.
 
 Every name, address, number and secret in the file is made up.
 """
@@ -47,6 +49,9 @@ TAGS: tuple[str, ...] = (
 QUICK_THREADS = 20
 """``--quick`` posts only the first this many threads; they cover every expectation."""
 MAX_TEXT_CHARS = 2000
+SURFACES: tuple[str, ...] = ("slash", "mention", "dm")
+"""Where a held-out question is asked in the demo: ``/ask``, an @mention of the bot inside a
+seeded thread, or a DM to the bot."""
 
 
 class DemoContentError(ValueError):
@@ -116,6 +121,21 @@ class HeldOutQuestion:
     channel: str
     question: str
     reference: str
+    surface: str = "slash"
+    """One of :data:`SURFACES`."""
+    thread: str | None = None
+    """For ``mention``: the id of the seeded thread the question is asked in."""
+    answered_by: str | None = None
+    """The id of the curated thread that answers it, for the questions the demo asks (the
+    content tests check that retrieval finds that thread first)."""
+
+
+@dataclass(frozen=True)
+class UncoveredQuestion:
+    """A question nothing curated in the workspace answers: the bot abstains on it."""
+
+    channel: str
+    question: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,11 @@ class DemoWorkspace:
     channels: tuple[Channel, ...]
     threads: tuple[Thread, ...]
     held_out: tuple[HeldOutQuestion, ...]
+    uncovered: tuple[UncoveredQuestion, ...] = ()
+
+    def asked_on(self, surface: str) -> list[HeldOutQuestion]:
+        """The held-out questions the demo asks on ``surface``, in file order."""
+        return [h for h in self.held_out if h.surface == surface]
 
     @property
     def held_out_questions(self) -> list[str]:
@@ -186,8 +211,18 @@ def _parse(raw: dict[str, Any]) -> DemoWorkspace:
             for t in raw["threads"]
         ),
         held_out=tuple(
-            HeldOutQuestion(h["channel"], h["question"], h["reference"])
+            HeldOutQuestion(
+                h["channel"],
+                h["question"],
+                h["reference"],
+                surface=h.get("surface", "slash"),
+                thread=h.get("thread"),
+                answered_by=h.get("answered_by"),
+            )
             for h in raw.get("held_out", [])
+        ),
+        uncovered=tuple(
+            UncoveredQuestion(u["channel"], u["question"]) for u in raw.get("uncovered", [])
         ),
     )
 
@@ -244,6 +279,34 @@ def _check(ws: DemoWorkspace) -> None:
             fail(f"{where} duplicates {t.duplicate_of!r}, which must be an earlier thread.")
         seen.add(t.id)
 
+    threads = {t.id: t for t in ws.threads}
     for h in ws.held_out:
+        where = f"Held-out question {h.question!r}"
         if h.channel not in channels:
-            fail(f"Held-out question {h.question!r} is in an unknown channel {h.channel!r}.")
+            fail(f"{where} is in an unknown channel {h.channel!r}.")
+        if h.surface not in SURFACES:
+            fail(f"{where}: surface {h.surface!r} is not one of {SURFACES}.")
+        if h.surface == "mention":
+            thread = threads.get(h.thread or "")
+            if thread is None or thread.top_level or thread.channel != h.channel:
+                fail(
+                    f"{where} is asked in thread {h.thread!r}, which must be a thread of "
+                    "the same channel."
+                )
+        elif h.thread is not None:
+            fail(f"{where} names a thread, but only a mention is asked in one.")
+        if h.answered_by is not None and h.answered_by not in threads:
+            fail(f"{where} is answered by an unknown thread {h.answered_by!r}.")
+    asked = {normalise_question(h.question) for h in ws.held_out}
+    for u in ws.uncovered:
+        where = f"Uncovered question {u.question!r}"
+        if u.channel not in channels:
+            fail(f"{where} is in an unknown channel {u.channel!r}.")
+        if not u.question.strip():
+            fail("An uncovered question is empty.")
+        if normalise_question(u.question) in asked:
+            fail(f"{where} is also a held-out question.")
+
+
+def normalise_question(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip("?!. ")

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlmodel import select
 
 from bot import ids
+from engine.answer.pipeline import NO_CURATED_ANSWER
 from engine.evaluate.report import metric_rows
 from engine.evaluate.run import load_probes
 from engine.jobs.runners import LocalRunner
@@ -22,7 +25,7 @@ from engine.jobs.worker import Worker
 from storage import ab
 from storage.datasets import latest_snapshot
 from storage.db import session_scope
-from storage.models import ABPair, ABRound, Job
+from storage.models import ABPair, ABRound, AskLog, Job
 from storage.registry import deployed_model
 
 QUICK_TRAIN = "max_steps=6 max_length=256 eval_steps=3 save_steps=3"
@@ -293,35 +296,234 @@ class Loop:
         return current is not None
 
     def ask(self, model) -> None:  # noqa: ANN001
-        self.c.print("\n[bold]9. /ask[/bold] — questions that were not in the training set")
-        questions = list(self.workspace.held_out)[: (2 if self.quick else 4)]
-        asker = next(u.id for u in self.workspace.users if u.role == "asker")
-        answered = 0
-        for q in questions:
-            before = len(self.slack.bot_posts())
-            self.slack.slash(asker, q.channel, "/ask", q.question)
-
-            def answer(before: int = before):  # noqa: ANN202
-                posts = self.slack.bot_posts()[before:]
-                done = [
-                    p
-                    for p in posts
-                    if model.name in json.dumps(p) and "Thinking" not in p.get("text", "")
-                ]
-                return done[-1] if done else None
-
-            post = wait_for(answer, 300)
-            self.c.print(f"   [bold]Q:[/bold] {q.question}")
-            if post:
-                answered += 1
-                self.c.print(
-                    f"   [bold]A ({model.name}):[/bold] {_text_of(json.dumps(post))[:400]}"
-                )
-            else:
-                self.c.print("   [red]no answer[/red]")
-        self.checks["/ask answered by the deployed model"] = (
-            answered == len(questions) and answered > 0
+        self.c.print(
+            "\n[bold]9. Ask where people ask[/bold] — /ask, an @mention in a thread, a DM and the "
+            "AI pane, answered from the curated threads with their sources"
         )
+        ws = self.workspace
+        askers = [u.id for u in ws.users if u.role == "asker"]
+        bot = "threadtune"
+        # (a) /ask on held-out questions that paraphrase curated threads
+        questions = ws.asked_on("slash")[: (2 if self.quick else 3)]
+        by_model = grounded = 0
+        for i, q in enumerate(questions):
+            asker = askers[i % len(askers)]
+            self.c.print(
+                f"\n   [bold]/ask[/bold] in #{ws.channel(q.channel).name} "
+                f"by @{ws.user(asker).name}: {escape(q.question)}"
+            )
+            row, post = self._asked(
+                "slash",
+                lambda q=q, asker=asker: self.slack.slash(asker, q.channel, "/ask", q.question),
+            )
+            grounded += self._show_answer(row, post, model)
+            by_model += bool(row and row["model_name"] == model.name)
+        self.checks["/ask answered by the deployed model"] = by_model == len(questions) > 0
+        self.checks["/ask answers are grounded, with their sources"] = (
+            grounded == len(questions) > 0
+        )
+
+        # (b) a question nothing curated covers: the bot says so instead of guessing
+        if ws.uncovered:
+            q, asker = ws.uncovered[0], askers[len(questions) % len(askers)]
+            self.c.print(
+                f"\n   [bold]/ask[/bold] in #{ws.channel(q.channel).name} "
+                f"by @{ws.user(asker).name}: {escape(q.question)}  "
+                "[dim](nothing curated covers it)[/dim]"
+            )
+            row, post = self._asked(
+                "slash", lambda: self.slack.slash(asker, q.channel, "/ask", q.question)
+            )
+            # what Slack shows under the quoted question
+            text = _block_text((post or {}).get("blocks", [])[1:])
+            for line in text.splitlines():
+                self.c.print("   " + escape(_plain_links(line)), soft_wrap=True)
+            self.checks["/ask abstains on a question nothing curated covers"] = bool(
+                row
+                and row["abstained"]
+                and not row["sources"]
+                and not row["model_name"]
+                and NO_CURATED_ANSWER in text
+            )
+
+        # (c) an @mention inside one of the seeded threads: answered in that thread
+        mention = ws.asked_on("mention")[:1]
+        for q in mention:
+            thread = ws.thread(q.thread or "")
+            parent = self.demo.posted[thread.id][0]
+            self.c.print(
+                f"\n   [bold]@mention[/bold] in the #{ws.channel(q.channel).name} thread "
+                f"[italic]“{escape(_short(thread.messages[0].text, 70))}”[/italic] "
+                f"by @{ws.user(thread.asker).name}: @{bot} {escape(q.question)}"
+            )
+            row, post = self._asked(
+                "mention",
+                lambda q=q, thread=thread, parent=parent: self.slack.post(
+                    thread.asker, q.channel, self.slack.mention(q.question), thread_ts=parent
+                ),
+            )
+            ok = self._show_answer(row, post, model)
+            in_thread = bool(
+                row
+                and row["thread_ts"] == parent
+                and any(
+                    m.get("ts") == row["message_ts"] for m in self.slack.messages(q.channel, parent)
+                )
+            )
+            if in_thread:
+                replies = len(self.slack.messages(q.channel, parent)) - 1
+                self.c.print(f"      → posted in that thread, as its reply #{replies}")
+            self.checks["@mention answered in its thread, with sources"] = ok and in_thread
+        # (d) a DM to the bot: answered in the DM
+        dm = ws.asked_on("dm")[:1]
+        for q in dm:
+            asker = askers[-1]
+            channel = self.slack.dm(asker)
+            self.c.print(
+                f"\n   [bold]DM[/bold] from @{ws.user(asker).name} to @{bot}: {escape(q.question)}"
+            )
+            row, post = self._asked(
+                "dm", lambda q=q, asker=asker: self.slack.post_dm(asker, q.question)
+            )
+            ok = self._show_answer(row, post, model)
+            in_dm = bool(
+                row
+                and row["channel"] == channel
+                and any(m.get("ts") == row["message_ts"] for m in self.slack.messages(channel))
+            )
+            if in_dm:
+                self.c.print(f"      → posted in @{ws.user(asker).name}'s DM with @{bot}")
+            self.checks["DM answered in the DM, with sources"] = ok and in_dm
+        self.assistant_pane(model, askers[-2], bot)
+
+    def assistant_pane(self, model, asker: str, bot: str) -> None:  # noqa: ANN001
+        """(e) Slack's AI pane: the bot suggests questions the team has curated answers to, and the
+        person clicks the first; the answer goes in the pane's thread."""
+        ws = self.workspace
+        name = ws.user(asker).name
+        channel, thread_ts = self.slack.open_assistant_thread(asker, self.channel)
+        prompts = wait_for(lambda: self.slack.suggested_prompts(channel, thread_ts), 30) or []
+        self.c.print(
+            f"\n   [bold]AI pane[/bold]: @{name} opens @{bot}'s assistant pane; it suggests "
+            "questions the team has answered:"
+        )
+        for prompt in prompts:
+            self.c.print(f"      • {escape(_short(prompt.get('message', ''), 100))}")
+        if not prompts:
+            self.c.print("   [red]no suggested prompts[/red]")
+            self.checks["AI pane suggests curated questions and answers one"] = False
+            return
+        # a person clicks one that reads well: not one with redaction placeholders ([EMAIL]…)
+        plain = [p["message"] for p in prompts if not re.search(r"\[[A-Z_]+\]", p["message"])]
+        question = (plain or [prompts[0]["message"]])[0]
+        self.c.print(f"   @{name} clicks: {escape(question)}")
+        row, post = self._asked(
+            "assistant", lambda: self.slack.post_dm(asker, question, thread_ts=thread_ts)
+        )
+        ok = self._show_answer(row, post, model)
+        in_pane = bool(
+            row
+            and row["thread_ts"] == thread_ts
+            and any(
+                m.get("ts") == row["message_ts"] for m in self.slack.messages(channel, thread_ts)
+            )
+        )
+        if in_pane:
+            self.c.print("      → posted in the pane's thread")
+        self.checks["AI pane suggests curated questions and answers one"] = ok and in_pane
+
+    def _last_ask(self) -> int:
+        with session_scope(self.services.db) as s:
+            row = s.exec(select(AskLog).order_by(AskLog.id.desc())).first()
+            return (row.id or 0) if row is not None else 0
+
+    def _asked(self, surface: str, ask, timeout: float = 300):  # noqa: ANN001, ANN202
+        """Asks (``ask()``), then waits for the audit row of the answer on ``surface`` and the
+        message as Slack shows it: (row as a dict, message), either None when it never came."""
+        since = self._last_ask()
+        ask()
+
+        def finished():  # noqa: ANN202
+            with session_scope(self.services.db) as s:
+                row = s.exec(
+                    select(AskLog)
+                    .where(AskLog.id > since, AskLog.surface == surface)
+                    .order_by(AskLog.id)
+                ).first()
+                if row is None or not (row.error or (row.message_ts and row.answer)):
+                    return None
+                return row.model_dump()
+
+        row = wait_for(finished, timeout)
+        if row is None:
+            self.c.print(
+                f"   [red]no answer[/red] (no finished {surface} question in the audit log)"
+            )
+            return None, None
+        if row["error"]:
+            self.c.print(f"   [red]failed:[/red] {escape(row['error'])}")
+
+        def shown():  # noqa: ANN202
+            for post in self.slack.bot_posts():
+                if (
+                    post.get("ts") == row["message_ts"]
+                    and post.get("channel") == row["channel"]
+                    and "thinking" not in post.get("text", "").lower()
+                ):
+                    return post
+            return None
+
+        return row, (wait_for(shown, 30) if row["message_ts"] else None)
+
+    def _show_answer(self, row, post, model) -> bool:  # noqa: ANN001
+        """Prints the answer and its sources; True when it is a grounded answer in Slack."""
+        if row is None or post is None:
+            if row is not None:
+                self.c.print("   [red]the answer never showed in Slack[/red]")
+            return False
+        if row["abstained"]:
+            self.c.print(f"   [red]abstained:[/red] {escape(_short(row['answer'], 300))}")
+            return False
+        self.c.print(
+            f"   [bold]A ({row['model_name'] or model.name}):[/bold] "
+            + escape(_short(row["answer"], 300))
+        )
+        sources = _sources_line(post)
+        for source in sources:
+            # not wrapped: a permalink cut in two is no longer a link
+            self.c.print(f"      [dim]source[/dim] {escape(_plain_links(source))}", soft_wrap=True)
+        if not sources:
+            self.c.print("   [red]no Sources line under the answer[/red]")
+        return bool(sources) and bool(row["sources"])
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _block_text(blocks: list[dict]) -> str:
+    """The words of sections and context lines, one line each."""
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block.get("text"), dict):
+            lines.append(block["text"].get("text", ""))
+        lines += [e.get("text", "") for e in block.get("elements", []) if isinstance(e, dict)]
+    return "\n".join(line for line in lines if isinstance(line, str) and line)
+
+
+def _sources_line(post: dict) -> list[str]:
+    """The elements of the "Sources" context line under an answer (one per curated thread)."""
+    for block in post.get("blocks") or []:
+        elements = [e.get("text", "") for e in block.get("elements", []) if isinstance(e, dict)]
+        if block.get("type") == "context" and elements and elements[0] == "*Sources*":
+            return elements[1:]
+    return []
+
+
+def _plain_links(text: str) -> str:
+    """Slack's ``<url|label>`` as ``label (url)``, for the terminal."""
+    return re.sub(r"<([^|>]+)\|([^>]+)>", r"\2 (\1)", text)
 
 
 def _simulated_choice(a: str, b: str, rng: random.Random) -> str:
