@@ -547,7 +547,8 @@ class AskService:
                             "example_id": src.example_id,
                             "channel": src.channel,
                             "thread_ts": src.thread_ts,
-                            "score": round(src.score, 4),
+                            "score": round(src.score, 4),  # fused rank score: orders hits
+                            "similarity": round(src.dense, 4),  # cosine: what the threshold reads
                         }
                         for src in answer.sources
                     ],

@@ -299,3 +299,14 @@ def test_fusion_scores_are_normalised_to_one_for_first_in_both_lists():
     assert fused[0] == (0, pytest.approx(1.0))
     assert [row for row, _ in fused] == [0, 2, 1]
     assert 0 < fused[-1][1] < 0.6  # row 1: dense only, third there
+
+
+def test_suggestions_are_public_readable_questions_newest_first(db, index):
+    seed(db)
+    curate(db, "401.0", "Why does mail to [EMAIL] bounce?", "The alias was retired last week.")
+    curate(db, "501.0", "Where is the payroll export kept?", "In the finance bucket.",
+           channel="GSECRET")
+    sync(db, index)
+    suggestions = index.suggestions(4)
+    assert suggestions == [TOPICS["301.0"][0], TOPICS["201.0"][0], TOPICS["101.0"][0]]
+    assert index.suggestions(1) == [TOPICS["301.0"][0]]

@@ -111,7 +111,7 @@ def sources_block(sources: Sequence[Source], *, names: Mapping[str, str] | None 
     if not sources:
         return None
     counts = curators or {}
-    elements = [f"[{s.number or i}] {thread_link(s, names)} · match {s.score:.2f}"
+    elements = [f"[{s.number or i}] {thread_link(s, names)} · match {s.dense:.2f}"
                 f"{_curators(counts.get(s.example_id))}" for i, s in enumerate(sources, 1)]
     room = CONTEXT_ELEMENTS - 1  # the first element is the label
     if len(elements) > room:
@@ -148,7 +148,7 @@ def abstention_blocks(user: str, question: str, closest: Sequence[Source], *,
             asked = " ".join(source.question.split())
             asked = asked if len(asked) <= 150 else asked[:149] + "…"
             lines.append(f"{i}. {thread_link(source, names)}: _{escape(asked)}_"
-                         f" (match {source.score:.2f}{_curators(counts.get(source.example_id))})")
+                         f" (match {source.dense:.2f}{_curators(counts.get(source.example_id))})")
     else:
         lines.append("Nothing curated comes close.")
     blocks: list[Block] = [question_block(user, question),

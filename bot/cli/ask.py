@@ -137,7 +137,7 @@ def _as_json(result: GroundedAnswer, links: dict[int, str | None], visibility: V
              latency_ms: int) -> dict[str, Any]:
     def source(s: Source) -> dict[str, Any]:
         return {"channel": s.channel, "thread_ts": s.thread_ts, "permalink": links[id(s)],
-                "score": round(s.score, 4)}
+                "score": round(s.score, 4), "similarity": round(s.dense, 4)}
 
     return {
         "answer": result.text,

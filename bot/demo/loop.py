@@ -290,7 +290,9 @@ class Loop:
             for e in self.slack.ephemerals(user=self.admin)
             if model.name in e.get("text", "")
         ]
-        for note in notes[-2:]:
+        # the last one is the outcome (the one before it is the command's own acknowledgement,
+        # already printed above)
+        for note in notes[-1:]:
             self.c.print("   " + note[:300])
         self.checks["model deployed"] = current is not None
         return current is not None

@@ -20,6 +20,7 @@ a channel's visibility before it stores an answer to a question asked there.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ RRF_K = 60
 CANDIDATES = 50
 """How deep each list (dense, lexical) is read before fusing; deeper when ``allowed`` filters."""
 IMPORT_SOURCE = "import"
+_REDACTED = re.compile(r"\[[A-Z_]+\]")  # a redaction placeholder: [EMAIL], [API_KEY]…
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,9 @@ class Index:
         seen: set[str] = set()
         for entry, private in zip(reversed(snap.entries), reversed(snap.private), strict=True):
             question = " ".join(entry.question.split())
-            if private or not question or len(question) > max_chars or question.lower() in seen:
-                continue
+            if (private or not question or len(question) > max_chars
+                    or question.lower() in seen or _REDACTED.search(question)):
+                continue  # a suggestion with "[EMAIL]" in it reads as broken
             seen.add(question.lower())
             out.append(question)
             if len(out) == n:
