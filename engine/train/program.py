@@ -21,6 +21,7 @@ lora and full differ in) and ``libconfig`` (every library config).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -118,6 +119,10 @@ def _run(run_dir: Path, resume: bool) -> int:
 
     # ---- load data ----
     train_examples, validation_examples, canaries = _load_data(run_dir / "data", config)
+    # a resumed run keeps the choice it started with (its config holds "on" or "off")
+    setting = str((previous or {}).get("config", {}).get("context") or config.context)
+    context = _context(setting, config, tokenizer, train_examples, validation_examples)
+    train_examples, validation_examples = context.pop("train"), context.pop("validation")
     train_set = as_dataset(tokenizer, train_examples, config.max_length)
     validation_set = (
         as_dataset(tokenizer, validation_examples, config.max_length)
@@ -129,7 +134,10 @@ def _run(run_dir: Path, resume: bool) -> int:
         base=base,
         compute=compute,
         tokenizer=tokenizer,
-        config=_resolved(config, previous, model_config, train_set, len(train_examples)),
+        config=dataclasses.replace(
+            _resolved(config, previous, model_config, train_set, len(train_examples)),
+            context="on" if context["used"] else "off",
+        ),
         train_examples=train_examples,
         validation_examples=validation_examples,
         train_set=train_set,
@@ -145,6 +153,7 @@ def _run(run_dir: Path, resume: bool) -> int:
         resumed_from=plan.resumed_from,
     )
     state.info = _run_info(plan, state, memory, previous)
+    state.info["context"] = context
     _write_json(info_path, state.info)
 
     # ---- fit ----
@@ -228,6 +237,40 @@ def _load_data(data: Path, config: TrainConfig) -> tuple[list, list, list[str]]:
         canaries = make_canaries(config.canaries, seed=config.seed)
         train_examples = plant_canaries(train_examples, canaries, seed=config.seed, repeats=3)
     return train_examples, validation_examples, canaries
+
+
+def _context(
+    setting: str, config: TrainConfig, tokenizer, train: list, validation: list
+) -> dict[str, Any]:
+    """The examples as the run trains them, and what was decided, for run_info.json: with
+    ``context`` on, each prompted as ``/ask`` prompts (``engine.dataset.context``) with neighbours
+    from the training split, the validation split grounded in the training split too."""
+    from engine.dataset.context import InlineMiniLM, SplitRetriever, resolve_context, with_context
+
+    used, reason = resolve_context(setting, len(train))
+    decided: dict[str, Any] = {"setting": config.context, "used": used, "reason": reason}
+    if not used:
+        return {**decided, "train": train, "validation": validation}
+    started = time.monotonic()
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+
+    def fits(messages: list[dict[str, str]], answer: str) -> bool:
+        # the answer and its end-of-turn must fit whole, as tokenize_example counts them
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        size = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        size += len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + (end_id is not None)
+        return size <= config.max_length
+
+    retriever = SplitRetriever([e["messages"] for e in train], InlineMiniLM())
+    grounded, stats = with_context(train, seed=config.seed, retriever=retriever, fits=fits)
+    decided["train_mix"] = stats.to_dict()
+    if validation:
+        validation, stats = with_context(
+            validation, seed=config.seed + 1, retriever=retriever, pool=train, fits=fits
+        )
+        decided["validation_mix"] = stats.to_dict()
+    decided["seconds"] = round(time.monotonic() - started, 2)
+    return {**decided, "train": grounded, "validation": validation}
 
 
 def _resolved(
