@@ -307,14 +307,14 @@ def with_context(
         items: list[_Item] = []
         if mode != "closed":
             blocked = excluded[i]
+
+            def allowed(hit: Hit, blocked: set[int] = blocked) -> bool:
+                return hit.example_id not in blocked
+
             wanted = rng.randint(1, grounding.top_k)
             n_neighbours = wanted - 1 if mode == "oracle" else wanted
             hits = (
-                retriever.search(
-                    question, k=n_neighbours, allowed=lambda h, b=blocked: h.example_id not in b
-                )
-                if n_neighbours
-                else []
+                retriever.search(question, k=n_neighbours, allowed=allowed) if n_neighbours else []
             )
             items = [_Item(h.question, h.answer) for h in hits]
             if mode == "oracle":
