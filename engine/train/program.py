@@ -37,7 +37,14 @@ from engine.evaluate.safety import make_canaries, plant_canaries
 from . import events, libconfig
 from .callbacks import RunState
 from .config import TrainConfig, TrainConfigError
-from .data import as_dataset, dataset_sha256, end_of_turn_token, load_examples, tokenize_example
+from .data import (
+    answer_fits,
+    as_dataset,
+    dataset_sha256,
+    end_of_turn_token,
+    load_examples,
+    tokenize_example,
+)
 from .errors import DataError, TrainingError
 from .events import emit
 from .patches import lean_training
@@ -252,15 +259,7 @@ def _context(
     if not used:
         return {**decided, "train": train, "validation": validation}
     started = time.monotonic()
-    end_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
-
-    def fits(messages: list[dict[str, str]], answer: str) -> bool:
-        # the answer and its end-of-turn must fit whole, as tokenize_example counts them
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        size = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        size += len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + (end_id is not None)
-        return size <= config.max_length
-
+    fits = answer_fits(tokenizer, config.max_length)
     retriever = SplitRetriever([e["messages"] for e in train], InlineMiniLM())
     grounded, stats = with_context(train, seed=config.seed, retriever=retriever, fits=fits)
     decided["train_mix"] = stats.to_dict()
