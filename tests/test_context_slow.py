@@ -3,10 +3,10 @@ real SmolLM2-135M-Instruct on a small learnable set trains with retrieved contex
 evaluation answers better grounded than closed-book.
 
 The set: 24 internal services, each with a port nobody could guess; the test questions are
-paraphrases of 8 of them. Closed-book the model has to recall a port after a few steps; grounded,
+paraphrases of 6 of them. Closed-book the model has to recall a port after a few steps; grounded,
 the prompt /ask sends holds the curated answer (retrieved from the training split) and the model
-has to copy it. Steps are capped so that the test stays within a few minutes on two CPU cores;
-everything else is the default."""
+has to copy it. Steps, method and sequence length are sized for two CPU cores; ``context`` and
+the rest are the defaults."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def facts() -> list[tuple[str, str, int]]:
     return [(name, kind, port(i, kind)) for i, name in enumerate(SYSTEMS) for kind in KINDS]
 
 
+@pytest.mark.timeout(1800)  # minutes on two idle cores; a shared machine can take far longer
 def test_a_default_run_trains_with_context_and_answers_better_grounded(base_model_path, tmp_path):
     from engine.evaluate.run import EvalConfig, evaluate
     from engine.serving.inprocess import InProcessBackend
@@ -50,14 +51,28 @@ def test_a_default_run_trains_with_context_and_answers_better_grounded(base_mode
     ]
     validation = [
         row(f"Which port should I open for the {name} {kind}?", f"Port {p}, for the {name} {kind}.")
-        for name, kind, p in all_facts[::6]
+        for name, kind, p in all_facts[::12]
     ]
-    tested = all_facts[1::3]  # 8 facts, asked in other words
+    tested = all_facts[1::4]  # 6 facts, asked in other words
     test = [
         row(f"Which port is the {name} {kind} on?", f"The {name} {kind} listens on port {p}.")
         for name, kind, p in tested
     ]
-    run_dir = make_run_dir(tmp_path / "run", base_model_path, train, validation, max_steps=6)
+    # CPU-sized: LoRA in fp32 (4-bit QLoRA runs on CPU without kernels: minutes a step), 3 steps
+    # of short packed sequences without recomputation, one evaluation; ``context`` stays at its
+    # default
+    run_dir = make_run_dir(
+        tmp_path / "run",
+        base_model_path,
+        train,
+        validation,
+        method="lora",
+        precision="fp32",
+        max_steps=3,
+        eval_steps=3,
+        max_length=384,
+        gradient_checkpointing=False,
+    )
     code, events, stderr = run_program(run_dir, timeout=900)
     assert code == 0, stderr[-3000:]
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -74,7 +89,7 @@ def test_a_default_run_trains_with_context_and_answers_better_grounded(base_mode
         adapter_name="cand",
         probes=[],
         grounding_rows=train,
-        config=EvalConfig(max_new_tokens=24, n_samples=len(test)),
+        config=EvalConfig(max_new_tokens=20, n_samples=len(test)),
     )
     assert report.n_grounded == len(test) and report.verdict_mode == "grounded"
 
