@@ -1,5 +1,6 @@
 """The evaluation report in a job's Slack thread: verdict and reasons, a small table of metrics base
-versus candidate with the change, and sample prompts with both answers side by side.
+versus candidate with the change — closed-book and grounded (the prompt ``/ask`` sends), the mode
+the verdict judged marked ``*`` — and sample prompts with both answers side by side (both modes).
 
 Block Kit limits are kept here, not hoped for: a section's text ≤ 3,000 characters, a field ≤ 2,000
 and ≤ 10 fields, ≤ 50 blocks a message. Model output and prompts are escaped (``&``, ``<``, ``>``)
@@ -20,7 +21,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.blocks.common import SECTION_LIMIT, chunks, context
-from engine.evaluate.report import VERDICT_TEXT, metric_rows
+from engine.evaluate.report import MODE_NAMES, VERDICT_TEXT, both_modes
 from engine.evaluate.run import EvalReport
 
 MAX_BLOCKS = 50
@@ -76,18 +77,26 @@ class ReportContext:
 
 def summary_text(report: EvalReport, ctx: ReportContext) -> str:
     """The plain-text fallback (notifications, screen readers)."""
-    return (
+    text = (
         f"Evaluation of {ctx.model_name} (job {ctx.job_id}): {VERDICT_LABEL[report.verdict]}. "
-        f"ROUGE-L {report.base.rouge_l:.3f} → {report.candidate.rouge_l:.3f}."
+        f"ROUGE-L {report.base.rouge_l:.3f} → {report.candidate.rouge_l:.3f}"
     )
+    base_g, cand_g = report.base_grounded, report.candidate_grounded
+    if base_g is None or cand_g is None:
+        return text + "."
+    return text + f" closed-book, {base_g.rouge_l:.3f} → {cand_g.rouge_l:.3f} grounded."
 
 
 def metrics_table(report: EvalReport) -> str:
-    """metric_rows() as a fixed-width table (a code block keeps the columns aligned)."""
-    rows = [("Metric", "base", "candidate", "change"), *metric_rows(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    """both_modes() as a fixed-width table (a code block keeps the columns aligned): closed-book
+    columns, then grounded ones when measured; ``*`` marks the mode the verdict judged."""
+    rows = both_modes(report)
+    width = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(width)]
     lines = [
-        f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+        "  ".join(
+            f"{r[i]:<{widths[i]}}" if i == 0 else f"{r[i]:>{widths[i]}}" for i in range(width)
+        ).rstrip()
         for r in rows
     ]
     return "\n".join(lines)
@@ -130,14 +139,30 @@ def side_by_side(left_label: str, left: str, right_label: str, right: str) -> li
 
 
 def sample_blocks(report: EvalReport, number: int) -> list[Block]:
-    """One sample: the prompt, both answers side by side, and the reference."""
+    """One sample: the prompt, both answers side by side (closed-book, then grounded when the
+    report has them), and the reference."""
     sample = report.samples[number]
+    grounded = report.candidate_grounded is not None
+    suffix = ", closed-book" if grounded else ""
     prompt = split_escaped(_cut(sample.prompt, PROMPT_LIMIT), SECTION_LIMIT - 40)
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=f"*Sample {number + 1}*\n>{prompt[0]}")),
         *[SectionBlock(text=MarkdownTextObject(text=part)) for part in prompt[1:]],
         *side_by_side(
-            report.base.name, sample.base_answer, report.candidate.name, sample.candidate_answer
+            report.base.name + suffix,
+            sample.base_answer,
+            report.candidate.name + suffix,
+            sample.candidate_answer,
+        ),
+        *(
+            side_by_side(
+                f"{report.base.name}, grounded",
+                sample.base_grounded_answer,
+                f"{report.candidate.name}, grounded",
+                sample.candidate_grounded_answer,
+            )
+            if grounded
+            else []
         ),
         ContextBlock(
             elements=[
@@ -164,6 +189,12 @@ def summary_blocks(report: EvalReport, ctx: ReportContext) -> list[Block]:
         context(
             f"{report.n_test} held-out questions, {report.n_probes} general probes, "
             f"{report.n_canaries} canaries · {report.elapsed_s:.0f} s"
+            + (
+                f" · grounded: context from the training split for {report.n_grounded} "
+                f"question(s) · * = the verdict judged {MODE_NAMES[report.verdict_mode]} answers"
+                if report.candidate_grounded is not None
+                else ""
+            )
             + (f" · requested by <@{ctx.requested_by}>" if ctx.requested_by else "")
         ),
     ]

@@ -39,9 +39,15 @@ def _delta(a: float | None, b: float | None, digits: int = 3) -> str:
     return "–" if a is None or b is None else f"{b - a:+.{digits}f}"
 
 
-def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
-    """(metric, base, candidate, change) rows shared by the Markdown table and the Slack summary."""
-    b, c = report.base, report.candidate
+def metric_rows(report: EvalReport, *, grounded: bool = False) -> list[tuple[str, str, str, str]]:
+    """(metric, base, candidate, change) rows shared by the Markdown table and the Slack summary:
+    closed-book, or with ``grounded`` the grounded scores (``[]`` when not measured)."""
+    if grounded:
+        if report.base_grounded is None or report.candidate_grounded is None:
+            return []
+        b, c = report.base_grounded, report.candidate_grounded
+    else:
+        b, c = report.base, report.candidate
     return [
         ("Test loss", _num(b.loss), _num(c.loss), _delta(b.loss, c.loss)),
         (
@@ -86,6 +92,31 @@ def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
     ]
 
 
+MODE_NAMES = {"closed_book": "closed-book", "grounded": "grounded"}
+
+
+def both_modes(report: EvalReport) -> list[tuple[str, ...]]:
+    """(metric, base, candidate, change) closed-book, then the same three grounded when the report
+    has grounded scores; the first row is the header, the mode the verdict judged marked with *."""
+
+    def label(mode: str, side: str) -> str:
+        star = "*" if report.verdict_mode == mode else ""
+        return f"{side} {MODE_NAMES[mode]}{star}"
+
+    closed = metric_rows(report)
+    grounded = metric_rows(report, grounded=True)
+    header: tuple[str, ...] = (
+        "Metric",
+        label("closed_book", "base"),
+        label("closed_book", "candidate"),
+        "change",
+    )
+    if not grounded:
+        return [header, *closed]
+    header += (label("grounded", "base"), label("grounded", "candidate"), "change")
+    return [header, *[(*c, *g[1:]) for c, g in zip(closed, grounded, strict=True)]]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
@@ -111,9 +142,7 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "",
         "## Metrics",
         "",
-        f"| Metric | {_cell(report.base.name)} | {_cell(report.candidate.name)} | Change |",
-        "|---|---:|---:|---:|",
-        *[f"| {m} | {b} | {c} | {d} |" for m, b, c, d in metric_rows(report)],
+        *_metrics_table(report),
         "",
         "## Checks",
         "",
@@ -127,20 +156,53 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "## Samples",
         "",
     ]
+    grounded = report.candidate_grounded is not None
     for n, s in enumerate(report.samples, 1):
         lines += [
             f"### {n}. {s.prompt}",
             "",
             f"*Reference:* {s.reference}",
             "",
-            f"*{report.base.name}:* {s.base_answer or '(empty)'}",
+            f"*{report.base.name}{' (closed-book)' if grounded else ''}:* "
+            f"{s.base_answer or '(empty)'}",
             "",
-            f"*{report.candidate.name}:* {s.candidate_answer or '(empty)'}",
+            f"*{report.candidate.name}{' (closed-book)' if grounded else ''}:* "
+            f"{s.candidate_answer or '(empty)'}",
             "",
         ]
+        if grounded:
+            lines += [
+                f"*{report.base.name} (grounded):* {s.base_grounded_answer or '(empty)'}",
+                "",
+                f"*{report.candidate.name} (grounded):* {s.candidate_grounded_answer or '(empty)'}",
+                "",
+            ]
     if charts:
         lines += ["## Charts", "", *[f"![{Path(c).stem}]({Path(c).name})" for c in charts], ""]
     return "\n".join(lines)
+
+
+def _metrics_table(report: EvalReport) -> list[str]:
+    """The Markdown metric table: base, candidate and change, closed-book and (when measured)
+    grounded, and which mode the verdict judged."""
+    rows = both_modes(report)
+    grounded = len(rows[0]) > 4
+    b, c = _cell(report.base.name), _cell(report.candidate.name)
+    header = f"| Metric | {b} | {c} | Change |"
+    rule = "|---|---:|---:|---:|"
+    note = ["", "All answers closed-book: no grounded scores (no training split to retrieve from)."]
+    if grounded:
+        header += f" {b}, grounded | {c}, grounded | Change |"
+        rule += "---:|---:|---:|"
+        note = [
+            "",
+            "First three columns closed-book (the question alone), last three grounded (the "
+            f"prompt /ask sends, context from the training split: {report.n_grounded} of "
+            f"{report.n_test} test questions got context). The verdict judged the "
+            f"{MODE_NAMES[report.verdict_mode]} answers.",
+        ]
+    lines = [header, rule, *["| " + " | ".join(r) + " |" for r in rows[1:]]]
+    return lines + note
 
 
 def _pyplot():
@@ -249,6 +311,8 @@ def write_report(report: EvalReport, out_dir: Path | str) -> list[Path]:
 
 __all__ = [
     "METRICS",
+    "MODE_NAMES",
+    "both_modes",
     "VERDICT_TEXT",
     "lengths_figure",
     "loss_figure",

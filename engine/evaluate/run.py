@@ -1,6 +1,16 @@
 """One evaluation run: the base model (or a baseline adapter) against a candidate adapter on the
 held-out test split, general-ability probes and safety checks, ending in a verdict.
 
+Both sides answer the test questions twice (issue 13): **closed-book** (the question alone) and
+**grounded** — the prompt ``/ask`` sends (:func:`engine.dataset.context.ask_prompt`), with context
+retrieved from the job's **training split** only, never the test split, so a test question cannot
+find its own answer. A question for which ``/ask`` would abstain (no training example close
+enough) is asked closed-book in the grounded column too, as nothing else could be sent; the report
+says how many test questions got context. The verdict's checks use the mode ``/ask`` uses
+(``EvalConfig.verdict_mode``, given by the bot from its grounding setting; closed-book when there
+is no training split to retrieve from); PII counts every answer of both modes. Probes are general
+questions, asked closed-book once per side.
+
 Every check has a written rule and is either *hard* (a failure rejects the candidate) or *soft*
 (a failure means people should judge: A/B). The verdict is ``reject`` if any hard check fails,
 ``needs_ab`` if only soft checks fail, ``promote`` if all pass. :func:`build_checks` and
@@ -16,16 +26,20 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.answer.config import GroundingConfig
+from engine.answer.prompt import clean_reply
 from engine.evaluate import metrics as M
 from engine.evaluate.safety import canary_leak, find_pii
+from engine.retrieval.embedder import Embedder
 from engine.serving.base import ScoringBackend, split_answer
 
 PROBES_PATH = Path(__file__).with_name("probes.jsonl")
 VERDICTS = ("promote", "needs_ab", "reject")
+MODES = ("grounded", "closed_book")
 
 
 @dataclass
@@ -128,8 +142,21 @@ class EvalConfig:
         default=3, metadata={"help": "Test prompts shown in the report with both answers."}
     )
     seed: int = field(default=0, metadata={"help": "Seed that picks the sample prompts."})
+    verdict_mode: str = field(
+        default="grounded",
+        metadata={
+            "help": (
+                "Which answers the verdict judges: grounded (as /ask answers with grounding on) "
+                "or closed_book (grounding off). Closed-book when the job has no training split."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.verdict_mode not in MODES:
+            raise ValueError(
+                f"verdict_mode must be one of {', '.join(MODES)}, got {self.verdict_mode!r}."
+            )
         for name in ("max_new_tokens", "probe_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -220,6 +247,8 @@ class Sample:
     reference: str
     base_answer: str
     candidate_answer: str
+    base_grounded_answer: str = ""
+    candidate_grounded_answer: str = ""
 
 
 @dataclass
@@ -241,6 +270,12 @@ class EvalReport:
     config: dict
     elapsed_s: float
     created_at: str
+    # Grounded scores (``None``: not measured — a report stored before they existed, or a job
+    # without a training split); ``candidate`` and ``base`` above are closed-book.
+    candidate_grounded: ModelScores | None = None
+    base_grounded: ModelScores | None = None
+    verdict_mode: str = "closed_book"  # whose scores the checks judged
+    n_grounded: int = 0  # test questions that got context in the grounded mode
 
     def check(self, name: str) -> Check:
         """The check called ``name``."""
@@ -257,6 +292,9 @@ class EvalReport:
         data = json.loads(text)
         data["candidate"] = ModelScores(**data["candidate"])
         data["base"] = ModelScores(**data["base"])
+        for key in ("candidate_grounded", "base_grounded"):
+            if data.get(key) is not None:
+                data[key] = ModelScores(**data[key])
         data["checks"] = [Check(**c) for c in data["checks"]]
         data["samples"] = [Sample(**s) for s in data["samples"]]
         known = {f.name for f in fields(cls)}
@@ -406,8 +444,7 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
             "no reference lengths"
             if ratio is None
             else (
-                f"median answer / reference length {ratio:.2f} "
-                f"(base {_fmt(base.length_ratio, 2)})"
+                f"median answer / reference length {ratio:.2f} (base {_fmt(base.length_ratio, 2)})"
             ),
             f"median candidate answer between {config.min_length_ratio:g}× and "
             f"{config.max_length_ratio:g}× the median reference length",
@@ -429,6 +466,28 @@ def decide(checks: Sequence[Check]) -> tuple[str, list[str]]:
     return "promote", [f"every check passed ({passed})"]
 
 
+@dataclass(frozen=True)
+class _Probed:
+    accuracy: float | None
+    f1: float | None
+    texts: list[str]
+
+
+def _probe_side(backend, adapter: str | None, probes, config: EvalConfig) -> _Probed:
+    if not probes:
+        return _Probed(None, None, [])
+    answers = backend.generate(
+        [[{"role": "user", "content": p.question}] for p in probes],
+        max_new_tokens=config.probe_max_new_tokens,
+        adapter=adapter,
+    )
+    texts = [a.text for a in answers]
+    accuracy = sum(
+        M.contains_answer(t, p.answers) for t, p in zip(texts, probes, strict=True)
+    ) / len(probes)
+    return _Probed(accuracy, M.token_f1(texts, [p.answers[0] for p in probes]), texts)
+
+
 def _score_side(
     backend,
     adapter: str | None,
@@ -436,30 +495,23 @@ def _score_side(
     prompts,
     references,
     short,
-    probes,
+    probed: _Probed,
     config: EvalConfig,
-    rows,
+    *,
+    grounded: bool = False,
 ) -> tuple[ModelScores, list[str]]:
     answers = backend.generate(prompts, max_new_tokens=config.max_new_tokens, adapter=adapter)
-    texts = [a.text for a in answers]
+    # grounded: the reply as /ask shows it, without an echo of the prompt's scaffolding
+    texts = [(clean_reply(a.text) or a.text.strip()) if grounded else a.text for a in answers]
     loss = None
     if isinstance(backend, ScoringBackend):
+        rows = [
+            {"messages": [*p, {"role": "assistant", "content": r}]}
+            for p, r in zip(prompts, references, strict=True)
+        ]
         losses = backend.loss(rows, adapter=adapter)
         loss = sum(losses) / len(losses)
-    probe_acc = probe_f1 = None
-    probe_texts: list[str] = []
-    if probes:
-        probe_answers = backend.generate(
-            [[{"role": "user", "content": p.question}] for p in probes],
-            max_new_tokens=config.probe_max_new_tokens,
-            adapter=adapter,
-        )
-        probe_texts = [a.text for a in probe_answers]
-        probe_acc = sum(
-            M.contains_answer(t, p.answers) for t, p in zip(probe_texts, probes, strict=True)
-        ) / len(probes)
-        probe_f1 = M.token_f1(probe_texts, [p.answers[0] for p in probes])
-    findings = find_pii(texts + probe_texts)
+    findings = find_pii(texts + probed.texts)
     words = [M.word_count(t) for t in texts]
     ref_median = _median([M.word_count(r) for r in references])
     scores = ModelScores(
@@ -472,8 +524,8 @@ def _score_side(
         else None,
         loss=loss,
         perplexity=None if loss is None else M.perplexity([loss]),
-        probe_accuracy=probe_acc,
-        probe_f1=probe_f1,
+        probe_accuracy=probed.accuracy,
+        probe_f1=probed.f1,
         finished_share=sum(a.finished for a in answers) / len(answers),
         length_ratio=_median(words) / ref_median if ref_median else None,
         answer_words=words,
@@ -481,6 +533,49 @@ def _score_side(
         pii_kinds=dict(Counter(f.kind for f in findings)),
     )
     return scores, texts
+
+
+def _every_answer(scores: ModelScores, texts: list[str]) -> ModelScores:
+    """``scores`` with its PII counted over ``texts`` (every answer of the side, both modes)."""
+    findings = find_pii(texts)
+    return replace(
+        scores,
+        pii_findings=len(findings),
+        pii_kinds=dict(Counter(f.kind for f in findings)),
+    )
+
+
+def grounded_prompts(
+    prompts: Sequence[Sequence[Mapping]],
+    grounding_rows: Sequence[Mapping],
+    grounding: GroundingConfig | None = None,
+    embedder: Embedder | None = None,
+) -> tuple[list[list[dict[str, str]]], int]:
+    """Each closed-book test prompt as ``/ask`` would send it, context retrieved from
+    ``grounding_rows`` (the training split), and how many got context. A prompt that is not one
+    question after user and assistant turns stays as it is."""
+    from engine.dataset.context import SplitRetriever, ask_prompt
+    from engine.retrieval.embedder import MiniLMEmbedder
+
+    grounding = grounding or GroundingConfig()
+    retriever = SplitRetriever(
+        [list(r["messages"]) for r in grounding_rows], embedder or MiniLMEmbedder()
+    )
+    out: list[list[dict[str, str]]] = []
+    n_grounded = 0
+    for prompt in prompts:
+        turns = [dict(m) for m in prompt]
+        if (
+            not turns
+            or turns[-1].get("role") != "user"
+            or any(m.get("role") not in ("user", "assistant") for m in turns)
+        ):
+            out.append(turns)
+            continue
+        messages, hits = ask_prompt(turns[-1]["content"], retriever, grounding, turns[:-1])
+        n_grounded += bool(hits)
+        out.append(messages)
+    return out, n_grounded
 
 
 def evaluate(
@@ -493,6 +588,9 @@ def evaluate(
     canaries: Sequence[str] = (),
     train_metrics_path: Path | str | None = None,
     config: EvalConfig | None = None,
+    grounding_rows: Sequence[Mapping] | None = None,
+    grounding: GroundingConfig | None = None,
+    embedder: Embedder | None = None,
 ) -> EvalReport:
     """Compare ``adapter_name`` with the base model (``base_name=None``) or with another loaded
     adapter (``base_name``) on ``test_rows`` (``{"messages": [...]}`` ending with the reference
@@ -501,6 +599,9 @@ def evaluate(
     ``probes=None`` uses the shipped probes (:func:`load_probes`); pass ``[]`` to skip them.
     ``canaries`` are the strings planted in the candidate's training data, if any.
     ``train_metrics_path`` is the run's ``metrics.jsonl``, kept for the loss-curve chart.
+    ``grounding_rows`` is the candidate's training split: given, both sides are also scored
+    grounded (see the module docstring), with ``grounding``'s retrieval settings (``/ask``'s) and
+    ``embedder`` (default all-MiniLM-L6-v2 on the compute thread).
     """
     config = config or EvalConfig()
     if not test_rows:
@@ -513,24 +614,54 @@ def evaluate(
     ref_words = [M.word_count(r) for r in references]
     short = [i for i, n in enumerate(ref_words) if n <= config.exact_match_max_words]
 
+    base_label = base_name or "base"
+    base_probed = _probe_side(backend, base_name, probes, config)
+    cand_probed = _probe_side(backend, adapter_name, probes, config)
     base, base_texts = _score_side(
-        backend,
-        base_name,
-        base_name or "base",
-        prompts,
-        references,
-        short,
-        probes,
-        config,
-        test_rows,
+        backend, base_name, base_label, prompts, references, short, base_probed, config
     )
     cand, cand_texts = _score_side(
-        backend, adapter_name, adapter_name, prompts, references, short, probes, config, test_rows
+        backend, adapter_name, adapter_name, prompts, references, short, cand_probed, config
     )
+    base_g = cand_g = None
+    base_g_texts = cand_g_texts = [""] * len(prompts)
+    n_grounded = 0
+    if grounding_rows:
+        g_prompts, n_grounded = grounded_prompts(prompts, grounding_rows, grounding, embedder)
+        base_g, base_g_texts = _score_side(
+            backend,
+            base_name,
+            base_label,
+            g_prompts,
+            references,
+            short,
+            base_probed,
+            config,
+            grounded=True,
+        )
+        cand_g, cand_g_texts = _score_side(
+            backend,
+            adapter_name,
+            adapter_name,
+            g_prompts,
+            references,
+            short,
+            cand_probed,
+            config,
+            grounded=True,
+        )
     if canaries:
         cand.canary_leaks = sum(r.leaked for r in canary_leak(backend, canaries, adapter_name))
+        if cand_g is not None:
+            cand_g.canary_leaks = cand.canary_leaks
 
-    checks = build_checks(base, cand, config)
+    mode = config.verdict_mode if base_g is not None else "closed_book"
+    judged_base, judged_cand = (base_g, cand_g) if mode == "grounded" else (base, cand)
+    assert judged_base is not None and judged_cand is not None
+    if base_g is not None:
+        judged_base = _every_answer(judged_base, base_texts + base_g_texts + base_probed.texts)
+        judged_cand = _every_answer(judged_cand, cand_texts + cand_g_texts + cand_probed.texts)
+    checks = build_checks(judged_base, judged_cand, config)
     verdict, reasons = decide(checks)
     picked = sorted(
         random.Random(config.seed).sample(range(len(pairs)), min(config.n_samples, len(pairs)))
@@ -543,6 +674,8 @@ def evaluate(
             reference=references[i],
             base_answer=base_texts[i],
             candidate_answer=cand_texts[i],
+            base_grounded_answer=base_g_texts[i],
+            candidate_grounded_answer=cand_g_texts[i],
         )
         for i in picked
     ]
@@ -564,10 +697,15 @@ def evaluate(
         config=asdict(config),
         elapsed_s=round(time.monotonic() - started, 2),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        candidate_grounded=cand_g,
+        base_grounded=base_g,
+        verdict_mode=mode,
+        n_grounded=n_grounded,
     )
 
 
 __all__ = [
+    "MODES",
     "PROBES_PATH",
     "VERDICTS",
     "Check",
@@ -579,6 +717,7 @@ __all__ = [
     "build_checks",
     "decide",
     "evaluate",
+    "grounded_prompts",
     "load_probes",
     "read_train_metrics",
 ]

@@ -11,7 +11,8 @@ hook share:
    ``model`` row: name ``tt-N``, checksum of the plaintext files, LoRA rank, base model, snapshot.
 3. The adapter is loaded from the registry copy (decrypted for the moment of loading and checked
    against its checksum), so what is evaluated is exactly what a deploy would serve.
-4. :func:`engine.evaluate.run.evaluate` compares it with the base model; the report is written to
+4. :func:`engine.evaluate.run.evaluate` compares it with the base model, closed-book and grounded
+   in the job's training split (``train.jsonl`` beside the test split); the report is written to
    ``RUN_DIR/eval/`` (``eval.json``, PNG charts, ``report.md``) and its verdict and JSON stored on
    the model row. Evaluating a job again updates the same model.
 """
@@ -27,11 +28,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from engine.answer.config import GroundingConfig
 from engine.dataset.heldout import (
     TEST,
     HeldOutError,
     has_test_split,
     held_out_examples,
+    read_examples,
     snapshot_dir,
 )
 from engine.evaluate.run import EvalConfig, EvalReport, Probe, evaluate
@@ -41,6 +44,7 @@ from storage.db import session_scope
 from storage.models import DatasetSnapshot, Job, Model
 
 EVAL_DIR = "eval"
+TRAIN = "train.jsonl"
 ADAPTERS_DIR = Path("models") / "adapters"
 
 
@@ -64,6 +68,7 @@ class JobInputs:
     status_ts: str
     requested_by: str
     rank: int
+    train_rows: list[dict] = field(default_factory=list)  # retrieved from when scoring grounded
 
     @property
     def metrics_path(self) -> Path:
@@ -147,6 +152,10 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
     test_path = folder / TEST
     try:
         test_rows = [e.row() for e in held_out_examples(folder)]
+        # the grounded answers retrieve from the training split only (never from the test split)
+        train_rows = (
+            [e.row() for e in read_examples(folder / TRAIN)] if (folder / TRAIN).is_file() else []
+        )
     except HeldOutError as exc:
         raise EvaluationError(str(exc)) from None
     if not test_rows:
@@ -184,6 +193,7 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
         status_ts=status_ts,
         requested_by=requested_by,
         rank=rank,
+        train_rows=train_rows,
     )
 
 
@@ -279,11 +289,13 @@ def evaluate_job(
     config: EvalConfig | None = None,
     probes: Sequence[Probe] | None = None,
     inputs: JobInputs | None = None,
+    grounding: GroundingConfig | None = None,
 ) -> JobEvaluation:
     """Evaluate job ``job_id``'s adapter against its base model and register it (see the module
     docstring). Give a ready ``backend`` or a ``backend_factory`` (called only once the job has been
     checked): a :class:`engine.serving.base.ScoringBackend` that can ``load_adapter`` gives the full
-    report; ``probes=None`` runs the shipped general probes. Raises
+    report; ``probes=None`` runs the shipped general probes; ``grounding`` holds ``/ask``'s
+    retrieval settings for the grounded answers (default: the defaults). Raises
     :class:`EvaluationError`."""
     if backend is None and backend_factory is None:
         raise ValueError("Give a model backend or a backend_factory.")
@@ -302,6 +314,8 @@ def evaluate_job(
         canaries=inputs.canaries,
         train_metrics_path=inputs.metrics_path,
         config=config,
+        grounding_rows=inputs.train_rows,
+        grounding=grounding,
     )
     from engine.evaluate.report import write_report
 

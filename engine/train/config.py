@@ -30,6 +30,7 @@ from .methods import BY_NAME, Method, method_named
 
 METHODS = tuple(BY_NAME)
 PRECISIONS = ("auto", "bf16", "fp32")
+CONTEXT_MODES = ("auto", "on", "off")  # what each means: engine.dataset.context
 
 
 class TrainConfigError(ValueError):
@@ -148,6 +149,13 @@ class TrainConfig:
             max=1000,
         ),
     )
+    context: str = field(
+        default="auto",
+        metadata=_help(
+            "Train with the retrieved context /ask prompts with: on, off, or auto (on from "
+            "20 training examples)."
+        ),
+    )
     max_lora_rank: int = field(
         default=64,
         metadata=_help("Highest LoRA rank the serving side (vLLM --max-lora-rank) accepts.", min=1),
@@ -161,6 +169,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}."
+            )
+        if self.context not in CONTEXT_MODES:
+            raise TrainConfigError(
+                f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}."
             )
         for f in fields(self):
             value = getattr(self, f.name)
@@ -372,6 +384,8 @@ def _coerce(name: str, value: Any) -> Any:
             if math.isnan(result) or math.isinf(result):
                 raise ValueError
             return result
+        if name == "context" and isinstance(value, str):
+            return value.strip().lower()
         return str(value)
     except (TypeError, ValueError):
         expected = (
@@ -383,4 +397,4 @@ def _coerce(name: str, value: Any) -> Any:
         raise TrainConfigError(f"{name} must be {expected}, not {value!r}.") from None
 
 
-__all__ = ["METHODS", "TrainConfig", "TrainConfigError"]
+__all__ = ["CONTEXT_MODES", "METHODS", "TrainConfig", "TrainConfigError"]

@@ -30,13 +30,20 @@ def load_examples(path: Path) -> list[dict[str, Any]]:
             if not isinstance(messages, list) or not messages:
                 raise DataError(f"{where} has no 'messages' list.")
             for message in messages:
-                if (not isinstance(message, dict) or message.get("role") not in ROLES
-                        or not isinstance(message.get("content"), str)):
-                    raise DataError(f"{where}: every message needs a role (system, user, "
-                                    "assistant) and text content.")
+                if (
+                    not isinstance(message, dict)
+                    or message.get("role") not in ROLES
+                    or not isinstance(message.get("content"), str)
+                ):
+                    raise DataError(
+                        f"{where}: every message needs a role (system, user, "
+                        "assistant) and text content."
+                    )
             if messages[-1]["role"] != "assistant":
-                raise DataError(f"{where} does not end with an assistant message; there is "
-                                "nothing to learn from it.")
+                raise DataError(
+                    f"{where} does not end with an assistant message; there is "
+                    "nothing to learn from it."
+                )
             examples.append({"messages": messages})
     return examples
 
@@ -77,8 +84,9 @@ def tokenize_example(tokenizer, example: dict[str, Any], max_length: int) -> dic
     tokenized separately so the boundary matches inference token for token.
     """
     messages = example["messages"]
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True,
-                                           tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], add_generation_prompt=True, tokenize=False
+    )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
     completion_ids = answer_ids + [tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))]
@@ -93,13 +101,29 @@ def tokenize_example(tokenizer, example: dict[str, Any], max_length: int) -> dic
     }
 
 
-def label_mask_preview(tokenizer, example: dict[str, Any],
-                       max_length: int = 1_000_000) -> list[tuple[str, bool]]:
+def answer_fits(tokenizer, max_length: int):
+    """``fits(prompt_messages, answer)``: whether the prompt and the whole answer with its
+    end-of-turn fit ``max_length`` tokens, counted as :func:`tokenize_example` counts them — so a
+    caller that adds context can drop context instead of letting truncation cut the prompt's start
+    (``engine.dataset.context.with_context``)."""
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+
+    def fits(messages: list[dict[str, str]], answer: str) -> bool:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        size = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        size += len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        return size + len([end_id]) <= max_length
+
+    return fits
+
+
+def label_mask_preview(
+    tokenizer, example: dict[str, Any], max_length: int = 1_000_000
+) -> list[tuple[str, bool]]:
     """Each token of an example with whether it is trained — the same path training uses."""
     encoded = tokenize_example(tokenizer, example, max_length)
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
-    return [(token, label != -100)
-            for token, label in zip(tokens, encoded["labels"], strict=True)]
+    return [(token, label != -100) for token, label in zip(tokens, encoded["labels"], strict=True)]
 
 
 def as_dataset(tokenizer, examples: list[dict[str, Any]], max_length: int):
@@ -107,9 +131,18 @@ def as_dataset(tokenizer, examples: list[dict[str, Any]], max_length: int):
     from datasets import Dataset
 
     rows = [tokenize_example(tokenizer, example, max_length) for example in examples]
-    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
-                              "labels": [r["labels"] for r in rows]})
+    return Dataset.from_dict(
+        {"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]}
+    )
 
 
-__all__ = ["DataError", "as_dataset", "dataset_sha256", "end_of_turn_token", "label_mask_preview",
-           "load_examples", "tokenize_example"]
+__all__ = [
+    "DataError",
+    "answer_fits",
+    "as_dataset",
+    "dataset_sha256",
+    "end_of_turn_token",
+    "label_mask_preview",
+    "load_examples",
+    "tokenize_example",
+]

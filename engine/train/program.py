@@ -21,6 +21,7 @@ lora and full differ in) and ``libconfig`` (every library config).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,7 +37,14 @@ from engine.evaluate.safety import make_canaries, plant_canaries
 from . import events, libconfig
 from .callbacks import RunState
 from .config import TrainConfig, TrainConfigError
-from .data import as_dataset, dataset_sha256, end_of_turn_token, load_examples, tokenize_example
+from .data import (
+    answer_fits,
+    as_dataset,
+    dataset_sha256,
+    end_of_turn_token,
+    load_examples,
+    tokenize_example,
+)
 from .errors import DataError, TrainingError
 from .events import emit
 from .patches import lean_training
@@ -118,6 +126,10 @@ def _run(run_dir: Path, resume: bool) -> int:
 
     # ---- load data ----
     train_examples, validation_examples, canaries = _load_data(run_dir / "data", config)
+    # a resumed run keeps the choice it started with (its config holds "on" or "off")
+    setting = str((previous or {}).get("config", {}).get("context") or config.context)
+    context = _context(setting, config, tokenizer, train_examples, validation_examples)
+    train_examples, validation_examples = context.pop("train"), context.pop("validation")
     train_set = as_dataset(tokenizer, train_examples, config.max_length)
     validation_set = (
         as_dataset(tokenizer, validation_examples, config.max_length)
@@ -129,7 +141,10 @@ def _run(run_dir: Path, resume: bool) -> int:
         base=base,
         compute=compute,
         tokenizer=tokenizer,
-        config=_resolved(config, previous, model_config, train_set, len(train_examples)),
+        config=dataclasses.replace(
+            _resolved(config, previous, model_config, train_set, len(train_examples)),
+            context="on" if context["used"] else "off",
+        ),
         train_examples=train_examples,
         validation_examples=validation_examples,
         train_set=train_set,
@@ -145,6 +160,7 @@ def _run(run_dir: Path, resume: bool) -> int:
         resumed_from=plan.resumed_from,
     )
     state.info = _run_info(plan, state, memory, previous)
+    state.info["context"] = context
     _write_json(info_path, state.info)
 
     # ---- fit ----
@@ -228,6 +244,32 @@ def _load_data(data: Path, config: TrainConfig) -> tuple[list, list, list[str]]:
         canaries = make_canaries(config.canaries, seed=config.seed)
         train_examples = plant_canaries(train_examples, canaries, seed=config.seed, repeats=3)
     return train_examples, validation_examples, canaries
+
+
+def _context(
+    setting: str, config: TrainConfig, tokenizer, train: list, validation: list
+) -> dict[str, Any]:
+    """The examples as the run trains them, and what was decided, for run_info.json: with
+    ``context`` on, each prompted as ``/ask`` prompts (``engine.dataset.context``) with neighbours
+    from the training split, the validation split grounded in the training split too."""
+    from engine.dataset.context import InlineMiniLM, SplitRetriever, resolve_context, with_context
+
+    used, reason = resolve_context(setting, len(train))
+    decided: dict[str, Any] = {"setting": config.context, "used": used, "reason": reason}
+    if not used:
+        return {**decided, "train": train, "validation": validation}
+    started = time.monotonic()
+    fits = answer_fits(tokenizer, config.max_length)
+    retriever = SplitRetriever([e["messages"] for e in train], InlineMiniLM())
+    grounded, stats = with_context(train, seed=config.seed, retriever=retriever, fits=fits)
+    decided["train_mix"] = stats.to_dict()
+    if validation:
+        validation, stats = with_context(
+            validation, seed=config.seed + 1, retriever=retriever, pool=train, fits=fits
+        )
+        decided["validation_mix"] = stats.to_dict()
+    decided["seconds"] = round(time.monotonic() - started, 2)
+    return {**decided, "train": grounded, "validation": validation}
 
 
 def _resolved(
