@@ -33,6 +33,7 @@ from bot.ab_rounds import DEFAULT_PAIRS, ABRoundService, RoundPlan, RoundRefused
 from bot.blocks import evaluation as blocks
 from bot.slack_api import explain
 from bot.work import Workers
+from engine.answer import GroundingConfig
 from engine.evaluate.run import EvalConfig
 from engine.evaluate.service import (
     EvaluationError,
@@ -96,6 +97,7 @@ class EvaluationService:
     rounds: ABRoundService | None = None
     work: Workers = field(default_factory=lambda: Workers(1, "eval"))
     config: EvalConfig = field(default_factory=EvalConfig)
+    grounding: GroundingConfig | None = None  # how /ask grounds answers (None: the defaults)
     probes: list | None = None  # None: the shipped general probes
     auto_ab: bool = True
     ab_pairs: int | None = None  # None: the A/B default
@@ -178,6 +180,7 @@ class EvaluationService:
                 config=self.config,
                 probes=self.probes,
                 inputs=inputs,
+                grounding=self.grounding,
             )
         except Exception as exc:
             reason = _sentence(exc)

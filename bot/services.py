@@ -25,6 +25,7 @@ from bot.settings import Settings
 from bot.training import SlackJobObserver
 from bot.work import Workers
 from engine.ab.answers import AnswerSource, BackendAnswers
+from engine.evaluate.run import EvalConfig
 from engine.retrieval import Index
 from engine.serving.embed import QuestionEmbedder
 
@@ -132,7 +133,16 @@ class Services:
             work=work,
         )
         evaluations = EvaluationService(
-            db, client, settings.home, serving.inprocess, serving.key, rounds=rounds, work=work
+            db,
+            client,
+            settings.home,
+            serving.inprocess,
+            serving.key,
+            rounds=rounds,
+            work=work,
+            # the verdict judges the answers the way /ask gives them
+            config=EvalConfig(verdict_mode="grounded" if settings.ask_grounding else "closed_book"),
+            grounding=config.grounding,
         )
         observer = (
             SlackJobObserver(client, on_succeeded=evaluations.on_job_succeeded)

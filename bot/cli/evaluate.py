@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from bot.ask import AskConfig
 from bot.backends import Serving
 from bot.cli.common import open_db
 from bot.evaluation import EvaluationRefused, parse_job_ref
@@ -42,10 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace):  # noqa: ANN202
+def _config(args: argparse.Namespace, settings: Settings):  # noqa: ANN202
     try:
         return EvalConfig(
-            **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
+            verdict_mode="grounded" if settings.ask_grounding else "closed_book",
+            **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -53,7 +55,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     db = open_db(settings)
-    config = _config(args)
+    config = _config(args, settings)
     probes = [] if args.no_probes else None
     try:
         job_id = parse_job_ref(args.job)
@@ -82,6 +84,7 @@ def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN
         encryption_key=serving.key,
         config=config,
         probes=probes,
+        grounding=AskConfig.from_settings(settings).grounding,
     )
 
 
