@@ -50,7 +50,7 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
     home.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "-v", "serve", "--port", str(port)],
+            [sys.executable, "-m", "bot", "-vv", "serve", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -81,7 +81,7 @@ class Bot:
         self.starts += 1
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bot", "-v", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "bot", "-vv", "serve", "--port", str(self.port)],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

@@ -194,10 +194,11 @@ def test_a_curator_answers_it_from_the_home_tab_and_the_next_ask_cites_that(env)
 
     [asked] = rows(env, question=UNCOVERED)
     env.slack.open_home("UCUR1")
-    wait(lambda: str(asked.id) in answer_buttons(env, "UCUR1"), 30, "Answer it on the Home tab",
-         env.log)
+    wait(lambda: env.slack.home_view("UCUR1") and str(asked.id) in answer_buttons(env, "UCUR1"),
+         30, "Answer it on the Home tab", env.log)
     modal = click_answer_it(env, "UCUR1", asked.id)
-    answer = "The Lisbon office wifi is on the guest network; reception hands out the day's code."
+    # a verbatim fact (the network's name): a reply that drops it shows the curated answer
+    answer = "The Lisbon office wifi is `guest-lisbon`; reception hands out the day's code."
     assert submit(env, "UCUR1", modal, UNCOVERED, answer) == {}
     wait(lambda: rows(env, id=asked.id)[0].resolved_example_id, 30, "the ask resolved", env.log)
     example_id = rows(env, id=asked.id)[0].resolved_example_id
@@ -205,7 +206,7 @@ def test_a_curator_answers_it_from_the_home_tab_and_the_next_ask_cites_that(env)
     env.slack.slash("UEXP", HELP, "/ask", "what's the wifi password at the Lisbon office")
     row = settled(env, question="what's the wifi password at the Lisbon office")
     assert not row.abstained and [s["example_id"] for s in row.sources] == [example_id]
-    assert "reception hands out the day's code" in text_of(message(env, HELP, row.message_ts))
+    assert "guest-lisbon" in text_of(message(env, HELP, row.message_ts))
 
 
 def test_an_at_mention_in_a_thread_is_answered_once_in_that_thread(env):
