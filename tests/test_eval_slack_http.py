@@ -117,7 +117,8 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
         f"{report['base']['rouge_l']:.3f}" in blocks
         and f"{report['candidate']['rouge_l']:.3f}" in blocks
     )
-    assert sum(1 for b in posted["blocks"] if "fields" in b) == 3  # three samples side by side
+    # three samples side by side, closed-book and grounded (the snapshot has a training split)
+    assert sum(1 for b in posted["blocks"] if "fields" in b) == 6
     # A candidate trained on the pattern beats the random base and is not rejected.
     assert report["candidate"]["rouge_l"] > report["base"]["rouge_l"]
     assert model.eval_verdict in ("promote", "needs_ab"), report["reasons"]
