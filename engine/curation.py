@@ -8,6 +8,7 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 NEUTRAL_NAME = "@user"
 
@@ -154,24 +155,11 @@ def build_example(
         raise Refusal(
             "empty_answer", "That answer has no text I can learn from (only files or attachments)."
         )
-    if len(final_answer) < min_answer_chars:
-        raise Refusal(
-            "too_short",
-            f"That answer is too short to teach anything ({len(final_answer)} characters; "
-            f"at least {min_answer_chars} are needed).",
-        )
+    _long_enough(final_answer, min_answer_chars)
     if not turns or turns[0][0] != "user" or turns[-1][0] != "assistant":
         raise Refusal("no_question", "I couldn't find a question before that answer in the thread.")
 
-    counts: dict[str, int] = {}
-    messages = []
-    for role, text in turns:
-        if redact is not None:
-            result = redact(text)
-            text = result.text
-            for kind, n in result.counts.items():
-                counts[kind] = counts.get(kind, 0) + n
-        messages.append({"role": role, "content": text})
+    messages, counts = _redacted(turns, redact)
     return ExampleDraft(
         channel=channel,
         thread_ts=parent.ts,
@@ -205,21 +193,8 @@ def answered_example(
         raise Refusal("no_question", "The question is empty: write the question being answered.")
     if not answer:
         raise Refusal("empty_answer", "Write an answer first.")
-    if len(answer) < min_answer_chars:
-        raise Refusal(
-            "too_short",
-            f"That answer is too short to teach anything ({len(answer)} characters; "
-            f"at least {min_answer_chars} are needed).",
-        )
-    counts: dict[str, int] = {}
-    messages = []
-    for role, text in (("user", question), ("assistant", answer)):
-        if redact is not None:
-            result = redact(text)
-            text = result.text
-            for kind, n in result.counts.items():
-                counts[kind] = counts.get(kind, 0) + n
-        messages.append({"role": role, "content": text})
+    _long_enough(answer, min_answer_chars)
+    messages, counts = _redacted([("user", question), ("assistant", answer)], redact)
     return ExampleDraft(
         channel=channel,
         thread_ts=thread_ts,
@@ -228,3 +203,29 @@ def answered_example(
         messages=messages,
         redactions=counts,
     )
+
+
+def _long_enough(answer: str, min_answer_chars: int) -> None:
+    if len(answer) < min_answer_chars:
+        raise Refusal(
+            "too_short",
+            f"That answer is too short to teach anything ({len(answer)} characters; "
+            f"at least {min_answer_chars} are needed).",
+        )
+
+
+def _redacted(
+    turns: list[tuple[str, str]], redact: Any
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The turns as chat messages, each redacted with ``redact`` (None: as they are), and how
+    many of each kind of finding were replaced."""
+    counts: dict[str, int] = {}
+    messages = []
+    for role, text in turns:
+        if redact is not None:
+            result = redact(text)
+            text = result.text
+            for kind, n in result.counts.items():
+                counts[kind] = counts.get(kind, 0) + n
+        messages.append({"role": role, "content": text})
+    return messages, counts
