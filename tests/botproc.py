@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,3 +84,30 @@ def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
         slack.add_channel("CHELP", "help")
         with running_bot(slack, port, tmp, db_url, **env_extra) as (proc, log):
             yield slack, proc, log, port
+
+
+def wait_until(predicate, timeout: float, what: str, log: Path | None = None):  # noqa: ANN001, ANN201
+    """``predicate()``'s first truthy value within ``timeout`` seconds; else fail naming ``what``
+    with the tail of the bot's ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log is not None else ""
+    raise AssertionError(f"{what}: not within {timeout} s\n{tail}")
+
+
+def scrape_metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the bot's GET /metrics on ``port`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 from sqlmodel import select
@@ -20,7 +19,7 @@ from sqlmodel import select
 from engine.answer import NO_CURATED_ANSWER
 from storage.db import make_engine, session_scope
 from storage.models import AskLog, Example, RetrievalVector
-from tests.botproc import running_bot
+from tests.botproc import running_bot, scrape_metric, wait_until
 from tests.conftest import PG_SERVER, _drop_pg, _fresh_pg, free_port
 from tests.eval_helpers import tiny_model  # noqa: F401
 
@@ -76,14 +75,7 @@ def env(request, tmp_path_factory, tiny_model):  # noqa: F811
 
 
 def wait(predicate, timeout=60.0, what="condition", log=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-3000:] if log is not None else ""
-    raise AssertionError(f"{what}: not within {timeout} s\n{tail}")
+    return wait_until(predicate, timeout, what, log)
 
 
 def curate(env, channel: str, question: str, answer: str) -> tuple[str, str, int]:
@@ -147,15 +139,7 @@ def context_lines(msg: dict) -> str:
 
 
 def metric(env, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{env.port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    return scrape_metric(env.port, name, **labels)
 
 
 # -- tests, in order ------------------------------------------------------------------------------

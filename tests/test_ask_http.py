@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from engine.registry.crypto import checksum
 from storage import registry
 from storage.db import make_engine, session_scope, upgrade
 from storage.models import AskFeedback, AskLog, DatasetSnapshot, Example, Job
-from tests.botproc import ADMINS, PEOPLE, ROOT, SIGNING_SECRET, free_port
+from tests.botproc import ADMINS, PEOPLE, ROOT, SIGNING_SECRET, free_port, scrape_metric
 from tests.conftest import PG_SERVER, _drop_pg, _fresh_pg
 from tests.eval_helpers import pattern_rows, tiny_adapter, tiny_model, write_jsonl  # noqa: F401
 from tests.test_ab_rounds_http import Bot, wait
@@ -297,16 +296,7 @@ def test_rollback_goes_back_to_the_base_model_and_empties_the_cache(env):
 
 def metric(env, name: str, **labels: str) -> float:
     """One sample of the bot's GET /metrics (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{env.bot.port}/metrics", timeout=10) as response:
-        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    return scrape_metric(env.bot.port, name, **labels)
 
 
 def test_metrics_count_asks_cache_hits_refusals_slack_errors_and_jobs(env):

@@ -4,15 +4,13 @@ and records each channel's visibility; an index built here on the same database 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlmodel import select
 
 from engine.retrieval import Index
 from storage.db import make_engine, session_scope
 from storage.models import Example, RetrievalVector
-from tests.botproc import workspace_with_bot
+from tests.botproc import wait_until, workspace_with_bot
 
 CURATE = "white_check_mark"
 
@@ -29,15 +27,7 @@ def env(tmp_path_factory):
         engine.dispose()
 
 
-def _wait(predicate, timeout, what, log=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-3000:] if log is not None else ""
-    raise AssertionError(f"{what}: not within {timeout} s\n{tail}")
+_wait = wait_until
 
 
 def _vector_of(env, message_ts):
