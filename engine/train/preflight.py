@@ -80,4 +80,18 @@ def preflight(model_config, config: TrainConfig, compute: str) -> dict[str, Any]
     return {"estimated_bytes": needed, "available_bytes": free, "device": device}
 
 
-__all__ = ["available_memory", "estimate_memory", "preflight"]
+def estimate_for_device(config: TrainConfig, gpu: bool) -> int | None:
+    """The estimate for ``config`` on a GPU or a CPU, read from the base model's ``config.json``
+    (no weights loaded) — what a job asks its Ray node for. None when the architecture cannot be
+    read here (the program's own preflight still runs on the node)."""
+    from transformers import AutoConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(config.base_model)
+    except Exception:  # noqa: BLE001 — not readable from this machine: ask for no memory
+        return None
+    compute = config.precision if config.precision != "auto" else ("bf16" if gpu else "fp32")
+    return estimate_memory(model_config, config, compute)
+
+
+__all__ = ["available_memory", "estimate_for_device", "estimate_memory", "preflight"]
