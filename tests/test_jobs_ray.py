@@ -5,6 +5,7 @@ Jobs land on the node that has what they ask for; a job no node can satisfy is r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,27 @@ def test_a_node_that_does_not_see_the_run_folder_fails_the_job_in_words(ray_addr
     assert len(errors) == 1 and "does not see the run folder" in errors[0], events
     assert "shared by the worker and every node" in errors[0]
     assert not (run_dir / "invocations.jsonl").exists()  # the program never started
+
+
+def test_the_worker_runs_a_job_on_its_node_and_fails_one_no_node_can_run(db, tmp_path, ray_address):
+    from engine.jobs.worker import Worker
+    from tests.test_jobs_worker import queue_job, stored
+
+    def ray_worker(resources: dict) -> Worker:
+        placement = PlacementSettings(resources=resources)
+        runner = RayRunner(ray_address, module=STANDIN, poll_s=0.2, placement=placement)
+        return Worker(db, tmp_path / "home", runner, "w-ray", poll_seconds=0.2)
+
+    placed = queue_job(db, tmp_path, total_steps=3)
+    assert ray_worker({"trainer_b": 1}).run_once()
+    job, _ = stored(db, placed)
+    assert job.state == "succeeded", job.error
+    assert json.loads((Path(job.run_dir) / "node.json").read_text())["node_label"] == "worker-0"
+
+    refused = queue_job(db, tmp_path / "second", total_steps=3)
+    assert ray_worker({"trainer_c": 2}).run_once()
+    job, _ = stored(db, refused)
+    assert job.state == "failed"
+    assert "No node of the Ray cluster can ever run this job: it asks for 1 CPU, 2 trainer_c" in (
+        job.error
+    )

@@ -65,3 +65,18 @@ def test_a_node_that_does_not_read_the_workers_token_is_told_about_shared_storag
     (tmp_path / TOKEN_FILE).write_text("abc123")
     assert check_run_dir(tmp_path, "abc123") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [TOKEN_FILE]  # the probe is removed
+
+
+def test_the_settings_become_what_each_job_asks_for(monkeypatch):
+    from bot.settings import ConfigError, load_settings
+
+    monkeypatch.setenv("RAY_JOB_RESOURCES", '{"trainer": 1}')
+    monkeypatch.setenv("RAY_ACCELERATOR_TYPE", " L4 ")
+    monkeypatch.setenv("RAY_JOB_CPUS", "4")
+    placement = load_settings(_env_file=None).ray_placement()
+    assert placement == PlacementSettings(
+        gpus=None, cpus=4, accelerator_type="L4", resources={"trainer": 1}
+    )
+    monkeypatch.setenv("RAY_JOB_GPUS", "-1")
+    with pytest.raises(ConfigError, match="RAY_JOB_GPUS"):
+        load_settings(_env_file=None)
