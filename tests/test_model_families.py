@@ -196,3 +196,12 @@ def test_a_training_step_exports_an_adapter_vllm_accepts(family, tmp_path):
     assert config["r"] == 4 and (adapter / "adapter_model.safetensors").is_file()
     assert adapter_problems(adapter, folder, max_lora_rank=16) == []
     assert adapter_problems(adapter, folder, max_lora_rank=2)  # the check does look
+
+
+def test_in_process_generation_stops_at_the_familys_end_of_turn(family):
+    from engine.serving.inprocess import InProcessBackend
+
+    spec, folder = family
+    backend = InProcessBackend(folder, device="cpu")
+    end_id = backend.tokenizer.convert_tokens_to_ids(spec.end_of_turn)
+    assert end_id in backend._stop_ids and backend._end_of_turn_id == end_id
