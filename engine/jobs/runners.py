@@ -308,7 +308,6 @@ class RayRunner:
         )
         return RayHandle(client, job_id, run_dir, self.poll_s)
 
-
     def _mark(self, run_dir: Path, token: str) -> None:
         """The token the entrypoint reads back on its node: proof it sees this run folder."""
         (run_dir / TOKEN_FILE).write_text(token)
