@@ -62,6 +62,22 @@ class Settings(BaseSettings):
         "", description="OpenAI-compatible vLLM server; unset = serve in-process."
     )
     ray_address: str = Field("", description="Ray cluster address; set = train through Ray Jobs.")
+    ray_job_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each Ray training job asks for; unset = 1 when any node of the cluster "
+        "has a GPU, else 0.",
+    )
+    ray_job_cpus: float = Field(1.0, gt=0, description="CPUs each Ray training job asks for.")
+    ray_accelerator_type: str = Field(
+        "",
+        description="Ray accelerator type a training job needs (e.g. A100, H100, L4); unset = any.",
+    )
+    ray_job_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each training job asks for, JSON (e.g. {"trainer": 1}); '
+        "only nodes started with them (`ray start --resources=...`) run training.",
+    )
     threadtune_encryption_key: str = Field(
         "", description="Key for adapters at rest (base64, 32 bytes)."
     )
@@ -143,6 +159,17 @@ class Settings(BaseSettings):
     @classmethod
     def _api_url(cls, value: str) -> str:
         return value if value.endswith("/") else value + "/"
+
+    def ray_placement(self):  # noqa: ANN201 — engine.jobs.placement.PlacementSettings
+        """What each Ray training job asks for (engine/jobs/placement.py)."""
+        from engine.jobs.placement import PlacementSettings
+
+        return PlacementSettings(
+            gpus=self.ray_job_gpus,
+            cpus=self.ray_job_cpus,
+            accelerator_type=self.ray_accelerator_type.strip(),
+            resources=dict(self.ray_job_resources),
+        )
 
     @property
     def home(self) -> Path:

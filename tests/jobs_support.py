@@ -3,8 +3,10 @@ training program (tests/jobs_standin.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,38 +27,84 @@ ROWS = [
 ]
 
 
-@contextmanager
-def ray_cluster(temp: Path) -> Iterator[str]:
-    """A real single-node Ray cluster on loopback (``ray start --head``) with its dashboard, which
-    serves the Jobs API; yields the dashboard's HTTP address and stops the cluster afterwards."""
-    port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--dashboard-host=127.0.0.1",
-            "--include-dashboard=true",
-            "--num-cpus=1",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
+def _ray_node(args: list[str], temp: Path, label: str) -> subprocess.Popen:
+    """One ``ray start --block`` in its own process group (stopped by its id, never by
+    ``ray stop``, which would stop every Ray cluster of this user on the machine). The node's
+    processes inherit THREADTUNE_NODE_LABEL, so a program can tell which node it runs on."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "THREADTUNE_NODE_LABEL": label}
+    # every port free, not Ray's fixed defaults: two nodes (and other clusters) share the machine
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    ]
+    log = (temp / f"ray-start-{label}.log").open("w")
+    return subprocess.Popen(
+        [RAY, "start", "--block", "--disable-usage-stats", "--num-cpus=1", *ports, *args],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            time.sleep(0.5)  # its children leave the group a moment after it
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def ray_cluster(
+    temp: Path,
+    head_resources: dict[str, float] | None = None,
+    workers: tuple[dict[str, float], ...] = (),
+) -> Iterator[str]:
+    """A real Ray cluster on loopback: a head (``ray start --head``, with its dashboard, which
+    serves the Jobs API) and one worker node per entry of ``workers`` joining it, each with 1 CPU
+    and the given custom resources; nodes are labelled ``head``, ``worker-0``, ... (see
+    :func:`_ray_node`). Yields the dashboard's HTTP address and stops every node afterwards."""
+    port, dash = free_port(), free_port()
+    nodes = []
     try:
-        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        nodes.append(
+            _ray_node(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1",
+                    "--include-dashboard=true",
+                    f"--temp-dir={temp}",
+                    f"--resources={json.dumps(head_resources or {})}",
+                ],
+                temp,
+                "head",
+            )
+        )
         address = f"http://127.0.0.1:{dash}"
         from ray.job_submission import JobSubmissionClient
 
-        deadline, last = time.monotonic() + 90, None
+        deadline, last = time.monotonic() + 120, None
         while time.monotonic() < deadline:
+            if nodes[0].poll() is not None:
+                pytest.fail(f"ray start --head exited: {(temp / 'ray-start-head.log').read_text()}")
             try:
                 JobSubmissionClient(address).list_jobs()
                 break
@@ -65,9 +113,30 @@ def ray_cluster(temp: Path) -> Iterator[str]:
                 time.sleep(1)
         else:
             pytest.fail(f"Ray's job server at {address} never answered: {last}")
+        for i, resources in enumerate(workers):
+            nodes.append(
+                _ray_node(
+                    [
+                        f"--address=127.0.0.1:{port}",
+                        "--node-ip-address=127.0.0.1",
+                        f"--resources={json.dumps(resources)}",
+                    ],
+                    temp,
+                    f"worker-{i}",
+                )
+            )
+        from engine.jobs.placement import cluster_nodes
+
+        wait_until(
+            lambda: len(cluster_nodes(address)) == 1 + len(workers),
+            120,
+            "every node to join the Ray cluster",
+            interval=1,
+        )
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for proc in reversed(nodes):
+            _stop_node(proc)
 
 
 def write_config(run_dir: Path, **config: object) -> Path:

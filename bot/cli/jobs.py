@@ -76,7 +76,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     worker = Worker(
         db,
         settings.home,
-        runner_for(settings.ray_address or None),
+        runner_for(settings.ray_address or None, settings.ray_placement()),
         lease_seconds=args.lease,
         poll_seconds=args.poll,
         observer=services.job_observer if services else None,

@@ -202,18 +202,18 @@ def probe_template(tokenizer) -> TemplateFacts:
             "The base model's tokenizer has no chat template, so conversations cannot be rendered "
             "for it."
         )
-    eot = tokenizer.eos_token
-    answer = "threadtune-probe-answer"
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": answer}],
-        tokenize=False,
-    )
-    if not eot or answer + eot not in rendered:
+    from engine.train.data import end_of_turn_token
+    from engine.train.errors import TrainingError
+
+    try:  # the end-of-sequence token, or the special token the template closes turns with
+        eot = end_of_turn_token(tokenizer)
+    except TrainingError:
+        eot = tokenizer.eos_token
         raise DatasetError(
             "The base model's chat template does not end an assistant turn with its "
             f"end-of-sequence token ({eot!r}), "
             "so no example's label mask could include an end-of-turn token."
-        )
+        ) from None
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     if eot_id is None or eot_id == getattr(tokenizer, "unk_token_id", None):
         raise DatasetError(f"The end-of-turn token {eot!r} is not in the base model's vocabulary.")

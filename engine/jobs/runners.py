@@ -6,13 +6,16 @@ and stream its one-JSON-object-per-line events back.
 
 Both pass the same contract test (tests/test_jobs_runners.py) against a stand-in program. The
 run folder must be reachable at the same path by whatever runs the program: this machine, or a
-Ray cluster on one machine or with a shared file system.
+Ray cluster on one machine or with a shared file system. Ray jobs declare what they need
+(engine/jobs/placement.py) and check on their node that they see the run folder
+(engine/jobs/ray_entry.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -21,6 +24,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
+
+from engine.jobs.placement import (
+    PlacementError,
+    PlacementSettings,
+    cluster_nodes,
+    refusal,
+    requirements_for,
+)
+from engine.jobs.ray_entry import TOKEN_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = "engine.train"
@@ -245,7 +257,13 @@ class RayRunner:
     """The same program as a Ray job on the cluster at ``address`` (the dashboard's HTTP address,
     e.g. ``http://127.0.0.1:8265``). It runs with this interpreter and this checkout on
     ``PYTHONPATH``, so the cluster must see both at the same paths (one machine, or a shared
-    image)."""
+    image), and the run folder through shared storage.
+
+    Each job asks for what :mod:`engine.jobs.placement` computes from its config and
+    ``placement``; a job no node can ever satisfy raises :class:`PlacementError` instead of
+    waiting in Ray's queue forever. Inputs and outputs are not shipped through Ray: checkpoints
+    must outlive the node (a resumed attempt may land elsewhere) and base models are too large for
+    a runtime_env package, so the entrypoint first checks that its node sees the run folder."""
 
     name = "ray"
 
@@ -256,26 +274,45 @@ class RayRunner:
         module: str = PROGRAM,
         grace_s: float = CANCEL_GRACE_S,
         poll_s: float = 0.5,
+        placement: PlacementSettings | None = None,
     ):
         self.address = address
         self.python = python
         self.module = module
         self.grace_s = grace_s
         self.poll_s = poll_s
+        self.placement = placement or PlacementSettings()
 
     def start(self, run_dir: Path, resume: bool = False) -> RayHandle:
         from ray.job_submission import JobSubmissionClient
 
         run_dir = Path(run_dir).resolve()
         client = JobSubmissionClient(self.address)
-        argv = [self.python, "-m", self.module, str(run_dir)] + (["--resume"] if resume else [])
-        # stderr into the run folder, so that the job's log carries only events
-        entrypoint = shlex.join(argv) + " 2>>" + shlex.quote(str(run_dir / "stderr.log"))
+        nodes = cluster_nodes(self.address)
+        needed = requirements_for(run_dir, self.placement, nodes)
+        problem = refusal(needed, nodes)
+        if problem:
+            raise PlacementError(problem)
+        token = secrets.token_hex(8)
+        self._mark(run_dir, token)
+        argv = [self.python, "-m", "engine.jobs.ray_entry", token, self.module, str(run_dir)]
+        argv += ["--resume"] if resume else []
+        entrypoint = shlex.join(argv)  # the entrypoint sends stderr to RUN_DIR/stderr.log
         env = {**_program_env(), "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.grace_s))}
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"env_vars": env},
+            # what it asked for, readable back from the job's info (JobDetails omits it)
+            metadata={"run_dir": str(run_dir), "asks": json.dumps(needed.as_resources())},
+            **needed.submit_kwargs(),
+        )
         return RayHandle(client, job_id, run_dir, self.poll_s)
 
+    def _mark(self, run_dir: Path, token: str) -> None:
+        """The token the entrypoint reads back on its node: proof it sees this run folder."""
+        (run_dir / TOKEN_FILE).write_text(token)
 
-def runner_for(ray_address: str | None) -> Runner:
+
+def runner_for(ray_address: str | None, placement: PlacementSettings | None = None) -> Runner:
     """Ray when an address is given (``RAY_ADDRESS``), else a local subprocess."""
-    return RayRunner(ray_address) if ray_address else LocalRunner()
+    return RayRunner(ray_address, placement=placement) if ray_address else LocalRunner()

@@ -71,7 +71,12 @@ class InProcessBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         stop = {self.tokenizer.eos_token_id}
-        end_id = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        try:  # the token the chat template closes an answer with (Gemma: <end_of_turn>)
+            from engine.train.data import end_of_turn_token
+
+            end_id = self.tokenizer.convert_tokens_to_ids(end_of_turn_token(self.tokenizer))
+        except Exception:  # noqa: BLE001 — no usable template: SmolLM2's marker, as before
+            end_id = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
         if isinstance(end_id, int) and end_id != self.tokenizer.unk_token_id:
             stop.add(end_id)
         self._stop_ids = sorted(i for i in stop if i is not None)

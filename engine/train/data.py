@@ -59,20 +59,29 @@ def dataset_sha256(files: list[Path]) -> str:
 
 
 def end_of_turn_token(tokenizer) -> str:
-    """The token that closes an assistant turn (``<|im_end|>`` for SmolLM2), checked against the
-    chat template: a rendered assistant message must be followed by it."""
+    """The token that closes an assistant turn, read from the chat template: the end-of-sequence
+    token when the template puts it right after an answer (``<|im_end|>`` for SmolLM2 and Qwen,
+    ``<|eot_id|>`` for Llama 3, ``</s>`` for Mistral), else the special token it puts there
+    (Gemma closes turns with ``<end_of_turn>`` and keeps ``<eos>`` for the end of the text)."""
     token = tokenizer.eos_token
     probe = "threadtune-probe-answer"
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], tokenize=False
     )
-    if not token or probe + token not in rendered:
-        raise TrainingError(
-            "The tokenizer's chat template does not end an assistant turn with its "
-            f"end-of-sequence token ({token!r}), so threadtune cannot tell which token to train "
-            "as end-of-turn."
-        )
-    return token
+    if token and probe + token in rendered:
+        return token
+    after = rendered.split(probe, 1)[1] if probe in rendered else ""
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
+    }
+    for special in sorted((s for s in specials if s), key=len, reverse=True):
+        if after.startswith(special):
+            return special
+    raise TrainingError(
+        "The tokenizer's chat template does not end an assistant turn with its end-of-sequence "
+        f"token ({token!r}) or another special token, so threadtune cannot tell which token to "
+        "train as end-of-turn."
+    )
 
 
 def tokenize_example(tokenizer, example: dict[str, Any], max_length: int) -> dict[str, list[int]]:

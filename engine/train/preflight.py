@@ -55,6 +55,22 @@ def estimate_memory(model_config, config: TrainConfig, compute: str) -> int:
     return int((weights + trainable + activations + logits) * 1.2 + 0.5 * 2**30)
 
 
+def serving_memory(model_config, tokens: int = 2048) -> int:
+    """Rough bytes to serve the base model in bf16 with one ``tokens``-long sequence's KV cache
+    (+0.5 GiB for the framework): what ``threadtune model fetch`` shows."""
+    text = (model_config.get_text_config() if hasattr(model_config, "get_text_config")
+            else model_config)
+    h, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", heads) or heads
+    hd = getattr(text, "head_dim", None) or h // heads
+    inter = getattr(text, "intermediate_size", 4 * h)
+    per_layer = h * heads * hd * 2 + h * kv * hd * 2 + 3 * h * inter
+    embed = text.vocab_size * h * (1 if getattr(text, "tie_word_embeddings", False) else 2)
+    weights = (layers * per_layer + embed) * 2
+    kv_cache = 2 * layers * kv * hd * 2 * tokens
+    return int(weights + kv_cache + 0.5 * 2**30)
+
+
 def available_memory() -> tuple[int, str]:
     """Free bytes on the training device and its name."""
     import torch
@@ -80,4 +96,24 @@ def preflight(model_config, config: TrainConfig, compute: str) -> dict[str, Any]
     return {"estimated_bytes": needed, "available_bytes": free, "device": device}
 
 
-__all__ = ["available_memory", "estimate_memory", "preflight"]
+def estimate_for_device(config: TrainConfig, gpu: bool) -> int | None:
+    """The estimate for ``config`` on a GPU or a CPU, read from the base model's ``config.json``
+    (no weights loaded) — what a job asks its Ray node for. None when the architecture cannot be
+    read here (the program's own preflight still runs on the node)."""
+    from transformers import AutoConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(config.base_model)
+    except Exception:  # noqa: BLE001 — not readable from this machine: ask for no memory
+        return None
+    compute = config.precision if config.precision != "auto" else ("bf16" if gpu else "fp32")
+    return estimate_memory(model_config, config, compute)
+
+
+__all__ = [
+    "available_memory",
+    "estimate_for_device",
+    "estimate_memory",
+    "preflight",
+    "serving_memory",
+]
