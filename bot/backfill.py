@@ -218,6 +218,8 @@ class Backfill:
                 ts = str(parent.get("ts") or "")
                 if not ts or (run.page_done_ts and float(ts) >= float(run.page_done_ts)):
                     continue  # applied before a crash
+                if ts == run.report_ts:
+                    continue  # our own progress message, posted in the channel it reads
                 changed |= self._thread(run, parent)
                 run.page_done_ts = ts
                 if on_progress is not None:
