@@ -48,11 +48,16 @@ from storage.models import utcnow
 log = logging.getLogger(__name__)
 
 LEASE_S = 300.0
+CLI_REQUESTER = "cli"  # requested_by of runs started by ``threadtune backfill``
 UPDATE_INTERVAL_S = 2.0  # chat.update is Tier 3 (~50 a minute); one message, well within it
 
 
 class BackfillRefused(Exception):
     """The backfill cannot start or go on; ``str()`` is the sentence for the person."""
+
+
+class BusyElsewhere(BackfillRefused):
+    """Another process runs this channel's backfill now."""
 
 
 def process_owner() -> str:
@@ -186,7 +191,7 @@ class Backfill:
             if claimed is None:
                 row = bq.get_progress(session=session, channel=channel)
                 by = f" (started by <@{row.requested_by}>)" if row and row.requested_by else ""
-                raise BackfillRefused(
+                raise BusyElsewhere(
                     f"A backfill of <#{channel}> is already running{by}; its message shows "
                     "how far it got."
                 )
@@ -413,18 +418,26 @@ def _retry_after(exc: SlackApiError) -> float:
 
 
 def start_backfill(backfill: Backfill, tell: Callable[[str], None], channel: str,
-                   **kwargs: Any) -> threading.Thread:
+                   *, wait_for_lease: bool = False, **kwargs: Any) -> threading.Thread:
     """Run a backfill on its own daemon thread (it may take hours under Slack's rate limits,
-    so not on the bounded work pool); ``tell`` gets the sentence if it is refused."""
+    so not on the bounded work pool); ``tell`` gets the sentence if it is refused.
+    ``wait_for_lease``: when another process holds the run, try once more after its lease."""
 
     def work() -> None:
-        try:
-            backfill.run(channel, **kwargs)
-        except BackfillRefused as refusal:
-            tell(str(refusal))
-        except Exception:  # the log gets the trace, the person a sentence
-            log.exception("backfill of %s failed", channel)
-            tell(f"The backfill of <#{channel}> failed on my side; run it again to resume.")
+        for attempt in range(2 if wait_for_lease else 1):
+            try:
+                backfill.run(channel, **kwargs)
+            except BusyElsewhere as refusal:
+                if attempt == 0 and wait_for_lease:
+                    backfill.sleep(backfill.lease_s + 1)
+                    continue
+                tell(str(refusal))
+            except BackfillRefused as refusal:
+                tell(str(refusal))
+            except Exception:  # the log gets the trace, the person a sentence
+                log.exception("backfill of %s failed", channel)
+                tell(f"The backfill of <#{channel}> failed on my side; run it again to resume.")
+            return
 
     thread = threading.Thread(target=work, name=f"backfill-{channel}", daemon=True)
     thread.start()
@@ -438,3 +451,17 @@ def parse_channel(word: str) -> str | None:
     """A channel as a person gives it: ``<#C123|name>`` (Slack's escaped mention) or an id."""
     match = _CHANNEL.match(word.strip())
     return (match.group(1) or match.group(2)) if match else None
+
+
+def resume_unfinished(db: Engine, client: WebClient, curation: CurationService) -> list[str]:
+    """At the bot's start: go on with the backfills started from Slack that a stopped or killed
+    process left unfinished (those started from the command line resume when it is run again).
+    Returns their channels."""
+    with session_scope(db) as session:
+        rows = [(r.channel, r.requested_by, r.report_channel)
+                for r in bq.unfinished(session=session) if r.requested_by != CLI_REQUESTER]
+    for channel, requested_by, report_channel in rows:
+        log.info("resuming the backfill of %s", channel)
+        start_backfill(Backfill(db, client, curation), log.warning, channel, wait_for_lease=True,
+                       requested_by=requested_by, report_channel=report_channel or None)
+    return [channel for channel, _, _ in rows]

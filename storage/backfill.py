@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from storage.models import BackfillProgress, utcnow
 
@@ -135,3 +135,9 @@ def release_backfill(*, session: Session, channel: str, owner: str, counts: dict
         )
         .values(counts=counts, lease_owner="", lease_expires_at=None, updated_at=utcnow())
     )
+
+
+def unfinished(*, session: Session) -> list[BackfillProgress]:
+    """Every run that has not finished (running now, or killed half-way)."""
+    stmt = select(BackfillProgress).where(col(BackfillProgress.state) == "running")
+    return list(session.exec(stmt).all())

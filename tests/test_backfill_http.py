@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 import pytest
 from sqlmodel import func, select
 
+from bot.emulator import Emulator
 from storage.db import make_engine, session_scope
 from storage.models import BackfillProgress, Example, ExampleCurator, ExcludedThread
-from tests.botproc import ROOT, wait_until, workspace_with_bot
-from tests.conftest import _drop_pg, _fresh_pg
+from tests.botproc import (
+    PEOPLE,
+    ROOT,
+    SIGNING_SECRET,
+    running_bot,
+    wait_until,
+    workspace_with_bot,
+)
+from tests.conftest import _drop_pg, _fresh_pg, free_port
 
 CURATE, REJECT = "white_check_mark", "x"
 CHANNEL = "CHIST"
@@ -159,7 +167,9 @@ def test_backfill_killed_half_way_resumes_to_the_same_examples(env):
     # answers 429 beyond 40 calls a second
     slack.rate_limit("conversations.history", max_page=50)
     slack.rate_limit("conversations.replies", calls=40, window_s=1.0, max_page=15)
+    slack.fail_next("conversations.replies", "ratelimited", retry_after=1, count=2)
 
+    start = len(slack.calls())
     first = cli(env, CHANNEL)
     wait_until(
         lambda: first.poll() is not None
@@ -199,10 +209,10 @@ def test_backfill_killed_half_way_resumes_to_the_same_examples(env):
     assert summary["excluded"] == len(seeded.excluded)
     # paged: history in pages of 50, the long threads' replies in pages of 15
     assert summary["history_pages"] >= 7
-    calls = slack.calls("conversations.replies")
+    calls = slack.calls("conversations.replies", since=start)
     paged = [c for c in calls if c["args"].get("cursor") and c["ok"]]
     assert {c["args"]["ts"] for c in paged} == set(seeded.paginated)
-    assert slack.rate_limited().get("conversations.replies", 0) > 0
+    assert [c["status"] for c in calls[:2]] == [429, 429]  # Retry-After honoured, then read
     # one message in the channel, kept up to date, ending as the summary
     posts = [m for m in slack.bot_posts() if m["channel"] == CHANNEL]
     assert len(posts) == 1 and "finished" in posts[0]["text"], posts
@@ -244,3 +254,45 @@ def test_tune_backfill_by_an_admin_reports_in_the_channel_it_was_typed_in(env):
     assert "1 new example" in post["text"] and "1 refused (1 too short)" in post["text"]
     assert examples(env, "CSMALL") == {a: {"UCUR2"}}
     assert time.time() - float(progress(env, "CSMALL").oldest) == pytest.approx(30 * 86400, abs=120)
+
+
+def test_a_bot_killed_during_a_slash_backfill_goes_on_with_it_when_restarted(
+    tmp_path, base_model_path
+):
+    """SQLite only: the resumption itself is the storage code the tests above run on both."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'threadtune.db'}"
+    env = type("Env", (), dict(db=None, url=url, tmp=tmp_path))
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
+        for user in PEOPLE:
+            slack.add_user(user, user.lower())
+        slack.add_channel("CHELP", "help")
+        seeded = seed(slack.server.workspace)
+        live = {a for _, a in seeded.live}  # not curated in this workspace
+        expected = {ts: users for ts, users in seeded.curators.items() if ts not in live}
+        slack.rate_limit("conversations.replies", calls=30, window_s=1.0, max_page=15)
+        with running_bot(slack, port, tmp_path, url, BASE_MODEL=str(base_model_path)) as (
+            proc, log,
+        ):  # fmt: skip
+            env.db = make_engine(url)
+            slack.slash("UADMIN", "CHELP", "/tune", f"backfill <#{CHANNEL}|history>")
+            wait_until(
+                lambda: (row := progress(env, CHANNEL)) is not None
+                and row.counts.get("threads", 0) >= 60,
+                120, "the backfill to get a fifth of the way", log,
+            )  # fmt: skip
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert progress(env, CHANNEL).state == "running"
+        with running_bot(slack, port, tmp_path, url, BASE_MODEL=str(base_model_path)) as (
+            proc, log,
+        ):  # fmt: skip
+            wait_until(lambda: progress(env, CHANNEL).state == "done", 180,
+                       "the restarted bot to finish the backfill", log)
+        assert examples(env, CHANNEL) == expected
+        posts = [m for m in slack.bot_posts() if m["channel"] == "CHELP"]
+        assert len(posts) == 1 and f"Backfill of <#{CHANNEL}> finished" in posts[0]["text"]
+        assert f"{len(expected)} new examples" in posts[0]["text"]
+        env.db.dispose()

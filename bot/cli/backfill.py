@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from bot.backfill import Backfill, BackfillRefused, parse_channel
+from bot.backfill import CLI_REQUESTER, Backfill, BackfillRefused, parse_channel
 from bot.blocks.backfill import refused_text
 from bot.cli.common import USAGE, CommandError, open_db
 from bot.curation import CurationRules, CurationService
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         result = backfill.run(
-            channel, days=args.days, requested_by="cli",
+            channel, days=args.days, requested_by=CLI_REQUESTER,
             report_channel=None if args.no_message else channel, on_progress=progress,
         )  # fmt: skip
     except BackfillRefused as refusal:
