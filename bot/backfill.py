@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 300.0
 CLI_REQUESTER = "cli"  # requested_by of runs started by ``threadtune backfill``
+_ACTIVE: set[str] = set()  # channels this process is backfilling now
+_ACTIVE_LOCK = threading.Lock()
 UPDATE_INTERVAL_S = 2.0  # chat.update is Tier 3 (~50 a minute); one message, well within it
 
 
@@ -139,6 +141,25 @@ class Backfill:
         """Backfill ``channel`` (its last ``days`` days; None: all of it), or resume its
         unfinished run; the progress message goes to ``report_channel`` (None: no message).
         Raises :class:`BackfillRefused` with a sentence."""
+        with _ACTIVE_LOCK:
+            if channel in _ACTIVE:  # this process runs it already (the lease is per process)
+                raise BusyElsewhere(f"A backfill of <#{channel}> is already running; its "
+                                    "message shows how far it got.")
+            _ACTIVE.add(channel)
+        try:
+            return self._run(channel, days, requested_by, report_channel, on_progress)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(channel)
+
+    def _run(
+        self,
+        channel: str,
+        days: float | None,
+        requested_by: str,
+        report_channel: str | None,
+        on_progress: Callable[[Tally], None] | None,
+    ) -> BackfillResult:
         created, private = self._channel(channel)
         run = self._claim(channel, days, requested_by, report_channel, created, private)
         try:
@@ -253,10 +274,15 @@ class Backfill:
         ts = str(parent["ts"])
         tally = run.tally
         if int(parent.get("reply_count") or 0) > 0:
-            raw, pages = thread_messages(
-                lambda **kw: self._call(run, self.client.conversations_replies, **kw),
-                run.channel, ts, limit=REPLIES_PAGE,
-            )  # fmt: skip
+            try:
+                raw, pages = thread_messages(
+                    lambda **kw: self._call(run, self.client.conversations_replies, **kw),
+                    run.channel, ts, limit=REPLIES_PAGE,
+                )  # fmt: skip
+            except SlackApiError as exc:
+                if exc.response is None or exc.response.get("error") != "thread_not_found":
+                    raise
+                raw, pages = [parent], 1  # deleted since history listed it
             tally.replies_pages += pages
         else:
             raw = [parent]
