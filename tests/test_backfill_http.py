@@ -217,6 +217,11 @@ def test_backfill_killed_half_way_resumes_to_the_same_examples(env):
     posts = [m for m in slack.bot_posts() if m["channel"] == CHANNEL]
     assert len(posts) == 1 and "finished" in posts[0]["text"], posts
     assert f"{summary['curated']} new example" in posts[0]["text"]
+    # kept up to date, paced: between the first and the last, at most one update per 2 s
+    # (plus the one a resumed run makes at once)
+    updates = [c["time"] for c in slack.calls("chat.update", since=start)]
+    assert len(updates) >= 2
+    assert len(updates) <= (updates[-1] - updates[0]) / 2 + 3
 
     # idempotent with itself: a third run finds everything in place and changes nothing
     third = cli(env, CHANNEL, "--json", "--no-message")
