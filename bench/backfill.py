@@ -118,7 +118,8 @@ def main() -> int:
     for r in rows:
         print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
     print("calls: conversations.history + conversations.replies made; minimum: history pages + "
-          "the pages of each thread with replies; other: conversations.info, the progress message")
+          "the pages of each thread with replies;\nother: conversations.info (the bench posts no "
+          "progress message)")
     print(json.dumps({"bench": "backfill", "threads": args.threads, "runs": rows,
                       "at_minimum": all(r["read_calls"] == r["minimum_calls"] for r in rows)}))
     return 0

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 
 from bot.blocks.backfill import backfill_blocks, progress_text, summary_text
 from bot.curation import CurationService
-from bot.slack_api import as_thread, explain, thread_messages
+from bot.slack_api import SLACK_ERRORS, as_thread, explain, thread_messages
 from engine.backfill import HISTORY_PAGE, REPLIES_PAGE, Tally, fraction_read, marks, oldest_ts
 from engine.curation import ExampleDraft, Refusal
 from engine.jobs.progress import Throttle
@@ -188,6 +188,8 @@ class Backfill:
             info = self.client.conversations_info(channel=channel)["channel"]
         except SlackApiError as exc:
             raise BackfillRefused(f"I can't read <#{channel}>: {explain(exc)}") from None
+        if info.get("is_member") is False:  # history would answer not_in_channel
+            raise BackfillRefused(f"I can't read <#{channel}>: {SLACK_ERRORS['not_in_channel']}")
         return float(info.get("created") or 0), bool(info.get("is_private", True))
 
     def _claim(

@@ -301,3 +301,18 @@ def test_a_bot_killed_during_a_slash_backfill_goes_on_with_it_when_restarted(
         assert len(posts) == 1 and f"Backfill of <#{CHANNEL}> finished" in posts[0]["text"]
         assert f"{len(expected)} new examples" in posts[0]["text"]
         env.db.dispose()
+
+
+def test_the_command_line_says_what_is_wrong_in_one_sentence(env):
+    env.slack.add_channel("COUT", "outside", bot_member=False)
+    outside = cli(env, "COUT")
+    out, err = outside.communicate(timeout=120)
+    assert outside.returncode == 1 and "Traceback" not in err
+    assert err.strip() == (
+        "threadtune: I can't read COUT: I'm not a member of that channel: invite me to it "
+        "with /invite."
+    )
+    assert progress(env, "COUT") is None  # refused before it started
+    wrong = cli(env, "#general")
+    out, err = wrong.communicate(timeout=120)
+    assert wrong.returncode == 2 and "is not a channel id" in err and "Traceback" not in err
