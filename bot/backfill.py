@@ -205,6 +205,7 @@ class Backfill:
             oldest = oldest_ts(days, utcnow())
         except ValueError:
             raise BackfillRefused("days must be a number of days above 0.") from None
+        log.info("backfill of %s: claiming as %s", channel, self.owner)
         with session_scope(self.db) as session:
             retrieval.record_channel(session=session, channel=channel, private=private)
             claimed = bq.claim_backfill(
@@ -341,6 +342,7 @@ class Backfill:
             and set(curators) <= set(q.curators_of(session=session, example_id=existing.id))
         ):
             tally.already += 1  # curated live, or by an earlier run: nothing to write
+            log.info("backfill: %s/%s is already an example", item.channel, item.message_ts)
             return False
         created = False
         try:
@@ -354,6 +356,7 @@ class Backfill:
             tally.curated += 1
         else:
             tally.already += 1
+            log.info("backfill: %s/%s was already an example", item.channel, item.message_ts)
         return True
 
     # -- Slack calls, rate limits ------------------------------------------------------------

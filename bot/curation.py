@@ -188,10 +188,6 @@ class CurationService:
             redact=self.redact,
         )
 
-    def channel_private(self, channel: str) -> bool | None:
-        """Whether ``channel`` is private, as Slack says (None: Slack could not say)."""
-        return self._channel_private(channel)
-
     def lock(self, channel: str) -> threading.Lock:
         """The lock that orders the changes to one channel's examples (one per channel stripe)."""
         return self._lock(channel)
