@@ -12,10 +12,12 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from bot.payloads import MessageChange, Reaction
 from bot.slack_api import explain, fetch_thread
@@ -72,6 +74,17 @@ class CurationRules:
     reject_emoji: str
     ack_emoji: str
     min_answer_chars: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CurationRules:
+        """The rules ``bot.settings.Settings`` sets (CURATORS, the emoji, MIN_ANSWER_CHARS)."""
+        return cls(
+            curators=frozenset(settings.curators),
+            curate_emoji=settings.curate_emoji,
+            reject_emoji=settings.reject_emoji,
+            ack_emoji=settings.ack_emoji,
+            min_answer_chars=settings.min_answer_chars,
+        )
 
 
 def default_redactor() -> Callable:
@@ -137,7 +150,7 @@ class CurationService:
         with self._lock(reaction.channel):
             if reaction.name == self.rules.curate_emoji:
                 try:
-                    draft = self._ask_answer(reaction)
+                    draft = self.ask_answer_draft(reaction.channel, reaction.ts)
                 except Refusal as refusal:
                     return self._refuse(reaction, refusal, None)
                 if draft is not None:
@@ -152,23 +165,34 @@ class CurationService:
 
     def _curate(self, reaction: Reaction, thread_ts: str | None, thread: list[SlackMessage]) -> str:
         try:
-            if thread_ts is None:
-                raise Refusal(
-                    "not_in_thread",
-                    "That message isn't in a thread: I learn from answers given as thread replies.",
-                )
-            draft = build_example(
-                reaction.channel,
-                thread,
-                reaction.ts,
-                min_answer_chars=self.rules.min_answer_chars,
-                redact=self.redact,
-            )
+            draft = self.draft(reaction.channel, thread_ts, thread, reaction.ts)
         except Refusal as refusal:
             return self._refuse(reaction, refusal, thread_ts)
         return self._store(reaction, draft, thread_ts)
 
-    def _ask_answer(self, reaction: Reaction) -> ExampleDraft | None:
+    def draft(
+        self, channel: str, thread_ts: str | None, thread: list[SlackMessage], reacted_ts: str
+    ) -> ExampleDraft:
+        """The example a curate emoji on ``reacted_ts`` makes of ``thread`` (parent first;
+        ``thread_ts`` None: a message outside any thread). Raises :class:`Refusal`."""
+        if thread_ts is None:
+            raise Refusal(
+                "not_in_thread",
+                "That message isn't in a thread: I learn from answers given as thread replies.",
+            )
+        return build_example(
+            channel,
+            thread,
+            reacted_ts,
+            min_answer_chars=self.rules.min_answer_chars,
+            redact=self.redact,
+        )
+
+    def lock(self, channel: str) -> threading.Lock:
+        """The lock that orders the changes to one channel's examples (one per channel stripe)."""
+        return self._lock(channel)
+
+    def ask_answer_draft(self, channel: str, ts: str) -> ExampleDraft | None:
         """The one exception to "only people's answers are curated": the bot's own ``/ask``
         answer, recognised by its audit row (channel + message ts, written only by the bot). The
         message quotes the question, so it stands alone as an example: the asked question as the
@@ -177,7 +201,7 @@ class CurationService:
         from storage.registry import ask_for_message
 
         with session_scope(self.db) as session:
-            row = ask_for_message(session=session, channel=reaction.channel, message_ts=reaction.ts)
+            row = ask_for_message(session=session, channel=channel, message_ts=ts)
             if row is None or row.error or not row.answer.strip() or not row.question.strip():
                 return None
             messages = [
@@ -192,9 +216,9 @@ class CurationService:
                 f"characters; at least {self.rules.min_answer_chars} are needed).",
             )
         return ExampleDraft(
-            channel=reaction.channel,
-            thread_ts=reaction.ts,
-            message_ts=reaction.ts,
+            channel=channel,
+            thread_ts=ts,
+            message_ts=ts,
             answer_user=f"model:{model}"[:32],
             messages=messages,
         )
@@ -208,29 +232,12 @@ class CurationService:
                 return "duplicate_event"
             if private is not None:
                 retrieval.record_channel(session=session, channel=reaction.channel, private=private)
-            if q.is_excluded(session=session, channel=reaction.channel, thread_ts=draft.thread_ts):
-                refusal = Refusal(
-                    "excluded",
-                    "That thread was excluded by a curator with the reject emoji, "
-                    "so it can't become an example.",
-                )
-            elif dup := q.find_duplicate(
-                session=session,
-                content_hash=draft.content_hash,
-                channel=draft.channel,
-                message_ts=draft.message_ts,
-            ):
-                refusal = Refusal(
-                    "duplicate",
-                    "This conversation is already an example "
-                    f"(from the thread {dup.channel}/{dup.thread_ts}).",
-                )
+            try:
+                example_id, created = self.save_draft(session, draft, reaction.user)
+            except Refusal as refused:
+                refusal: Refusal | None = refused
             else:
                 refusal = None
-                example, created = q.save_example(
-                    session=session, fields=self._fields(draft), curator=reaction.user
-                )
-                example_id = example.id
         if refusal is not None:
             return self._refuse(reaction, refusal, thread_ts, claimed=True)
         if created:
@@ -243,6 +250,32 @@ class CurationService:
             reaction.user,
         )
         return "accepted" if created else "curator_added"
+
+    def save_draft(self, session: Session, draft: ExampleDraft, curator: str) -> tuple[int, bool]:
+        """Store ``draft`` as ``curator``'s example in the caller's transaction: (example id,
+        whether this created or re-activated it). Raises :class:`Refusal` for an excluded
+        thread or a conversation that is already another message's example."""
+        if q.is_excluded(session=session, channel=draft.channel, thread_ts=draft.thread_ts):
+            raise Refusal(
+                "excluded",
+                "That thread was excluded by a curator with the reject emoji, "
+                "so it can't become an example.",
+            )
+        if dup := q.find_duplicate(
+            session=session,
+            content_hash=draft.content_hash,
+            channel=draft.channel,
+            message_ts=draft.message_ts,
+        ):
+            raise Refusal(
+                "duplicate",
+                "This conversation is already an example "
+                f"(from the thread {dup.channel}/{dup.thread_ts}).",
+            )
+        example, created = q.save_example(session=session, fields=self._fields(draft),
+                                          curator=curator)
+        assert example.id is not None  # flushed by save_example
+        return example.id, created
 
     def _reject(self, reaction: Reaction, thread_ts: str) -> str:
         with session_scope(self.db) as session:
@@ -514,6 +547,10 @@ class CurationService:
             log.warning(
                 "could not tell %s in %s: %s", reaction.user, reaction.channel, explain(exc)
             )
+
+    def react(self, channel: str, ts: str, *, add: bool) -> None:
+        """Add (or remove) the acknowledgement emoji on a curated message."""
+        self._react(channel, ts, add=add)
 
     def _react(self, channel: str, ts: str, *, add: bool) -> None:
         try:

@@ -100,14 +100,7 @@ class Services:
     ) -> Services:
         """Every service on one :class:`Serving` (one copy of the base model per process) and one
         worker pool. ``answers`` replaces where A/B answers come from (tests)."""
-        rules = CurationRules(
-            curators=frozenset(settings.curators),
-            curate_emoji=settings.curate_emoji,
-            reject_emoji=settings.reject_emoji,
-            ack_emoji=settings.ack_emoji,
-            min_answer_chars=settings.min_answer_chars,
-        )
-        curation = CurationService(db, client, rules)
+        curation = CurationService(db, client, CurationRules.from_settings(settings))
         work = Workers(settings.work_threads, "work")
         serving = Serving(settings, db)
         config = AskConfig.from_settings(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from slack_sdk import WebClient
@@ -113,19 +114,33 @@ def fetch_thread(client: WebClient, channel: str, ts: str) -> tuple[str | None, 
     if thread_ts == ts and not first.get("has_more"):
         raw = list(messages)
     else:
-        raw = []
-        cursor = None
-        while True:
-            page = client.conversations_replies(
-                channel=channel, ts=thread_ts, limit=200, cursor=cursor
-            )
-            raw.extend(page.get("messages") or [])
-            cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not page.get("has_more") or not cursor:
-                break
+        raw, _ = thread_messages(client.conversations_replies, channel, thread_ts, limit=200)
+    return thread_ts, as_thread(raw, thread_ts)
+
+
+def as_thread(raw: list[dict[str, Any]], thread_ts: str) -> list[SlackMessage]:
+    """Raw messages of one thread → the curation rules' messages: parent first, then the replies
+    in order, each once (pages may overlap)."""
     seen: dict[str, SlackMessage] = {}
     for item in raw:
         message = SlackMessage.from_api(item)
         seen.setdefault(message.ts, message)
-    ordered = sorted(seen.values(), key=lambda m: (m.ts != thread_ts, float(m.ts)))
-    return thread_ts, ordered
+    return sorted(seen.values(), key=lambda m: (m.ts != thread_ts, float(m.ts)))
+
+
+def thread_messages(
+    replies: Callable[..., Any], channel: str, thread_ts: str, *, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Every message of the thread ``thread_ts`` as Slack returns them (with their
+    ``reactions``), parent first, following ``next_cursor`` through all pages; and how many
+    pages that took. ``replies`` is ``client.conversations_replies`` or a wrapper of it."""
+    raw: list[dict[str, Any]] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = replies(channel=channel, ts=thread_ts, limit=limit, cursor=cursor)
+        pages += 1
+        raw.extend(page.get("messages") or [])
+        cursor = (page.get("response_metadata") or {}).get("next_cursor")
+        if not page.get("has_more") or not cursor:
+            return raw, pages

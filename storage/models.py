@@ -366,3 +366,36 @@ class ChannelVisibility(SQLModel, table=True):
     channel: str = Field(primary_key=True, max_length=32)
     private: bool
     checked_at: datetime = _ts()
+
+
+# --- Backfill from channel history (issue 14) ----------------------------------------------------
+
+
+class BackfillProgress(SQLModel, table=True):
+    """Where the backfill of one channel's history stands, so that a run killed half-way resumes
+    where it stopped: the ``conversations.history`` page being read (``cursor``; "" = the first)
+    and the last thread of that page already applied (``page_done_ts``; history runs newest
+    first). ``counts`` is committed with each thread's examples, so a resumed run's summary is
+    the one an uninterrupted run would give. One row per channel: a finished run is replaced by
+    the next. ``lease_owner`` is the process running it (``host:pid``) until ``lease_expires_at``.
+    """
+
+    __tablename__ = "backfill_progress"
+
+    channel: str = Field(primary_key=True, max_length=32)
+    state: str = Field(default="running", max_length=16)  # running | done | failed
+    oldest: str = Field(default="", max_length=32)  # history from this ts on; "" = all of it
+    cursor: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    page_done_ts: str = Field(default="", max_length=32)
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    requested_by: str = Field(default="", max_length=32)
+    report_channel: str = Field(default="", max_length=32)  # the progress message in Slack
+    report_ts: str = Field(default="", max_length=32)
+    lease_owner: str = Field(default="", max_length=128)
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True))
+    )
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    started_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))

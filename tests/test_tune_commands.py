@@ -15,9 +15,9 @@ from bot.payloads import Command
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: DESIGN.md, "Slack surface": the `/tune` subcommands, in this order
-DESIGN = ["status", "dataset", "train", "jobs", "cancel", "eval", "ab", "models", "deploy",
-          "rollback", "help"]
+#: DESIGN.md, "Slack surface": the `/tune` subcommands, in this order (and `backfill`, issue 14)
+DESIGN = ["status", "dataset", "backfill", "train", "jobs", "cancel", "eval", "ab", "models",
+          "deploy", "rollback", "help"]
 
 HELP_TEXT = """\
 *threadtune* turns your team's best Slack answers into its own model.
@@ -25,6 +25,7 @@ Curators mark a good answer in a thread with :white_check_mark:; :no_entry: excl
 
 `/tune status` — what threadtune is doing now
 `/tune dataset [build]` — curated examples and readiness; `build` makes a snapshot
+`/tune backfill [#channel] [days=N]` — curate from the emoji in a channel's history _(admins)_
 `/tune train [key=value …]` — queue a fine-tuning job on the latest snapshot _(admins)_
 `/tune jobs` — recent training jobs
 `/tune cancel <job>` — cancel a queued or running job _(admins)_
@@ -99,7 +100,8 @@ def test_help_blocks_is_a_pure_builder_over_the_rows_it_is_given():
 
 
 def test_admin_only_list_covers_every_guarded_row():
-    assert ADMIN_ONLY == ["train", "cancel", "eval", "ab", "deploy", "rollback", "dataset build"]
+    assert ADMIN_ONLY == ["backfill", "train", "cancel", "eval", "ab", "deploy", "rollback",
+                          "dataset build"]
 
 
 @pytest.mark.parametrize("text", ADMIN_ONLY)

@@ -34,6 +34,7 @@ def _optional_areas() -> list:
         "audit",
         "index",
         "ask",
+        "backfill",
     ]
     found = []
     for name in names:

@@ -14,6 +14,7 @@ import threading
 from slack_bolt import App
 
 from bot.app import create_app
+from bot.backfill import resume_unfinished
 from bot.cli.common import open_db
 from bot.home import refresh_all
 from bot.logs import install_redaction
@@ -48,6 +49,8 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
     services.scheduler.every("index-sync", settings.index_sync_s, services.indexing.request)
     services.rounds.on_closed.append(lambda: refresh_all(services))
     services.serving.on_change(lambda: refresh_all(services))
+    # backfills started from Slack that a stopped or killed bot left half-way go on
+    resume_unfinished(services.db, services.client, services.curation)
     if not settings.threadtune_encryption_key:
         log.warning("THREADTUNE_ENCRYPTION_KEY is not set: adapters are stored in clear")
     if not settings.curators:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot.blocks.help import help_blocks
-from bot.commands import tune_ab, tune_dataset, tune_deploy, tune_eval, tune_train
+from bot.commands import (
+    tune_ab,
+    tune_backfill,
+    tune_dataset,
+    tune_deploy,
+    tune_eval,
+    tune_train,
+)
 from bot.payloads import Command
 from bot.services import Services
 
@@ -59,6 +66,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("status", tune_dataset.status, "", "what threadtune is doing now"),
     Subcommand("dataset", tune_dataset.dataset, "[build]",
                "curated examples and readiness; `build` makes a snapshot", admin_words=("build",)),
+    Subcommand("backfill", tune_backfill.backfill, "[#channel] [days=N]",
+               "curate from the emoji in a channel's history", admin_only=True),
     Subcommand("train", tune_train.train, "[key=value …]",
                "queue a fine-tuning job on the latest snapshot", admin_only=True),
     Subcommand("jobs", tune_train.jobs, "", "recent training jobs"),

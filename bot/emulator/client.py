@@ -431,6 +431,34 @@ class Emulator:
     def clear_faults(self) -> None:
         self._call("clear_faults")
 
+    def rate_limit(
+        self,
+        method: str,
+        calls: int | None = None,
+        window_s: float = 60.0,
+        max_page: int | None = None,
+        per_channel: bool = False,
+    ) -> None:
+        """Rate-limit ``method`` as Slack does: beyond ``calls`` calls in ``window_s`` seconds
+        it answers HTTP 429 with ``Retry-After``; its pages hold at most ``max_page`` items
+        (Slack gives commercially distributed non-Marketplace apps 1 call a minute and 15
+        messages a page for conversations.history and .replies)."""
+        self._call(
+            "rate_limit", method=method, calls=calls, window_s=window_s, max_page=max_page,
+            per_channel=per_channel,
+        )  # fmt: skip
+
+    def rate_tiers(self, enabled: bool = True) -> None:
+        """Slack's published rate-limit tiers for every method (off by default)."""
+        self._call("rate_tiers", enabled=enabled)
+
+    def clear_rate_limits(self) -> None:
+        self._call("clear_rate_limits")
+
+    def rate_limited(self) -> dict[str, int]:
+        """Calls answered 429 by the rate limits so far, by method."""
+        return self._call("rate_limited")
+
     # -- inspection ----------------------------------------------------------------------------
 
     def messages(self, channel: str, thread_ts: str | None = None) -> list[JSON]:

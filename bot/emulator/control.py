@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .delivery import Deliverer
+from .ratelimits import RateLimits
 from .state import JSON, Message, SlackError, Workspace
 from .webapi import changed_event, deleted_event, reaction_event
 
@@ -51,7 +52,8 @@ class Controller:
         "clear_faults", "wait_idle", "messages", "ephemerals", "reactions", "bot_posts",
         "calls", "home_view", "view", "uploaded_files", "events", "deliveries", "info",
         "dm", "post_dm", "open_assistant_thread", "change_assistant_context", "thread_state",
-        "scopes", "set_scopes", "grant", "revoke",
+        "scopes", "set_scopes", "grant", "revoke", "rate_limit", "rate_tiers",
+        "clear_rate_limits", "rate_limited",
     )  # fmt: skip
 
     def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
@@ -62,6 +64,33 @@ class Controller:
         self.faults: dict[str, deque[Fault]] = {}
         self.transcript: list[JSON] = []
         self.response_urls: dict[str, ResponseUrl] = {}
+        self.limits = RateLimits()
+
+    # -- rate limits (off until a test asks) ---------------------------------------------------
+
+    def rate_limit(
+        self,
+        method: str,
+        calls: int | None = None,
+        window_s: float = 60.0,
+        max_page: int | None = None,
+        per_channel: bool = False,
+    ) -> JSON:
+        """At most ``calls`` calls of ``method`` per ``window_s`` seconds (more answer HTTP 429
+        with ``Retry-After``), pages of at most ``max_page`` items."""
+        return self.limits.limit(method, calls, window_s, max_page, per_channel)
+
+    def rate_tiers(self, enabled: bool = True) -> JSON:
+        """Slack's published tiers for every method."""
+        return self.limits.tiers(enabled)
+
+    def clear_rate_limits(self) -> JSON:
+        return self.limits.clear()
+
+    def rate_limited(self) -> JSON:
+        """How many calls of each method were answered 429 by the rate limits."""
+        with self.limits._lock:  # noqa: SLF001 — the emulator's own object
+            return dict(self.limits.refused)
 
     # -- setup ---------------------------------------------------------------------------------
 

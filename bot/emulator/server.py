@@ -133,6 +133,16 @@ class EmulatorServer:
                 "x-oauth-scopes": ",".join(self.workspace.scopes),
                 "x-accepted-oauth-scopes": accepted_header(method),
             }
+            limits = self.controller.limits
+            retry_after = limits.take(method, str(args.get("channel") or ""))
+            if retry_after is not None:
+                status, body = 429, {"ok": False, "error": "ratelimited"}
+                headers["Retry-After"] = str(retry_after)
+                entry.update(status=status, ok=False, error="ratelimited")
+                return status, body, headers
+            if (page := limits.max_page(method)) is not None:
+                asked = str(args.get("limit") or "")
+                args["limit"] = str(min(int(asked), page) if asked.isdigit() else page)
             try:
                 if method in METHODS:
                     check(method, args, self.workspace)  # before anything else, as Slack does

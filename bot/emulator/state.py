@@ -634,13 +634,31 @@ class Workspace:
     # -- reading -------------------------------------------------------------------------------
 
     def history(
-        self, channel_id: str, *, start_ts: str | None, limit: int, include_metadata: bool = False
+        self,
+        channel_id: str,
+        *,
+        start_ts: str | None,
+        limit: int,
+        include_metadata: bool = False,
+        oldest: str | None = None,
+        latest: str | None = None,
+        inclusive: bool = False,
     ) -> tuple[list[JSON], str | None]:
         """Top-level messages, newest first, from ``start_ts`` down; and where the next page
-        starts."""
+        starts. ``oldest`` / ``latest`` bound the time range (exclusive unless ``inclusive``)."""
         with self.lock:
             channel = self.channel(channel_id, need_member=self.bot.id)
             newest_first = list(reversed(channel.timeline))
+            if oldest:
+                newest_first = [
+                    t for t in newest_first
+                    if _ts_key(t) > _ts_key(oldest) or (inclusive and t == oldest)
+                ]  # fmt: skip
+            if latest:
+                newest_first = [
+                    t for t in newest_first
+                    if _ts_key(t) < _ts_key(latest) or (inclusive and t == latest)
+                ]  # fmt: skip
             if start_ts:
                 newest_first = [ts for ts in newest_first if _ts_key(ts) <= _ts_key(start_ts)]
             page, rest = newest_first[:limit], newest_first[limit:]

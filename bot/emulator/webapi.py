@@ -316,6 +316,9 @@ def conversations_history(api: WebApi, args: JSON) -> JSON:
         start_ts=decode_cursor(_opt(args, "cursor")),
         limit=_limit(args, 100),
         include_metadata=_flag(args, "include_all_metadata"),
+        oldest=_opt(args, "oldest"),
+        latest=_opt(args, "latest"),
+        inclusive=_flag(args, "inclusive"),
     )
     return {
         "messages": messages,
