@@ -46,6 +46,8 @@ class RawApp:
         self.thread.daemon = True
         self.thread.start()
         assert self.ready.wait(10), "no connection"
+        # the emulator counts the connection once it has said hello
+        Emulator.wait_for(lambda: any(f.get("type") == "hello" for f in self.frames), 5)
 
     async def _run(self) -> None:
         async with (

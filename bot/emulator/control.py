@@ -57,6 +57,8 @@ class Controller:
     def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
         self.ws = workspace
         self.deliverer = deliverer
+        assert deliverer.socket is not None
+        self.socket = deliverer.socket  # the app's Socket Mode side
         self._base_url = base_url  # callable: the server's http://host:port
         self.lock = threading.Lock()
         self.faults: dict[str, deque[Fault]] = {}
@@ -78,7 +80,7 @@ class Controller:
             "events_url": self.deliverer.events_url,
             "scopes": list(ws.scopes),
             "socket_mode": self.deliverer.socket_mode,
-            "app_token": self.deliverer.socket.app_token,
+            "app_token": self.socket.app_token,
         }
 
     # -- OAuth scopes (what the bot token was granted) -----------------------------------------
@@ -476,26 +478,26 @@ class Controller:
 
     def socket_status(self) -> JSON:
         """Open connections, events queued for the app, whether new ones are refused, history."""
-        return self.deliverer.socket.status()
+        return self.socket.status()
 
     def socket_disconnect(
         self, reason: str = "refresh_requested", close_after_s: float = 1.0
     ) -> int:
         """Send ``{"type": "disconnect", "reason": reason}`` (Slack rotating a connection)."""
-        return self.deliverer.socket.disconnect(reason, close_after_s)
+        return self.socket.disconnect(reason, close_after_s)
 
     def socket_drop(self, refuse: bool = False) -> int:
         """Close the app's connections at once; with ``refuse`` it cannot reconnect."""
-        return self.deliverer.socket.drop(refuse)
+        return self.socket.drop(refuse)
 
     def socket_allow(self) -> JSON:
         """Let the app connect again after ``socket_drop(refuse=True)``."""
-        self.deliverer.socket.allow()
+        self.socket.allow()
         return self.socket_status()
 
     def lose_acks(self, count: int = 1) -> JSON:
         """The next ``count`` Socket Mode acks are lost: Slack sends those envelopes again."""
-        self.deliverer.socket.lose_acks(count)
+        self.socket.lose_acks(count)
         return self.socket_status()
 
     # -- faults and the transcript -------------------------------------------------------------

@@ -20,12 +20,15 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from slack_sdk.signature import SignatureVerifier
 
 from .state import JSON, Workspace
+
+if TYPE_CHECKING:  # socket_mode records this module's Delivery
+    from .socket_mode import SocketMode
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,9 @@ class Deliverer:
         interactivity_url: str | None = None,
         verification_token: str = "emulator-verification-token",
         timeout_s: float = ACK_TIMEOUT_S,
+        socket: SocketMode | None = None,
         socket_mode: bool = False,
     ) -> None:
-        from .socket_mode import SocketMode
-
         self.workspace = workspace
         self.events_url = events_url
         self.commands_url = commands_url or events_url
@@ -94,10 +96,10 @@ class Deliverer:
         self._idle = threading.Condition(self.lock)
         self._worker: threading.Thread | None = None
         # the app's Socket Mode side; deliveries go there instead of HTTP when ``socket_mode``
-        self.socket_mode = socket_mode
-        self.socket = SocketMode(
-            app_id=workspace.app_id, ack_timeout_s=timeout_s, record=self._record
-        )
+        self.socket_mode = socket_mode and socket is not None
+        self.socket = socket
+        if socket is not None:
+            socket.record = self._record
 
     def _record(self, delivery: Delivery) -> None:
         with self.lock:
@@ -146,7 +148,7 @@ class Deliverer:
         only matter over HTTP)."""
         with self.lock:
             self.envelopes.setdefault(envelope["event_id"], envelope)
-        if self.socket_mode:
+        if self.socket_mode and self.socket is not None:
             return self.socket.send(
                 "events_api",
                 envelope,
@@ -172,14 +174,14 @@ class Deliverer:
     def send_command(self, form: dict[str, str]) -> Delivery | None:
         """A slash command: the signed form POSTed to the commands URL, or in Socket Mode a
         ``slash_commands`` envelope with the form's fields as its payload."""
-        if self.socket_mode:
+        if self.socket_mode and self.socket is not None:
             return self.socket.send("slash_commands", dict(form))
         return self.send_form(self.commands_url, form)
 
     def send_interaction(self, payload: JSON) -> Delivery | None:
         """A block action or view submission: ``payload=<json>`` POSTed to the interactivity
         URL, or in Socket Mode an ``interactive`` envelope carrying the payload."""
-        if self.socket_mode:
+        if self.socket_mode and self.socket is not None:
             return self.socket.send("interactive", payload)
         return self.send_form(self.interactivity_url, {"payload": json.dumps(payload)})
 
@@ -270,7 +272,8 @@ class Deliverer:
         return True
 
     def close(self) -> None:
-        self.socket.stop()
+        if self.socket is not None:
+            self.socket.stop()
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join(timeout=5)

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .control import Controller
 from .delivery import ACK_TIMEOUT_S, Deliverer
 from .scopes import APP_TOKEN_METHODS, accepted_header, check, manifest_scopes
+from .socket_mode import SocketMode
 from .state import JSON, SlackError, Workspace
 from .webapi import METHODS, WebApi
 
@@ -76,8 +77,10 @@ class EmulatorServer:
             commands_url=commands_url,
             interactivity_url=interactivity_url,
             timeout_s=ack_timeout_s,
+            socket=SocketMode(app_id=self.workspace.app_id, ack_timeout_s=ack_timeout_s),
             socket_mode=socket_mode,
         )
+        self.socket = self.deliverer.socket
         self.controller = Controller(self.workspace, self.deliverer, lambda: self.url)
         # Slack tells the app about its own posts, edits and reactions; switchable for tests
         # that want a quiet event stream.
@@ -132,7 +135,7 @@ class EmulatorServer:
                 status, headers = 429, {"Retry-After": str(fault.retry_after)}
         elif method in APP_TOKEN_METHODS:  # the app-level token's methods (Socket Mode)
             try:
-                body = {"ok": True, "url": self.deliverer.socket.open_url(token)}
+                body = {"ok": True, "url": self.socket.open_url(token)}
             except SlackError as exc:
                 body = {"ok": False, "error": exc.code, **exc.extra}
                 if exc.code == "service_unavailable":

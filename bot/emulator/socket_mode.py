@@ -230,9 +230,9 @@ class SocketMode:
         waiting.done.set()
 
     def _newest(self) -> _Link | None:
-        with self.lock:
-            open_links = [link for link in self.links if not link.ws.closed]
-            return open_links[-1] if open_links else None
+        """The newest open connection (call with the lock held)."""
+        open_links = [link for link in self.links if not link.ws.closed]
+        return open_links[-1] if open_links else None
 
     # -- envelopes -----------------------------------------------------------------------------
 
@@ -256,11 +256,12 @@ class SocketMode:
         }
         if kind == "events_api":
             envelope.update(retry_attempt=retry_attempt, retry_reason=retry_reason)
-        link = self._newest()
+        with self.lock:  # looked at and queued at once: a connection opening now flushes it
+            link = self._newest()
+            if link is None and kind == "events_api":
+                self.queued.append((payload, retry_attempt))
         if link is None:
             if kind == "events_api":
-                with self.lock:
-                    self.queued.append((payload, retry_attempt))
                 error = "no Socket Mode connection open: queued until the app reconnects"
             else:
                 error = "no Socket Mode connection open: Slack shows the person dispatch_failed"
