@@ -101,6 +101,11 @@ class Deliverer:
         if socket is not None:
             socket.record = self._record
 
+    @property
+    def _socket(self) -> SocketMode | None:
+        """Where deliveries go instead of HTTP: the Socket Mode side, when the app uses it."""
+        return self.socket if self.socket_mode else None
+
     def _record(self, delivery: Delivery) -> None:
         with self.lock:
             self.deliveries.append(delivery)
@@ -148,8 +153,8 @@ class Deliverer:
         only matter over HTTP)."""
         with self.lock:
             self.envelopes.setdefault(envelope["event_id"], envelope)
-        if self.socket_mode and self.socket is not None:
-            return self.socket.send(
+        if (socket := self._socket) is not None:
+            return socket.send(
                 "events_api",
                 envelope,
                 retry_attempt=retry_num or 0,
@@ -174,15 +179,15 @@ class Deliverer:
     def send_command(self, form: dict[str, str]) -> Delivery | None:
         """A slash command: the signed form POSTed to the commands URL, or in Socket Mode a
         ``slash_commands`` envelope with the form's fields as its payload."""
-        if self.socket_mode and self.socket is not None:
-            return self.socket.send("slash_commands", dict(form))
+        if (socket := self._socket) is not None:
+            return socket.send("slash_commands", dict(form))
         return self.send_form(self.commands_url, form)
 
     def send_interaction(self, payload: JSON) -> Delivery | None:
         """A block action or view submission: ``payload=<json>`` POSTed to the interactivity
         URL, or in Socket Mode an ``interactive`` envelope carrying the payload."""
-        if self.socket_mode and self.socket is not None:
-            return self.socket.send("interactive", payload)
+        if (socket := self._socket) is not None:
+            return socket.send("interactive", payload)
         return self.send_form(self.interactivity_url, {"payload": json.dumps(payload)})
 
     def send_form(self, url: str | None, form: dict[str, str]) -> Delivery | None:
