@@ -132,7 +132,17 @@ def test_ask_is_answered_over_socket_mode(env):
         lambda: len(got := answers(env)) > before and got[before], 180, "the answer", env.log
     )
     assert sections_of(message)[0].startswith("<@UASK> asked:")
-    assert scrape_metric(env.port, "threadtune_ask_requests_total", surface="slash") >= 1
+    wait_until(  # counted once the answer is posted, on HEALTH_PORT's /metrics
+        lambda: (
+            scrape_metric(
+                env.port, "threadtune_ask_requests_total", outcome="answered", surface="slash"
+            )
+            == 1
+        ),
+        15,
+        "the answered /ask in /metrics",
+        env.log,
+    )
 
 
 # -- interactivity: an A/B vote and a modal -------------------------------------------------------
