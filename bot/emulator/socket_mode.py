@@ -330,7 +330,10 @@ class SocketMode:
             links = list(self.links)
             self.history.append({"event": f"disconnect:{reason}", "time": time.time()})
         for link in links:
-            self._run(link.ws.send_str(message))
+            try:
+                self._run(link.ws.send_str(message))
+            except Exception:  # noqa: BLE001 (it closed meanwhile: nothing to tell it)
+                log.debug("a disconnect message found its connection closed", exc_info=True)
         if reason == "refresh_requested":
 
             def close_later() -> None:
