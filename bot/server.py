@@ -2,13 +2,19 @@
 
 ``GET /metrics`` is Prometheus' text format (:mod:`bot.metrics`). It carries counts, not content,
 and sits beside the signed Slack endpoint as ``/healthz`` does: keep the port off the public
-internet or put the scrape behind the reverse proxy's own access rule, as for any exporter."""
+internet or put the scrape behind the reverse proxy's own access rule, as for any exporter.
+
+In Socket Mode Slack's requests come over the bot's own WebSocket, and a small HTTP server on
+``HEALTH_PORT`` keeps ``/healthz`` and ``/metrics``: there ``/healthz`` also answers 503 once the
+connection to Slack has been down (reconnecting) longer than ``SOCKET_MODE_GRACE_S``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import uvicorn
@@ -108,6 +114,13 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
     )
 
 
+def _uvicorn(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+    return uvicorn.Server(config)
+
+
 def serve_http(
     bolt: App,
     db: Engine,
@@ -118,15 +131,7 @@ def serve_http(
     stop: threading.Event | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or forever without one); returns once the server has closed."""
-    config = uvicorn.Config(
-        http_app(bolt, db, signing_secret),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
+    server = _uvicorn(http_app(bolt, db, signing_secret), host, port)
     log.info("threadtune listening on http://%s:%d/slack/events", host, port)
     if stop is None:
         server.run()
@@ -142,14 +147,139 @@ def serve_http(
     thread.join()
 
 
-def serve_socket_mode(bolt: App, app_token: str, stop: threading.Event | None = None) -> None:
-    """Connect over Socket Mode until ``stop`` is set (or forever without one)."""
+class SocketLink:
+    """Whether the Socket Mode connection to Slack is up, and since when it has been down.
+
+    :meth:`poll` (called twice a second while serving) notes each change and logs it; a link that
+    has been down longer than ``grace_s`` is a problem for ``/healthz``. Down from the start until
+    the first connection."""
+
+    def __init__(
+        self,
+        connected: Callable[[], bool],
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connected, self.grace_s, self.clock = connected, grace_s, clock
+        self.lock = threading.Lock()
+        self.down_since: float | None = clock()
+        self.ever_up = False
+
+    def poll(self) -> bool:
+        """Look at the connection now; True when it is up."""
+        up = bool(self.connected())
+        with self.lock:
+            if up and self.down_since is not None:
+                log.info("Socket Mode: connected to Slack")
+                self.down_since, self.ever_up = None, True
+            elif not up and self.down_since is None:
+                log.warning("Socket Mode: the connection to Slack is down; reconnecting")
+                self.down_since = self.clock()
+        return up
+
+    def state(self) -> dict:
+        """``connected`` and, while down, ``down_s``; ``problem``: a sentence once down for
+        longer than the grace period, else None."""
+        up = self.poll()
+        with self.lock:
+            down_s = 0.0 if self.down_since is None else self.clock() - self.down_since
+            ever_up = self.ever_up
+        state: dict = {"connected": up, "problem": None}
+        if not up:
+            state["down_s"] = round(down_s, 1)
+            if down_s > self.grace_s:
+                what = "has been down" if ever_up else "has not been established"
+                state["problem"] = (
+                    f"the Socket Mode connection to Slack {what} for {down_s:.0f} s (more than "
+                    f"SOCKET_MODE_GRACE_S={self.grace_s:g}): Slack's events, commands and "
+                    "clicks are not reaching the bot"
+                )
+        return state
+
+
+def health_app(bolt: App, db: Engine, link: SocketLink) -> Starlette:
+    """``/healthz`` and ``/metrics`` for Socket Mode: HTTP mode's endpoints (database check,
+    metrics), with the state of the Socket Mode connection added to ``/healthz``."""
+    endpoints = {
+        route.path: route.endpoint  # type: ignore[attr-defined]
+        # its /slack/events is dropped: in Socket Mode no request is signed
+        for route in http_app(bolt, db, signing_secret="socket-mode").routes
+    }
+    database_health = endpoints["/healthz"]
+
+    async def healthz(request: Request) -> Response:
+        answer = await database_health(request)
+        if answer.status_code != 200:
+            return answer  # the database is down: that sentence comes first
+        state = link.state()
+        if state["problem"]:
+            return JSONResponse(
+                {"ok": False, "error": state.pop("problem"), "socket_mode": state},
+                status_code=503,
+            )
+        state.pop("problem")
+        return JSONResponse({"ok": True, "socket_mode": state})
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", endpoints["/metrics"], methods=["GET"]),
+        ]
+    )
+
+
+SOCKET_PING_S = 5.0  # the client pings Slack this often and reconnects a link that went quiet
+CONNECT_RETRY_S = 5.0  # before the first connection, how often to try again
+
+
+def serve_socket_mode(
+    bolt: App,
+    app_token: str,
+    stop: threading.Event | None = None,
+    *,
+    db: Engine | None = None,
+    host: str = "127.0.0.1",
+    health_port: int = 0,
+    grace_s: float = 30.0,
+) -> None:
+    """Connect over Socket Mode until ``stop`` is set (or forever without one), serving
+    ``/healthz`` and ``/metrics`` on ``host:health_port`` (none when 0 or without ``db``).
+
+    Once connected, slack_sdk's client reconnects by itself (a ``disconnect`` message from
+    Slack, a closed or silent connection); until the first connection this loop tries again
+    every few seconds, so a bot started during an outage comes up when Slack does."""
+    stop = stop or threading.Event()
+    handler = SocketModeHandler(bolt, app_token, ping_interval=SOCKET_PING_S)
+    link = SocketLink(handler.client.is_connected, grace_s)
+    server, thread = None, None
+    if db is not None and health_port:
+        server = _uvicorn(health_app(bolt, db, link), host, health_port)
+        thread = threading.Thread(target=server.run, name="health", daemon=True)
+        thread.start()
+        log.info("threadtune health and metrics on http://%s:%d/healthz", host, health_port)
     log.info("threadtune connecting to Slack in Socket Mode")
-    handler = SocketModeHandler(bolt, app_token)
-    if stop is None:
-        handler.start()
-        return
-    handler.connect()
+    connected, next_try = _connect(handler), time.monotonic() + CONNECT_RETRY_S
     while not stop.wait(0.5):
-        pass
+        if thread is not None and not thread.is_alive():
+            break  # the health port was taken: uvicorn logged why
+        if not connected and time.monotonic() >= next_try:
+            connected, next_try = _connect(handler), time.monotonic() + CONNECT_RETRY_S
+        link.poll()
     handler.close()
+    if server is not None and thread is not None:
+        server.should_exit = True
+        thread.join()
+
+
+def _connect(handler: SocketModeHandler) -> bool:
+    try:
+        handler.connect()
+    except Exception as exc:  # noqa: BLE001 (Slack unreachable, or refusing: try again)
+        log.warning(
+            "Socket Mode: could not connect to Slack (%s: %s); trying again in %g s",
+            type(exc).__name__,
+            exc,
+            CONNECT_RETRY_S,
+        )
+        return False
+    return True

@@ -138,6 +138,20 @@ class Settings(BaseSettings):
         description="Seconds between the bot's checks that the index of curated examples is in "
         "step with the database (imports, other processes); curation in Slack updates it at once.",
     )
+    health_port: int = Field(
+        3000,
+        ge=0,
+        le=65535,
+        description="Socket Mode: port of the bot's small HTTP server for GET /healthz and "
+        "GET /metrics (on serve's --host); 0 = none. In HTTP mode they sit beside "
+        "/slack/events on --port.",
+    )
+    socket_mode_grace_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="Socket Mode: seconds the connection to Slack may be down (reconnecting) "
+        "before /healthz answers 503.",
+    )
     shutdown_grace_s: float = Field(
         20.0,
         ge=0.0,

@@ -1,4 +1,6 @@
-"""Run a real ``threadtune serve`` process against a real emulator, for HTTP tests."""
+"""Run a real ``threadtune serve`` process against a real emulator, over HTTP (signed requests to
+``/slack/events``) or in Socket Mode (``socket_mode=True``: the bot connects to the emulator's
+WebSocket with the app-level token and serves ``/healthz`` and ``/metrics`` on HEALTH_PORT)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,20 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
 
 
 @contextmanager
-def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_extra: str):
+def running_bot(
+    emulator: Emulator,
+    port: int,
+    home: Path,
+    db_url: str,
+    *,
+    socket_mode: bool = False,
+    **env_extra: str,
+):
     """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
-    path)."""
+    path). With ``socket_mode`` the bot gets the emulator's app-level token, ``port`` serves only
+    ``/healthz`` and ``/metrics``, and this returns once its WebSocket is open."""
     log = home / "serve.log"
+    socket_env = {"SLACK_APP_TOKEN": emulator.app_token, "HEALTH_PORT": str(port)}
     env = {
         **os.environ,
         "SLACK_BOT_TOKEN": emulator.bot_token,
@@ -47,6 +59,7 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
         "CURATORS": ",".join(CURATORS),
         "ADMINS": ",".join(ADMINS),
         "PYTHONUNBUFFERED": "1",
+        **(socket_env if socket_mode else {}),
         **env_extra,
     }
     home.mkdir(parents=True, exist_ok=True)
@@ -61,6 +74,8 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
         )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
+        if socket_mode:
+            wait_until(lambda: emulator.socket_status()["connections"], 30, "socket open", log)
         yield proc, log
     finally:
         if proc.poll() is None:
@@ -73,16 +88,22 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
 
 
 @contextmanager
-def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
-    """An emulated workspace with people and a channel, and the bot serving it."""
+def workspace_with_bot(tmp: Path, db_url: str, *, socket_mode: bool = False, **env_extra: str):
+    """An emulated workspace with people and a channel, and the bot serving it (over HTTP, or
+    in Socket Mode with ``socket_mode``)."""
     port = free_port()
     with Emulator.start(
-        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+        events_url=None if socket_mode else f"http://127.0.0.1:{port}/slack/events",
+        signing_secret=SIGNING_SECRET,
+        socket_mode=socket_mode,
     ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel("CHELP", "help")
-        with running_bot(slack, port, tmp, db_url, **env_extra) as (proc, log):
+        with running_bot(slack, port, tmp, db_url, socket_mode=socket_mode, **env_extra) as (
+            proc,
+            log,
+        ):
             yield slack, proc, log, port
 
 

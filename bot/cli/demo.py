@@ -17,8 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="where to write the outputs"
     )
+    demo.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="the bot connects in Socket Mode (the emulator's WebSocket) instead of HTTP",
+    )
     demo.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    return Demo(settings, args.out, quick=args.quick).run()
+    return Demo(settings, args.out, quick=args.quick, socket_mode=args.socket_mode).run()

@@ -1,5 +1,7 @@
 """``threadtune serve``: the Slack bot (Socket Mode with SLACK_APP_TOKEN, else HTTP).
 
+In Socket Mode ``/healthz`` and ``/metrics`` are served on HEALTH_PORT (``--port`` is HTTP mode's).
+
 On SIGTERM (or Ctrl-C) the bot stops taking requests and new work, gives answers in progress
 SHUTDOWN_GRACE_S seconds to finish, marks the rest interrupted (message and audit row) and exits 0.
 """
@@ -29,7 +31,11 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the Slack bot and its scheduler")
-    serve.add_argument("--host", default="127.0.0.1", help="HTTP mode: address to listen on")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (HTTP mode: Slack's requests; Socket Mode: /healthz, /metrics)",
+    )
     serve.add_argument("--port", type=int, default=3000, help="HTTP mode: port (default 3000)")
     serve.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
@@ -74,7 +80,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if settings.socket_mode:
-        serve_socket_mode(bolt, settings.slack_app_token, stop)
+        serve_socket_mode(
+            bolt,
+            settings.slack_app_token,
+            stop,
+            db=services.db,
+            host=args.host,
+            health_port=settings.health_port,
+            grace_s=settings.socket_mode_grace_s,
+        )
     else:
         serve_http(
             bolt,

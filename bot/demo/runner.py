@@ -1,7 +1,8 @@
 """``threadtune demo``: the loop on this machine with no Slack account.
 
-A local Slack emulator with a seeded help channel, the bot serving it over real HTTP, simulated
-people asking and curators reacting; each step is narrated, and a transcript of every Slack call
+A local Slack emulator with a seeded help channel, the bot serving it over real HTTP (or in Socket
+Mode, over the emulator's WebSocket, with ``--socket-mode``), simulated people asking and curators
+reacting; each step is narrated, and a transcript of every Slack call
 the bot made lands in ``demo-out/``.
 """
 
@@ -22,7 +23,7 @@ from bot.cli.serve import build_runtime
 from bot.demo.content import load_workspace
 from bot.emulator import Emulator
 from bot.logs import install_redaction
-from bot.server import serve_http
+from bot.server import serve_http, serve_socket_mode
 from bot.settings import Settings
 from engine.net import free_port, wait_healthy
 from storage.db import session_scope
@@ -46,11 +47,18 @@ class Demo:
     """One run of the demo; ``run()`` returns 0 when every step did what it should."""
 
     def __init__(
-        self, settings: Settings, out: Path, *, quick: bool, console: Console | None = None
+        self,
+        settings: Settings,
+        out: Path,
+        *,
+        quick: bool,
+        socket_mode: bool = False,
+        console: Console | None = None,
     ):
         self.settings = settings
         self.out = out
         self.quick = quick
+        self.socket_mode = socket_mode
         self.console = console or Console()
         self.result = DemoResult()
 
@@ -72,12 +80,15 @@ class Demo:
         port = free_port()
         c = self.console
         c.rule("[bold]threadtune demo")
+        transport = "in Socket Mode" if self.socket_mode else "on HTTP"
         c.print(
-            "A local Slack workspace (the emulator), the bot on HTTP, SQLite, "
+            f"A local Slack workspace (the emulator), the bot {transport}, SQLite, "
             "SmolLM2-135M-Instruct — nothing leaves this machine.\n"
         )
         with Emulator.start(
-            events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+            events_url=None if self.socket_mode else f"http://127.0.0.1:{port}/slack/events",
+            signing_secret=SIGNING_SECRET,
+            socket_mode=self.socket_mode,
         ) as slack:
             curators = [u.id for u in workspace.users if u.role == "curator"]
             admins = [u.id for u in workspace.users if u.role == "admin"]
@@ -85,7 +96,8 @@ class Demo:
                 update={
                     "slack_bot_token": slack.bot_token,
                     "slack_signing_secret": SIGNING_SECRET,
-                    "slack_app_token": "",
+                    "slack_app_token": slack.app_token if self.socket_mode else "",
+                    "health_port": port,
                     "slack_api_url": slack.api_url,
                     "threadtune_home": home,
                     "database_url": f"sqlite:///{home / 'threadtune.db'}",
@@ -99,14 +111,31 @@ class Demo:
             install_redaction()
             services, bolt = build_runtime(settings)
             stop = threading.Event()
-            server = threading.Thread(
-                target=serve_http,
-                args=(bolt, services.db),
-                kwargs=dict(signing_secret=SIGNING_SECRET, host="127.0.0.1", port=port, stop=stop),
-                daemon=True,
-            )
+            if self.socket_mode:
+                server = threading.Thread(
+                    target=serve_socket_mode,
+                    args=(bolt, settings.slack_app_token, stop),
+                    kwargs=dict(
+                        db=services.db,
+                        host="127.0.0.1",
+                        health_port=port,
+                        grace_s=settings.socket_mode_grace_s,
+                    ),
+                    daemon=True,
+                )
+            else:
+                server = threading.Thread(
+                    target=serve_http,
+                    args=(bolt, services.db),
+                    kwargs=dict(
+                        signing_secret=SIGNING_SECRET, host="127.0.0.1", port=port, stop=stop
+                    ),
+                    daemon=True,
+                )
             server.start()
             wait_healthy(f"http://127.0.0.1:{port}/healthz")
+            if self.socket_mode:
+                slack.wait_connected()
             try:
                 admin = admins[0] if admins else curators[0]
                 self._seed(slack, workspace)

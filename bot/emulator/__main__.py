@@ -8,6 +8,7 @@ import logging
 
 from .scopes import manifest_scopes
 from .server import EmulatorServer
+from .socket_mode import APP_TOKEN
 from .state import Workspace
 
 
@@ -34,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         "--scopes", help="the bot token's scopes, comma-separated (default: the manifest's)"
     )
     parser.add_argument("--manifest", help="read the bot scopes from this app manifest")
+    parser.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="deliver over Socket Mode (the app calls apps.connections.open) instead of HTTP",
+    )
+    parser.add_argument(
+        "--app-token", default=APP_TOKEN, help="the app-level token (xapp-…) Socket Mode accepts"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -58,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         interactivity_url=args.interactivity_url,
         signing_secret=args.signing_secret,
         workspace=workspace,
+        socket_mode=args.socket_mode,
     )
+    server.socket.app_token = args.app_token
     print(json.dumps(server.controller.info()), flush=True)
     try:
         server.httpd.serve_forever()

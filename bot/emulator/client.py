@@ -83,6 +83,8 @@ class Emulator:
         self.bot_id: str = info["bot_id"]
         self.team_id: str = info["team_id"]
         self.app_id: str = info["app_id"]
+        self.app_token: str = info["app_token"]  # app-level (xapp-…): Socket Mode
+        self.socket_mode: bool = info["socket_mode"]
         self.last_delivery: Delivery | None = None
         self.last_deliveries: list[Delivery | None] = []  # a post with a mention: two
 
@@ -102,6 +104,7 @@ class Emulator:
         workspace: Workspace | None = None,
         scopes: Iterable[str] | str | None = None,
         manifest: str | Path | None = None,
+        socket_mode: bool = False,
     ) -> Iterator[Emulator]:
         """Run an emulator in this process for the ``with`` block.
 
@@ -115,6 +118,9 @@ class Emulator:
         ``manifest``, else those of the repository's ``manifest.yml``: a Web API method outside
         them answers ``missing_scope`` as Slack does (:meth:`revoke` / :meth:`set_scopes` change
         them while running).
+
+        With ``socket_mode`` the app connects with :attr:`app_token` (``apps.connections.open``)
+        and everything is delivered over that WebSocket instead of ``events_url``.
         """
         server = EmulatorServer(
             host=host,
@@ -128,6 +134,7 @@ class Emulator:
             workspace=workspace,
             scopes=scopes,
             manifest=manifest,
+            socket_mode=socket_mode,
         ).start()
         try:
             yield cls(server.url, server=server)
@@ -402,6 +409,41 @@ class Emulator:
     def revoke(self, scope: str) -> list[str]:
         """Take ``scope`` away: methods that need it answer ``missing_scope`` from now on."""
         return self._call("revoke", scope=scope)
+
+    # -- Socket Mode ---------------------------------------------------------------------------
+
+    def socket_status(self) -> JSON:
+        """``connections`` (open now), ``queued`` (events waiting for a connection),
+        ``refusing``, ``history`` (opened / closed / disconnect sent, in order)."""
+        return self._call("socket_status")
+
+    def wait_connected(self, timeout_s: float = 30.0, *, after: int = 0) -> JSON:
+        """Wait until the app has an open Socket Mode connection newer than link ``after``."""
+        return self.wait_for(
+            lambda: next((c for c in self.socket_status()["connections"] if c["id"] > after), None),
+            timeout_s,
+            interval_s=0.1,
+        )
+
+    def socket_disconnect(
+        self, reason: str = "refresh_requested", close_after_s: float = 1.0
+    ) -> int:
+        """Tell the app to reconnect (``refresh_requested``: its old connection closes
+        ``close_after_s`` later; ``warning``: it stays open); returns the connections told."""
+        return self._call("socket_disconnect", reason=reason, close_after_s=close_after_s)
+
+    def socket_drop(self, refuse: bool = False) -> int:
+        """Close the app's connections without warning; with ``refuse`` reconnecting fails
+        (503) until :meth:`socket_allow`."""
+        return self._call("socket_drop", refuse=refuse)
+
+    def socket_allow(self) -> JSON:
+        return self._call("socket_allow")
+
+    def lose_acks(self, count: int = 1) -> None:
+        """The app's next ``count`` acks are lost on the way: those envelopes come again,
+        with ``retry_attempt`` and ``retry_reason: "timeout"``."""
+        self._call("lose_acks", count=count)
 
     # -- faults --------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ the app synchronously, so the caller gets the app's HTTP status and ack time bac
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import threading
 import time
@@ -53,12 +52,15 @@ class Controller:
         "calls", "home_view", "view", "uploaded_files", "events", "deliveries", "info",
         "dm", "post_dm", "open_assistant_thread", "change_assistant_context", "thread_state",
         "scopes", "set_scopes", "grant", "revoke", "rate_limit", "rate_tiers",
-        "clear_rate_limits", "rate_limited",
+        "clear_rate_limits", "rate_limited", "socket_status", "socket_disconnect",
+        "socket_drop", "socket_allow", "lose_acks",
     )  # fmt: skip
 
     def __init__(self, workspace: Workspace, deliverer: Deliverer, base_url: Any) -> None:
         self.ws = workspace
         self.deliverer = deliverer
+        assert deliverer.socket is not None
+        self.socket = deliverer.socket  # the app's Socket Mode side
         self._base_url = base_url  # callable: the server's http://host:port
         self.lock = threading.Lock()
         self.faults: dict[str, deque[Fault]] = {}
@@ -106,6 +108,8 @@ class Controller:
             "api_url": f"{self._base_url()}/api/",
             "events_url": self.deliverer.events_url,
             "scopes": list(ws.scopes),
+            "socket_mode": self.deliverer.socket_mode,
+            "app_token": self.socket.app_token,
         }
 
     # -- OAuth scopes (what the bot token was granted) -----------------------------------------
@@ -320,7 +324,7 @@ class Controller:
             "response_url": response_url,
             "trigger_id": ws.new_trigger_id(),
         }
-        delivery = self.deliverer.send_form(self.deliverer.commands_url, form)
+        delivery = self.deliverer.send_command(form)
         if delivery is not None and delivery.ok and delivery.body.strip():
             # what ack() returns is shown to the user at once, like a response_url post
             body = delivery.json()
@@ -409,8 +413,7 @@ class Controller:
         return self._interact(payload)
 
     def _interact(self, payload: JSON) -> JSON:
-        form = {"payload": json.dumps(payload)}
-        delivery = self.deliverer.send_form(self.deliverer.interactivity_url, form)
+        delivery = self.deliverer.send_interaction(payload)
         return {"delivery": delivery.to_dict() if delivery else None, "payload": payload}
 
     # -- response_url --------------------------------------------------------------------------
@@ -499,6 +502,32 @@ class Controller:
     def deliveries(self) -> list[JSON]:
         with self.deliverer.lock:
             return [d.to_dict() for d in self.deliverer.deliveries]
+
+    # -- Socket Mode: the app's connection ------------------------------------------------------
+
+    def socket_status(self) -> JSON:
+        """Open connections, events queued for the app, whether new ones are refused, history."""
+        return self.socket.status()
+
+    def socket_disconnect(
+        self, reason: str = "refresh_requested", close_after_s: float = 1.0
+    ) -> int:
+        """Send ``{"type": "disconnect", "reason": reason}`` (Slack rotating a connection)."""
+        return self.socket.disconnect(reason, close_after_s)
+
+    def socket_drop(self, refuse: bool = False) -> int:
+        """Close the app's connections at once; with ``refuse`` it cannot reconnect."""
+        return self.socket.drop(refuse)
+
+    def socket_allow(self) -> JSON:
+        """Let the app connect again after ``socket_drop(refuse=True)``."""
+        self.socket.allow()
+        return self.socket_status()
+
+    def lose_acks(self, count: int = 1) -> JSON:
+        """The next ``count`` Socket Mode acks are lost: Slack sends those envelopes again."""
+        self.socket.lose_acks(count)
+        return self.socket_status()
 
     # -- faults and the transcript -------------------------------------------------------------
 

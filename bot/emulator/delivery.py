@@ -1,6 +1,10 @@
-"""Signed delivery of Events API callbacks, slash commands and interactivity to the app.
+"""Delivery of Events API callbacks, slash commands and interactivity to the app.
 
-Slack signs each request with the app's signing secret (v0 HMAC-SHA256 over
+Over HTTP (the app's request URLs) or, for an app in Socket Mode, as envelopes over its WebSocket
+(:mod:`bot.emulator.socket_mode`): :class:`Deliverer` builds the same payloads either way and
+records the same :class:`Delivery`.
+
+Over HTTP Slack signs each request with the app's signing secret (v0 HMAC-SHA256 over
 ``v0:{timestamp}:{body}``); we use slack_sdk's own ``SignatureVerifier`` to compute it, so a
 request the emulator sends verifies exactly as one from Slack would.
 """
@@ -16,12 +20,15 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from slack_sdk.signature import SignatureVerifier
 
 from .state import JSON, Workspace
+
+if TYPE_CHECKING:  # socket_mode records this module's Delivery
+    from .socket_mode import SocketMode
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class Delivery:
     retry_num: int | None = None
     error: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    envelope_id: str | None = None  # Socket Mode: the envelope's id
 
     @property
     def ok(self) -> bool:
@@ -57,7 +65,8 @@ class Delivery:
 
 
 class Deliverer:
-    """Builds envelopes, signs and POSTs them; also runs a background queue for echo events."""
+    """Builds envelopes and delivers them (signed POSTs, or Socket Mode envelopes when
+    ``socket_mode``); also runs a background queue for echo events."""
 
     def __init__(
         self,
@@ -69,6 +78,8 @@ class Deliverer:
         interactivity_url: str | None = None,
         verification_token: str = "emulator-verification-token",
         timeout_s: float = ACK_TIMEOUT_S,
+        socket: SocketMode | None = None,
+        socket_mode: bool = False,
     ) -> None:
         self.workspace = workspace
         self.events_url = events_url
@@ -84,6 +95,20 @@ class Deliverer:
         self._pending = 0
         self._idle = threading.Condition(self.lock)
         self._worker: threading.Thread | None = None
+        # the app's Socket Mode side; deliveries go there instead of HTTP when ``socket_mode``
+        self.socket_mode = socket_mode and socket is not None
+        self.socket = socket
+        if socket is not None:
+            socket.record = self._record
+
+    @property
+    def _socket(self) -> SocketMode | None:
+        """Where deliveries go instead of HTTP: the Socket Mode side, when the app uses it."""
+        return self.socket if self.socket_mode else None
+
+    def _record(self, delivery: Delivery) -> None:
+        with self.lock:
+            self.deliveries.append(delivery)
 
     # -- envelopes -----------------------------------------------------------------------------
 
@@ -123,9 +148,18 @@ class Deliverer:
         timestamp: int | None = None,
         signing_secret: str | None = None,
     ) -> Delivery | None:
-        """POST an envelope to the events URL (again, with retry headers, when ``retry_num``)."""
+        """Deliver an envelope (again, as Slack's retry, when ``retry_num``): POSTed to the events
+        URL, or an ``events_api`` envelope in Socket Mode (``timestamp`` and ``signing_secret``
+        only matter over HTTP)."""
         with self.lock:
             self.envelopes.setdefault(envelope["event_id"], envelope)
+        if (socket := self._socket) is not None:
+            return socket.send(
+                "events_api",
+                envelope,
+                retry_attempt=retry_num or 0,
+                retry_reason=retry_reason if retry_num else "",
+            )
         if not self.events_url:
             return None
         headers = {"Content-Type": "application/json"}
@@ -141,6 +175,20 @@ class Deliverer:
         )
         delivery.event_id, delivery.retry_num = envelope["event_id"], retry_num
         return delivery
+
+    def send_command(self, form: dict[str, str]) -> Delivery | None:
+        """A slash command: the signed form POSTed to the commands URL, or in Socket Mode a
+        ``slash_commands`` envelope with the form's fields as its payload."""
+        if (socket := self._socket) is not None:
+            return socket.send("slash_commands", dict(form))
+        return self.send_form(self.commands_url, form)
+
+    def send_interaction(self, payload: JSON) -> Delivery | None:
+        """A block action or view submission: ``payload=<json>`` POSTed to the interactivity
+        URL, or in Socket Mode an ``interactive`` envelope carrying the payload."""
+        if (socket := self._socket) is not None:
+            return socket.send("interactive", payload)
+        return self.send_form(self.interactivity_url, {"payload": json.dumps(payload)})
 
     def send_form(self, url: str | None, form: dict[str, str]) -> Delivery | None:
         """POST a signed ``application/x-www-form-urlencoded`` body (slash commands, actions)."""
@@ -181,8 +229,7 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"
         elapsed = (time.perf_counter() - started) * 1000
         delivery = Delivery(url, status, elapsed, text, error=error, headers=answer_headers)
-        with self.lock:
-            self.deliveries.append(delivery)
+        self._record(delivery)
         if not delivery.ok:
             log.info("delivery to %s answered %s %s", url, status, error or text[:200])
         return delivery
@@ -230,6 +277,8 @@ class Deliverer:
         return True
 
     def close(self) -> None:
+        if self.socket is not None:
+            self.socket.stop()
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join(timeout=5)

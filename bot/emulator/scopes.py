@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from .manifest import MANIFEST, manifest_scopes, normalize
 from .state import JSON, SlackError, Workspace
 
-__all__ = ["MANIFEST", "METHOD_SCOPES", "Needs", "check", "manifest_scopes", "normalize"]
+__all__ = [
+    "APP_TOKEN_METHODS", "MANIFEST", "METHOD_SCOPES", "Needs", "check", "manifest_scopes",
+    "normalize",
+]  # fmt: skip
 
 # conversation type (Channel.channel_type) -> the scope family's member for it
 CONVERSATION_TYPES = ("channel", "group", "im", "mpim")
@@ -114,9 +117,12 @@ METHOD_SCOPES: dict[str, Needs] = {
     "files.getUploadURLExternal": any_of("files:write"),
     # files.completeUploadExternal: files:write (step 2 of files_upload_v2)
     "files.completeUploadExternal": any_of("files:write"),
-    # Not emulated: apps.connections.open (Socket Mode) takes the app-level token (xapp-…) with
-    # connections:write, not the bot token; the emulator delivers events over HTTP instead.
 }
+
+# Methods called with the app-level token (xapp-…), not the bot token: apps.connections.open
+# (Socket Mode) needs connections:write, the one scope of the token Slack's app settings create
+# for Socket Mode (bot.emulator.socket_mode checks it against that token's scopes).
+APP_TOKEN_METHODS: dict[str, Needs] = {"apps.connections.open": any_of("connections:write")}
 
 
 def needs(method: str) -> Needs:

@@ -4,6 +4,8 @@ Routes:
 
 - ``/api/<method>`` — the Slack Web API (form, multipart, JSON or query arguments; the token
   in ``Authorization: Bearer`` or a ``token`` argument), with injected faults applied first;
+  ``apps.connections.open`` takes the app-level token and hands out a Socket Mode URL
+  (:mod:`bot.emulator.socket_mode`, a WebSocket server on its own loopback port);
 - ``/_upload/<file_id>`` — the upload URL ``files.getUploadURLExternal`` hands out;
 - ``/_response/<token>`` — the ``response_url`` of slash commands and interactivity;
 - ``/_emulator/<action>`` — the control surface (:class:`~bot.emulator.control.Controller`);
@@ -25,7 +27,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .control import Controller
 from .delivery import ACK_TIMEOUT_S, Deliverer
-from .scopes import accepted_header, check, manifest_scopes
+from .scopes import APP_TOKEN_METHODS, accepted_header, check, manifest_scopes
+from .socket_mode import SocketMode
 from .state import JSON, SlackError, Workspace
 from .webapi import METHODS, WebApi
 
@@ -55,7 +58,11 @@ class EmulatorServer:
         workspace: Workspace | None = None,
         scopes: Iterable[str] | str | None = None,
         manifest: str | Path | None = None,
+        socket_mode: bool = False,
     ) -> None:
+        """``socket_mode``: deliver events, commands and interactions as Socket Mode envelopes
+        to the app's WebSocket instead of POSTing them to ``events_url`` (the app's setting in
+        Slack, "Enable Socket Mode")."""
         # the bot token's scopes: ``scopes`` when given, else those of ``manifest`` (a path),
         # else the workspace's own (by default manifest.yml's)
         if scopes is None and manifest is not None:
@@ -70,7 +77,10 @@ class EmulatorServer:
             commands_url=commands_url,
             interactivity_url=interactivity_url,
             timeout_s=ack_timeout_s,
+            socket=SocketMode(app_id=self.workspace.app_id, ack_timeout_s=ack_timeout_s),
+            socket_mode=socket_mode,
         )
+        self.socket = self.deliverer.socket
         self.controller = Controller(self.workspace, self.deliverer, lambda: self.url)
         # Slack tells the app about its own posts, edits and reactions; switchable for tests
         # that want a quiet event stream.
@@ -123,6 +133,13 @@ class EmulatorServer:
                 status = fault.status
             elif fault.error == "ratelimited":
                 status, headers = 429, {"Retry-After": str(fault.retry_after)}
+        elif method in APP_TOKEN_METHODS:  # the app-level token's methods (Socket Mode)
+            try:
+                body = {"ok": True, "url": self.socket.open_url(token)}
+            except SlackError as exc:
+                body = {"ok": False, "error": exc.code, **exc.extra}
+                if exc.code == "service_unavailable":
+                    status = 503
         elif not token:
             body = {"ok": False, "error": "not_authed"}
         elif token != self.workspace.bot_token:
