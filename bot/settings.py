@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds to let answers in progress finish; the rest are marked "
         "interrupted.",
     )
+    inbox_retention_days: float = Field(
+        7.0,
+        gt=0.0,
+        description="Days a handled Slack request stays in the inbox table (retries within it are "
+        "recognised and not applied twice); older ones are deleted.",
+    )
 
     @field_validator("curators", "admins", mode="before")
     @classmethod

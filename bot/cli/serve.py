@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -16,6 +17,7 @@ from slack_bolt import App
 from bot.app import create_app
 from bot.cli.common import open_db
 from bot.home import refresh_all
+from bot.inbox import Inbox
 from bot.logs import install_redaction
 from bot.scheduler import BotScheduler, start_ab_deadlines
 from bot.server import serve_http, serve_socket_mode
@@ -54,7 +56,20 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
         log.warning(
             "CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs"
         )
-    return services, create_app(services)
+    inbox = Inbox(
+        services.db,
+        retention_days=settings.inbox_retention_days,
+        # test hook only: listeners stall after the ack so a test can kill the bot in between
+        stall_after_ack_s=float(os.environ.get("THREADTUNE_TEST_STALL_AFTER_ACK_S") or 0),
+    )
+    bolt = create_app(services, inbox)
+    # what an earlier process acknowledged but did not finish is applied now, once
+    replayed = inbox.replay(bolt)
+    if replayed:
+        log.warning("replayed %d request(s) an earlier process had not finished", replayed)
+    inbox.prune()
+    services.scheduler.every("inbox-prune", 3600, inbox.prune)
+    return services, bolt
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
