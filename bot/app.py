@@ -19,7 +19,7 @@ def create_app(services: Services, inbox: Inbox | None = None) -> App:
     """``inbox`` writes each request before its ack (one is built from the settings if not
     given); ``threadtune serve`` replays its unfinished requests once the app is built."""
     settings = services.settings
-    inbox = inbox or Inbox(services.db, retention_days=settings.inbox_retention_days)
+    inbox = inbox or Inbox.from_settings(services.db, settings)
     app = App(
         token=settings.slack_bot_token,
         signing_secret=settings.slack_signing_secret or None,

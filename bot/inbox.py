@@ -11,6 +11,11 @@ acknowledged without being applied again. Listeners are idempotent on the messag
 (curation claims the event id in the same transaction as the example), so a request replayed after
 its commit but before its row was marked done changes nothing.
 
+Payloads carry message text, which threadtune otherwise stores only redacted: the body is stored
+encrypted (AES-GCM, a key derived from THREADTUNE_ENCRYPTION_KEY, else from the Slack secret the
+bot already holds) and blanked once the request is done, so no message text reaches the database
+in clear. Rotating that secret makes unfinished rows unreadable: they are given up, and logged.
+
 Replays never pass through the HTTP route: they come from rows this bot wrote after verifying
 the request's signature, and are marked as replays in Bolt's context (which no request can set).
 A request whose listener keeps crashing the process is given up after ``MAX_ATTEMPTS`` replays.
@@ -19,18 +24,23 @@ Done rows are deleted after ``INBOX_RETENTION_DAYS``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import os
 import time
 from datetime import timedelta
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.listener.listener_completion_handler import ListenerCompletionHandler
 from slack_bolt.listener.listener_start_handler import ListenerStartHandler
 from sqlalchemy.engine import Engine
 
+from bot.settings import Settings
 from storage import inbox as q
 from storage.db import session_scope
 from storage.models import utcnow
@@ -67,11 +77,48 @@ def request_key(body: dict[str, Any]) -> tuple[str, str] | None:
     return f"{kind}:{trigger}"[:128], kind[:64]
 
 
+def body_key(secret: str) -> bytes:
+    """The AES-256 key that seals stored payloads, derived from a secret the bot holds."""
+    if not secret:
+        raise ValueError("the inbox needs a secret to seal payloads with")
+    return hashlib.sha256(b"threadtune inbox v1\0" + secret.encode()).digest()
+
+
+class Sealer:
+    """Encrypts a payload for its row (the row's key is bound to it) and opens it again."""
+
+    def __init__(self, key: bytes):
+        self._aes = AESGCM(key)
+
+    def seal(self, row_key: str, payload: dict[str, Any]) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aes.encrypt(nonce, json.dumps(payload).encode(), row_key.encode())
+        return "v1:" + base64.b64encode(nonce + sealed).decode()
+
+    def open(self, row_key: str, body: str) -> dict[str, Any]:
+        """The payload; ValueError when it cannot be read (another key, or damaged)."""
+        if not body.startswith("v1:"):
+            raise ValueError("not a sealed payload")
+        raw = base64.b64decode(body[3:])
+        try:
+            return json.loads(self._aes.decrypt(raw[:12], raw[12:], row_key.encode()))
+        except InvalidTag:
+            raise ValueError("sealed with another key") from None
+
+
 class Inbox:
     """Writes requests before the ack, marks them done after the listener, replays the rest."""
 
-    def __init__(self, db: Engine, *, retention_days: float = 7.0, stall_after_ack_s: float = 0.0):
+    @classmethod
+    def from_settings(cls, db: Engine, settings: Settings, **kw: Any) -> Inbox:
+        secret = (settings.threadtune_encryption_key or settings.slack_signing_secret
+                  or settings.slack_app_token or settings.slack_bot_token)
+        return cls(db, secret=secret, retention_days=settings.inbox_retention_days, **kw)
+
+    def __init__(self, db: Engine, *, secret: str, retention_days: float = 7.0,
+                 stall_after_ack_s: float = 0.0):
         self.db = db
+        self.sealer = Sealer(body_key(secret))
         self.retention = timedelta(days=retention_days)
         # Test hook (``THREADTUNE_TEST_STALL_AFTER_ACK_S``, read by ``threadtune serve`` only):
         # each listener waits this long after the ack, so a test can kill the bot in between.
@@ -98,7 +145,7 @@ class Inbox:
             return next()
         key, kind = found
         with self.db.begin() as conn:
-            fresh = q.receive(session=conn, key=key, kind=kind, body=json.dumps(body))
+            fresh = q.receive(session=conn, key=key, kind=kind, body=self.sealer.seal(key, body))
         if not fresh:
             log.info("%s was received before: acknowledged, not applied again", key)
             return BoltResponse(status=200, body="")
@@ -136,10 +183,15 @@ class Inbox:
                           attempts - 1)
                 self.finish(row.key, f"given up after {attempts - 1} replays")
                 continue
+            try:
+                payload = self.sealer.open(row.key, row.body)
+            except ValueError as exc:
+                log.error("cannot replay %s: its payload is unreadable (%s)", row.key, exc)
+                self.finish(row.key, f"unreadable: {exc}")
+                continue
             log.warning("replaying %s, acknowledged by an earlier process but not finished",
                         row.key)
-            request = BoltRequest(body=json.loads(row.body), mode="socket_mode",
-                                  context={REPLAY: row.key})
+            request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: row.key})
             self.unmatched(request, app.dispatch(request))
             replayed += 1
         return replayed

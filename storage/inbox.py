@@ -1,5 +1,5 @@
 """Queries for the durable inbox (Slack requests written before their ack, done after their
-listener) and for the Home tab's viewers. The ack path calls :func:`receive` on a plain
+listener). The ack path calls :func:`receive` on a plain
 connection: one INSERT, no ORM session."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
-from storage.models import HomeViewer, InboxItem, utcnow
+from storage.models import InboxItem, utcnow
 
 Executor = Session | Connection
 
 
-def _insert(session: Executor):  # noqa: ANN202 - a dialect's Insert
+def dialect_insert(session: Executor):  # noqa: ANN202 - a dialect's Insert
     dialect = session.get_bind().dialect.name if isinstance(session, Session) else (
         session.dialect.name
     )
@@ -28,7 +28,7 @@ def receive(*, session: Executor, key: str, kind: str, body: str) -> bool:
     """Write a request before it is acknowledged; False when ``key`` is there already (a retry,
     or a duplicate delivery): the caller acknowledges it and applies nothing."""
     stmt = (
-        _insert(session)(InboxItem.__table__)  # type: ignore[attr-defined]
+        dialect_insert(session)(InboxItem.__table__)  # type: ignore[attr-defined]
         .values(key=key, kind=kind, body=body, attempts=0, error="", received_at=utcnow())
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(InboxItem.__table__.c.key)  # type: ignore[attr-defined]
@@ -37,11 +37,12 @@ def receive(*, session: Executor, key: str, kind: str, body: str) -> bool:
 
 
 def finish(*, session: Executor, key: str, error: str = "") -> None:
-    """Mark a request done (its listener returned, or raised: ``error`` says why)."""
+    """Mark a request done (its listener returned, or raised: ``error`` says why); its payload is
+    no longer needed and is blanked."""
     session.execute(
         update(InboxItem)
         .where(col(InboxItem.key) == key, col(InboxItem.done_at).is_(None))
-        .values(done_at=utcnow(), error=error[:2000])
+        .values(done_at=utcnow(), error=error[:2000], body="")
     )
 
 
@@ -80,20 +81,3 @@ def counts(*, session: Session) -> dict[str, int]:
     ).one()
     total = session.exec(select(func.count()).select_from(InboxItem)).one()
     return {"done": int(done), "pending": int(total - done)}
-
-
-# -- Home tab viewers ----------------------------------------------------------------------------
-
-
-def add_home_viewer(*, session: Session, user: str) -> None:
-    """Remember that ``user`` opened the Home tab (idempotent; the time is refreshed)."""
-    stmt = _insert(session)(HomeViewer.__table__).values(  # type: ignore[attr-defined]
-        user_id=user, opened_at=utcnow()
-    )
-    session.execute(
-        stmt.on_conflict_do_update(index_elements=["user_id"], set_={"opened_at": utcnow()})
-    )
-
-
-def home_viewers(*, session: Session) -> list[str]:
-    return list(session.exec(select(HomeViewer.user_id).order_by(col(HomeViewer.user_id))).all())

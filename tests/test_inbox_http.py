@@ -66,6 +66,7 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_pat
             event_id = slack.last_event("reaction_added")["event_id"]
             row = _row(engine, event_id)
             assert row is not None and row.done_at is None  # written before the ack
+            assert row.body.startswith("v1:")  # sealed: no payload in clear
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         assert _examples(engine, a) == []  # lost, were it not for the inbox
@@ -76,6 +77,7 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_pat
             assert [curators for _, curators in found] == [["UCUR1"]]
             wait_until(lambda: (_row(engine, event_id) or row).done_at, 15, "the row done", log)
             assert _row(engine, event_id).attempts == 1
+            assert _row(engine, event_id).body == ""  # not kept once done
             wait_until(lambda: slack.reactions("CHELP", a).get(ACK), 15, "the ack emoji", log)
             # Slack's retry of the acknowledged event changes nothing
             assert slack.deliver(event_id, retry_num=1).status == 200
@@ -84,7 +86,8 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_pat
         # a crash after the commit but before the row was marked done: the next start replays
         # it, and curation, keyed by message and event, applies nothing twice
         with session_scope(engine) as s:
-            s.get(InboxItem, f"event:{event_id}").done_at = None
+            crashed = s.get(InboxItem, f"event:{event_id}")
+            crashed.done_at, crashed.body = None, row.body  # as it was before the listener ran
         with running_bot(slack, port, tmp_path / "third", url) as (proc, log):
             wait_until(lambda: _row(engine, event_id).done_at, 30, "the replay done", log)
             slack.wait_idle()

@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlmodel import select
 
 from bot.inbox import request_key
+from storage import home
 from storage import inbox as q
 from storage.db import session_scope
 from storage.models import InboxItem, utcnow
@@ -14,7 +15,7 @@ from storage.models import InboxItem, utcnow
 
 def test_a_request_is_written_once_and_a_retry_finds_it(db):
     with db.begin() as conn:
-        assert q.receive(session=conn, key="event:Ev1", kind="event:reaction_added", body="{}")
+        assert q.receive(session=conn, key="event:Ev1", kind="event:reaction_added", body="v1:x")
     with db.begin() as conn:
         assert not q.receive(session=conn, key="event:Ev1", kind="event:reaction_added", body="{}")
     with session_scope(db) as s:
@@ -25,6 +26,7 @@ def test_a_request_is_written_once_and_a_retry_finds_it(db):
     with session_scope(db) as s:
         assert q.unfinished(session=s) == []
         assert q.counts(session=s) == {"done": 1, "pending": 0}
+        assert s.get(InboxItem, "event:Ev1").body == ""  # the payload is not kept once done
 
 
 def test_prune_deletes_only_done_rows_older_than_the_retention(db):
@@ -48,11 +50,11 @@ def test_prune_deletes_only_done_rows_older_than_the_retention(db):
 
 def test_home_viewers_are_stored_once(db):
     with session_scope(db) as s:
-        q.add_home_viewer(session=s, user="UB")
-        q.add_home_viewer(session=s, user="UA")
-        q.add_home_viewer(session=s, user="UB")
+        home.add_home_viewer(session=s, user="UB")
+        home.add_home_viewer(session=s, user="UA")
+        home.add_home_viewer(session=s, user="UB")
     with session_scope(db) as s:
-        assert q.home_viewers(session=s) == ["UA", "UB"]
+        assert home.home_viewers(session=s) == ["UA", "UB"]
 
 
 def test_request_keys():
@@ -67,3 +69,19 @@ def test_request_keys():
     # no trigger id: the payload itself is the key, so the same payload twice is one request
     closed = {"type": "view_closed", "view": {"id": "V1"}}
     assert request_key(closed) == request_key(dict(closed))
+
+
+def test_payloads_are_stored_sealed_and_bound_to_their_row():
+    import pytest
+
+    from bot.inbox import Sealer, body_key
+
+    payload = {"type": "event_callback", "event": {"text": "my token xoxb-1-2-secret"}}
+    sealer = Sealer(body_key("signing-secret"))
+    sealed = sealer.seal("event:Ev1", payload)
+    assert "xoxb" not in sealed and "token" not in sealed
+    assert sealer.open("event:Ev1", sealed) == payload
+    with pytest.raises(ValueError):
+        sealer.open("event:Ev2", sealed)  # another row's payload
+    with pytest.raises(ValueError):
+        Sealer(body_key("rotated-secret")).open("event:Ev1", sealed)
