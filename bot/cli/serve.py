@@ -16,7 +16,7 @@ from slack_bolt import App
 
 from bot.app import create_app
 from bot.cli.common import open_db
-from bot.home import refresh_all
+from bot.home import JobWatch, load_viewers, refresh_all
 from bot.inbox import Inbox
 from bot.logs import install_redaction
 from bot.scheduler import BotScheduler, start_ab_deadlines
@@ -48,6 +48,9 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
     # curation in Slack syncs the index at once; the timer catches imports and other processes
     assert services.indexing is not None
     services.scheduler.every("index-sync", settings.index_sync_s, services.indexing.request)
+    load_viewers(services)  # who opened the Home tab before this start
+    # jobs change state in the worker, another process: the database says when
+    services.scheduler.every("home-jobs", settings.home_refresh_s, JobWatch(services).tick)
     services.rounds.on_closed.append(lambda: refresh_all(services))
     services.serving.on_change(lambda: refresh_all(services))
     if not settings.threadtune_encryption_key:
@@ -56,9 +59,9 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
         log.warning(
             "CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs"
         )
-    inbox = Inbox(
+    inbox = Inbox.from_settings(
         services.db,
-        retention_days=settings.inbox_retention_days,
+        settings,
         # test hook only: listeners stall after the ack so a test can kill the bot in between
         stall_after_ack_s=float(os.environ.get("THREADTUNE_TEST_STALL_AFTER_ACK_S") or 0),
     )
