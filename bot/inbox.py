@@ -144,8 +144,12 @@ class Inbox:
         if found is None:
             return next()
         key, kind = found
-        with self.db.begin() as conn:
-            fresh = q.receive(session=conn, key=key, kind=kind, body=self.sealer.seal(key, body))
+        sealed = self.sealer.seal(key, body)
+        # One autocommitted statement: no BEGIN and COMMIT round trips. Each blocking call on
+        # the ack path hands the GIL to the listeners' threads and waits to get it back.
+        with self.db.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            fresh = q.receive(session=conn, key=key, kind=kind, body=sealed)
         if not fresh:
             log.info("%s was received before: acknowledged, not applied again", key)
             return BoltResponse(status=200, body="")
