@@ -1,5 +1,9 @@
 """Gathers what the Home tab shows and publishes it (on open, and after jobs, deploys, rounds,
-answered questions). Curators also see the Unanswered list, limited to what each may see."""
+answered questions). Curators also see the Unanswered list, limited to what each may see.
+
+Who opened the tab is kept in the database (``home_viewer``), so a restart keeps refreshing it
+for them. Jobs run in ``threadtune worker``, another process: :class:`JobWatch` notices their
+state changes in the database on the scheduler's tick."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from bot.slack_api import explain
 from engine.ab.board import battles_of, overall_leaderboard
 from storage.curation import curation_stats
 from storage.db import session_scope
+from storage.home import add_home_viewer, home_viewers
+from storage.jobs import list_jobs
 from storage.registry import unanswered, unanswered_channels
 
 log = logging.getLogger(__name__)
@@ -127,11 +133,57 @@ def unanswered_for(services: Services, user: str) -> tuple[list[UnansweredItem],
 
 
 def remember(services: Services, user: str) -> None:
-    """Note who has opened the Home tab, so later changes can refresh it for them."""
+    """Note who has opened the Home tab, so later changes can refresh it for them (kept in the
+    database: a restart does not forget them)."""
     services.home_users.add(user)
+    with session_scope(services.db) as session:
+        add_home_viewer(session=session, user=user)
+
+
+def load_viewers(services: Services) -> list[str]:
+    """At start: who opened the Home tab before, as the database says (into ``home_users``)."""
+    with session_scope(services.db) as session:
+        users = home_viewers(session=session)
+    for user in users:
+        services.home_users.add(user)
+    return users
 
 
 def refresh_all(services: Services) -> None:
     """Re-publish the Home tab for everyone who opened it (after a job, deploy or round)."""
-    for user in services.home_users.snapshot():
+    with session_scope(services.db) as session:
+        users = home_viewers(session=session)
+    for user in users:
         publish_for(services, user)
+
+
+class JobWatch:
+    """Refreshes everyone's Home tab when a recent job changes state (queued, running, succeeded,
+    failed, …) or a job appears, whichever process changed it: each :meth:`tick` compares the
+    states of the jobs the tab lists with those of the last tick (one small query)."""
+
+    RECENT = 20
+
+    def __init__(self, services: Services):
+        self.services = services
+        self._seen = self._states()  # the tab shows these already: opening it renders them
+
+    def _states(self) -> dict[int, str]:
+        with session_scope(self.services.db) as session:
+            return {
+                job.id or 0: job.state for job in list_jobs(session=session, limit=self.RECENT)
+            }
+
+    def tick(self) -> bool:
+        """Refresh the viewers' tabs if a job changed state since the last tick; True if so."""
+        states = self._states()
+        if states == self._seen:
+            return False
+        changed = sorted(
+            f"{job_id}:{state}" for job_id, state in states.items()
+            if self._seen.get(job_id) != state
+        )
+        self._seen = states
+        log.info("job state changed (%s): refreshing the Home tab", ", ".join(changed))
+        refresh_all(self.services)
+        return True

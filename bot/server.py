@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
 from slack_bolt import App, BoltRequest
@@ -36,24 +37,39 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000  # Slack's payloads are far smaller; anything bigger is not Slack
 
 
-def malformed(body: str, content_type: str) -> str | None:
-    """Why a (correctly signed) body is not a Slack payload, or None when it is one."""
+def parse_payload(body: str, content_type: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A (correctly signed) body parsed the way Bolt parses it, or why it is not a Slack payload:
+    ``(payload, None)`` or ``(None, problem)``. The route parses once and hands Bolt the result."""
     try:
         if "application/x-www-form-urlencoded" in content_type:
-            form = parse_qs(body, keep_blank_values=True)
+            form = dict(parse_qsl(body, keep_blank_values=True))
             if "payload" in form:
-                parsed = json.loads(form["payload"][0])
+                parsed = json.loads(form["payload"])
+            elif form:
+                return form, None  # a slash command
             else:
-                return None if form else "the form body is empty"
+                return None, "the form body is empty"
         else:
             parsed = json.loads(body)
     except ValueError as exc:
-        return f"the body is not valid JSON ({exc.msg} at position {exc.pos})"
+        return None, f"the body is not valid JSON ({exc.msg} at position {exc.pos})"
     if not isinstance(parsed, dict):
-        return "the body is not a JSON object"
+        return None, "the body is not a JSON object"
     if "event" in parsed and not isinstance(parsed["event"], dict):
-        return "'event' is not an object"
-    return None
+        return None, "'event' is not an object"
+    return parsed, None
+
+
+def bolt_request(payload: dict[str, Any], raw_body: str, request: Request) -> BoltRequest:
+    """A Bolt request from a payload the route has verified and parsed: Bolt accepts a parsed body
+    only in its Socket Mode form, so it is built that way (nothing parses it again) and then
+    labelled as the HTTP request it is, raw body included."""
+    bolt_req = BoltRequest(
+        body=payload, query=request.query_params, headers=request.headers, mode="socket_mode"
+    )
+    bolt_req.raw_body = raw_body
+    bolt_req.mode = "http"
+    return bolt_req
 
 
 def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
@@ -63,22 +79,21 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
         body = await request.body()
         if len(body) > MAX_BODY:
             return JSONResponse({"error": "request body too large"}, status_code=413)
-        # signature first: an unsigned request learns nothing about what we accept
+        # The signature is checked here, once (Bolt's own check is off, see bot.app), and first:
+        # an unsigned request learns nothing about what we accept.
         if not verifier.is_valid_request(body, dict(request.headers)):
             return JSONResponse({"error": "invalid or stale request signature"}, status_code=401)
         try:
             decoded = body.decode("utf-8")
         except UnicodeDecodeError:
             return JSONResponse({"error": "request body is not UTF-8"}, status_code=400)
-        problem = malformed(decoded, request.headers.get("content-type", ""))
-        if problem:
+        payload, problem = parse_payload(decoded, request.headers.get("content-type", ""))
+        if payload is None:
             log.warning("rejected a signed but malformed request: %s", problem)
             return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
-        bolt_request = BoltRequest(
-            body=decoded, query=request.query_params, headers=request.headers
-        )
-        # dispatch acks in milliseconds; a thread keeps the event loop free for other requests
-        response = await run_in_threadpool(bolt.dispatch, bolt_request)
+        # dispatch writes the request to the inbox and acks in milliseconds; a thread keeps the
+        # event loop free for other requests meanwhile
+        response = await run_in_threadpool(bolt.dispatch, bolt_request(payload, decoded, request))
         return Response(
             status_code=response.status,
             content=response.body,

@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds to let answers in progress finish; the rest are marked "
         "interrupted.",
     )
+    home_refresh_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds between the bot's checks for jobs that changed state (jobs run in "
+        "the worker): the Home tab of everyone who opened it is refreshed after a change.",
+    )
+    inbox_retention_days: float = Field(
+        7.0,
+        gt=0.0,
+        description="Days a handled Slack request stays in the inbox table (retries within it are "
+        "recognised and not applied twice); older ones are deleted.",
+    )
 
     @field_validator("curators", "admins", mode="before")
     @classmethod

@@ -399,3 +399,34 @@ class BackfillProgress(SQLModel, table=True):
     started_at: datetime = _ts()
     updated_at: datetime = _ts()
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+
+
+# --- Durable inbox and Home viewers (issue 14) ---------------------------------------------------
+
+
+class InboxItem(SQLModel, table=True):
+    """One request from Slack (event, slash command, interaction), written before it is
+    acknowledged and marked done once its listener has returned: what a process acknowledged but
+    did not finish (it crashed) is replayed at the next start. ``key`` is the event id (or the
+    interaction's trigger id), so a retry finds the row and is not applied twice."""
+
+    __tablename__ = "inbox"
+
+    key: str = Field(primary_key=True, max_length=128)
+    kind: str = Field(default="", max_length=64)
+    body: str = Field(sa_column=Column(Text, nullable=False))  # the payload, as JSON
+    attempts: int = Field(default=0)  # replays started after a crash
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    received_at: datetime = _ts()
+    done_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True), nullable=True, index=True)
+    )
+
+
+class HomeViewer(SQLModel, table=True):
+    """Someone who opened the bot's Home tab: refreshed when jobs, deploys and rounds change."""
+
+    __tablename__ = "home_viewer"
+
+    user_id: str = Field(primary_key=True, max_length=32)
+    opened_at: datetime = _ts()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -18,7 +19,8 @@ from slack_bolt import App
 from bot.app import create_app
 from bot.backfill import resume_unfinished
 from bot.cli.common import open_db
-from bot.home import refresh_all
+from bot.home import JobWatch, load_viewers, refresh_all
+from bot.inbox import Inbox
 from bot.logs import install_redaction
 from bot.scheduler import BotScheduler, start_ab_deadlines
 from bot.server import serve_http, serve_socket_mode
@@ -53,6 +55,9 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
     # curation in Slack syncs the index at once; the timer catches imports and other processes
     assert services.indexing is not None
     services.scheduler.every("index-sync", settings.index_sync_s, services.indexing.request)
+    load_viewers(services)  # who opened the Home tab before this start
+    # jobs change state in the worker, another process: the database says when
+    services.scheduler.every("home-jobs", settings.home_refresh_s, JobWatch(services).tick)
     services.rounds.on_closed.append(lambda: refresh_all(services))
     services.serving.on_change(lambda: refresh_all(services))
     # backfills started from Slack that a stopped or killed bot left half-way go on
@@ -63,7 +68,20 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
         log.warning(
             "CURATORS is empty: nobody's emoji will curate examples until it lists Slack user IDs"
         )
-    return services, create_app(services)
+    inbox = Inbox.from_settings(
+        services.db,
+        settings,
+        # test hook only: listeners stall after the ack so a test can kill the bot in between
+        stall_after_ack_s=float(os.environ.get("THREADTUNE_TEST_STALL_AFTER_ACK_S") or 0),
+    )
+    bolt = create_app(services, inbox)
+    # what an earlier process acknowledged but did not finish is applied now, once
+    replayed = inbox.replay(bolt)
+    if replayed:
+        log.warning("replayed %d request(s) an earlier process had not finished", replayed)
+    inbox.prune()
+    services.scheduler.every("inbox-prune", 3600, inbox.prune)
+    return services, bolt
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,229 @@
+"""The durable inbox: nothing Slack sent is lost between the ack and the commit.
+
+Bolt acknowledges an event before its listener runs (``process_before_response=False``), and
+Slack never redelivers an acknowledged event, so a crash in between used to lose it for good.
+Now :meth:`Inbox.middleware`, a global middleware that runs inside ``App.dispatch`` before the
+ack (over HTTP and over Socket Mode alike), writes each event, slash command and interaction to
+the ``inbox`` table first; the listener runner's completion handler marks the row done when the
+listener returns; and at start :meth:`Inbox.replay` dispatches again, through Bolt, what an
+earlier process acknowledged but never finished. A retry or duplicate finds its row and is
+acknowledged without being applied again. Listeners are idempotent on the message they act on
+(curation claims the event id in the same transaction as the example), so a request replayed after
+its commit but before its row was marked done changes nothing.
+
+Payloads carry message text, which threadtune otherwise stores only redacted: the body is stored
+encrypted (AES-GCM, a key derived from THREADTUNE_ENCRYPTION_KEY, else from the Slack secret the
+bot already holds) and blanked once the request is done, so no message text reaches the database
+in clear. Rotating that secret makes unfinished rows unreadable: they are given up, and logged.
+
+Replays never pass through the HTTP route: they come from rows this bot wrote after verifying
+the request's signature, and are marked as replays in Bolt's context (which no request can set).
+A request whose listener keeps crashing the process is given up after ``MAX_ATTEMPTS`` replays.
+Done rows are deleted after ``INBOX_RETENTION_DAYS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.listener.listener_completion_handler import ListenerCompletionHandler
+from slack_bolt.listener.listener_start_handler import ListenerStartHandler
+from sqlalchemy.engine import Engine
+
+from bot.settings import Settings
+from storage import inbox as q
+from storage.db import session_scope
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+KEY = "inbox_key"  # Bolt context: the row this request was written to
+REPLAY = "inbox_replay"  # Bolt context: set only by :meth:`Inbox.replay`
+
+# Interactions that need an immediate answer and change nothing (menus' options): not written.
+_NOT_WRITTEN = frozenset({"block_suggestion", "url_verification", "ssl_check", "app_rate_limited"})
+
+
+def request_key(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, kind) of a request worth writing, or None. Events carry a unique ``event_id`` that
+    Slack's retries repeat; commands and interactions a unique ``trigger_id``."""
+    kind = body.get("type") or ""
+    if kind in _NOT_WRITTEN:
+        return None
+    if kind == "event_callback":
+        event = body.get("event") or {}
+        event_id = body.get("event_id")
+        if not event_id:
+            return None
+        return f"event:{event_id}", f"event:{event.get('type', '')}"[:64]
+    if "command" in body:
+        kind = f"command:{body['command']}"
+    elif not kind:
+        return None
+    trigger = body.get("trigger_id")
+    if not trigger:
+        trigger = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return f"{kind}:{trigger}"[:128], kind[:64]
+
+
+def body_key(secret: str) -> bytes:
+    """The AES-256 key that seals stored payloads, derived from a secret the bot holds."""
+    if not secret:
+        raise ValueError("the inbox needs a secret to seal payloads with")
+    return hashlib.sha256(b"threadtune inbox v1\0" + secret.encode()).digest()
+
+
+class Sealer:
+    """Encrypts a payload for its row (the row's key is bound to it) and opens it again."""
+
+    def __init__(self, key: bytes):
+        self._aes = AESGCM(key)
+
+    def seal(self, row_key: str, payload: dict[str, Any]) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aes.encrypt(nonce, json.dumps(payload).encode(), row_key.encode())
+        return "v1:" + base64.b64encode(nonce + sealed).decode()
+
+    def open(self, row_key: str, body: str) -> dict[str, Any]:
+        """The payload; ValueError when it cannot be read (another key, or damaged)."""
+        if not body.startswith("v1:"):
+            raise ValueError("not a sealed payload")
+        raw = base64.b64decode(body[3:])
+        try:
+            return json.loads(self._aes.decrypt(raw[:12], raw[12:], row_key.encode()))
+        except InvalidTag:
+            raise ValueError("sealed with another key") from None
+
+
+class Inbox:
+    """Writes requests before the ack, marks them done after the listener, replays the rest."""
+
+    @classmethod
+    def from_settings(cls, db: Engine, settings: Settings, **kw: Any) -> Inbox:
+        secret = (settings.threadtune_encryption_key or settings.slack_signing_secret
+                  or settings.slack_app_token or settings.slack_bot_token)
+        return cls(db, secret=secret, retention_days=settings.inbox_retention_days, **kw)
+
+    def __init__(self, db: Engine, *, secret: str, retention_days: float = 7.0,
+                 stall_after_ack_s: float = 0.0):
+        self.db = db
+        self.sealer = Sealer(body_key(secret))
+        self.retention = timedelta(days=retention_days)
+        # Test hook (``THREADTUNE_TEST_STALL_AFTER_ACK_S``, read by ``threadtune serve`` only):
+        # each listener waits this long after the ack, so a test can kill the bot in between.
+        self.stall_after_ack_s = stall_after_ack_s
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def install(self, app: App) -> None:
+        """Register the middleware (call before any other middleware or listener) and the
+        listener runner's start and completion handlers."""
+        app.middleware(self.middleware)
+        runner = app.listener_runner
+        runner.listener_start_handler = _Started(self)
+        runner.listener_completion_handler = _Completed(self)
+
+    # -- the ack path ------------------------------------------------------------------------
+
+    def middleware(self, body, context, next):  # noqa: ANN001, ANN201, A002
+        if context.get(REPLAY):
+            context[KEY] = context[REPLAY]
+            return next()
+        found = request_key(body)
+        if found is None:
+            return next()
+        key, kind = found
+        sealed = self.sealer.seal(key, body)
+        # One autocommitted statement: no BEGIN and COMMIT round trips. Each blocking call on
+        # the ack path hands the GIL to the listeners' threads and waits to get it back.
+        with self.db.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            fresh = q.receive(session=conn, key=key, kind=kind, body=sealed)
+        if not fresh:
+            log.info("%s was received before: acknowledged, not applied again", key)
+            return BoltResponse(status=200, body="")
+        context[KEY] = key
+        return next()
+
+    def unmatched(self, request: BoltRequest, response: BoltResponse) -> None:
+        """No listener took the request (``App.dispatch`` answered 404): nothing will finish it."""
+        key = request.context.get(KEY)
+        if key and response.status == 404:
+            self.finish(key, "no listener")
+
+    # -- after the listener ------------------------------------------------------------------
+
+    def finish(self, key: str, error: str = "") -> None:
+        try:
+            with self.db.begin() as conn:
+                q.finish(session=conn, key=key, error=error)
+        except Exception:  # noqa: BLE001 - the row stays pending and is replayed: harmless
+            log.exception("could not mark %s done in the inbox", key)
+
+    # -- at start ----------------------------------------------------------------------------
+
+    def replay(self, app: App) -> int:
+        """Dispatch again what an earlier process acknowledged but did not finish; returns how
+        many requests were replayed."""
+        with session_scope(self.db) as session:
+            rows = q.unfinished(session=session)
+        replayed = 0
+        for row in rows:
+            with session_scope(self.db) as session:
+                attempts = q.start_attempt(session=session, key=row.key)
+            if attempts > MAX_ATTEMPTS:
+                log.error("giving up %s after %d replays (it never finished)", row.key,
+                          attempts - 1)
+                self.finish(row.key, f"given up after {attempts - 1} replays")
+                continue
+            try:
+                payload = self.sealer.open(row.key, row.body)
+            except ValueError as exc:
+                log.error("cannot replay %s: its payload is unreadable (%s)", row.key, exc)
+                self.finish(row.key, f"unreadable: {exc}")
+                continue
+            log.warning("replaying %s, acknowledged by an earlier process but not finished",
+                        row.key)
+            request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: row.key})
+            self.unmatched(request, app.dispatch(request))
+            replayed += 1
+        return replayed
+
+    def prune(self) -> int:
+        """Delete requests done more than the retention period ago."""
+        with session_scope(self.db) as session:
+            removed = q.prune(session=session, before=utcnow() - self.retention)
+        if removed:
+            log.info("inbox: pruned %d request(s) done before the retention period", removed)
+        return removed
+
+
+class _Started(ListenerStartHandler):
+    def __init__(self, inbox: Inbox):
+        self.inbox = inbox
+
+    def handle(self, request: BoltRequest, response: BoltResponse | None) -> None:
+        if self.inbox.stall_after_ack_s and request.context.get(KEY):
+            time.sleep(self.inbox.stall_after_ack_s)
+
+
+class _Completed(ListenerCompletionHandler):
+    def __init__(self, inbox: Inbox):
+        self.inbox = inbox
+
+    def handle(self, request: BoltRequest, response: BoltResponse | None) -> None:
+        key = request.context.get(KEY)
+        if key:
+            failed = response is not None and response.status >= 500
+            self.inbox.finish(key, "the listener raised" if failed else "")
