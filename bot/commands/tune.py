@@ -70,7 +70,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                admin_only=True),
     Subcommand("models", tune_deploy.models, "", "trained models and which one is deployed"),
     Subcommand("deploy", tune_deploy.deploy, '<model> [force reason="…"]',
-               "serve a model behind /ask (force: past a failed or missing evaluation)",
+               "serve a model behind /ask",
                admin_only=True),
     Subcommand("rollback", tune_deploy.rollback, "",
                "go back to the previously deployed model", admin_only=True),
