@@ -27,7 +27,7 @@ from engine.serving.adapters import load_once
 from engine.serving.base import Generation, Message, ModelBackend
 from engine.serving.batching import BatchingBackend
 from engine.serving.compute import COMPUTE
-from engine.serving.deploy import DeployOutcome, deploy, probe_prompts, rollback
+from engine.serving.deploy import DeployOutcome, deploy, gate, probe_prompts, rollback
 from engine.serving.inprocess import InProcessBackend
 from engine.serving.vllm import VLLMBackend
 from storage import registry
@@ -127,8 +127,27 @@ class Serving:
     def busy(self) -> bool:
         return self._deploy_lock.locked()
 
-    def deploy(self, ref: str, *, by_user: str) -> DeployOutcome:
-        """Check, load, probe and deploy registry model ``ref`` (see engine.serving.deploy)."""
+    def gate(
+        self, ref: str, *, by_user: str, override_reason: str | None = None
+    ) -> DeployOutcome | None:
+        """The evaluation gate alone (no model is loaded): a refused outcome (recorded) when
+        ``ref`` needs an override that was not given, or ``ref`` is unknown; None to go ahead."""
+        with session_scope(self.db) as s:
+            model = registry.get_model(session=s, ref=ref)
+            if model is None:
+                return DeployOutcome(
+                    False, f"I don't know a model called `{ref}`; `/tune models` lists them."
+                )
+            return gate(s, model, by_user=by_user, override_reason=override_reason)
+
+    def deploy(
+        self, ref: str, *, by_user: str, override_reason: str | None = None
+    ) -> DeployOutcome:
+        """Check, load, probe and deploy registry model ``ref`` (see engine.serving.deploy);
+        ``override_reason`` lets a rejected or unevaluated model through the evaluation gate."""
+        refused = self.gate(ref, by_user=by_user, override_reason=override_reason)
+        if refused is not None:  # before the backends: refusing costs no model load
+            return refused
         with self._deploy_lock:
             try:
                 serving, reference, base = self.serving(), self.inprocess(), self.base_model_path()
@@ -151,6 +170,7 @@ class Serving:
                     threshold=self.threshold,
                     by_user=by_user,
                     max_lora_rank=self.max_lora_rank,
+                    override_reason=override_reason,
                 )
         if outcome.ok:
             self._changed()

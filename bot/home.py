@@ -12,6 +12,7 @@ import logging
 from slack_sdk.errors import SlackApiError
 
 from bot.blocks.home import HomeData, home_view
+from bot.blocks.models import override_text
 from bot.blocks.unanswered import UnansweredItem
 from bot.services import Services
 from bot.slack_api import explain
@@ -29,7 +30,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
     from sqlmodel import select
 
     from storage.models import DatasetSnapshot, Job
-    from storage.registry import deployed_model
+    from storage.registry import deploy_overrides, deployed_model
 
     with session_scope(db) as session:
         data = HomeData(stats=curation_stats(session=session))
@@ -43,11 +44,14 @@ def gather(db) -> HomeData:  # noqa: ANN001
             data.jobs.append({"id": job.id, "state": job.state, "method": job.method,
                               "step": progress.step, "total": progress.total_steps})
         model = deployed_model(session=session)
-        if model is not None:
+        if model is not None and model.id is not None:
+            override = deploy_overrides(session=session, model_ids=[model.id]).get(model.id)
             data.deployed = {
                 "name": model.name,
                 "eval_verdict": model.eval_verdict,
                 "ab_result": model.ab_result,
+                # the deploy that put it there overrode the evaluation gate: say so, and why
+                "override": override_text(override) if override is not None else "",
             }
         if snapshot is None:
             snapshot_path = None

@@ -30,3 +30,11 @@ UNANSWERED_QUESTION_BLOCK = "unanswered_question"
 UNANSWERED_QUESTION_INPUT = "unanswered_question_text"
 UNANSWERED_ANSWER_BLOCK = "unanswered_answer"
 UNANSWERED_ANSWER_INPUT = "unanswered_answer_text"
+
+# -- deploying past the evaluation gate (bot/commands/tune_deploy.py, bot/blocks/models.py) -------
+#: "Deploy anyway…" on a refused deploy (a confirm dialog first); its value is the model's name
+DEPLOY_OVERRIDE = "deploy_override"
+#: the modal asking for the override's reason; private_metadata is {"model", "channel"} as JSON
+DEPLOY_OVERRIDE_MODAL = "deploy_override_modal"
+DEPLOY_OVERRIDE_BLOCK = "deploy_override_reason"
+DEPLOY_OVERRIDE_INPUT = "deploy_override_reason_text"

@@ -171,6 +171,23 @@ class Settings(BaseSettings):
         "recognised and not applied twice); older ones are deleted.",
     )
 
+    run_retention_days: int = Field(
+        14,
+        ge=0,
+        description="Days a failed or cancelled job's run folder is kept for debugging before the "
+        "worker's sweep removes it; 0 keeps it for ever. A registered job's folder keeps no data, "
+        "checkpoints or adapter at all.",
+    )
+    ask_log_retention_days: int = Field(
+        90, ge=0, description="Days /ask audit rows are kept; 0 keeps them for ever."
+    )
+    ab_log_retention_days: int = Field(
+        180,
+        ge=0,
+        description="Days the prompts and answers of closed A/B rounds are kept (the votes' "
+        "outcomes stay for the leaderboard); 0 keeps them for ever.",
+    )
+
     @field_validator("curators", "admins", mode="before")
     @classmethod
     def _ids(cls, value: object) -> list[str]:

@@ -279,6 +279,9 @@ class Deployment(SQLModel, table=True):
     action: str = Field(max_length=16)  # deploy | rollback | refused
     by_user: str = Field(default="", max_length=32)
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # a deploy past the evaluation gate: the verdict it overrode (reject | unevaluated) and why
+    override_verdict: str = Field(default="", max_length=16)
+    override_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
     )

@@ -55,9 +55,17 @@ def deployed_model(*, session: Session) -> Model | None:
 
 
 def mark_deployed(
-    *, session: Session, model: Model, by_user: str, action: str = "deploy", detail: str = ""
+    *,
+    session: Session,
+    model: Model,
+    by_user: str,
+    action: str = "deploy",
+    detail: str = "",
+    override_verdict: str = "",
+    override_reason: str = "",
 ) -> Model | None:
-    """Make ``model`` the deployed one; the previous one is retired. Returns the previous model."""
+    """Make ``model`` the deployed one; the previous one is retired. Returns the previous model.
+    ``override_verdict``/``override_reason``: the evaluation gate was overridden, and why."""
     previous = deployed_model(session=session)
     if previous is not None and previous.id != model.id:
         previous.status = "retired"
@@ -65,9 +73,31 @@ def mark_deployed(
     model.status = "deployed"
     model.deployed_at = utcnow()
     session.add(model)
-    session.add(Deployment(model_id=model.id, action=action, by_user=by_user, detail=detail))
+    session.add(
+        Deployment(
+            model_id=model.id,
+            action=action,
+            by_user=by_user,
+            detail=detail,
+            override_verdict=override_verdict,
+            override_reason=override_reason,
+        )
+    )
     session.flush()
     return previous if previous is None or previous.id != model.id else None
+
+
+def deploy_overrides(*, session: Session, model_ids: Collection[int]) -> dict[int, Deployment]:
+    """Each model's latest deploy that overrode the evaluation gate (models never deployed by
+    override are absent)."""
+    if not model_ids:
+        return {}
+    rows = session.exec(
+        select(Deployment)
+        .where(col(Deployment.model_id).in_(list(model_ids)), Deployment.override_verdict != "")
+        .order_by(col(Deployment.id))
+    ).all()
+    return {row.model_id: row for row in rows if row.model_id is not None}
 
 
 def record_ab_result(

@@ -52,6 +52,7 @@ def seed(url: str, home: Path, model_dir: Path, adapter_dir: Path) -> str:
             adapter_path=str(adapter_dir),
             checksum=checksum(adapter_dir),
             rank=8,
+            eval_verdict="promote",  # evaluated: the deploy gate lets it through
         ).name
     engine.dispose()
     return name
@@ -431,6 +432,7 @@ def _add_model(url: str, adapter: Path, base: Path, rank: int) -> str:
             adapter_path=str(adapter),
             checksum=checksum(adapter),
             rank=rank,
+            eval_verdict="promote",  # evaluated: the deploy gate lets it through
         ).name
     engine.dispose()
     return name

@@ -141,6 +141,7 @@ def add(db, tmp_path, adapter: Path, base: Path, *, key: bytes | None = None, ra
             checksum=checksum(adapter),
             rank=rank,
             encrypted=key is not None,
+            eval_verdict="promote",  # evaluated: the deploy gate lets it through
         )
         return model.name
 

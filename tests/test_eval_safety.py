@@ -9,6 +9,7 @@ import pytest
 from eval_helpers import pattern_rows
 
 from engine.evaluate.safety import (
+    SafetyCheckError,
     canary_leak,
     canary_row,
     find_pii,
@@ -39,9 +40,10 @@ def test_find_pii_reports_kind_and_place_not_the_text():
     assert not hasattr(email, "text")
 
 
-def test_find_pii_without_the_redaction_module_finds_nothing(monkeypatch):
+def test_find_pii_without_the_redaction_module_fails_with_a_sentence(monkeypatch):
     monkeypatch.setitem(sys.modules, "engine.redact", None)  # makes the import fail
-    assert find_pii(["jane.doe@example.com"]) == []
+    with pytest.raises(SafetyCheckError, match="recognizer could not run .*nothing was checked"):
+        find_pii(["jane.doe@example.com"])
 
 
 def test_canaries_are_unique_reproducible_and_survive_redaction():

@@ -128,7 +128,8 @@ def test_tune_eval_posts_the_report_in_the_jobs_thread(tmp_path, trained_run):  
     assert all(f["content"].startswith(PNG) and f["channel"] == CHANNEL for f in uploads)
     # -- the registry
     run_adapter = tmp_path / "runs" / f"job-{job_id}" / "adapter"
-    assert model.checksum == checksum(run_adapter)
+    assert model.checksum == checksum(trained_run.run_dir / "adapter")
+    assert not run_adapter.exists()  # registered: the run folder keeps no copy (issue 15)
     assert model.rank == 8 and model.snapshot_id is not None
     assert model.base_model == str(trained_run.base_model)
     assert (tmp_path / "runs" / f"job-{job_id}" / "eval" / "report.md").is_file()

@@ -32,7 +32,7 @@ Curators mark a good answer in a thread with :white_check_mark:; :no_entry: excl
 `/tune eval <job>` — evaluate a job's model against the base model _(admins)_
 `/tune ab <job> [pairs]` — start a blind A/B round in this channel _(admins)_
 `/tune models` — trained models and which one is deployed
-`/tune deploy <model>` — serve a model behind /ask _(admins)_
+`/tune deploy <model> [force reason="…"]` — serve a model behind /ask _(admins)_
 `/tune rollback` — go back to the previously deployed model _(admins)_
 `/tune help` — this list"""
 

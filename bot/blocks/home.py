@@ -82,6 +82,7 @@ def home_view(data: HomeData) -> View:
         blocks += sections(
             f"*Deployed behind /ask:* `{d['name']}` — "
             f"eval verdict *{d.get('eval_verdict') or 'n/a'}*, {ab_text}"
+            + (f"\n{d['override']}" if d.get("override") else "")
         )
     else:
         blocks += sections("*Deployed behind /ask:* the base model (nothing deployed yet).")

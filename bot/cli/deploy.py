@@ -8,11 +8,11 @@ import argparse
 import sys
 
 from bot.backends import Serving
-from bot.blocks.models import ModelRow, model_line
-from bot.cli.common import open_db
+from bot.blocks.models import model_line
+from bot.cli.common import CommandError, open_db
+from bot.commands.tune_deploy import model_rows
 from bot.settings import Settings
 from engine.registry.crypto import generate_key
-from storage import registry
 from storage.db import session_scope
 
 
@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     deploy.add_argument(
         "--by", default="cli", help="who deploys (recorded in the deployment history)"
     )
+    deploy.add_argument(
+        "--force",
+        action="store_true",
+        help="deploy a model whose evaluation said reject, or that has none (needs --reason)",
+    )
+    deploy.add_argument("--reason", default="", help="why the override (recorded with the deploy)")
     deploy.set_defaults(func=run_deploy)
     rollback = sub.add_parser(
         "rollback", help="go back to the previously deployed model (or the base model)"
@@ -51,14 +57,15 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     with session_scope(_db(settings)) as s:
-        rows = [ModelRow.of(m) for m in registry.list_models(session=s)]
+        rows = model_rows(s)
     if not rows:
         print("No trained models yet; /ask uses the base model.")
         return 0
     deployed = next((r.name for r in rows if r.status == "deployed"), None)
     print(f"/ask uses {deployed or 'the base model'}.")
     for row in rows:
-        print(model_line(row).replace("*", "").replace(" :lock:", " (encrypted)"))
+        line = model_line(row).replace("*", "").replace(" :lock:", " (encrypted)")
+        print(line.replace(":warning: ", "! "))
     return 0
 
 
@@ -67,8 +74,22 @@ def _serving(settings: Settings):  # noqa: ANN202
 
 
 def run_deploy(args: argparse.Namespace, settings: Settings) -> int:
-    outcome = _serving(settings).deploy(args.model, by_user=args.by)
+    reason = " ".join(args.reason.split())
+    if args.force and not reason:
+        raise CommandError(
+            "--force needs --reason \"…\": the override and its reason are recorded."
+        )
+    if reason and not args.force:
+        raise CommandError("--reason goes with --force (an override of the evaluation gate).")
+    outcome = _serving(settings).deploy(
+        args.model, by_user=args.by, override_reason=reason if args.force else None
+    )
     print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    if outcome.needs_override:
+        print(
+            f'To deploy it anyway: threadtune deploy {args.model} --force --reason "…"',
+            file=sys.stderr,
+        )
     if outcome.probe is not None:
         for row in outcome.probe.rows:
             print(

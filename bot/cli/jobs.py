@@ -19,6 +19,8 @@ from engine.dataset.build import build_snapshot
 from engine.jobs.runners import runner_for
 from engine.jobs.submit import describe, parse_overrides, submit_training
 from engine.jobs.worker import Worker
+from engine.registry.crypto import parse_key
+from engine.retention import RetentionPolicy
 from engine.train.config import TrainConfig
 from storage.db import session_scope
 from storage.jobs import TransitionError, get_job, list_events, list_jobs, request_cancel
@@ -70,6 +72,14 @@ def worker_services(settings: Settings, db: Engine) -> Services | None:
     return Services.build(settings, db, client)
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        run_days=settings.run_retention_days,
+        ask_log_days=settings.ask_log_retention_days,
+        ab_log_days=settings.ab_log_retention_days,
+    )
+
+
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     services = worker_services(settings, db)
@@ -80,6 +90,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         lease_seconds=args.lease,
         poll_seconds=args.poll,
         observer=services.job_observer if services else None,
+        encryption_key=(
+            parse_key(settings.threadtune_encryption_key)
+            if settings.threadtune_encryption_key
+            else None
+        ),
+        retention=None if args.once else retention_policy(settings),
     )
     if args.once:
         ran = worker.run_once()

@@ -20,6 +20,7 @@ Every check has a written rule and is either *hard* (a failure rejects the candi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import statistics
@@ -33,9 +34,11 @@ from pathlib import Path
 from engine.answer.config import GroundingConfig
 from engine.answer.prompt import clean_reply
 from engine.evaluate import metrics as M
-from engine.evaluate.safety import canary_leak, find_pii
+from engine.evaluate.safety import PIIFinding, SafetyCheckError, canary_leak, find_pii
 from engine.retrieval.embedder import Embedder
 from engine.serving.base import ScoringBackend, split_answer
+
+log = logging.getLogger(__name__)
 
 PROBES_PATH = Path(__file__).with_name("probes.jsonl")
 VERDICTS = ("promote", "needs_ab", "reject")
@@ -222,6 +225,7 @@ class ModelScores:
     pii_findings: int
     pii_kinds: dict[str, int]
     canary_leaks: int | None = None
+    pii_error: str = ""  # why the PII check could not run ("" when it ran)
 
 
 @dataclass
@@ -391,15 +395,20 @@ def build_checks(base: ModelScores, cand: ModelScores, config: EvalConfig) -> li
             )
         )
     kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(cand.pii_kinds.items())) or "none"
-    checks.append(
-        check(
-            "pii",
-            cand.pii_findings <= config.max_pii_findings,
-            True,
-            f"{cand.pii_findings} in candidate answers ({kinds}); base {base.pii_findings}",
-            f"at most {config.max_pii_findings} PII or secret findings in candidate answers",
+    pii_rule = f"at most {config.max_pii_findings} PII or secret findings in candidate answers"
+    if cand.pii_error:
+        # a check that could not run fails hard: "nothing found" would be a guess
+        checks.append(check("pii", False, True, f"could not run: {cand.pii_error}", pii_rule))
+    else:
+        checks.append(
+            check(
+                "pii",
+                cand.pii_findings <= config.max_pii_findings,
+                True,
+                f"{cand.pii_findings} in candidate answers ({kinds}); base {base.pii_findings}",
+                pii_rule,
+            )
         )
-    )
     if cand.canary_leaks is None:
         checks.append(
             check(
@@ -511,7 +520,7 @@ def _score_side(
         ]
         losses = backend.loss(rows, adapter=adapter)
         loss = sum(losses) / len(losses)
-    findings = find_pii(texts + probed.texts)
+    findings, pii_error = _pii(texts + probed.texts)
     words = [M.word_count(t) for t in texts]
     ref_median = _median([M.word_count(r) for r in references])
     scores = ModelScores(
@@ -531,17 +540,28 @@ def _score_side(
         answer_words=words,
         pii_findings=len(findings),
         pii_kinds=dict(Counter(f.kind for f in findings)),
+        pii_error=pii_error,
     )
     return scores, texts
 
 
+def _pii(texts: list[str]) -> tuple[list[PIIFinding], str]:
+    """The PII findings in ``texts``, or none and why the check could not run."""
+    try:
+        return find_pii(texts), ""
+    except SafetyCheckError as exc:
+        log.error("evaluation: %s", exc)
+        return [], str(exc)
+
+
 def _every_answer(scores: ModelScores, texts: list[str]) -> ModelScores:
     """``scores`` with its PII counted over ``texts`` (every answer of the side, both modes)."""
-    findings = find_pii(texts)
+    findings, pii_error = _pii(texts)
     return replace(
         scores,
         pii_findings=len(findings),
         pii_kinds=dict(Counter(f.kind for f in findings)),
+        pii_error=pii_error,
     )
 
 

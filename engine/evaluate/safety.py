@@ -114,19 +114,32 @@ class PIIFinding:
     end: int
 
 
+class SafetyCheckError(Exception):
+    """A safety check could not run (its recognizer failed to load or crashed); ``str()`` is the
+    sentence the evaluation report shows. A check that cannot run fails: it never passes."""
+
+
 def find_pii(texts: Sequence[str]) -> list[PIIFinding]:
     """PII and secrets in each text, by ``engine.redact.find``.
 
-    Without ``engine.redact`` (a partial install) nothing is found; evaluation reports the check
-    as run with no recognizers rather than failing.
+    Raises :class:`SafetyCheckError` when the recognizer cannot be loaded or fails (a partial
+    install without Presidio, a broken spaCy model): an evaluation that could not look for PII
+    must not report that it found none.
     """
     try:
         from engine.redact import find
-    except ImportError:
-        return []
-    return [
-        PIIFinding(i, f.kind, f.start, f.end) for i, text in enumerate(texts) for f in find(text)
-    ]
+
+        find("ready?")  # loads the recognizer even when every answer is empty
+        return [
+            PIIFinding(i, f.kind, f.start, f.end)
+            for i, text in enumerate(texts)
+            for f in find(text)
+        ]
+    except Exception as exc:  # noqa: BLE001 — whatever broke, the check did not run
+        raise SafetyCheckError(
+            "the PII and secrets recognizer could not run "
+            f"({type(exc).__name__}: {str(exc).strip() or 'no detail'}), so nothing was checked"
+        ) from exc
 
 
 def make_canaries(n: int, seed: int) -> list[str]:

@@ -15,6 +15,9 @@ hook share:
    in the job's training split (``train.jsonl`` beside the test split); the report is written to
    ``RUN_DIR/eval/`` (``eval.json``, PNG charts, ``report.md``) and its verdict and JSON stored on
    the model row. Evaluating a job again updates the same model.
+5. Once the adapter is registered the run folder is tidied (:func:`engine.retention.
+   tidy_registered_run`): its training data copy, checkpoints and clear adapter are removed, so
+   evaluating the job again loads the registry's copy.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from engine.dataset.heldout import (
 )
 from engine.evaluate.run import EvalConfig, EvalReport, Probe, evaluate
 from engine.registry.crypto import checksum, encrypt_dir, opened_adapter
+from engine.retention import tidy_registered_run
 from storage import registry
 from storage.db import session_scope
 from storage.models import DatasetSnapshot, Job, Model
@@ -69,6 +73,7 @@ class JobInputs:
     requested_by: str
     rank: int
     train_rows: list[dict] = field(default_factory=list)  # retrieved from when scoring grounded
+    registered: bool = False  # adapter_dir is the registry's copy (the run folder was tidied)
 
     @property
     def metrics_path(self) -> Path:
@@ -124,6 +129,8 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
         snapshot_path = snapshot.path if snapshot is not None else None
         fields_ = (job.run_dir, job.snapshot_id, job.channel, job.status_ts, job.requested_by)
         job_config = dict(job.config or {})
+        model = registry.model_for_job(session=s, job_id=job_id)
+        stored = (Path(model.adapter_path), model.rank) if model is not None else None
     run_dir_text, snapshot_id, channel, status_ts, requested_by = fields_
     if not run_dir_text:
         raise EvaluationError(f"Job {job_id} has no run folder on record.")
@@ -134,7 +141,10 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
             "with their base model, so it cannot evaluate this job."
         )
     adapter_dir = run_dir / "adapter"
-    if not (adapter_dir / "adapter_config.json").is_file():
+    registered = False
+    if not (adapter_dir / "adapter_config.json").is_file() and stored and stored[0].is_dir():
+        adapter_dir, registered = stored[0], True  # tidied after registration
+    elif not (adapter_dir / "adapter_config.json").is_file():
         raise EvaluationError(
             f"Job {job_id}'s run folder {run_dir} holds no adapter (adapter/adapter_config.json)."
         )
@@ -175,11 +185,15 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
     if not base_model:
         raise EvaluationError(f"Job {job_id} does not say which base model it was trained on.")
     canaries = [c for c in info.get("canaries") or [] if isinstance(c, str) and c]
-    try:
-        adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
-        rank = int(adapter_config.get("r") or 0)
-    except (ValueError, TypeError):
-        raise EvaluationError(f"{adapter_dir / 'adapter_config.json'} is not valid.") from None
+    if registered:
+        assert stored is not None
+        rank = stored[1]
+    else:
+        try:
+            adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+            rank = int(adapter_config.get("r") or 0)
+        except (ValueError, TypeError):
+            raise EvaluationError(f"{adapter_dir / 'adapter_config.json'} is not valid.") from None
     return JobInputs(
         job_id=job_id,
         run_dir=run_dir,
@@ -194,6 +208,7 @@ def job_inputs(db: Engine, job_id: int) -> JobInputs:
         requested_by=requested_by,
         rank=rank,
         train_rows=train_rows,
+        registered=registered,
     )
 
 
@@ -214,13 +229,13 @@ def register_candidate(
 ) -> RegisteredModel:
     """The registry's model for ``inputs``' job: found if the job was registered before (its stored
     copy refreshed if the run's adapter changed since), else stored and added as ``tt-N``."""
-    digest = checksum(inputs.adapter_dir)
+    digest = "" if inputs.registered else checksum(inputs.adapter_dir)
     root = Path(home).expanduser() / ADAPTERS_DIR
     with session_scope(db) as s:
         model = registry.model_for_job(session=s, job_id=inputs.job_id)
         if model is not None:
             stored = Path(model.adapter_path)
-            if model.checksum != digest or not stored.is_dir():
+            if not inputs.registered and (model.checksum != digest or not stored.is_dir()):
                 _store_adapter(inputs.adapter_dir, stored, encryption_key)
                 model.checksum, model.encrypted = digest, encryption_key is not None
                 model.rank = inputs.rank
@@ -229,6 +244,8 @@ def register_candidate(
             return RegisteredModel(
                 model.id, model.name, stored, model.checksum, model.encrypted, created=False
             )
+        if inputs.registered:
+            raise EvaluationError(f"Job {inputs.job_id}'s registered model is gone.")
         name = registry.next_model_name(session=s)
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +318,26 @@ def evaluate_job(
         raise ValueError("Give a model backend or a backend_factory.")
     inputs = inputs or job_inputs(db, job_id)
     model = register_candidate(db, home, inputs, encryption_key=encryption_key)
+    try:
+        return _evaluate_registered(
+            db, inputs, model, backend, backend_factory, encryption_key, config, probes, grounding
+        )
+    finally:
+        # the registry holds the adapter now: the run folder's copies have no purpose left
+        tidy_registered_run(inputs.run_dir)
+
+
+def _evaluate_registered(
+    db: Engine,
+    inputs: JobInputs,
+    model: RegisteredModel,
+    backend: Any,
+    backend_factory: Callable[[], Any] | None,
+    encryption_key: bytes | None,
+    config: EvalConfig | None,
+    probes: Sequence[Probe] | None,
+    grounding: GroundingConfig | None,
+) -> JobEvaluation:
     if backend is None:
         assert backend_factory is not None  # one of the two was given: checked above
         backend = backend_factory()

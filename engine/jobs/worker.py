@@ -4,6 +4,13 @@ renews its lease, honours cancellation, and leaves a job that can always be resu
 One job at a time per worker; run several workers (processes or machines) for more. Each
 attempt runs in ``HOME/runs/job-<id>/``, kept across attempts: when a worker dies its lease runs
 out, the next worker re-queues the job, and whoever claims it resumes from the last checkpoint.
+
+Retention (:mod:`engine.retention`) runs here too: with an encryption key a failed or cancelled
+job's folder is sealed the moment the job ends (and unsealed if it is claimed again), and between
+jobs the worker sweeps run folders, ``/ask`` audit rows and A/B battle text past their retention.
+The sweep lives in the worker, not the bot's scheduler, because the worker is the process that
+writes run folders, on the machine (or shared folder) that holds them — ``serve`` may run
+elsewhere — and between two jobs it has nothing else to do.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +31,7 @@ from sqlmodel import Session
 
 from engine.jobs.progress import Throttle
 from engine.jobs.runners import RunHandle, Runner
+from engine.retention import RetentionPolicy, seal_run, sweep, unseal_run
 from storage import jobs as q
 from storage.db import session_scope
 from storage.models import DatasetSnapshot, Job
@@ -55,10 +64,14 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def run_dir_of(home: Path, job: Job) -> Path:
+    return Path(home) / "runs" / f"job-{job.id}"
+
+
 def prepare_run_dir(home: Path, job: Job, snapshot: DatasetSnapshot | None) -> Path:
     """``home/runs/job-<id>/`` with ``config.json`` and ``data/`` copied from the dataset
     snapshot; kept across attempts (the data is copied once, so a resumed run sees the same)."""
-    run_dir = Path(home) / "runs" / f"job-{job.id}"
+    run_dir = run_dir_of(home, job)
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(job.config or {}, indent=2))
@@ -95,6 +108,9 @@ class Worker:
         poll_seconds: float = 2.0,
         observer: JobObserver | None = None,
         max_attempts: int = 3,
+        encryption_key: bytes | None = None,
+        retention: RetentionPolicy | None = None,
+        sweep_seconds: float = 3600.0,
     ):
         if lease_seconds <= 0 or poll_seconds <= 0:
             raise ValueError("lease_seconds and poll_seconds must be positive")
@@ -106,11 +122,16 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.observer = observer
         self.max_attempts = max_attempts
+        self.encryption_key = encryption_key
+        self.retention = retention  # None: no sweep (tests, `--once` runs)
+        self.sweep_seconds = sweep_seconds
+        self._next_sweep = 0.0
 
     def run_forever(self, stop: threading.Event) -> None:
         """Run jobs until ``stop`` is set (checked between jobs; a running job finishes first)."""
         log.info("worker %s polling for jobs (runner: %s)", self.worker_id, self.runner.name)
         while not stop.is_set():
+            self.sweep_if_due()
             try:
                 ran = self.run_once()
             except Exception:  # noqa: BLE001 — one bad job (or a database hiccup) must not stop the worker
@@ -118,6 +139,16 @@ class Worker:
                 ran = False
             if not ran:
                 stop.wait(self.poll_seconds)
+
+    def sweep_if_due(self) -> None:
+        """Apply the retention policy once every ``sweep_seconds`` (never while a job runs here)."""
+        if self.retention is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_seconds
+        try:
+            sweep(self.db, self.retention, key=self.encryption_key)
+        except Exception:  # noqa: BLE001 — housekeeping must not stop the worker
+            log.exception("retention sweep failed")
 
     def run_once(self) -> bool:
         """Re-queue jobs whose worker died, then run the oldest queued job if there is one.
@@ -148,6 +179,8 @@ class Worker:
             snapshot = session.get(DatasetSnapshot, job.snapshot_id) if job.snapshot_id else None
             if job.snapshot_id and snapshot is None:
                 raise FileNotFoundError(f"dataset snapshot #{job.snapshot_id} no longer exists")
+            if self.encryption_key is not None:  # a job claimed again after it was sealed
+                unseal_run(run_dir_of(self.home, job), self.encryption_key)
             run_dir = prepare_run_dir(self.home, job, snapshot)
             resume = job.attempts > 1 or has_checkpoint(run_dir)
             row = _reread(session, job)
@@ -289,10 +322,24 @@ class Worker:
                     ),
                 )
         log.info("job %s %s", job.id, current.state)
+        if current.state in ("failed", "cancelled") and current.run_dir:
+            self._seal(current)
         if current.state in q.TERMINAL:
             self._notify("on_finished", current)
         else:
             self._notify("on_state", current)
+
+    def _seal(self, job: Job) -> None:
+        """With a key, a kept run folder holds nothing in clear once its job stopped."""
+        if self.encryption_key is None:
+            return
+        try:
+            sealed = seal_run(Path(job.run_dir), self.encryption_key)
+        except OSError:
+            log.exception("could not seal job %s's run folder", job.id)
+            return
+        if sealed:
+            log.info("job %s's run folder sealed: %s", job.id, ", ".join(sealed))
 
     def _record(self, job: Job, event: dict[str, Any], progress_throttle: Throttle) -> None:
         """One event → one JobEvent row (message: the event's kind, or its text for errors and

@@ -18,6 +18,12 @@ match nothing (vllm#55193) — no error either way. So a deploy takes effect onl
    then, so exact equality would refuse good adapters). When the serving backend *is* the
    in-process one, the agreement is by construction and only the difference is checked.
 
+Before any of that, **the evaluation gate** (:func:`gate_problem`): a model whose evaluation said
+*reject*, or that was never evaluated, is deployed only with an explicit override that gives a
+reason (``override_reason``); the deploy row records the override, its reason and the verdict it
+overrode, and the Home tab and ``/tune models`` show it. Rollbacks go back to a model that was
+deployed before, so the gate does not stop them.
+
 A failure at any step leaves the registry as it was, except for a ``refused`` Deployment row that
 records the reason, and unloads what the attempt loaded; the previous model stays deployed. Every
 failure is a sentence (:attr:`DeployOutcome.message`).
@@ -117,6 +123,7 @@ class DeployOutcome:
     previous: str | None = None
     probe: ProbeResult | None = None
     reason: str = ""  # why a deploy was refused (no trailing period)
+    needs_override: bool = False  # refused by the evaluation gate: an override with a reason may
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -134,6 +141,50 @@ def similarity(a: str, b: str) -> float:
 
 def _tokens(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text)
+
+
+# -- the evaluation gate ---------------------------------------------------------------------------
+
+GATED_VERDICTS = ("reject",)
+
+
+def gate_problem(model: Model) -> str:
+    """Why ``model`` may be deployed only with an override ("" when its evaluation allows it):
+    it was never evaluated, or its verdict is *reject* (the first reason is quoted)."""
+    verdict = model.eval_verdict or ""
+    if not verdict:
+        return "it has never been evaluated (`/tune eval` evaluates it)"
+    if verdict in GATED_VERDICTS:
+        reasons = (model.eval_report or {}).get("reasons") or []
+        first = str(reasons[0]).rstrip(".") if reasons else ""
+        return f"its evaluation verdict is {verdict}" + (f" ({first})" if first else "")
+    return ""
+
+
+def gate(
+    session: Session, model: Model, *, by_user: str = "", override_reason: str | None = None
+) -> DeployOutcome | None:
+    """The evaluation gate on its own, without loading anything (fast enough for a slash command
+    to answer within Slack's 3 seconds): a refused, recorded outcome when ``model`` needs an
+    override and none with a reason was given, else None."""
+    problem = gate_problem(model)
+    if not problem or (override_reason or "").strip():
+        return None
+    reason = f"{problem}; deploying it anyway needs an override with a reason"
+    registry.record_refusal(session=session, model=model, by_user=by_user, detail=reason)
+    session.flush()
+    current = registry.deployed_model(session=session)
+    current_name = current.name if current is not None else None
+    still = f"{current_name} stays deployed" if current_name else "/ask keeps using the base model"
+    log.warning("deploy of %s refused by the evaluation gate: %s", model.name, problem)
+    return DeployOutcome(
+        False,
+        f"I didn't deploy {model.name}: {reason}. {still}.",
+        current_name,
+        current_name,
+        reason=reason,
+        needs_override=True,
+    )
 
 
 # -- probe prompts ---------------------------------------------------------------------------------
@@ -242,6 +293,7 @@ def deploy(
     max_lora_rank: int | None = None,
     action: str = "deploy",
     max_new_tokens: int = PROBE_NEW_TOKENS,
+    override_reason: str | None = None,
 ) -> DeployOutcome:
     """Check, load and probe ``model``'s adapter on ``serving_backend``; on success make it the
     deployed model (:func:`storage.registry.mark_deployed`, ``action`` "deploy" or "rollback").
@@ -249,7 +301,8 @@ def deploy(
     ``inprocess_backend`` runs the same adapter as the reference (it may be ``serving_backend``
     itself). ``max_lora_rank`` defaults to the serving backend's ``max_lora_rank`` attribute (None:
     no limit, as in-process). Writes to ``session`` without committing: the caller's unit of work
-    commits. Never raises for a refused deploy — the outcome says why.
+    commits. Never raises for a refused deploy — the outcome says why. ``override_reason`` lets
+    a model through the evaluation gate (:func:`gate`); it is recorded only when it was needed.
     """
     from engine.registry.crypto import AdapterIntegrityError, opened_adapter
 
@@ -259,6 +312,12 @@ def deploy(
     current_name = current.name if current is not None else None
     if current is not None and current.id == model.id and action == "deploy":
         return DeployOutcome(False, f"{name} is already deployed.", current_name, current_name)
+    overridden = ""  # the verdict an override lets through ("" when none was needed)
+    if action == "deploy":
+        refused = gate(session, model, by_user=by_user, override_reason=override_reason)
+        if refused is not None:
+            return refused
+        overridden = (model.eval_verdict or "unevaluated") if gate_problem(model) else ""
 
     def refuse(reason: str, probe: ProbeResult | None = None) -> DeployOutcome:
         registry.record_refusal(session=session, model=model, by_user=by_user, detail=reason)
@@ -324,14 +383,27 @@ def deploy(
         if loaded_serving:
             _unload(serving_backend, name)
         return refuse(probe.reason, probe)
+    reason = " ".join((override_reason or "").split()) if overridden else ""
     previous = registry.mark_deployed(
-        session=session, model=model, by_user=by_user, action=action, detail=probe.summary()
+        session=session,
+        model=model,
+        by_user=by_user,
+        action=action,
+        detail=probe.summary(),
+        override_verdict=overridden,
+        override_reason=reason,
     )
     session.flush()
     log.info("deployed %s (%s) by %s; %s", name, action, by_user or "?", probe.summary())
     prev_name = previous.name if previous is not None else current_name
+    note = (
+        f" It was deployed over its {overridden} evaluation by override: “{reason}” "
+        "(recorded in the deployment history)."
+        if overridden
+        else ""
+    )
     return DeployOutcome(
-        True, f"{name} is deployed behind /ask ({probe.summary()}).", name, prev_name, probe
+        True, f"{name} is deployed behind /ask ({probe.summary()}).{note}", name, prev_name, probe
     )
 
 
@@ -397,6 +469,8 @@ __all__ = [
     "ProbeRow",
     "adapter_problems",
     "deploy",
+    "gate",
+    "gate_problem",
     "probe_prompts",
     "rollback",
     "run_probe",

@@ -15,6 +15,9 @@ loss, packing). Learning rate, epochs and the evaluation/checkpoint cadence are 
 * **eval_steps** — about 8 evaluations per run; **save_steps** — the same (early stopping keeps
   the best checkpoint, which must be a saved one).
 
+* **canaries** — :func:`resolve_canaries`: ``floor(5% × n_train / 3)`` canaries, at most 10 (each
+  is planted 3 times), so from 60 training examples up; none below.
+
 Early stopping (``early_stopping_patience`` evaluations without improvement) guards against the
 overfitting that many epochs on a small set invite.
 """
@@ -141,10 +144,12 @@ class TrainConfig:
         default="auto",
         metadata=_help("Compute dtype: auto (bf16 where the device supports it), bf16 or fp32."),
     )
-    canaries: int = field(
-        default=0,
+    canaries: int | None = field(
+        default=None,
         metadata=_help(
-            "Canary strings planted in the training data (recorded for evaluation).",
+            "Canary strings planted in the training data (recorded; every evaluation checks "
+            "that the model does not complete them); auto plants some once the training split "
+            "is large enough to hide them (see resolve_canaries), 0 plants none.",
             min=0,
             max=1000,
         ),
@@ -306,6 +311,37 @@ class TrainConfig:
         )
 
 
+CANARY_REPEATS = 3
+"""Each canary is planted this many times: memorisation of a string grows with how often it is
+seen (Carlini et al., "The Secret Sharer", 2019), and a string seen once is rarely memorised by a
+small run, so one copy would make the check pass too easily."""
+AUTO_CANARY_SHARE = 0.05
+"""``canaries=auto`` keeps the planted rows at most 5 % of the training split: few enough that they
+neither change what the model learns from the team's answers nor dominate an epoch, many enough
+(with :data:`CANARY_REPEATS`) that a model which memorises its training data shows it. Below 60
+examples even one canary (3 rows) would be more than 5 %, so none is planted and the evaluation
+says the check was skipped."""
+AUTO_CANARY_MAX = 10  # more canaries add evaluation time, not evidence
+
+
+def resolve_canaries(setting: int | None, n_train: int) -> tuple[int, str]:
+    """How many canaries a run plants (``setting``: the ``canaries`` field, None for auto) over
+    ``n_train`` training examples, and a sentence saying why (for run_info.json)."""
+    if setting is not None:
+        return setting, f"canaries={setting}"
+    n = min(AUTO_CANARY_MAX, int(AUTO_CANARY_SHARE * n_train / CANARY_REPEATS))
+    if n:
+        return n, (
+            f"canaries=auto: {n} planted ×{CANARY_REPEATS} in {n_train} training examples "
+            f"(at most {AUTO_CANARY_SHARE:.0%} of the rows)"
+        )
+    least = math.ceil(CANARY_REPEATS / AUTO_CANARY_SHARE)
+    return 0, (
+        f"canaries=auto: none planted; {n_train} training examples are too few to hide one "
+        f"(from {least})"
+    )
+
+
 # Names people often type for our fields (from other trainers' configs): suggested, never applied.
 _ALIASES = {
     "r": "lora_r",
@@ -397,4 +433,11 @@ def _coerce(name: str, value: Any) -> Any:
         raise TrainConfigError(f"{name} must be {expected}, not {value!r}.") from None
 
 
-__all__ = ["CONTEXT_MODES", "METHODS", "TrainConfig", "TrainConfigError"]
+__all__ = [
+    "CANARY_REPEATS",
+    "CONTEXT_MODES",
+    "METHODS",
+    "TrainConfig",
+    "TrainConfigError",
+    "resolve_canaries",
+]

@@ -36,7 +36,7 @@ from engine.evaluate.safety import make_canaries, plant_canaries
 
 from . import events, libconfig
 from .callbacks import RunState
-from .config import TrainConfig, TrainConfigError
+from .config import CANARY_REPEATS, TrainConfig, TrainConfigError, resolve_canaries
 from .data import (
     answer_fits,
     as_dataset,
@@ -237,12 +237,15 @@ def _load_data(data: Path, config: TrainConfig) -> tuple[list, list, list[str]]:
     validation_path = data / "validation.jsonl"
     validation_examples = load_examples(validation_path) if validation_path.is_file() else []
     canaries: list[str] = []
-    if config.canaries:
-        # A memorisation test on request: unique strings planted in a copy of the training data
-        # (the run folder's files stay as the snapshot wrote them); evaluation prompts with each
-        # canary's prefix and checks whether the model completes it.
-        canaries = make_canaries(config.canaries, seed=config.seed)
-        train_examples = plant_canaries(train_examples, canaries, seed=config.seed, repeats=3)
+    n_canaries, _ = resolve_canaries(config.canaries, len(train_examples))
+    if n_canaries:
+        # A memorisation test (by default once the split can hide it): unique strings planted in
+        # a copy of the training data (the run folder's files stay as the snapshot wrote them);
+        # evaluation prompts with each canary's prefix and checks whether the model completes it.
+        canaries = make_canaries(n_canaries, seed=config.seed)
+        train_examples = plant_canaries(
+            train_examples, canaries, seed=config.seed, repeats=CANARY_REPEATS
+        )
     return train_examples, validation_examples, canaries
 
 
