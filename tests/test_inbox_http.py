@@ -1,5 +1,6 @@
 """Nothing lost between the ack and the commit: ``kill -9`` of a real ``threadtune serve`` after it
-acknowledged a curation over HTTP, then a restart; on SQLite and PostgreSQL.
+acknowledged a curation, then a restart; over HTTP on SQLite and PostgreSQL, and over Socket Mode
+(the ack is an envelope on the WebSocket, and Slack never sends an acknowledged envelope again).
 
 The bot is stopped between the ack and the commit with a test-only hook: with
 ``THREADTUNE_TEST_STALL_AFTER_ACK_S`` set, ``threadtune serve`` makes each listener wait that long
@@ -23,11 +24,13 @@ from tests.conftest import _drop_pg, _fresh_pg, free_port
 CURATE, ACK = "white_check_mark", "inbox_tray"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'threadtune.db'}" if request.param == "sqlite" else _fresh_pg("")
-    yield url
-    if request.param == "postgresql":
+@pytest.fixture(params=["sqlite-http", "postgresql-http", "sqlite-socket"])
+def setup(request, tmp_path):
+    """(database URL, whether the bot runs in Socket Mode)."""
+    db, transport = request.param.split("-")
+    url = f"sqlite:///{tmp_path / 'threadtune.db'}" if db == "sqlite" else _fresh_pg("")
+    yield url, transport == "socket"
+    if db == "postgresql":
         _drop_pg(url)
 
 
@@ -35,8 +38,14 @@ def _examples(engine, ts):
     with session_scope(engine) as s:
         rows = s.exec(select(Example).where(Example.message_ts == ts)).all()
         return [
-            (ex.id, sorted(s.exec(select(ExampleCurator.user_id).where(
-                ExampleCurator.example_id == ex.id)).all()))
+            (
+                ex.id,
+                sorted(
+                    s.exec(
+                        select(ExampleCurator.user_id).where(ExampleCurator.example_id == ex.id)
+                    ).all()
+                ),
+            )
             for ex in rows
         ]
 
@@ -46,21 +55,31 @@ def _row(engine, event_id):
         return s.get(InboxItem, f"event:{event_id}")
 
 
-def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_path):
+def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(setup, tmp_path):
+    url, socket_mode = setup
     port = free_port()
     engine = make_engine(url)
     with Emulator.start(
-        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+        events_url=f"http://127.0.0.1:{port}/slack/events",
+        signing_secret=SIGNING_SECRET,
+        socket_mode=socket_mode,
     ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel("CHELP", "help")
         q = slack.post("UASK", "CHELP", "How do I rotate the staging DB credentials?")
-        a = slack.post("UEXP", "CHELP", "Run `vault write -f database/rotate-root/staging`.",
-                       thread_ts=q)
+        a = slack.post(
+            "UEXP", "CHELP", "Run `vault write -f database/rotate-root/staging`.", thread_ts=q
+        )
 
-        with running_bot(slack, port, tmp_path / "first", url,
-                         THREADTUNE_TEST_STALL_AFTER_ACK_S="600") as (proc, log):
+        with running_bot(
+            slack,
+            port,
+            tmp_path / "first",
+            url,
+            socket_mode=socket_mode,
+            THREADTUNE_TEST_STALL_AFTER_ACK_S="600",
+        ) as (proc, log):
             delivery = slack.react("UCUR1", "CHELP", a, CURATE)
             assert delivery is not None and delivery.status == 200  # acknowledged
             event_id = slack.last_event("reaction_added")["event_id"]
@@ -72,7 +91,10 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_pat
         assert _examples(engine, a) == []  # lost, were it not for the inbox
         assert slack.reactions("CHELP", a).get(ACK) is None
 
-        with running_bot(slack, port, tmp_path / "second", url) as (proc, log):
+        with running_bot(slack, port, tmp_path / "second", url, socket_mode=socket_mode) as (
+            proc,
+            log,
+        ):
             found = wait_until(lambda: _examples(engine, a), 30, "the replayed curation", log)
             assert [curators for _, curators in found] == [["UCUR1"]]
             wait_until(lambda: (_row(engine, event_id) or row).done_at, 15, "the row done", log)
@@ -88,7 +110,10 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(url, tmp_pat
         with session_scope(engine) as s:
             crashed = s.get(InboxItem, f"event:{event_id}")
             crashed.done_at, crashed.body = None, row.body  # as it was before the listener ran
-        with running_bot(slack, port, tmp_path / "third", url) as (proc, log):
+        with running_bot(slack, port, tmp_path / "third", url, socket_mode=socket_mode) as (
+            proc,
+            log,
+        ):
             wait_until(lambda: _row(engine, event_id).done_at, 30, "the replay done", log)
             slack.wait_idle()
             assert "replaying event:" in log.read_text()
