@@ -401,6 +401,7 @@ class AskService:
         self._inflight_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._tick_wake = threading.Event()
+        self._index_version = -1
         serving.on_change(self.cache.clear)
 
     def redact(self, text: str) -> str:
@@ -457,6 +458,11 @@ class AskService:
         index = self.index()
         if index is None:
             return (epoch,)
+        if index.version != self._index_version:
+            # answers of an older index can never be served again; drop them now, so that text
+            # forgotten (or withdrawn) leaves the process's memory with the index's sync
+            self._index_version = index.version
+            self.cache.clear()
         return (epoch, index.version, self.audience(request).view(index.private_channels()))
 
     def generate(

@@ -110,6 +110,8 @@ class DatasetSnapshot(SQLModel, table=True):
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_by: str = Field(default="", max_length=32)
     created_at: datetime = _ts()
+    # lines ``threadtune forget`` removed from its files since it was built (storage/forget.py)
+    forgotten_lines: int = Field(default=0)
 
 
 class SnapshotExample(SQLModel, table=True):
@@ -267,6 +269,10 @@ class Model(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
     )
     deployed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    # set when content it was trained on is forgotten: a model can't be un-trained, admins decide
+    content_forgotten_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True))
+    )
 
 
 class Deployment(SQLModel, table=True):

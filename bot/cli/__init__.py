@@ -34,6 +34,7 @@ def _optional_areas() -> list:
         "audit",
         "index",
         "ask",
+        "forget",
     ]
     found = []
     for name in names:
