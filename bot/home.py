@@ -23,7 +23,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
     from sqlmodel import select
 
     from storage.models import DatasetSnapshot, Job
-    from storage.registry import deployed_model
+    from storage.registry import deployed_model, forgotten_models
 
     with session_scope(db) as session:
         data = HomeData(stats=curation_stats(session=session))
@@ -43,6 +43,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
                 "eval_verdict": model.eval_verdict,
                 "ab_result": model.ab_result,
             }
+        data.forgotten_models = forgotten_models(session=session)
         if snapshot is None:
             snapshot_path = None
     if snapshot_path:

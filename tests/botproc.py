@@ -32,10 +32,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
 
 
 @contextmanager
-def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_extra: str):
+def running_bot(
+    emulator: Emulator, port: int, home: Path, db_url: str, log: Path | None = None,
+    **env_extra: str,
+):
     """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
-    path)."""
-    log = home / "serve.log"
+    path). The log goes to ``home/serve.log`` unless ``log`` names another file."""
+    log = log or home / "serve.log"
     env = {
         **os.environ,
         "SLACK_BOT_TOKEN": emulator.bot_token,
@@ -73,8 +76,9 @@ def running_bot(emulator: Emulator, port: int, home: Path, db_url: str, **env_ex
 
 
 @contextmanager
-def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
-    """An emulated workspace with people and a channel, and the bot serving it."""
+def workspace_with_bot(tmp: Path, db_url: str, home: Path | None = None, **env_extra: str):
+    """An emulated workspace with people and a channel, and the bot serving it; its data
+    directory is ``home`` (default ``tmp``), its log ``tmp/serve.log``."""
     port = free_port()
     with Emulator.start(
         events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
@@ -82,7 +86,9 @@ def workspace_with_bot(tmp: Path, db_url: str, **env_extra: str):
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel("CHELP", "help")
-        with running_bot(slack, port, tmp, db_url, **env_extra) as (proc, log):
+        with running_bot(
+            slack, port, home or tmp, db_url, log=tmp / "serve.log", **env_extra
+        ) as (proc, log):
             yield slack, proc, log, port
 
 

@@ -10,6 +10,11 @@ from slack_sdk.models.blocks import Block, HeaderBlock, PlainTextObject
 
 from bot.blocks.common import context, sections
 
+FORGOTTEN = "trained on content since deleted"
+FORGOTTEN_HELP = (
+    "A model marked _trained on content since deleted_ learned from threads that were deleted or "
+    "forgotten since; it can't be un-trained — `/tune train` a new one and deploy it to drop them."
+)
 STATUS = {"deployed": ":large_green_circle: deployed", "candidate": ":white_circle: candidate",
           "retired": ":black_circle: retired"}
 
@@ -26,6 +31,7 @@ class ModelRow:
     ab_win_rate: float | None
     created_at: datetime
     encrypted: bool
+    content_forgotten: bool = False  # trained on content since deleted (engine.forget)
 
     @classmethod
     def of(cls, model: Any) -> ModelRow:
@@ -39,6 +45,7 @@ class ModelRow:
             float(win) if isinstance(win, int | float) else None,
             model.created_at,
             bool(model.encrypted),
+            getattr(model, "content_forgotten_at", None) is not None,
         )
 
 
@@ -54,6 +61,8 @@ def model_line(row: ModelRow) -> str:
     parts.append(f"{row.created_at:%Y-%m-%d}")
     if row.encrypted:
         parts.append(":lock:")
+    if row.content_forgotten:
+        parts.append(f":warning: {FORGOTTEN}")
     return " · ".join(parts)
 
 
@@ -71,11 +80,13 @@ def models_blocks(rows: list[ModelRow]) -> list[Block]:
     )
     if not rows:
         return [*sections(head + "\nNo trained models yet: `/tune train` makes one.")]
+    notes = [
+        "`/tune deploy <model>` serves one behind /ask after a probe; `/tune rollback` goes back."
+    ]
+    if any(r.content_forgotten for r in rows):
+        notes.append(FORGOTTEN_HELP)
     return [
         HeaderBlock(text=PlainTextObject(text="Models")),
         *sections(head + "\n\n" + "\n".join(model_line(r) for r in rows)),
-        context(
-            "`/tune deploy <model>` serves one behind /ask after a probe; "
-            "`/tune rollback` goes back."
-        ),
+        context(" ".join(notes)),
     ]
