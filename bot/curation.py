@@ -80,6 +80,11 @@ def default_redactor() -> Callable:
     return redact
 
 
+def _asker(thread: list[SlackMessage], thread_ts: str | None) -> str:
+    """Who started the thread: the author of the example's question (``forget --user``)."""
+    return next((m.user for m in thread if m.ts == thread_ts), "")
+
+
 class CurationService:
     def __init__(
         self,
@@ -173,7 +178,7 @@ class CurationService:
             )
         except Refusal as refusal:
             return self._refuse(reaction, refusal, thread_ts)
-        return self._store(reaction, draft, thread_ts)
+        return self._store(reaction, draft, thread_ts, asker=_asker(thread, thread_ts))
 
     def _ask_answer(self, reaction: Reaction) -> ExampleDraft | None:
         """The one exception to "only people's answers are curated": the bot's own ``/ask``
@@ -206,7 +211,9 @@ class CurationService:
             messages=messages,
         )
 
-    def _store(self, reaction: Reaction, draft: ExampleDraft, thread_ts: str | None) -> str:
+    def _store(
+        self, reaction: Reaction, draft: ExampleDraft, thread_ts: str | None, asker: str = ""
+    ) -> str:
         private = self._channel_private(reaction.channel)  # a Slack read: before the transaction
         with session_scope(self.db) as session:
             if not q.claim_event(
@@ -235,7 +242,7 @@ class CurationService:
             else:
                 refusal = None
                 example, created = q.save_example(
-                    session=session, fields=self._fields(draft), curator=reaction.user
+                    session=session, fields=self._fields(draft, asker), curator=reaction.user
                 )
                 example_id = example.id
         if refusal is not None:
@@ -468,7 +475,7 @@ class CurationService:
                     outcome = "withdrawn"
                     continue
                 if example.status == "active" or example.status_reason.startswith("after an edit"):
-                    fields = self._fields(draft)
+                    fields = self._fields(draft, _asker(thread, thread_ts))
                     before.update(m["content"] for m in example.messages)
                     after.update(m["content"] for m in draft.messages)
                     if any(getattr(example, key) != value for key, value in fields.items()):
@@ -490,8 +497,9 @@ class CurationService:
     # -- helpers -----------------------------------------------------------------------------
 
     @staticmethod
-    def _fields(draft: ExampleDraft) -> dict:
+    def _fields(draft: ExampleDraft, asker: str = "") -> dict:
         return {
+            "question_user": asker,
             "channel": draft.channel,
             "thread_ts": draft.thread_ts,
             "message_ts": draft.message_ts,

@@ -328,7 +328,7 @@ def forget(
                 assert example.id is not None  # read from a stored row
                 chosen[example.id] = example
         if user:
-            for example in q.examples_answered_by(session=s, user=user):
+            for example in q.examples_of_user(session=s, user=user):
                 assert example.id is not None  # read from a stored row
                 chosen[example.id] = example
             texts += q.forget_asks_of(session=s, user=user)

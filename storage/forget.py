@@ -42,8 +42,11 @@ def examples_of_message(*, session: Session, channel: str, ts: str) -> list[Exam
     return list(session.execute(stmt).scalars().all())
 
 
-def examples_answered_by(*, session: Session, user: str) -> list[Example]:
-    stmt = select(Example).where(col(Example.answer_user) == user)
+def examples_of_user(*, session: Session, user: str) -> list[Example]:
+    """The examples ``user`` answered or asked (every turn of an example is one of the two)."""
+    stmt = select(Example).where(
+        or_(col(Example.answer_user) == user, col(Example.question_user) == user)
+    )
     return list(session.execute(stmt).scalars().all())
 
 

@@ -55,6 +55,8 @@ class Example(SQLModel, table=True):
     thread_ts: str = Field(max_length=32, index=True)
     message_ts: str = Field(max_length=32)  # the reacted (final assistant) message
     answer_user: str = Field(default="", max_length=32)
+    # who asked: the thread's first message (empty for imports and older rows; migration 0010)
+    question_user: str = Field(default="", max_length=32)
     messages: list[dict[str, str]] = Field(sa_column=Column(JSON, nullable=False))
     redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     content_hash: str = Field(max_length=64, index=True)

@@ -47,9 +47,9 @@ def test_needles_find_whole_escaped_and_truncated_copies_only():
     assert not needles.found_in(SECRET_A[:60])
 
 
-def _example(s, ts, q, a, user="UEXP"):
+def _example(s, ts, q, a, user="UEXP", asker="UOTH"):
     example = Example(
-        channel="CHELP", thread_ts=ts, message_ts=f"{ts}1", answer_user=user,
+        channel="CHELP", thread_ts=ts, message_ts=f"{ts}1", answer_user=user, question_user=asker,
         messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}],
         content_hash=ts,
     )
@@ -89,7 +89,7 @@ def seed(db, home: Path):
     }))
     with session_scope(db) as s:
         other = _example(s, "100.", OTHER_Q, OTHER_A)
-        secret = _example(s, "200.", SECRET_Q, SECRET_A)
+        secret = _example(s, "200.", SECRET_Q, SECRET_A, user="UWRITER", asker="UASK")
         snap = DatasetSnapshot(content_hash="h1", path=str(snap_dir), counts={})
         s.add(snap)
         s.flush()
@@ -155,12 +155,14 @@ def test_forget_a_user_anonymises_votes_and_empties_their_questions(db, home):
     home.mkdir()
     seed(db, home)
     report = forget(db, home, what="user UEXP", user="UEXP")
-    assert sorted(report.examples) == [1, 2]  # both answered by UEXP
+    assert report.examples == [1]  # the one UEXP answered
     assert database_hits(db, "UEXP") == []
     with session_scope(db) as s:
         vote = s.exec(select(ABVote)).one()
         assert vote.voter.startswith("anon-") and vote.choice == "a"
     report = forget(db, home, what="user UASK", user="UASK")
+    assert report.examples == [2]  # the one UASK asked
+    assert files_holding(home, SECRET_Q) == [] and database_hits(db, SECRET_A) == []
     with session_scope(db) as s:
         ask = s.exec(select(AskLog)).one()
         assert (ask.question, ask.answer) == ("", "") and ask.user.startswith("anon-")

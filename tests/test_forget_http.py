@@ -62,7 +62,8 @@ def curate_train_and_ask(slack, log, db, home: Path, ask: bool = True) -> str:
     q = slack.post("UASK", "CHELP", QUESTION)
     a = slack.post("UEXP", "CHELP", ANSWER, thread_ts=q)
     slack.react("UCUR1", "CHELP", a, "white_check_mark")
-    wait_until(lambda: _example(db, a), 20, "the curated example", log)
+    assert wait_until(lambda: _example(db, a), 20, "the curated example", log).question_user == (
+        "UASK")  # who asked is recorded, for forget --user
 
     slack.slash("UADMIN", "CHELP", "/tune", "dataset build")
     snapshot = wait_until(lambda: _snapshot(db), 60, "the snapshot", log)

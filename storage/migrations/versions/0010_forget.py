@@ -1,4 +1,4 @@
-"""forget: snapshots record how many lines forgetting removed from them, models when content they
+"""forget: examples record who asked, snapshots record how many lines forgetting removed from them, models when content they
 were trained on was forgotten (issue 15)
 
 Revision ID: 0010
@@ -6,6 +6,7 @@ Revises: 0006
 Create Date: 2026-12-06 15:30:00.000000
 """
 import sqlalchemy as sa
+import sqlmodel
 from alembic import op
 
 revision = '0010'
@@ -15,6 +16,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('example', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('question_user', sqlmodel.sql.sqltypes.AutoString(length=32),
+                                      nullable=False, server_default=''))
     with op.batch_alter_table('dataset_snapshot', schema=None) as batch_op:
         batch_op.add_column(sa.Column('forgotten_lines', sa.Integer(), nullable=False,
                                       server_default='0'))
@@ -28,3 +32,5 @@ def downgrade() -> None:
         batch_op.drop_column('content_forgotten_at')
     with op.batch_alter_table('dataset_snapshot', schema=None) as batch_op:
         batch_op.drop_column('forgotten_lines')
+    with op.batch_alter_table('example', schema=None) as batch_op:
+        batch_op.drop_column('question_user')
