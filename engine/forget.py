@@ -202,6 +202,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _overwrite(path: Path, data: bytes) -> None:
+    """Rewrite a log in place: a process appending to it keeps its handle (a replaced file would
+    leave it writing to a deleted one)."""
+    with path.open("r+b") as handle:
+        handle.write(data)
+        handle.truncate()
+
+
 def _drop_lines(
     path: Path, lines: set[int], raw: set[bytes], needles: Needles
 ) -> tuple[list[int], list[bytes]]:
@@ -295,7 +303,10 @@ def _sweep(home: Path, skip: set[Path], needles: Needles, user: str | None) -> t
         if user:
             new = new.replace(json.dumps(user), json.dumps(REPLACEMENT))
         if new != text:
-            _atomic_write(path, new.encode("utf-8"))
+            if path.suffix == ".log":
+                _overwrite(path, new.encode("utf-8"))
+            else:
+                _atomic_write(path, new.encode("utf-8"))
             rewritten.append(str(path.relative_to(home)))
     return rewritten, deleted
 

@@ -274,7 +274,7 @@ def secure_delete(*, session: Session) -> None:
         session.execute(text("PRAGMA secure_delete=ON"))
 
 
-def compact(db: Engine, attempts: int = 50) -> str:
+def compact(db: Engine, attempts: int = 25) -> str:
     """Leave no deleted bytes in the database's files; returns what was done, in words.
 
     SQLite keeps deleted rows in free pages and in the write-ahead log: ``VACUUM`` rewrites the
@@ -288,9 +288,19 @@ def compact(db: Engine, attempts: int = 50) -> str:
         )
     with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM")
-        for _ in range(attempts):
-            busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
-            if not busy:
-                return "SQLite: vacuumed, write-ahead log emptied"
-            time.sleep(0.1)
-    return "SQLite: vacuumed; the write-ahead log is still in use by another process"
+        # A TRUNCATE checkpoint blocks every writer while it waits for readers: wait briefly,
+        # retry, and give up after a few seconds rather than stall the bot's curation.
+        conn.exec_driver_sql("PRAGMA busy_timeout=100")
+        try:
+            for _ in range(attempts):
+                busy, _log, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                if not busy:
+                    return "SQLite: vacuumed, write-ahead log emptied"
+                time.sleep(0.1)
+        finally:
+            conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+    return (
+        "SQLite: vacuumed; the write-ahead log was busy (another process reading) and keeps old "
+        "frames until SQLite's next checkpoint (run the same `threadtune forget` again to empty "
+        "it now)"
+    )

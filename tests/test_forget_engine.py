@@ -124,7 +124,13 @@ def home(tmp_path):
 def test_forget_a_message_reaches_every_copy(db, db_url, home):
     home.mkdir()
     ts = seed(db, home)
+    log = (home / "serve.log").open("a")  # a process logging into the data directory
+    log.write(f"DEBUG event text: {SECRET_A}\n")
+    log.flush()
     report = forget(db, home, what=f"message CHELP/{ts}", message=("CHELP", ts))
+    log.write("still logging\n")  # its handle still reaches the file (rewritten in place)
+    log.close()
+    assert (home / "serve.log").read_text().endswith("still logging\n")
 
     assert report.examples == [2]
     assert report.snapshots == {1: 1} and report.run_lines == {1: 1}
