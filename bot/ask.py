@@ -401,6 +401,7 @@ class AskService:
         self._inflight_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._tick_wake = threading.Event()
+        self._index_version = -1
         serving.on_change(self.cache.clear)
 
     def redact(self, text: str) -> str:
@@ -453,11 +454,21 @@ class AskService:
         """What a cached answer depends on besides the question: the deployed model (the
         deployment epoch), what can be retrieved (the index's version) and which private
         channels the audience may see — so a private thread's answer is never served to someone
-        who may not see it, and an edited or withdrawn example is never served at all."""
+        who may not see it, and an edited or withdrawn example is never served at all. An answer
+        in a thread also depends on the thread (its earlier messages were in the prompt)."""
+        # an answer in a thread read the thread's earlier messages (someone's own words in a DM
+        # or assistant thread): it is served again in that thread only, never to anyone else
+        thread = (request.channel, request.thread_ts) if request.thread_ts else ()
         index = self.index()
         if index is None:
-            return (epoch,)
-        return (epoch, index.version, self.audience(request).view(index.private_channels()))
+            return (epoch, *thread)
+        if index.version != self._index_version:
+            # answers of an older index can never be served again; drop them now, so that text
+            # forgotten (or withdrawn) leaves the process's memory with the index's sync
+            self._index_version = index.version
+            self.cache.clear()
+        view = self.audience(request).view(index.private_channels())
+        return (epoch, index.version, view, *thread)
 
     def generate(
         self, found: Lookup, request: AskRequest, *, history: Sequence[Message] | None = None

@@ -93,6 +93,11 @@ def default_redactor() -> Callable:
     return redact
 
 
+def _asker(thread: list[SlackMessage], thread_ts: str | None) -> str:
+    """Who started the thread: the author of the example's question (``forget --user``)."""
+    return next((m.user for m in thread if m.ts == thread_ts), "")
+
+
 class CurationService:
     def __init__(
         self,
@@ -108,6 +113,9 @@ class CurationService:
         self.redact = redact or default_redactor()
         # Called after a committed change to the current examples (the bot syncs its index).
         self.on_change = on_change
+        # Called with (what, texts) when a deletion or an exclusion removed content: the bot
+        # forgets it from every other copy (bot.forget.SlackForgetter).
+        self.forget: Callable[[str, list[str]], object] | None = None
         # Events about one channel are applied in order of arrival; channels run in parallel.
         self._locks = [threading.Lock() for _ in range(64)]
         # channel id → private, as conversations.info said; a channel's privacy rarely changes
@@ -132,6 +140,10 @@ class CurationService:
         private = bool(info.get("channel", {}).get("is_private", True))
         self._private[channel] = private
         return private
+
+    def _forget(self, what: str, texts: list[str]) -> None:
+        if self.forget is not None and texts:
+            self.forget(what, texts)
 
     def _lock(self, channel: str) -> threading.Lock:
         return self._locks[zlib.crc32(channel.encode()) % len(self._locks)]
@@ -180,13 +192,15 @@ class CurationService:
                 "not_in_thread",
                 "That message isn't in a thread: I learn from answers given as thread replies.",
             )
-        return build_example(
+        draft = build_example(
             channel,
             thread,
             reacted_ts,
             min_answer_chars=self.rules.min_answer_chars,
             redact=self.redact,
         )
+        draft.asker = _asker(thread, thread_ts)
+        return draft
 
     def lock(self, channel: str) -> threading.Lock:
         """The lock that orders the changes to one channel's examples (one per channel stripe)."""
@@ -287,6 +301,8 @@ class CurationService:
                 session=session, channel=reaction.channel, thread_ts=thread_ts, user=reaction.user
             )
             removed_ts = [e.message_ts for e in removed if e.status == "active"]
+            texts = [m["content"] for e in removed for m in e.messages]
+        self._forget(f"the excluded thread {reaction.channel}/{thread_ts}", texts)
         for ts in removed_ts:
             self._react(reaction.channel, ts, add=False)
         note = f" and removed {len(removed)} example(s) taken from it" if removed else ""
@@ -455,15 +471,20 @@ class CurationService:
         with session_scope(self.db) as session:
             if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
                 return "duplicate_event"
+            texts = []
             for example in q.examples_in_thread(
                 session=session, channel=change.channel, thread_ts=thread_ts
             ):
                 if every or example.message_ts == change.ts:
+                    texts += [m["content"] for m in example.messages]
                     session.delete(example)
+        self._forget(f"the deleted message {change.channel}/{change.ts}", texts)
         return "deleted"
 
     def _rederive(self, change: MessageChange, thread: list[SlackMessage]) -> str:
         outcome = "updated"
+        before: set[str] = set()
+        after: set[str] = set()
         with session_scope(self.db) as session:
             if not q.claim_event(session=session, event_id=change.event_id, kind=change.kind):
                 return "duplicate_event"
@@ -482,11 +503,14 @@ class CurationService:
                         redact=self.redact,
                     )
                 except Refusal as refusal:
+                    before.update(m["content"] for m in example.messages)
                     q.withdraw(session=session, example=example, reason=f"after an edit: {refusal}")
                     outcome = "withdrawn"
                     continue
                 if example.status == "active" or example.status_reason.startswith("after an edit"):
-                    fields = self._fields(draft)
+                    fields = self._fields(draft, _asker(thread, thread_ts))
+                    before.update(m["content"] for m in example.messages)
+                    after.update(m["content"] for m in draft.messages)
                     if any(getattr(example, key) != value for key, value in fields.items()):
                         # the index follows ``updated_at``: without it an edit is never seen
                         example.updated_at = utcnow()
@@ -497,13 +521,18 @@ class CurationService:
                     ):
                         example.status, example.status_reason = "active", ""
                     session.add(example)
+        if change.kind == "deleted":  # a turn in the middle of a thread: forget what it said
+            self._forget(
+                f"the deleted message {change.channel}/{change.ts}", sorted(before - after)
+            )
         return outcome
 
     # -- helpers -----------------------------------------------------------------------------
 
     @staticmethod
-    def _fields(draft: ExampleDraft) -> dict:
+    def _fields(draft: ExampleDraft, asker: str = "") -> dict:
         return {
+            "question_user": asker or draft.asker,
             "channel": draft.channel,
             "thread_ts": draft.thread_ts,
             "message_ts": draft.message_ts,

@@ -30,7 +30,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
     from sqlmodel import select
 
     from storage.models import DatasetSnapshot, Job
-    from storage.registry import deploy_overrides, deployed_model
+    from storage.registry import deploy_overrides, deployed_model, forgotten_models
 
     with session_scope(db) as session:
         data = HomeData(stats=curation_stats(session=session))
@@ -53,6 +53,7 @@ def gather(db) -> HomeData:  # noqa: ANN001
                 # the deploy that put it there overrode the evaluation gate: say so, and why
                 "override": override_text(override) if override is not None else "",
             }
+        data.forgotten_models = forgotten_models(session=session)
         if snapshot is None:
             snapshot_path = None
     if snapshot_path:

@@ -19,6 +19,7 @@ from bot.ask import AskConfig, AskService
 from bot.backends import Serving
 from bot.curation import CurationRules, CurationService
 from bot.evaluation import EvaluationService
+from bot.forget import SlackForgetter
 from bot.indexing import IndexSyncer
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
@@ -157,6 +158,9 @@ class Services:
         )
         services.indexing = IndexSyncer(db, lambda: services.index, work)
         curation.on_change = services.indexing.request
+        curation.forget = SlackForgetter(
+            db, settings.home, work, after=[services.indexing.request, ask.cache.clear]
+        )
         services.access = access
         return services
 

@@ -80,6 +80,7 @@ class ExampleDraft:
     answer_user: str
     messages: list[dict[str, str]]
     redactions: dict[str, int] = field(default_factory=dict)
+    asker: str = ""  # who started the thread: the question's author (``forget --user``)
 
     @property
     def content_hash(self) -> str:

@@ -55,6 +55,8 @@ class Example(SQLModel, table=True):
     thread_ts: str = Field(max_length=32, index=True)
     message_ts: str = Field(max_length=32)  # the reacted (final assistant) message
     answer_user: str = Field(default="", max_length=32)
+    # who asked: the thread's first message (empty for imports and older rows; migration 0010)
+    question_user: str = Field(default="", max_length=32)
     messages: list[dict[str, str]] = Field(sa_column=Column(JSON, nullable=False))
     redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     content_hash: str = Field(max_length=64, index=True)
@@ -110,6 +112,8 @@ class DatasetSnapshot(SQLModel, table=True):
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_by: str = Field(default="", max_length=32)
     created_at: datetime = _ts()
+    # lines ``threadtune forget`` removed from its files since it was built (storage/forget.py)
+    forgotten_lines: int = Field(default=0)
 
 
 class SnapshotExample(SQLModel, table=True):
@@ -267,6 +271,10 @@ class Model(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime(timezone=True), nullable=False)
     )
     deployed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(timezone=True)))
+    # set when content it was trained on is forgotten: a model can't be un-trained, admins decide
+    content_forgotten_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(timezone=True))
+    )
 
 
 class Deployment(SQLModel, table=True):

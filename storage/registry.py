@@ -50,6 +50,17 @@ def list_models(*, session: Session, limit: int = 20) -> list[Model]:
     return list(session.exec(select(Model).order_by(col(Model.id).desc()).limit(limit)).all())
 
 
+def forgotten_models(*, session: Session, limit: int = 20) -> list[str]:
+    """Names of models trained on content since forgotten (``engine.forget``), newest first."""
+    stmt = (
+        select(Model.name)
+        .where(col(Model.content_forgotten_at).is_not(None))
+        .order_by(col(Model.id).desc())
+        .limit(limit)
+    )
+    return list(session.exec(stmt).all())
+
+
 def deployed_model(*, session: Session) -> Model | None:
     return session.exec(select(Model).where(Model.status == "deployed")).first()
 

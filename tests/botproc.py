@@ -41,12 +41,14 @@ def running_bot(
     db_url: str,
     *,
     socket_mode: bool = False,
+    log: Path | None = None,
     **env_extra: str,
 ):
     """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
     path). With ``socket_mode`` the bot gets the emulator's app-level token, ``port`` serves only
-    ``/healthz`` and ``/metrics``, and this returns once its WebSocket is open."""
-    log = home / "serve.log"
+    ``/healthz`` and ``/metrics``, and this returns once its WebSocket is open. The log goes to
+    ``home/serve.log`` unless ``log`` names another file."""
+    log = log or home / "serve.log"
     socket_env = {"SLACK_APP_TOKEN": emulator.app_token, "HEALTH_PORT": str(port)}
     env = {
         **os.environ,
@@ -88,9 +90,17 @@ def running_bot(
 
 
 @contextmanager
-def workspace_with_bot(tmp: Path, db_url: str, *, socket_mode: bool = False, **env_extra: str):
+def workspace_with_bot(
+    tmp: Path,
+    db_url: str,
+    home: Path | None = None,
+    *,
+    socket_mode: bool = False,
+    **env_extra: str,
+):
     """An emulated workspace with people and a channel, and the bot serving it (over HTTP, or
-    in Socket Mode with ``socket_mode``)."""
+    in Socket Mode with ``socket_mode``); its data directory is ``home`` (default ``tmp``), its
+    log ``tmp/serve.log``."""
     port = free_port()
     with Emulator.start(
         events_url=None if socket_mode else f"http://127.0.0.1:{port}/slack/events",
@@ -100,10 +110,15 @@ def workspace_with_bot(tmp: Path, db_url: str, *, socket_mode: bool = False, **e
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel("CHELP", "help")
-        with running_bot(slack, port, tmp, db_url, socket_mode=socket_mode, **env_extra) as (
-            proc,
-            log,
-        ):
+        with running_bot(
+            slack,
+            port,
+            home or tmp,
+            db_url,
+            socket_mode=socket_mode,
+            log=tmp / "serve.log",
+            **env_extra,
+        ) as (proc, log):
             yield slack, proc, log, port
 
 

@@ -11,6 +11,7 @@ from slack_sdk.models.views import View
 
 from bot.blocks.common import context, sections
 from bot.blocks.dataset import TARGET, readiness_line
+from bot.blocks.models import FORGOTTEN
 from bot.blocks.unanswered import UnansweredItem, unanswered_blocks
 
 MAX_BLOCKS = 100  # Slack's limit for a Home view
@@ -26,6 +27,8 @@ class HomeData:
     snapshot: dict[str, Any] | None = None  # id, counts
     jobs: list[dict[str, Any]] = field(default_factory=list)  # id, state, method, step, total
     deployed: dict[str, Any] | None = None  # name, eval_verdict, ab_result
+    # models trained on content since deleted (engine.forget), newest first
+    forgotten_models: list[str] = field(default_factory=list)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # model, rating, lo, hi, votes
     # curators only (None: the viewer is not one, and sees no such section)
     unanswered: list[UnansweredItem] | None = None
@@ -86,6 +89,13 @@ def home_view(data: HomeData) -> View:
         )
     else:
         blocks += sections("*Deployed behind /ask:* the base model (nothing deployed yet).")
+    if data.forgotten_models:
+        blocks += sections(
+            f":warning: *{FORGOTTEN.capitalize()}:* "
+            + ", ".join(f"`{name}`" for name in data.forgotten_models[:20])
+            + ". A model can't be un-trained: `/tune train` a new one and deploy it to drop "
+            "the deleted threads."
+        )
     if data.leaderboard:
         rows = [
             f"{i + 1}. `{r['model']}` {r['rating']:.0f}"

@@ -24,6 +24,11 @@ from slack_sdk.models.views import View
 from bot import ids
 from bot.blocks.common import context, sections
 
+FORGOTTEN = "trained on content since deleted"
+FORGOTTEN_HELP = (
+    "A model marked _trained on content since deleted_ learned from threads that were deleted or "
+    "forgotten since; it can't be un-trained — `/tune train` a new one and deploy it to drop them."
+)
 STATUS = {"deployed": ":large_green_circle: deployed", "candidate": ":white_circle: candidate",
           "retired": ":black_circle: retired"}
 
@@ -41,6 +46,7 @@ class ModelRow:
     created_at: datetime
     encrypted: bool
     override: str = ""  # how its latest deploy overrode the evaluation gate ("" when it did not)
+    content_forgotten: bool = False  # trained on content since deleted (engine.forget)
 
     @classmethod
     def of(cls, model: Any, override: Any = None) -> ModelRow:
@@ -56,6 +62,7 @@ class ModelRow:
             model.created_at,
             bool(model.encrypted),
             override_text(override) if override is not None else "",
+            getattr(model, "content_forgotten_at", None) is not None,
         )
 
 
@@ -84,6 +91,8 @@ def model_line(row: ModelRow) -> str:
     parts.append(f"{row.created_at:%Y-%m-%d}")
     if row.encrypted:
         parts.append(":lock:")
+    if row.content_forgotten:
+        parts.append(f":warning: {FORGOTTEN}")
     line = " · ".join(parts)
     return line + (f"\n      {row.override}" if row.override else "")
 
@@ -102,13 +111,15 @@ def models_blocks(rows: list[ModelRow]) -> list[Block]:
     )
     if not rows:
         return [*sections(head + "\nNo trained models yet: `/tune train` makes one.")]
+    notes = [
+        "`/tune deploy <model>` serves one behind /ask after a probe; `/tune rollback` goes back."
+    ]
+    if any(r.content_forgotten for r in rows):
+        notes.append(FORGOTTEN_HELP)
     return [
         HeaderBlock(text=PlainTextObject(text="Models")),
         *sections(head + "\n\n" + "\n".join(model_line(r) for r in rows)),
-        context(
-            "`/tune deploy <model>` serves one behind /ask after a probe; "
-            "`/tune rollback` goes back."
-        ),
+        context(" ".join(notes)),
     ]
 
 

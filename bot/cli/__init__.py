@@ -35,6 +35,7 @@ def _optional_areas() -> list:
         "index",
         "ask",
         "backfill",
+        "forget",
     ]
     found = []
     for name in names:

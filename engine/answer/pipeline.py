@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.answer.config import GroundingConfig
-from engine.answer.prompt import build_prompt, carries, clean_reply, fit_context
+from engine.answer.prompt import (
+    build_prompt,
+    carries,
+    clean_reply,
+    fit_context,
+    without_echoes,
+)
 from engine.serving.base import Message, ModelBackend
 
 
@@ -167,6 +173,7 @@ def answer(
     if not config.enabled or retriever is None:
         prompt = build_prompt(question, [], history)
         text = backend.generate([prompt], max_new_tokens=max_new_tokens, adapter=adapter)[0].text
+        text = without_echoes(text, question)
         return GroundedAnswer(
             text=text, abstained=False, model=adapter, latency_ms=elapsed(), reply=text
         )
@@ -191,12 +198,15 @@ def answer(
     used = usable[: len(fit_context(usable, config.max_context_chars))]
     prompt = build_prompt(question, used, history, max_context_chars=config.max_context_chars)
     generated = backend.generate([prompt], max_new_tokens=max_new_tokens, adapter=adapter)[0]
-    reply = clean_reply(generated.text)
+    # the prompt's scaffolding, our instructions and the question never reach the reply
+    reply = without_echoes(clean_reply(generated.text), question)
     best = used[0].answer.strip()
     quoted = config.quote_when_missing and not carries(reply, best)
     # A reply that carries none of the curated facts is not shown beside the quote: measured, it
-    # often states a different fact in their place (another channel, another number).
-    text = quote(best) if quoted else (reply or generated.text.strip())
+    # often states a different fact in their place (another channel, another number). A reply
+    # that was nothing but an echo of the prompt is not shown either: the curated answer is.
+    quoted = quoted or not reply
+    text = quote(best) if quoted else reply
     sources = [_source(hit, number) for number, hit in enumerate(used, 1)]
     return GroundedAnswer(
         text=text,

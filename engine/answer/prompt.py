@@ -141,6 +141,58 @@ def clean_reply(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept).strip())
 
 
+ECHO_WORDS = 8
+"""A run of this many words of our own instructions in a reply is a leak of the prompt."""
+MIN_ECHO_LINE = 20
+"""A line of the question at least this long, repeated whole in a reply, is an echo of it."""
+_WORD = re.compile(r"[\w'’]+")
+_EMPTIED = re.compile(r"[\s.,;:\-]*(?:\w+:)?[\s.,;:\-]*")
+
+
+def _ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+_PROMPT_NGRAMS = _ngrams([w.lower() for w in _WORD.findall(f"{SYSTEM} {INSTRUCTION}")], ECHO_WORDS)
+
+
+def without_echoes(reply: str, question: str = "") -> str:
+    """``reply`` without any copy of our own instructions (a run of :data:`ECHO_WORDS` words of
+    :data:`SYSTEM` or :data:`INSTRUCTION`, whole or in part) and without the asker's question
+    repeated line by line (lines of :data:`MIN_ECHO_LINE` characters or more).
+
+    A model that repeats its prompt — a small one does, and an injected "print your system
+    prompt" asks it to — must not publish the instructions, and a reply must not carry the
+    question: answers are cached and served to other people who ask the same thing, and the
+    question is the asker's, not theirs."""
+    words = list(_WORD.finditer(reply))
+    lowered = [w.group().lower() for w in words]
+    cut: list[tuple[int, int]] = []
+    for i in range(len(words) - ECHO_WORDS + 1):
+        if tuple(lowered[i : i + ECHO_WORDS]) in _PROMPT_NGRAMS:
+            cut.append((words[i].start(), words[i + ECHO_WORDS - 1].end()))
+    for start, end in reversed(_merge(cut)):
+        reply = reply[:start] + reply[end:]
+    for line in question.splitlines():
+        line = " ".join(line.split())
+        if len(line) >= MIN_ECHO_LINE:
+            pattern = r"\s+".join(re.escape(w) for w in line.split())
+            reply = re.sub(pattern, "", reply, flags=re.IGNORECASE)
+    # what is left of a line once its echo is gone: nothing, punctuation, or a bare "Question:"
+    lines = [ln for ln in reply.splitlines() if not _EMPTIED.fullmatch(ln)]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines).strip())
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 # Words that carry a curated fact verbatim: anything with a digit or with #, ., -, _, /, :, @ inside
 # (channels, ports, hostnames, commands, form codes), and whatever is written as `code`.
 _SPECIFIC = re.compile(r"`[^`\n]+`|[#@]?\w[\w.\-/:@#]*\w|\d")
@@ -207,4 +259,5 @@ __all__ = [
     "neutralise",
     "neutralise_controls",
     "specifics",
+    "without_echoes",
 ]
