@@ -17,7 +17,7 @@ EXAMPLES = [
     {
         "messages": [
             {"role": "system", "content": "You answer IT questions."},
-            {"role": "user", "content": f"Question {i}: how do I reset the {thing}?" + " Please" * i},
+            {"role": "user", "content": f"Question {i}: how to reset the {thing}?" + " Please" * i},
             {"role": "assistant", "content": f"Open the {thing} page and click Reset ({i})."},
         ]
     }
