@@ -21,9 +21,9 @@ def test_default_run_learns_what_the_held_out_questions_ask(base_model_path, tmp
 
     from engine.basemodel import load_tokenizer
 
-    # 5 subjects × 4 phrasings: 18 train, 2 validation (under 20: no retrieved context, cheaper);
+    # 4 subjects × 4 phrasings: 15 train, 1 validation (under 20: no retrieved context, cheaper);
     # the fifth phrasing of each subject is held out
-    train, validation, held_out = build_set(5)
+    train, validation, held_out = build_set(4)
     run_dir = make_run_dir(tmp_path / "run", base_model_path, train, validation)
     assert json.loads((run_dir / "config.json").read_text()) == {
         "base_model": str(base_model_path)
