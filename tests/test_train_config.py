@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.train.config import TrainConfig, TrainConfigError
+from engine.train.config import TrainConfig, TrainConfigError, packed_sequences
 
 SMOLLM2_PARAMS = 134_515_008
 LLAMA_8B_PARAMS = 8_030_261_248
@@ -120,7 +120,8 @@ def test_sequence_length_batch_and_evaluation_follow_the_data_and_say_why():
     )
     assert resolved.max_length == 192 and resolved.batch_size == 5  # ≈ 1,024 tokens a step
     assert "longest training example 159 tokens" in why["max_length"]
-    total = resolved.total_steps(math.ceil(sum(lengths) / 192))
+    total = resolved.total_steps(packed_sequences(lengths, 192))
+    assert packed_sequences([100, 100, 60, 30], 128) == 3  # whole examples, never split
     n_evals = math.ceil(total / resolved.eval_steps)
     assert n_evals <= 8 and n_evals * 1300 <= 0.10 * total * 5 * 192 * 3  # ≤ 10% of compute
     assert set(why) >= {"max_length", "batch_size", "eval_steps", "learning_rate", "epochs"}

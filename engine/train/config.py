@@ -323,7 +323,7 @@ class TrainConfig:
             )
         if n_train_sequences is None:
             if self.packing and lengths:
-                n_train_sequences = math.ceil(sum(min(n, max_length) for n in lengths) / max_length)
+                n_train_sequences = packed_sequences(lengths, max_length)
             else:
                 n_train_sequences = n_train_examples
         sequences = max(1, n_train_sequences)
@@ -395,6 +395,20 @@ class TrainConfig:
     def length_cap(self) -> int:
         """The length examples are cut to before ``max_length`` is resolved."""
         return self.max_length or AUTO_MAX_LENGTH
+
+
+def packed_sequences(lengths: list[int], max_length: int) -> int:
+    """How many ``max_length`` sequences best-fit-decreasing packing (TRL's ``bfd``) fills with
+    examples of these lengths (each cut to ``max_length``)."""
+    free: list[int] = []  # room left in each sequence
+    for n in sorted((min(n, max_length) for n in lengths), reverse=True):
+        fits = [i for i, room in enumerate(free) if room >= n]
+        if fits:
+            best = min(fits, key=free.__getitem__)
+            free[best] -= n
+        else:
+            free.append(max_length - n)
+    return max(1, len(free))
 
 
 # Names people often type for our fields (from other trainers' configs): suggested, never applied.
@@ -488,4 +502,4 @@ def _coerce(name: str, value: Any) -> Any:
         raise TrainConfigError(f"{name} must be {expected}, not {value!r}.") from None
 
 
-__all__ = ["CONTEXT_MODES", "METHODS", "TrainConfig", "TrainConfigError"]
+__all__ = ["CONTEXT_MODES", "METHODS", "TrainConfig", "TrainConfigError", "packed_sequences"]
