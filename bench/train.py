@@ -462,8 +462,9 @@ def main() -> int:
     if args.arm:
         return arm_child(args.arm, args.run_dir, args.out, args.profile)
     if args.quick:
-        args.examples, args.repeats = 16, 1
-        os.environ["TT_BENCH_WARMUP_STEPS"] = "1"
+        global WARMUP_STEPS
+        args.examples, args.repeats, WARMUP_STEPS = 16, 1, 1
+        os.environ["TT_BENCH_WARMUP_STEPS"] = "1"  # the children's profiler follows it
 
     from rich.console import Console
     from rich.table import Table
