@@ -53,6 +53,7 @@ class SlackJobObserver:
         if kind == "start":
             p.total_steps = int(event.get("total_steps") or 0)
             p.resumed_from = event.get("resumed_from")
+            p.choices = dict(event.get("choices") or p.choices)
             self._started[job.id] = (now, int(event.get("resumed_from") or 0))
         elif kind == "step":
             p.step = int(event.get("step", p.step))

@@ -42,3 +42,15 @@ def test_helpers():
         and format_duration(9) == "9s"
     )
     assert isinstance(job_blocks(JobProgress(1, "queued"))[0], Block)
+
+
+def test_the_run_s_own_choices_are_shown_with_their_reasons():
+    choices = {
+        "gradient_checkpointing": {"value": False, "reason": "off: without it the run needs "
+                                   "about 1.2 GiB, no more than 50% of the 20.0 GiB free"},
+        "max_length": {"value": 192, "reason": "longest training example 159 tokens → 192"},
+    }
+    text = render(JobProgress(9, "running", step=1, total_steps=10, choices=choices))
+    assert "Chosen for this run:" in text
+    assert "gradient checkpointing `off` — off: without it the run needs about 1.2 GiB" in text
+    assert "sequence length `192` — longest training example 159 tokens → 192" in text

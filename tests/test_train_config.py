@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.train.config import TrainConfig, TrainConfigError
+from engine.train.config import TrainConfig, TrainConfigError, packed_sequences
 
 SMOLLM2_PARAMS = 134_515_008
 LLAMA_8B_PARAMS = 8_030_261_248
@@ -18,8 +18,11 @@ def test_defaults_follow_published_qlora_practice():
         32,
         "all-linear",
     )
-    assert config.packing and config.gradient_checkpointing
-    assert config.learning_rate is None and config.epochs is None  # auto until resolved
+    assert config.packing
+    # auto until resolved (from the data, and the machine for checkpointing)
+    assert config.learning_rate is None and config.epochs is None
+    assert config.max_length is None and config.batch_size is None
+    assert config.gradient_checkpointing is None
     assert all(text for text in TrainConfig.help().values()), "every field documents itself"
 
 
@@ -99,7 +102,7 @@ def test_auto_epochs_shrink_as_the_dataset_grows_but_keep_a_minimum_of_steps():
 
 
 def test_resolve_fills_a_consistent_schedule():
-    resolved = TrainConfig().resolve(200, SMOLLM2_PARAMS, n_train_sequences=30)
+    resolved = TrainConfig(batch_size=2).resolve(200, SMOLLM2_PARAMS, n_train_sequences=30)
     total = resolved.total_steps(30)
     assert total == math.ceil(30 / 2) * resolved.epochs
     assert resolved.eval_steps >= 1 and resolved.save_steps % resolved.eval_steps == 0
@@ -107,6 +110,50 @@ def test_resolve_fills_a_consistent_schedule():
     assert TrainConfig(max_steps=5).resolve(200, SMOLLM2_PARAMS).total_steps(30) == 5
     with pytest.raises(TrainConfigError, match="training split is empty"):
         TrainConfig().resolve(0, SMOLLM2_PARAMS)
+
+
+def test_sequence_length_batch_and_evaluation_follow_the_data_and_say_why():
+    # 81 help-desk examples of ~120 tokens: no 1,024-token sequences for them
+    lengths = [100 + (i * 7) % 60 for i in range(81)]
+    resolved, why = TrainConfig().decide(
+        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=10 * 130
+    )
+    assert resolved.max_length == 192 and resolved.batch_size == 5  # ≈ 1,024 tokens a step
+    assert "longest training example 159 tokens" in why["max_length"]
+    total = resolved.total_steps(packed_sequences(lengths, 192))
+    assert packed_sequences([100, 100, 60, 30], 128) == 3  # whole examples, never split
+    n_evals = math.ceil(total / resolved.eval_steps)
+    assert n_evals <= 8 and n_evals * 1300 <= 0.10 * total * 5 * 192 * 3  # ≤ 10% of compute
+    assert set(why) >= {"max_length", "batch_size", "eval_steps", "learning_rate", "epochs"}
+    # a large validation split gets fewer passes; set values are kept and not explained
+    few, why_few = TrainConfig().decide(
+        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=40_000
+    )
+    assert few.eval_steps > resolved.eval_steps
+    kept, why_kept = TrainConfig(max_length=512, batch_size=2).decide(
+        81, SMOLLM2_PARAMS, train_lengths=lengths
+    )
+    assert (kept.max_length, kept.batch_size) == (512, 2) and "max_length" not in why_kept
+    # an example longer than the cap: the cap, said so
+    capped, why_capped = TrainConfig().decide(3, SMOLLM2_PARAMS, train_lengths=[2000, 50, 50])
+    assert capped.max_length == 1024 and "truncated" in why_capped["max_length"]
+
+
+def test_gradient_checkpointing_is_on_only_when_memory_needs_it():
+    from transformers import LlamaConfig
+
+    from engine.train.preflight import choose_checkpointing
+
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                          tie_word_embeddings=True)
+    config = TrainConfig(method="lora", max_length=256, batch_size=4)
+    off, why = choose_checkpointing(smollm2, config, "bf16", free=16 * 2**30)
+    assert off.gradient_checkpointing is False and why.startswith("off:")
+    on, why = choose_checkpointing(smollm2, config, "bf16", free=1 * 2**30)
+    assert on.gradient_checkpointing is True and "more than 50%" in why
+    asked = TrainConfig(method="lora", max_length=256, batch_size=4, gradient_checkpointing=True)
+    assert choose_checkpointing(smollm2, asked, "bf16", free=16 * 2**30) == (asked, None)
 
 
 def test_target_modules_are_checked_against_the_model_and_spelled_out_in_the_lora_config():

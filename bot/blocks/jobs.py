@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from slack_sdk.models.blocks import Block, HeaderBlock
 
@@ -24,6 +25,8 @@ class JobProgress:
     snapshot_id: int | None = None
     requested_by: str = ""
     resumed_from: int | None = None
+    # what the run chose on its own: setting → {"value", "reason"} (run_info.json's "choices")
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -53,6 +56,28 @@ def job_text(p: JobProgress) -> str:
     )
 
 
+CHOICE_LABELS = {
+    "compute_dtype": "compute",
+    "gradient_checkpointing": "gradient checkpointing",
+    "max_length": "sequence length",
+    "batch_size": "batch",
+    "eval_steps": "evaluation",
+    "learning_rate": "learning rate",
+    "epochs": "epochs",
+}
+
+
+def choices_text(choices: dict[str, dict[str, Any]]) -> str:
+    """What the run chose for itself, one line each: the value and why."""
+    lines = ["*Chosen for this run:*"]
+    for name, choice in choices.items():
+        value = choice.get("value")
+        shown = "on" if value is True else "off" if value is False else value
+        label = CHOICE_LABELS.get(name, name.replace("_", " "))
+        lines.append(f"• {label} `{shown}` — {choice.get('reason', '')}")
+    return "\n".join(lines)
+
+
 def job_blocks(p: JobProgress) -> list[Block]:
     icon = STATE_ICONS.get(p.state, "•")
     lines = [
@@ -80,6 +105,8 @@ def job_blocks(p: JobProgress) -> list[Block]:
         )
     if p.error:
         lines.append(f"*Why it stopped:* {p.error}")
+    if p.choices:
+        lines.append(choices_text(p.choices))
     blocks: list[Block] = [
         HeaderBlock(text=f"Training job {p.job_id}"),
         *sections("\n".join(lines)),

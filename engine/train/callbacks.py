@@ -50,6 +50,7 @@ def training_callbacks(run_dir: Path, state: RunState) -> list[Any]:
                 n_validation=state.n_validation,
                 method=state.config.method,
                 resumed_from=state.resumed_from,
+                choices=state.info.get("choices") or {},
             )
 
         def on_log(self, args, trainer_state, control, logs=None, **kwargs):

@@ -34,6 +34,10 @@ from .methods import BY_NAME, Method, method_named
 METHODS = tuple(BY_NAME)
 PRECISIONS = ("auto", "bf16", "fp32")
 CONTEXT_MODES = ("auto", "on", "off")  # what each means: engine.dataset.context
+AUTO_MAX_LENGTH = 1024  # the ceiling of auto max_length (and the length data is cut to before)
+MIN_AUTO_LENGTH = 128
+TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step
+EVAL_SHARE = 0.10  # auto eval_steps: validation passes together at most this share of compute
 
 
 class TrainConfigError(ValueError):
@@ -93,28 +97,40 @@ class TrainConfig:
             "Stop after this many optimiser steps (overrides epochs).", min=1, max=1_000_000
         ),
     )
-    batch_size: int = field(
-        default=2, metadata=_help("Sequences per device per forward pass.", min=1, max=1024)
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Sequences per device per forward pass; auto ≈ 1,024 tokens a step.", min=1, max=1024
+        ),
     )
     grad_accum: int = field(
         default=1, metadata=_help("Forward passes per optimiser step.", min=1, max=1024)
     )
-    max_length: int = field(
-        default=1024,
+    max_length: int | None = field(
+        default=None,
         metadata=_help(
-            "Tokens per (packed) sequence; longer examples are truncated.", min=16, max=131_072
+            "Tokens per (packed) sequence; longer examples are truncated. Auto: the longest "
+            "example, rounded up to 64 (at most 1,024).",
+            min=16,
+            max=131_072,
         ),
     )
     packing: bool = field(
         default=True, metadata=_help("Pack several examples into each sequence (no padding).")
     )
-    gradient_checkpointing: bool = field(
-        default=True, metadata=_help("Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Recompute activations in the backward pass to save memory; auto: only when the "
+            "memory preflight says the run needs it."
+        ),
     )
     eval_steps: int | None = field(
         default=None,
         metadata=_help(
-            "Evaluate on the validation split every N steps; auto ≈ 8 times a run.", min=1
+            "Evaluate on the validation split every N steps; auto: up to 8 times a run, the "
+            "passes together at most ~10% of its compute.",
+            min=1,
         ),
     )
     save_steps: int | None = field(
@@ -259,16 +275,64 @@ class TrainConfig:
     # -- auto values ------------------------------------------------------------------------------
 
     def resolve(
-        self, n_train_examples: int, model_params: int, n_train_sequences: int | None = None
+        self,
+        n_train_examples: int,
+        model_params: int,
+        n_train_sequences: int | None = None,
+        **measured: Any,
     ) -> TrainConfig:
-        """A copy with every auto value filled (see the module docstring for the rules).
+        """A copy with every auto value filled (see :meth:`decide`, which also says why)."""
+        return self.decide(n_train_examples, model_params, n_train_sequences, **measured)[0]
 
-        ``n_train_sequences`` is what one epoch iterates after packing (default: the examples).
+    def decide(
+        self,
+        n_train_examples: int,
+        model_params: int,
+        n_train_sequences: int | None = None,
+        *,
+        train_lengths: list[int] | None = None,
+        validation_tokens: int = 0,
+    ) -> tuple[TrainConfig, dict[str, str]]:
+        """A copy with every auto value the data decides filled, and a reason per choice.
+
+        ``train_lengths`` are the tokenized training examples' lengths: with them, ``max_length``
+        (auto) is the longest rounded up to 64 (at most AUTO_MAX_LENGTH) and ``batch_size`` (auto)
+        holds about TOKENS_PER_STEP tokens; one epoch iterates the packed sequences.
+        ``validation_tokens`` bounds the evaluation cadence by compute. Gradient checkpointing and
+        the compute dtype depend on the machine: ``engine.train.plan`` decides them.
         """
         if n_train_examples < 1:
             raise TrainConfigError("The training split is empty: there is nothing to train on.")
-        sequences = max(1, n_train_sequences if n_train_sequences is not None else n_train_examples)
-        steps_per_epoch = max(1, math.ceil(sequences / (self.batch_size * self.grad_accum)))
+        why: dict[str, str] = {}
+        lengths = [n for n in (train_lengths or []) if n > 0]
+        max_length = self.max_length
+        if max_length is None:
+            longest = max(lengths, default=AUTO_MAX_LENGTH)
+            max_length = min(AUTO_MAX_LENGTH, max(MIN_AUTO_LENGTH, -(-longest // 64) * 64))
+            why["max_length"] = (
+                f"longest training example {longest} tokens → {max_length}: shorter sequences "
+                "spend less on attention per token"
+                + (f" (capped at {AUTO_MAX_LENGTH}; longer ones are truncated)"
+                   if longest > AUTO_MAX_LENGTH else "")
+            )
+        per_sequence = (
+            max_length if self.packing or not lengths
+            else min(max_length, sum(lengths) / len(lengths))
+        )
+        batch = self.batch_size
+        if batch is None:
+            batch = int(min(64, max(1, round(TOKENS_PER_STEP / per_sequence))))
+            why["batch_size"] = (
+                f"{batch} × {'packed ' if self.packing else ''}{per_sequence:.0f}-token sequences "
+                f"≈ {TOKENS_PER_STEP:,} tokens a step"
+            )
+        if n_train_sequences is None:
+            if self.packing and lengths:
+                n_train_sequences = packed_sequences(lengths, max_length)
+            else:
+                n_train_sequences = n_train_examples
+        sequences = max(1, n_train_sequences)
+        steps_per_epoch = max(1, math.ceil(sequences / (batch * self.grad_accum)))
 
         lr = self.learning_rate
         if lr is None:
@@ -276,39 +340,80 @@ class TrainConfig:
             lr = min(max(lr, 5e-5), 1e-3)
             lr /= self.training_method.learning_rate_divisor
             lr = float(f"{lr:.2g}")
+            why["learning_rate"] = f"{lr:g} for {model_params / 1e6:.0f}M parameters"
 
         epochs = self.epochs
         if epochs is None:
             epochs = min(max(round(6 * math.sqrt(100 / n_train_examples)), 2), self.max_epochs)
             if steps_per_epoch * epochs < self.min_steps:
                 epochs = min(math.ceil(self.min_steps / steps_per_epoch), self.max_epochs)
+            why["epochs"] = (
+                f"{epochs:g} for {n_train_examples} examples ({steps_per_epoch} steps an epoch)"
+            )
 
         total = self.max_steps or max(1, math.ceil(steps_per_epoch * epochs))
-        eval_steps = self.eval_steps or max(1, total // 8)
+        eval_steps = self.eval_steps
+        if eval_steps is None:
+            # A validation pass is forward only (~1 unit a token); a training step is forward and
+            # backward (~3 units a token). Evaluations together stay within EVAL_SHARE of that.
+            step_tokens = batch * self.grad_accum * per_sequence
+            budget = EVAL_SHARE * total * step_tokens * 3
+            n_evals = int(min(8, budget // validation_tokens)) if validation_tokens else 8
+            n_evals = max(1, min(n_evals, total))
+            eval_steps = max(1, math.ceil(total / n_evals))
+            if validation_tokens:
+                share = n_evals * validation_tokens / max(1.0, total * step_tokens * 3)
+                why["eval_steps"] = (
+                    f"every {eval_steps} steps: {n_evals} validation passes of "
+                    f"{validation_tokens:,} tokens ≈ {share:.0%} of the run's compute "
+                    f"(at most {EVAL_SHARE:.0%})"
+                )
         save_steps = self.save_steps or eval_steps
         if self.early_stopping_patience > 0 and save_steps % eval_steps:
             save_steps = eval_steps
         warmup = self.warmup_steps if self.warmup_steps is not None else math.ceil(0.05 * total)
-        return dataclasses.replace(
+        resolved = dataclasses.replace(
             self,
             learning_rate=lr,
             epochs=epochs,
+            batch_size=batch,
+            max_length=max_length,
             eval_steps=eval_steps,
             save_steps=save_steps,
             warmup_steps=warmup,
         )
+        return resolved, why
 
     def total_steps(self, n_train_sequences: int) -> int:
         """Optimiser steps of a resolved config over ``n_train_sequences``."""
         if self.max_steps:
             return self.max_steps
-        assert self.epochs is not None, "resolve() first"
+        assert self.epochs is not None and self.batch_size is not None, "resolve() first"
         return max(
             1,
             math.ceil(
                 math.ceil(n_train_sequences / (self.batch_size * self.grad_accum)) * self.epochs
             ),
         )
+
+    @property
+    def length_cap(self) -> int:
+        """The length examples are cut to before ``max_length`` is resolved."""
+        return self.max_length or AUTO_MAX_LENGTH
+
+
+def packed_sequences(lengths: list[int], max_length: int) -> int:
+    """How many ``max_length`` sequences best-fit-decreasing packing (TRL's ``bfd``) fills with
+    examples of these lengths (each cut to ``max_length``)."""
+    free: list[int] = []  # room left in each sequence
+    for n in sorted((min(n, max_length) for n in lengths), reverse=True):
+        fits = [i for i, room in enumerate(free) if room >= n]
+        if fits:
+            best = min(fits, key=free.__getitem__)
+            free[best] -= n
+        else:
+            free.append(max_length - n)
+    return max(1, len(free))
 
 
 CANARY_REPEATS = 3
@@ -439,5 +544,6 @@ __all__ = [
     "METHODS",
     "TrainConfig",
     "TrainConfigError",
+    "packed_sequences",
     "resolve_canaries",
 ]

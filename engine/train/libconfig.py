@@ -8,21 +8,61 @@ from typing import Any
 
 from .config import TrainConfig, TrainConfigError
 
+# bf16 on a CPU is chosen only when the probe shows at least this speed-up over fp32
+BF16_MIN_SPEEDUP = 1.2
+
 
 def compute_dtype_name(config: TrainConfig) -> str:
-    """``bf16`` or ``fp32``: as asked, or (auto) bf16 where the device runs it natively.
+    """``bf16`` or ``fp32`` (see :func:`compute_choice`)."""
+    return compute_choice(config)[0]
 
-    A GPU with bf16 support gets bf16 (the published QLoRA setting). On a CPU, bf16 pays off only
-    with native instructions (AVX512-BF16 or AMX): measured on such a CPU, QLoRA on SmolLM2-135M
-    ran 2.8x faster in bf16 than fp32; elsewhere bf16 is emulated and fp32 is the faster choice.
+
+def compute_choice(config: TrainConfig) -> tuple[str, str]:
+    """The compute dtype and why: as asked, or (auto) bf16 where the device runs it faster.
+
+    A GPU with bf16 support gets bf16 (the published QLoRA setting). On a CPU, bf16 can pay off
+    only with native instructions (AVX512-BF16 or AMX); where the CPU has them, a short matmul
+    probe in the shapes of a training step decides: bf16 when it is at least BF16_MIN_SPEEDUP×
+    faster than fp32. Elsewhere bf16 is emulated and fp32 is the faster choice.
     """
     import torch
 
     if config.precision != "auto":
-        return config.precision
+        return config.precision, "as asked"
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "the GPU supports bf16"
+        return "fp32", "the GPU has no bf16"
+    if not _cpu_has_native_bf16():
+        return "fp32", "this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 is emulated"
+    speedup = bf16_matmul_speedup()
+    if speedup >= BF16_MIN_SPEEDUP:
+        return "bf16", f"native bf16 CPU; a matmul probe ran {speedup:.1f}× faster than fp32"
+    return "fp32", (f"native bf16 CPU, but a matmul probe ran only {speedup:.1f}× faster than "
+                    f"fp32 (bf16 needs ≥ {BF16_MIN_SPEEDUP:g}×)")
+
+
+def bf16_matmul_speedup(rows: int = 512, width: int = 576, out: int = 1536,
+                        repeats: int = 5) -> float:
+    """fp32 time ÷ bf16 time of a ``[rows, width] @ [width, out]`` product (SmolLM2's MLP
+    shapes), the best of ``repeats`` each, measured now (~0.1 s)."""
+    import time
+
+    import torch
+
+    def best(dtype) -> float:
+        a = torch.randn(rows, width, dtype=dtype)
+        b = torch.randn(width, out, dtype=dtype)
+        torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -103,9 +143,9 @@ def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validati
         max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
         # Evaluation runs out of memory more often than training (logits): keep its batch small.
-        per_device_eval_batch_size=max(1, min(config.batch_size, 2)),
+        per_device_eval_batch_size=max(1, min(config.batch_size or 2, 2)),
         gradient_accumulation_steps=config.grad_accum,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False}
         if config.gradient_checkpointing
         else None,
@@ -151,7 +191,9 @@ def _cuda() -> bool:
 
 
 __all__ = [
+    "bf16_matmul_speedup",
     "bnb_config",
+    "compute_choice",
     "compute_dtype_name",
     "lora_config",
     "model_dtype",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .config import TrainConfig
@@ -44,6 +45,7 @@ def estimate_memory(model_config, config: TrainConfig, compute: str) -> int:
                    if method.lora else 0)
     trainable = lora_params * 16
 
+    assert config.batch_size is not None and config.max_length is not None, "resolve() first"
     tokens = config.batch_size * config.max_length
     per_layer = (tokens * (10 * h + 4 * inter) * 4
                  + config.batch_size * heads * config.max_length**2 * 4)
@@ -83,6 +85,29 @@ def available_memory() -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "cpu"
 
 
+# auto gradient checkpointing stays off while the run without it needs at most this share of the
+# free memory (the rest is headroom for other processes and the estimate's error)
+MEMORY_SHARE = 0.5
+
+
+def choose_checkpointing(model_config, config: TrainConfig, compute: str,
+                         free: int | None = None) -> tuple[TrainConfig, str | None]:
+    """``config`` with gradient checkpointing decided (auto: on only when the run without it
+    would need more than MEMORY_SHARE of the free memory), and why (``None`` when it was set)."""
+    if config.gradient_checkpointing is not None:
+        return config, None
+    without = estimate_memory(model_config, dataclasses.replace(
+        config, gradient_checkpointing=False), compute)
+    if free is None:
+        free, _ = available_memory()
+    needed = without > MEMORY_SHARE * free
+    verdict = "more" if needed else "no more"
+    reason = (f"{'on' if needed else 'off'}: without it the run needs about "
+              f"{without / 2**30:.1f} GiB, {verdict} than {MEMORY_SHARE:.0%} of the "
+              f"{free / 2**30:.1f} GiB free")
+    return dataclasses.replace(config, gradient_checkpointing=needed), reason
+
+
 def preflight(model_config, config: TrainConfig, compute: str) -> dict[str, Any]:
     """The estimate and what is free (recorded in run_info.json); raises when it cannot fit."""
     needed = estimate_memory(model_config, config, compute)
@@ -107,11 +132,27 @@ def estimate_for_device(config: TrainConfig, gpu: bool) -> int | None:
     except Exception:  # noqa: BLE001 — not readable from this machine: ask for no memory
         return None
     compute = config.precision if config.precision != "auto" else ("bf16" if gpu else "fp32")
+    if config.max_length is None or config.batch_size is None:
+        # auto values are settled from the data on the node; ask for what the resolver can pick
+        # at most (AUTO_MAX_LENGTH tokens a sequence, TOKENS_PER_STEP a step, no checkpointing)
+        from dataclasses import replace
+
+        from engine.train.config import AUTO_MAX_LENGTH, TOKENS_PER_STEP
+
+        length = config.max_length or AUTO_MAX_LENGTH
+        config = replace(
+            config,
+            max_length=length,
+            batch_size=config.batch_size or max(1, TOKENS_PER_STEP // length),
+            gradient_checkpointing=bool(config.gradient_checkpointing),
+        )
     return estimate_memory(model_config, config, compute)
 
 
 __all__ = [
+    "MEMORY_SHARE",
     "available_memory",
+    "choose_checkpointing",
     "estimate_for_device",
     "estimate_memory",
     "preflight",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -49,7 +48,7 @@ from .errors import DataError, TrainingError
 from .events import emit
 from .patches import lean_training
 from .plan import RunPlan, checkpoint_step
-from .preflight import preflight
+from .preflight import choose_checkpointing, preflight
 from .trainer import (
     build_trainer,
     greedy_probe,
@@ -106,8 +105,21 @@ def run(run_dir: Path, resume: bool = False) -> int:
         return 1
 
 
-def _run(run_dir: Path, resume: bool) -> int:
-    # ---- setup ----
+@dataclasses.dataclass
+class Prepared:
+    """A run settled before any weight is loaded: its plan and what was decided on the way."""
+
+    plan: RunPlan
+    model_config: Any
+    previous: dict[str, Any] | None  # run_info.json of the run being resumed
+    context: dict[str, Any]  # whether examples carry retrieved context, and why
+    choices: dict[str, dict[str, Any]]  # each auto setting: its value and the reason
+
+
+def prepare(run_dir: Path, resume: bool = False) -> Prepared:
+    """Setup and data: the config resolved against the data and this machine (bench/train.py
+    trains the same plan)."""
+    run_dir = Path(run_dir).resolve()
     config = read_config(run_dir)
     base = _base_model_folder(config)
     checkpoint = latest_checkpoint(run_dir)
@@ -122,7 +134,7 @@ def _run(run_dir: Path, resume: bool) -> int:
         if checkpoint is not None and info_path.is_file()
         else None
     )
-    compute, tokenizer, model_config = _load_libraries(config, base)
+    compute, compute_reason, tokenizer, model_config = _load_libraries(config, base, previous)
 
     # ---- load data ----
     train_examples, validation_examples, canaries = _load_data(run_dir / "data", config)
@@ -130,21 +142,21 @@ def _run(run_dir: Path, resume: bool) -> int:
     setting = str((previous or {}).get("config", {}).get("context") or config.context)
     context = _context(setting, config, tokenizer, train_examples, validation_examples)
     train_examples, validation_examples = context.pop("train"), context.pop("validation")
-    train_set = as_dataset(tokenizer, train_examples, config.max_length)
+    cap = (previous or {}).get("config", {}).get("max_length") or config.length_cap
+    train_set = as_dataset(tokenizer, train_examples, cap)
     validation_set = (
-        as_dataset(tokenizer, validation_examples, config.max_length)
-        if validation_examples
-        else None
+        as_dataset(tokenizer, validation_examples, cap) if validation_examples else None
     )
+    resolved, choices = _resolved(config, previous, model_config, train_set, validation_set,
+                                  len(train_examples), compute)
+    if compute_reason:
+        choices["compute_dtype"] = {"value": compute, "reason": compute_reason}
     plan = RunPlan(
         run_dir=run_dir,
         base=base,
         compute=compute,
         tokenizer=tokenizer,
-        config=dataclasses.replace(
-            _resolved(config, previous, model_config, train_set, len(train_examples)),
-            context="on" if context["used"] else "off",
-        ),
+        config=dataclasses.replace(resolved, context="on" if context["used"] else "off"),
         train_examples=train_examples,
         validation_examples=validation_examples,
         train_set=train_set,
@@ -152,6 +164,16 @@ def _run(run_dir: Path, resume: bool) -> int:
         checkpoint=checkpoint,
         canaries=canaries,
     )
+    return Prepared(plan, model_config, previous, context, choices)
+
+
+def _run(run_dir: Path, resume: bool) -> int:
+    prepared = prepare(run_dir, resume)
+    plan, previous, compute = prepared.plan, prepared.previous, prepared.plan.compute
+    train_examples, validation_examples = plan.train_examples, plan.validation_examples
+    validation_set, tokenizer = plan.validation_set, plan.tokenizer
+    info_path = run_dir / "run_info.json"
+    model_config = prepared.model_config
     memory = preflight(model_config, plan.config, compute)
     state = RunState(
         config=plan.config,
@@ -160,7 +182,8 @@ def _run(run_dir: Path, resume: bool) -> int:
         resumed_from=plan.resumed_from,
     )
     state.info = _run_info(plan, state, memory, previous)
-    state.info["context"] = context
+    state.info["context"] = prepared.context
+    state.info["choices"] = prepared.choices
     _write_json(info_path, state.info)
 
     # ---- fit ----
@@ -214,19 +237,24 @@ def _base_model_folder(config: TrainConfig) -> Path:
     return base
 
 
-def _load_libraries(config: TrainConfig, base: Path) -> tuple[str, Any, Any]:
-    """Quiet, offline libraries; the compute dtype, the checked tokenizer and the model's
-    architecture (its config, not its weights)."""
+def _load_libraries(
+    config: TrainConfig, base: Path, previous: dict[str, Any] | None
+) -> tuple[str, str | None, Any, Any]:
+    """Quiet, offline libraries; the compute dtype and why (a resumed run keeps its own), the
+    checked tokenizer and the model's architecture (its config, not its weights)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
-    compute = libconfig.compute_dtype_name(config)
+    if previous is not None and previous.get("compute_dtype") in ("bf16", "fp32"):
+        compute, reason = str(previous["compute_dtype"]), None
+    else:
+        compute, reason = libconfig.compute_choice(config)
     tokenizer = load_tokenizer(base)
     end_of_turn_token(tokenizer)
-    return compute, tokenizer, AutoConfig.from_pretrained(base)
+    return compute, reason, tokenizer, AutoConfig.from_pretrained(base)
 
 
 def _load_data(data: Path, config: TrainConfig) -> tuple[list, list, list[str]]:
@@ -262,7 +290,7 @@ def _context(
     if not used:
         return {**decided, "train": train, "validation": validation}
     started = time.monotonic()
-    fits = answer_fits(tokenizer, config.max_length)
+    fits = answer_fits(tokenizer, config.length_cap)
     retriever = SplitRetriever([e["messages"] for e in train], InlineMiniLM())
     grounded, stats = with_context(train, seed=config.seed, retriever=retriever, fits=fits)
     decided["train_mix"] = stats.to_dict()
@@ -276,14 +304,33 @@ def _context(
 
 
 def _resolved(
-    config: TrainConfig, previous: dict[str, Any] | None, model_config, train_set, n_examples: int
-) -> TrainConfig:
+    config: TrainConfig,
+    previous: dict[str, Any] | None,
+    model_config,
+    train_set,
+    validation_set,
+    n_examples: int,
+    compute: str,
+) -> tuple[TrainConfig, dict[str, dict[str, Any]]]:
+    """The resolved config and each auto choice with its value and reason (run_info.json's
+    ``choices``, shown in the job's Slack message)."""
     if previous is not None:
         # A resumed run keeps the plan it started with, so steps and schedule line up.
-        return TrainConfig.from_dict(previous["config"])
-    n_tokens = sum(len(ids) for ids in train_set["input_ids"])
-    sequences = math.ceil(n_tokens / config.max_length) if config.packing else n_examples
-    return config.resolve(n_examples, parameter_count(model_config), n_train_sequences=sequences)
+        return TrainConfig.from_dict(previous["config"]), dict(previous.get("choices") or {})
+    lengths = [len(ids) for ids in train_set["input_ids"]]
+    validation_tokens = (
+        sum(len(ids) for ids in validation_set["input_ids"]) if validation_set is not None else 0
+    )
+    resolved, why = config.decide(
+        n_examples, parameter_count(model_config), train_lengths=lengths,
+        validation_tokens=validation_tokens,
+    )
+    resolved, checkpointing = choose_checkpointing(model_config, resolved, compute)
+    if checkpointing:
+        why["gradient_checkpointing"] = checkpointing
+    return resolved, {
+        name: {"value": getattr(resolved, name), "reason": reason} for name, reason in why.items()
+    }
 
 
 def _run_info(
@@ -390,6 +437,7 @@ __all__ = [
     "latest_checkpoint",
     "load_examples",
     "main",
+    "prepare",
     "read_config",
     "run",
     # re-exported for the names others already use: bench/train.py (linear_module_names) and the

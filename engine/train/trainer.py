@@ -64,7 +64,7 @@ def _with_adapter(model, config: TrainConfig, *, quantized: bool):
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=config.gradient_checkpointing,
+            use_gradient_checkpointing=bool(config.gradient_checkpointing),
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     torch.manual_seed(config.seed)  # LoRA init
