@@ -246,7 +246,10 @@ def start_round(env, n_pairs: int) -> ABRound:
 
 
 def resend(env, payload: dict) -> int:
-    """POST a block_actions payload again, signed: a click from a client showing a stale message."""
+    """POST a block_actions payload again, signed: a click from a client showing a stale message.
+    A new click has a new ``trigger_id`` (the same one would be a redelivery, which the bot's
+    inbox acknowledges without applying twice)."""
+    payload = {**payload, "trigger_id": f"{payload.get('trigger_id', '')}.{time.monotonic_ns()}"}
     body = urllib.parse.urlencode({"payload": json.dumps(payload)})
     stamp = str(int(time.time()))
     headers = {
