@@ -8,9 +8,7 @@ echo shows it): the same check would catch a leak."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlmodel import select
@@ -20,6 +18,7 @@ from storage.models import AskLog, Example, RetrievalVector
 from tests.botproc import running_bot, wait_until
 from tests.conftest import free_port
 from tests.test_injection_prompt import leaks_instructions
+from tests.vllm_support import StandInVLLM
 
 HELP, SECRET = "CHELP", "GSECRET"
 ROTATE_Q = "How do I rotate the staging database credentials?"
@@ -39,39 +38,9 @@ INJECTION_Q = (
 )
 
 
-class EchoVLLM:
-    """``POST /v1/chat/completions`` answered with every message of the request, in order."""
-
-    def __init__(self) -> None:
-        self.prompts: list[list[dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.prompts.append(payload["messages"])
-                text = "\n".join(m["content"] for m in payload["messages"])
-                body = json.dumps({
-                    "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                    "usage": {"completion_tokens": 12},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # noqa: ANN002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def echo_vllm() -> StandInVLLM:
+    """A vLLM stand-in that answers with every message of the request, in order."""
+    return StandInVLLM(lambda messages: "\n".join(m["content"] for m in messages))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +50,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("injection")
     url = f"sqlite:///{tmp / 'threadtune.db'}"
     port = free_port()
-    echo = EchoVLLM()
+    echo = echo_vllm()
     with Emulator.start(
         events_url=f"http://127.0.0.1:{port}/slack/events",
         signing_secret="test-signing-secret-8c1f",

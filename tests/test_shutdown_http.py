@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlmodel import select
@@ -17,49 +15,9 @@ from sqlmodel import select
 from storage.db import make_engine, session_scope
 from storage.models import AskLog
 from tests.botproc import workspace_with_bot
+from tests.vllm_support import StandInVLLM
 
 ANSWER = "Rotate it in the vault, then restart the service."
-
-
-class SlowVLLM:
-    """``POST /v1/chat/completions`` answered after ``delay`` seconds (what vLLM would say)."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.requests = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.requests.set()
-                time.sleep(outer.delay)
-                body = json.dumps(
-                    {
-                        "choices": [{"message": {"content": ANSWER}, "finish_reason": "stop"}],
-                        "usage": {"completion_tokens": 12},
-                    }
-                ).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the bot has gone: nobody is listening
-
-            def log_message(self, *args) -> None:  # noqa: ANN002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def wait(predicate, timeout: float):  # noqa: ANN001, ANN201
@@ -80,7 +38,7 @@ def wait(predicate, timeout: float):  # noqa: ANN001, ANN201
 def test_sigterm_during_a_slow_answer_finishes_it_or_marks_it_interrupted(
     tmp_path, delay, grace, finished
 ):
-    vllm = SlowVLLM(delay)
+    vllm = StandInVLLM(lambda _messages: ANSWER, delay)  # a slow vLLM
     url = f"sqlite:///{tmp_path / 'threadtune.db'}"
     env = {"VLLM_URL": vllm.url, "ASK_SEMANTIC_THRESHOLD": "0", "SHUTDOWN_GRACE_S": str(grace),
            "ASK_GROUNDING": "false"}  # nothing is curated here: a grounded ask would abstain

@@ -1,9 +1,14 @@
-"""Helpers for the vLLM tests: where the vLLM environment is, and small LoRA adapters made with
-peft (random, non-zero B so they change answers) for a given base model folder."""
+"""Helpers for the vLLM tests: where the vLLM environment is, small LoRA adapters made with
+peft (random, non-zero B so they change answers) for a given base model folder, and a stand-in
+for a vLLM server's chat endpoint (VLLM_URL) for tests that do not need a real model."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,49 @@ def edit_adapter_config(adapter: Path, **changes) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config, indent=2))
+
+
+class StandInVLLM:
+    """``POST /v1/chat/completions`` on loopback answered with ``reply(messages)`` after ``delay``
+    seconds. ``prompts`` holds every request's messages; ``requests`` is set at the first one."""
+
+    def __init__(self, reply: Callable[[list[dict]], str], delay: float = 0.0) -> None:
+        self.prompts: list[list[dict]] = []
+        self.requests = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                outer.prompts.append(payload["messages"])
+                outer.requests.set()
+                time.sleep(delay)
+                body = json.dumps(
+                    {
+                        "choices": [
+                            {"message": {"content": reply(payload["messages"])},
+                             "finish_reason": "stop"}
+                        ],
+                        "usage": {"completion_tokens": 12},
+                    }
+                ).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the bot has gone: nobody is listening
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
