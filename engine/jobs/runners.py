@@ -9,6 +9,11 @@ run folder must be reachable at the same path by whatever runs the program: this
 Ray cluster on one machine or with a shared file system. Ray jobs declare what they need
 (engine/jobs/placement.py) and check on their node that they see the run folder
 (engine/jobs/ray_entry.py).
+
+Several GPUs need nothing from a runner: on the node it lands on, the program starts itself once
+per GPU under torchrun (engine/train/distributed.py) and is still one process to start, signal
+and read. A killed worker never leaves a training process behind: the program dies with the
+worker's thread that started it, and each rank with its torchrun agent (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from engine.jobs.placement import (
     requirements_for,
 )
 from engine.jobs.ray_entry import TOKEN_FILE
+from engine.train.distributed import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = "engine.train"
@@ -138,20 +144,6 @@ class LocalHandle:
         return _tail(self.stderr_path, n)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when its parent dies, so a killed worker
-    never leaves a training process writing into a run folder another worker is about to resume.
-    (Linux sends it when the *thread* that started the child ends: the worker starts, reads and
-    waits for the program on one thread.)"""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class LocalRunner:
     """The training program as a subprocess of this machine, in its own process group; stderr
     goes to ``RUN_DIR/stderr.log`` (appended across attempts)."""
@@ -180,7 +172,7 @@ class LocalRunner:
                 env={**os.environ, **_program_env()},
                 start_new_session=True,
                 bufsize=1,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         return LocalHandle(proc, stderr_path, self.grace_s)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .distributed import any_rank, is_main
 from .events import emit, jsonable
 
 DIVERGENCE_FACTOR = 3.0
@@ -56,9 +57,10 @@ def training_callbacks(run_dir: Path, state: RunState) -> list[Any]:
         def on_log(self, args, trainer_state, control, logs=None, **kwargs):
             logs = dict(logs or {})
             step = trainer_state.global_step
-            line = json.dumps({"step": step, "time": time.time(), **logs}, default=jsonable)
-            with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+            if is_main():  # every rank logs the same (gathered) values; one writes them
+                line = json.dumps({"step": step, "time": time.time(), **logs}, default=jsonable)
+                with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
             if "loss" in logs:
                 state.last_train_loss = float(logs["loss"])
                 emit("step", step=step, total_steps=trainer_state.max_steps,
@@ -105,10 +107,13 @@ def training_callbacks(run_dir: Path, state: RunState) -> list[Any]:
                 control.should_save = False
 
     class StopOnSignal(TrainerCallback):
-        """SIGTERM/SIGINT (cancel): finish the current step, save a checkpoint, stop."""
+        """SIGTERM/SIGINT (cancel): finish the current step, save a checkpoint, stop (every
+        data-parallel rank at the same step)."""
 
         def on_step_end(self, args, trainer_state, control, **kwargs):
-            if state.cancelled:
+            # data-parallel ranks stop at the same step, or one would wait in a collective
+            if any_rank(state.cancelled):
+                state.cancelled = True
                 control.should_training_stop = True
                 control.should_save = True
 

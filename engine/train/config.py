@@ -106,6 +106,17 @@ class TrainConfig:
     grad_accum: int = field(
         default=1, metadata=_help("Forward passes per optimiser step.", min=1, max=1024)
     )
+    gpus: int | None = field(
+        default=None,
+        metadata=_help(
+            "GPUs one run trains on, data-parallel (engine/train/distributed.py); auto: all GPUs "
+            "of the node the job lands on that batch_size × grad_accum splits evenly over. One "
+            "optimiser step learns from the same batch_size × grad_accum sequences whatever the "
+            "number of GPUs; each GPU takes its share.",
+            min=1,
+            max=64,
+        ),
+    )
     max_length: int | None = field(
         default=None,
         metadata=_help(

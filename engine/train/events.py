@@ -12,6 +12,9 @@ from typing import Any, TextIO
 
 # Where events go; None means sys.stdout. ``claim_stdout`` sets it, tests point it at a buffer.
 EVENT_STREAM: TextIO | None = None
+# The data-parallel rank of this process (engine/train/distributed.py): only rank 0's events reach
+# the stream, so each arrives once; another rank's ``error`` goes to stderr, for stderr.log.
+RANK = 0
 
 
 def claim_stdout() -> TextIO:
@@ -25,6 +28,10 @@ def claim_stdout() -> TextIO:
 
 
 def emit(event: str, **fields: Any) -> None:
+    if RANK:
+        if event == "error":
+            sys.stderr.write(f"rank {RANK}: {fields.get('message', '')}\n")
+        return
     stream = EVENT_STREAM or sys.stdout
     stream.write(json.dumps({"event": event, **fields}, default=jsonable) + "\n")
     stream.flush()
@@ -37,4 +44,4 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["EVENT_STREAM", "claim_stdout", "emit", "jsonable"]
+__all__ = ["EVENT_STREAM", "RANK", "claim_stdout", "emit", "jsonable"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, TrainConfigError
+from .distributed import split_batch, world_size
 
 # bf16 on a CPU is chosen only when the probe shows at least this speed-up over fp32
 BF16_MIN_SPEEDUP = 1.2
@@ -135,16 +136,23 @@ def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validati
     from trl import SFTConfig
 
     evaluate = has_validation
+    processes = world_size()
+    # batch_size × grad_accum sequences a step, shared by the data-parallel processes
+    per_device, accumulate = split_batch(config.batch_size or 1, config.grad_accum, processes)
     early_stop = evaluate and config.early_stopping_patience > 0
     kwargs: dict[str, Any] = dict(
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=config.learning_rate,
         num_train_epochs=float(config.epochs or 1),
         max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_device,
         # Evaluation runs out of memory more often than training (logits): keep its batch small.
         per_device_eval_batch_size=max(1, min(config.batch_size or 2, 2)),
-        gradient_accumulation_steps=config.grad_accum,
+        gradient_accumulation_steps=accumulate,
+        # several processes (torchrun): NCCL between GPUs, gloo between CPU processes; a LoRA
+        # model trains every parameter that needs a gradient, so DDP need not search for unused
+        ddp_backend=("nccl" if _cuda() else "gloo") if processes > 1 else None,
+        ddp_find_unused_parameters=False if processes > 1 else None,
         gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False}
         if config.gradient_checkpointing

@@ -12,7 +12,9 @@ anywhere and stream the events back:
     start · step · eval · checkpoint · done | error
 
 Exit codes: 0 done, 1 failed (or cancelled by SIGTERM/SIGINT, with the last checkpoint kept),
-2 bad config or data. The run reads top to bottom: setup → load data → fit → validate → save.
+2 bad config or data. On a node with several GPUs the program starts itself once per GPU under
+torchrun and trains data-parallel, with the same files, events and exit codes
+(``distributed``). The run reads top to bottom: setup → load data → fit → validate → save.
 The pieces it uses live next to it: ``data`` (examples, label mask), ``plan`` (what a run
 trains), ``preflight`` (memory), ``trainer`` (model, adapter, SFTTrainer, save), ``callbacks``
 (events, loss watchdog, cancel), ``patches`` (TRL/PEFT memory savers), ``methods`` (what qlora,
@@ -33,7 +35,7 @@ from typing import Any
 from engine.basemodel import load_tokenizer
 from engine.evaluate.safety import make_canaries, plant_canaries
 
-from . import events, libconfig
+from . import distributed, events, libconfig
 from .callbacks import RunState
 from .config import CANARY_REPEATS, TrainConfig, TrainConfigError, resolve_canaries
 from .data import (
@@ -151,6 +153,11 @@ def prepare(run_dir: Path, resume: bool = False) -> Prepared:
                                   len(train_examples), compute)
     if compute_reason:
         choices["compute_dtype"] = {"value": compute, "reason": compute_reason}
+    if distributed.world_size() > 1:
+        choices["gpus"] = {
+            "value": distributed.world_size(),
+            "reason": os.environ.get(distributed.REASON_ENV, "torchrun"),
+        }
     plan = RunPlan(
         run_dir=run_dir,
         base=base,
@@ -184,7 +191,9 @@ def _run(run_dir: Path, resume: bool) -> int:
     state.info = _run_info(plan, state, memory, previous)
     state.info["context"] = prepared.context
     state.info["choices"] = prepared.choices
-    _write_json(info_path, state.info)
+    main = distributed.is_main()  # the one process that writes and emits (rank 0)
+    if main:
+        _write_json(info_path, state.info)
 
     # ---- fit ----
     trainer = build_trainer(plan, state)
@@ -203,6 +212,8 @@ def _run(run_dir: Path, resume: bool) -> int:
     elif validation_set is not None and state.last_eval_loss is None:
         with lean_training(trainer.model, lora=plan.method.lora, compute=compute):
             metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+    if not main:
+        return 0  # the other ranks trained their share; rank 0 saves
 
     # ---- save ----
     out_name = plan.method.output_dir
@@ -325,6 +336,15 @@ def _resolved(
         n_examples, parameter_count(model_config), train_lengths=lengths,
         validation_tokens=validation_tokens,
     )
+    n = distributed.world_size()
+    if config.batch_size is None and (resolved.batch_size or 1) * resolved.grad_accum % n:
+        # several processes share each step's sequences evenly (distributed.split_batch)
+        batch = distributed.round_batch(resolved.batch_size or 1, n)
+        resolved, why = dataclasses.replace(config, batch_size=batch).decide(
+            n_examples, parameter_count(model_config), train_lengths=lengths,
+            validation_tokens=validation_tokens,
+        )
+        why["batch_size"] = f"{batch}: the auto size rounded up so that {n} processes share it"
     resolved, checkpointing = choose_checkpointing(model_config, resolved, compute)
     if checkpointing:
         why["gradient_checkpointing"] = checkpointing
@@ -427,8 +447,43 @@ def main(argv: list[str] | None = None) -> int:
         help="resume from the latest checkpoint (automatic when one exists)",
     )
     args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if distributed.in_rank():
+        # a rank torchrun started: dies with its agent; only rank 0 speaks
+        distributed.die_with_parent()
+        if distributed.orphaned():
+            return 1
+        events.RANK = distributed.rank()
+    else:
+        try:
+            n, reason = data_parallel(run_dir)
+        except TrainConfigError as exc:
+            events.EVENT_STREAM = events.claim_stdout()
+            emit("error", message=str(exc))
+            return 2
+        if n > 1:
+            return distributed.launch(
+                run_dir, args.resume, n, reason, lambda: _last_step(run_dir)
+            )
     events.EVENT_STREAM = events.claim_stdout()
-    return run(args.run_dir, resume=args.resume)
+    return run(run_dir, resume=args.resume)
+
+
+def _last_step(run_dir: Path) -> int | None:
+    checkpoint = latest_checkpoint(run_dir)
+    return checkpoint_step(checkpoint) if checkpoint is not None else None
+
+
+def data_parallel(run_dir: Path) -> tuple[int, str]:
+    """How many processes train ``run_dir`` on this node, and why (``distributed.processes``):
+    a resumed run shares the batch it started with."""
+    config = read_config(run_dir)
+    batch, accum = config.batch_size, config.grad_accum
+    info_path = run_dir / "run_info.json"
+    if latest_checkpoint(run_dir) is not None and info_path.is_file():
+        started = json.loads(info_path.read_text()).get("config", {})
+        batch, accum = started.get("batch_size", batch), started.get("grad_accum", accum)
+    return distributed.processes(config.gpus, batch, accum, *distributed.devices())
 
 
 __all__ = [

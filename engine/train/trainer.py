@@ -11,6 +11,7 @@ from typing import Any
 from . import libconfig
 from .callbacks import RunState, training_callbacks
 from .config import TrainConfig
+from .distributed import local_rank
 from .errors import TrainingError
 from .methods import Method
 from .plan import RunPlan
@@ -28,7 +29,10 @@ def build_trainer(plan: RunPlan, state: RunState):
         plan.base,
         dtype=libconfig.model_dtype(config, compute),
         quantization_config=quantization,
-        device_map={"": 0} if torch.cuda.is_available() and quantization is not None else None,
+        # a 4-bit model is placed at load time: on this data-parallel rank's own GPU
+        device_map={"": local_rank()}
+        if torch.cuda.is_available() and quantization is not None
+        else None,
     )
     # the cache is useless in training and clashes with checkpointing
     model.config.use_cache = False
