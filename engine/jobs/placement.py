@@ -1,10 +1,12 @@
 """What a training job asks a Ray cluster for, and whether any node of the cluster can ever give it.
 
-A job asks for GPUs, CPUs, host memory and optional custom resources (``RAY_JOB_*`` settings);
-Ray then starts the program only on a node that has them. Without any request Ray would run it on
-the head node, which usually has no GPU. Memory comes from the preflight estimate
-(engine/train/preflight.py): host memory on a CPU node; on a GPU node the program's own preflight
-checks the GPU's memory (Ray does not track GPU memory), so the job asks for no host memory there.
+A job asks for GPUs (its config's ``gpus=N``, else ``RAY_JOB_GPUS``: the program trains on all
+the GPUs Ray gives it, engine/train/distributed.py), CPUs, host memory and optional custom
+resources (``RAY_JOB_*`` settings); Ray then starts the program only on a node that has them.
+Without any request Ray would run it on the head node, which usually has no GPU. Memory comes
+from the preflight estimate (engine/train/preflight.py): host memory on a CPU node; on a GPU node
+the program's own preflight checks the GPU's memory (Ray does not track GPU memory), so the job
+asks for no host memory there.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ def requirements_for(
     from engine.train.config import TrainConfig
     from engine.train.preflight import estimate_for_device
 
+    try:
+        config = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    except (OSError, ValueError):  # not a training config (a test's stand-in program)
+        config = None
     gpus = settings.gpus
+    if config is not None and config.gpus:
+        gpus = float(config.gpus)  # the job's gpus=N: that many on one node (data-parallel)
     if gpus is None:
         gpus = 1.0 if any(node.get("GPU", 0) >= 1 for node in nodes) else 0.0
     resources = dict(settings.resources)
@@ -77,10 +85,6 @@ def requirements_for(
         resources[f"accelerator_type:{settings.accelerator_type}"] = 0.001
     memory = 0
     if not gpus:
-        try:
-            config = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
-        except (OSError, ValueError):  # not a training config (a test's stand-in program)
-            config = None
         memory = (estimate_for_device(config, gpu=False) or 0) if config else 0
     return Requirements(gpus=gpus, cpus=settings.cpus, memory=memory, resources=resources)
 

@@ -56,6 +56,7 @@ PROGRAM = "engine.train"
 CPU_PROCESSES_ENV = "THREADTUNE_CPU_PROCESSES"
 # why the launcher chose N, handed to the ranks for run_info.json's choices
 REASON_ENV = "THREADTUNE_DATA_PARALLEL"
+TERM = int(signal.SIGTERM)
 LAUNCHER_ENV = "THREADTUNE_LAUNCHER_PID"  # the agent's pid, for a rank to see it is still there
 
 
@@ -265,24 +266,26 @@ def failure_sentence(
     ProcessFailure), and the sentence for its last ``error`` event — None when rank 0 ended on
     its own and has already said why."""
     kept = (
-        f"The last checkpoint (step {checkpoint}) is kept and the next attempt resumes from it."
+        f"Its last checkpoint (step {checkpoint}) is kept: a run resumed from the folder "
+        "continues from it."
         if checkpoint is not None
-        else "No checkpoint was saved yet; the next attempt starts from the beginning."
+        else "No checkpoint was saved yet: a new run starts from the beginning."
     )
-    killed = sorted(r for r, f in failures.items() if f.exitcode < 0)
-    if killed:
-        failure = failures[killed[0]]
-        return 1, (
-            f"Training process {killed[0]} of {n} was killed ({failure.signal_name()}), so "
-            f"torchrun stopped the other{'s' if n > 2 else ''}. {kept}"
-        )
-    if 0 in failures:
-        return int(failures[0].exitcode), None
-    first = min(failures)
+    # torchrun SIGTERMs the other ranks once one fails, so a rank that died of SIGTERM is
+    # usually its doing: the cause is a rank killed otherwise, else a rank's own exit code.
+    killed = sorted(r for r, f in failures.items() if f.exitcode < 0 and -f.exitcode != TERM)
+    exited = sorted(r for r, f in failures.items() if f.exitcode > 0)
+    if not killed and 0 in exited:
+        return int(failures[0].exitcode), None  # rank 0 ended on its own and said why
+    others = f"so torchrun stopped the other{'s' if n > 2 else ''}"
+    if killed or not exited:
+        rank = (killed or sorted(failures))[0]
+        signal_name = failures[rank].signal_name()
+        return 1, f"Training process {rank} of {n} was killed ({signal_name}), {others}. {kept}"
+    rank = exited[0]
     return 1, (
-        f"Training process {first} of {n} failed (exit code {failures[first].exitcode}; its "
-        f"traceback is in stderr.log), so torchrun stopped the other{'s' if n > 2 else ''}. "
-        f"{kept}"
+        f"Training process {rank} of {n} failed (exit code {failures[rank].exitcode}; its "
+        f"traceback is in stderr.log), {others}. {kept}"
     )
 
 
