@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,15 @@ def die_with_parent() -> None:
         pass
 
 
+def bind_device() -> None:
+    """In a rank on a GPU node: make its own GPU the current one before anything (the memory
+    preflight, the model) touches CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+
+
 def orphaned() -> bool:
     """In a rank, after :func:`die_with_parent`: True when its agent had already gone."""
     launcher = os.environ.get(LAUNCHER_ENV)
@@ -219,7 +229,9 @@ def orphaned() -> bool:
 # -- the launcher ------------------------------------------------------------------------------
 
 
-def launch(run_dir: Path, resume: bool, n: int, reason: str, checkpoint_step) -> int:
+def launch(
+    run_dir: Path, resume: bool, n: int, reason: str, checkpoint_step: Callable[[], int | None]
+) -> int:
     """Run the program in ``n`` processes under torchrun and return the run's exit code.
 
     The caller has not claimed stdout: fd 1 stays the event pipe for rank 0 to inherit, and this
@@ -236,6 +248,8 @@ def launch(run_dir: Path, resume: bool, n: int, reason: str, checkpoint_step) ->
     sys.stdout = sys.stderr  # this process's own prints; the ranks inherit fd 1
     os.environ[REASON_ENV] = reason
     os.environ[LAUNCHER_ENV] = str(os.getpid())
+    # torchrun would give each rank one thread; a CPU rank needs its share of the cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     argv = [
         "--standalone",
         "--nnodes=1",
@@ -292,6 +306,7 @@ def failure_sentence(
 __all__ = [
     "CPU_PROCESSES_ENV",
     "any_rank",
+    "bind_device",
     "devices",
     "die_with_parent",
     "failure_sentence",

@@ -153,6 +153,7 @@ def prepare(run_dir: Path, resume: bool = False) -> Prepared:
                                   len(train_examples), compute)
     if compute_reason:
         choices["compute_dtype"] = {"value": compute, "reason": compute_reason}
+    choices.pop("gpus", None)  # this attempt's, not the one a resumed run started with
     if distributed.world_size() > 1:
         choices["gpus"] = {
             "value": distributed.world_size(),
@@ -454,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.orphaned():
             return 1
         events.RANK = distributed.rank()
+        distributed.bind_device()
     else:
         try:
             n, reason = data_parallel(run_dir)
