@@ -122,6 +122,27 @@ def test_the_program_refuses_gpus_this_node_lacks(tmp_path, monkeypatch):
     assert TrainConfig.from_dict({"gpus": 2}).gpus == 2
 
 
+@pytest.mark.slow  # builds the tiny model: ~10 s alone, more on a loaded machine
+def test_an_auto_batch_is_rounded_up_so_that_the_processes_share_it(tmp_path, monkeypatch):
+    from engine.train import program
+
+    # one packed 1,024-token sequence is the auto batch (≈ 1,024 tokens a step)
+    run_dir = make_run_dir(
+        tmp_path, tiny_base_dir(), pattern_examples(16), [],
+        **{**SHARED, "packing": True, "max_length": 1024},
+    )
+    alone = program.prepare(run_dir)
+    assert alone.plan.config.batch_size == 1 and "gpus" not in alone.choices
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv(distributed.REASON_ENV, "all 3 GPUs of this node")
+    shared = program.prepare(run_dir)
+    assert shared.plan.config.batch_size == 3
+    assert shared.choices["batch_size"]["reason"] == (
+        "3: the auto size rounded up so that 3 processes share it"
+    )
+    assert shared.choices["gpus"] == {"value": 3, "reason": "all 3 GPUs of this node"}
+
+
 # -- real runs: two gloo processes ---------------------------------------------------------------
 
 
