@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from train_support import make_run_dir, pattern_examples, run_in_process, tiny_base_dir
 
-from engine.train import distributed
+from engine.train import distributed, events
 from engine.train.config import TrainConfig, TrainConfigError
 
 # fp32 on both sides: two processes sum their gradients in another order than one process does,
@@ -79,7 +79,7 @@ def test_each_process_takes_its_share_of_a_step_and_never_a_bigger_batch():
         distributed.split_batch(3, 1, 2)
 
 
-def test_a_dead_rank_is_named_and_rank_0_speaks_for_itself():
+def test_a_dead_rank_is_named_and_rank_0_speaks_for_itself(tmp_path):
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
     def failed(rank, code):
@@ -96,6 +96,23 @@ def test_a_dead_rank_is_named_and_rank_0_speaks_for_itself():
     code, sentence = distributed.failure_sentence({0: failed(0, -15), 2: failed(2, 1)}, 4, None)
     assert code == 1 and sentence.startswith("Training process 2 of 4 failed (exit code 1;")
     assert sentence.endswith("No checkpoint was saved yet: a new run starts from the beginning.")
+    # a rank's own error event reaches the launcher through torchrun's error file
+    error_file = tmp_path / "error.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(events, "RANK", 1)
+        patch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        events.emit("step", step=1)  # not an error: nothing
+        assert not error_file.exists()
+        events.emit("error", message="train.jsonl holds no examples.")
+    said = ProcessFailure(local_rank=1, pid=101, exitcode=2, error_file=str(error_file))
+    failures = {0: failed(0, -15), 1: said}
+    assert distributed.failure_sentence(failures, 2, None) == (2, "train.jsonl holds no examples.")
+    said.exitcode = 1
+    assert distributed.failure_sentence(failures, 2, 6) == (1, (
+        "Training process 1 of 2 failed (train.jsonl holds no examples), so torchrun stopped the "
+        "other. Its last checkpoint (step 6) is kept: a run resumed from the folder continues "
+        "from it."
+    ))
 
 
 def test_a_job_asking_for_gpus_asks_ray_for_them(tmp_path):
@@ -226,6 +243,20 @@ def test_events_and_files_arrive_once_from_two_processes(two_and_one):
     checkpoint = two / "checkpoints" / "checkpoint-3"
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
     assert not _processes_of(two)
+
+
+@pytest.mark.slow
+def test_bad_data_under_two_processes_exits_2_with_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+    run_dir = make_run_dir(tmp_path, tiny_base_dir(), [], [], **SHARED, batch_size=2)
+    handle = _runner().start(run_dir)
+    errors = [e for e in handle.events() if e["event"] == "error"]
+    assert handle.wait() == 2, handle.stderr_tail()
+    # rank 0 says it, or the launcher repeats rank 1's words when rank 0 was stopped first
+    assert errors and errors[-1]["message"] == (
+        "train.jsonl holds no examples: there is nothing to train on."
+    ), errors
+    assert not _processes_of(run_dir)
 
 
 def _long_run(folder: Path) -> Path:

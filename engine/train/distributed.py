@@ -297,9 +297,17 @@ def failure_sentence(
         signal_name = failures[rank].signal_name()
         return 1, f"Training process {rank} of {n} was killed ({signal_name}), {others}. {kept}"
     rank = exited[0]
+    code = int(failures[rank].exitcode)
+    # the rank's own error event (events._rank_error), when it wrote one
+    wrote = Path(getattr(failures[rank], "error_file", "")).is_file()
+    said = (failures[rank].error_file_data or {}).get("message") if wrote else None
+    if isinstance(said, str) and said:
+        if code == 2:
+            return 2, said  # bad config or data: the same sentence rank 0 would have given
+        return 1, f"Training process {rank} of {n} failed ({said.rstrip('.')}), {others}. {kept}"
     return 1, (
-        f"Training process {rank} of {n} failed (exit code {failures[rank].exitcode}; its "
-        f"traceback is in stderr.log), {others}. {kept}"
+        f"Training process {rank} of {n} failed (exit code {code}; its traceback is in "
+        f"stderr.log), {others}. {kept}"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 # Where events go; None means sys.stdout. ``claim_stdout`` sets it, tests point it at a buffer.
@@ -30,11 +31,26 @@ def claim_stdout() -> TextIO:
 def emit(event: str, **fields: Any) -> None:
     if RANK:
         if event == "error":
-            sys.stderr.write(f"rank {RANK}: {fields.get('message', '')}\n")
+            _rank_error(str(fields.get("message", "")))
         return
     stream = EVENT_STREAM or sys.stdout
     stream.write(json.dumps({"event": event, **fields}, default=jsonable) + "\n")
     stream.flush()
+
+
+def _rank_error(message: str) -> None:
+    """Another rank's error: on stderr, and in torchrun's error file for this rank, where the
+    launcher reads it to say why the run failed (engine/train/distributed.py)."""
+    import time
+
+    sys.stderr.write(f"rank {RANK}: {message}\n")
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            data = {"message": message, "timestamp": int(time.time())}
+            Path(path).write_text(json.dumps(data), encoding="utf-8")
+        except OSError:
+            pass
 
 
 def jsonable(value: Any) -> Any:
