@@ -1,7 +1,13 @@
 """Time to quality: the default training run on a learnable help-desk set, base vs candidate on
 held-out questions.
 
-    .venv/bin/python bench/outcome.py [--items 25] [--keep DIR]
+    .venv/bin/python bench/outcome.py [--items 25] [--quick] [--set marina|demo] [--keep DIR]
+
+No arguments is the measurement: 25 subjects, 100 examples. ``--quick`` (10 subjects, 40
+examples) is a smoke run. ``--set demo`` trains on the demo workspace's accepted threads instead
+(``bot/demo/workspace.json``: 87 examples; held out: its 10 ``held_out`` questions, the key facts
+being the commands, go/ links and channels their references quote) — the defaults were not tuned
+on it, so it checks that the rule holds on data it was not written for.
 
 The set (built here, not the demo's): the facilities desk of a fictional marina, ``--items``
 subjects (a berth, the fuel dock, the boat lift, ...), each with two key facts — who handles it
@@ -28,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,9 +86,48 @@ def build_set(items: int, seed: int = 7) -> tuple[list[dict], list[dict], list[d
                 held_out.append({**row, "facts": [person, code]})
             else:
                 train_pool.append(row)
-    rng.shuffle(train_pool)
-    n_validation = max(1, len(train_pool) // 10)
-    return train_pool[n_validation:], train_pool[:n_validation], held_out
+    return _split(train_pool, held_out, rng)
+
+
+def _split(pool: list[dict], held_out: list[dict],
+           rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """A tenth of the pool for validation, as a snapshot splits it."""
+    rng.shuffle(pool)
+    n_validation = max(1, len(pool) // 10)
+    return pool[n_validation:], pool[:n_validation], held_out
+
+
+FACT = re.compile(r"`([^`]+)`|(go/[\w/.-]+)|(#[\w-]+)")
+
+
+def build_demo_set(seed: int = 7) -> tuple[list[dict], list[dict], list[dict]]:
+    """The demo workspace's accepted threads as conversations (the asker's messages are the user
+    turns, up to the curated answer), and its held-out questions with their key facts."""
+    from bot.demo.content import WORKSPACE_FILE
+
+    workspace = json.loads(WORKSPACE_FILE.read_text(encoding="utf-8"))
+    pool = []
+    for thread in workspace["threads"]:
+        if thread.get("expect") != "accepted" or not thread.get("curate"):
+            continue
+        answer_at = thread["curate"][0]["message_index"]
+        asker = thread["messages"][0]["user"]
+        messages: list[dict] = []
+        for message in thread["messages"][: answer_at + 1]:
+            role = "user" if message["user"] == asker else "assistant"
+            if messages and messages[-1]["role"] == role:
+                messages[-1]["content"] += "\n" + message["text"]
+            else:
+                messages.append({"role": role, "content": message["text"]})
+        if messages[-1]["role"] == "assistant" and messages[0]["role"] == "user":
+            pool.append({"messages": messages})
+    held_out = []
+    for row in workspace["held_out"]:
+        facts = ["".join(groups) for groups in FACT.findall(row["reference"])]
+        held_out.append({"messages": [{"role": "user", "content": row["question"]},
+                                      {"role": "assistant", "content": row["reference"]}],
+                         "facts": sorted(set(facts)) or [row["reference"]]})
+    return _split(pool, held_out, random.Random(seed))
 
 
 def write_run_dir(run_dir: Path, base: Path, train: list[dict], validation: list[dict]) -> None:
@@ -169,8 +215,14 @@ def evaluate(base: Path, run_dir: Path, train_rows: list[dict],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=25, help="subjects (× 4 training phrasings)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 10 subjects (40 examples)")
+    parser.add_argument("--set", choices=("marina", "demo"), default="marina",
+                        help="marina (built here) or demo (the demo workspace's threads)")
     parser.add_argument("--keep", type=Path, help="run folder to keep (default: a temp folder)")
     args = parser.parse_args()
+    if args.quick:
+        args.items = 10
     if not 2 <= args.items <= len(SUBJECTS):
         raise SystemExit(f"--items must be between 2 and {len(SUBJECTS)}")
 
@@ -182,7 +234,8 @@ def main() -> int:
     console = Console()
     base = ensure_base_model(ROOT / ".test-models")
     run_dir = args.keep or Path(tempfile.mkdtemp(prefix="tt-bench-outcome-")) / "run"
-    train_rows, validation_rows, held_out = build_set(args.items)
+    train_rows, validation_rows, held_out = (
+        build_demo_set() if args.set == "demo" else build_set(args.items))
     write_run_dir(run_dir, base, train_rows, validation_rows)
     load_before = os.getloadavg()
     code, wall, peak_mib, events = train(run_dir)
@@ -195,6 +248,7 @@ def main() -> int:
     closed, grounded = scores["closed_book"], scores["grounded"]
     delta = closed["candidate"]["rouge_l"] - closed["base"]["rouge_l"]
     figures: dict[str, Any] = {
+        "set": args.set,
         "examples": len(train_rows) + len(validation_rows),
         "n_train": len(train_rows),
         "n_validation": len(validation_rows),
@@ -221,7 +275,8 @@ def main() -> int:
     }
     figures["target_met"] = bool(delta >= 0.35 and wall <= 600 and peak_mib <= 2.5 * 1024)
 
-    table = Table(title=f"Default run on {figures['examples']} marina help-desk examples, "
+    title = "marina help-desk" if args.set == "marina" else "demo workspace"
+    table = Table(title=f"Default run on {figures['examples']} {title} examples, "
                         f"{len(held_out)} held-out questions")
     table.add_column("")
     table.add_column("base", justify="right")

@@ -116,12 +116,11 @@ def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
     def decide(lengths, speed, **settings):
         return TrainConfig(**settings).decide(
             93, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=10 * lengths[0],
-            tokens_per_second=speed,
+            tokens_per_second=speed, device="cpu",
         )
 
     plain, why = decide(short, 200)
-    # (7: the 6 epochs grow to reach min_steps, packed short examples make few steps)
-    assert plain.epochs == 7 and "within the 420 s time budget" in why["epochs"]
+    assert plain.epochs == 6 and "within the 420 s time budget" in why["epochs"]
     cut, why = decide(grounded, 200)
     # an epoch: 93 × 380 = 35,340 tokens ≈ 177 s; 420 s / 1.1 (validation) ≈ 2.16 epochs
     assert cut.epochs == 2.1, why
@@ -166,9 +165,13 @@ def test_sequence_length_batch_and_evaluation_follow_the_data_and_say_why():
     lengths = [100 + (i * 7) % 60 for i in range(81)]
     resolved, why = TrainConfig().decide(
         81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=3 * 130,
-        tokens_per_second=500,
+        tokens_per_second=500, device="cuda",
     )
     assert resolved.max_length == 192 and resolved.batch_size == 5  # ≈ 1,024 tokens a step
+    on_cpu, why_cpu = TrainConfig().decide(
+        81, SMOLLM2_PARAMS, train_lengths=lengths, tokens_per_second=500, device="cpu"
+    )
+    assert on_cpu.batch_size == 3 and "≈ 512 tokens a step (on a CPU" in why_cpu["batch_size"]
     assert "longest training example 159 tokens" in why["max_length"]
     total = resolved.total_steps(packed_sequences(lengths, 192))
     assert packed_sequences([100, 100, 60, 30], 128) == 3  # whole examples, never split
@@ -179,7 +182,7 @@ def test_sequence_length_batch_and_evaluation_follow_the_data_and_say_why():
     # a large validation split gets fewer passes; set values are kept and not explained
     few, why_few = TrainConfig().decide(
         81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=40_000,
-        tokens_per_second=500,
+        tokens_per_second=500, device="cuda",
     )
     assert few.eval_steps > resolved.eval_steps
     kept, why_kept = TrainConfig(max_length=512, batch_size=2).decide(

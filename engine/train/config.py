@@ -41,7 +41,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 CONTEXT_MODES = ("auto", "on", "off")  # what each means: engine.dataset.context
 AUTO_MAX_LENGTH = 1024  # the ceiling of auto max_length (and the length data is cut to before)
 MIN_AUTO_LENGTH = 128
-TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step
+TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step (on a GPU: the most)
+CPU_TOKENS_PER_STEP = 512
+"""Auto batch on a CPU: a 448-token sequence already keeps two cores busy, so larger steps buy no
+speed per token; they cost memory (measured on SmolLM2-135M: 2 × 448 tokens peaked at 3.2 GiB
+RSS, 1 × 448 at 2.1 GiB) and, under a time budget, optimiser updates."""
 EVAL_SHARE = 0.10  # auto eval_steps: validation passes together at most this share of compute
 EVAL_TOKEN_COST = 1.0
 """What a validation token costs relative to a trained one. Measured on the 2-core CPU: ~9 ms a
@@ -316,12 +320,14 @@ class TrainConfig:
         train_lengths: list[int] | None = None,
         validation_tokens: int = 0,
         tokens_per_second: float | None = None,
+        device: str | None = None,
     ) -> tuple[TrainConfig, dict[str, str]]:
         """A copy with every auto value the data decides filled, and a reason per choice.
 
         ``train_lengths`` are the tokenized training examples' lengths: with them, ``max_length``
         (auto) is the longest rounded up to 64 (at most AUTO_MAX_LENGTH) and ``batch_size`` (auto)
-        holds about TOKENS_PER_STEP tokens; one epoch iterates the packed sequences.
+        holds about TOKENS_PER_STEP tokens (CPU_TOKENS_PER_STEP on a CPU; ``device`` "cpu" or
+        "cuda", detected when not given); one epoch iterates the packed sequences.
         ``validation_tokens`` bounds the evaluation cadence by compute. ``tokens_per_second`` is
         this machine's training speed (measured by ``engine.train.plan`` when not given, and only
         when the time budget applies): auto epochs are cut so the run fits ``time_budget_s``.
@@ -348,10 +354,17 @@ class TrainConfig:
         )
         batch = self.batch_size
         if batch is None:
-            batch = int(min(64, max(1, round(TOKENS_PER_STEP / per_sequence))))
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            step_tokens = CPU_TOKENS_PER_STEP if device == "cpu" else TOKENS_PER_STEP
+            batch = int(min(64, max(1, round(step_tokens / per_sequence))))
             why["batch_size"] = (
                 f"{batch} × {'packed ' if self.packing else ''}{per_sequence:.0f}-token sequences "
-                f"≈ {TOKENS_PER_STEP:,} tokens a step"
+                f"≈ {step_tokens:,} tokens a step"
+                + (" (on a CPU: more is no faster per token and costs memory)"
+                   if device == "cpu" else "")
             )
         if n_train_sequences is None:
             if self.packing and lengths:
