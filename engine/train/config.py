@@ -358,11 +358,11 @@ class TrainConfig:
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            step_tokens = CPU_TOKENS_PER_STEP if device == "cpu" else TOKENS_PER_STEP
-            batch = int(min(64, max(1, round(step_tokens / per_sequence))))
+            aim = CPU_TOKENS_PER_STEP if device == "cpu" else TOKENS_PER_STEP
+            batch = int(min(64, max(1, round(aim / per_sequence))))
             why["batch_size"] = (
                 f"{batch} × {'packed ' if self.packing else ''}{per_sequence:.0f}-token sequences "
-                f"≈ {step_tokens:,} tokens a step"
+                f"≈ {aim:,} tokens a step"
                 + (" (on a CPU: more is no faster per token and costs memory)"
                    if device == "cpu" else "")
             )
