@@ -212,6 +212,24 @@ def evaluate(base: Path, run_dir: Path, train_rows: list[dict],
     return result
 
 
+def plan_only(run_dir: Path) -> int:
+    """The choices ``python -m engine.train`` would make for this run folder, here and now."""
+    from engine.train.config import packed_sequences
+    from engine.train.program import prepare
+
+    prepared = prepare(run_dir)
+    config = prepared.plan.config
+    lengths = [len(ids) for ids in prepared.plan.train_set["input_ids"]]
+    steps = config.total_steps(packed_sequences(lengths, config.max_length or 1024))
+    for name, choice in prepared.choices.items():
+        print(f"  {name} = {choice['value']}: {choice['reason']}")  # noqa: T201
+    print(json.dumps({"steps": steps, "train_tokens": sum(lengths),  # noqa: T201
+                      "epochs": config.epochs, "batch_size": config.batch_size,
+                      "max_length": config.max_length, "context": prepared.context["used"],
+                      "load_average": [round(x, 2) for x in os.getloadavg()]}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=25, help="subjects (× 4 training phrasings)")
@@ -220,6 +238,9 @@ def main() -> int:
     parser.add_argument("--set", choices=("marina", "demo"), default="marina",
                         help="marina (built here) or demo (the demo workspace's threads)")
     parser.add_argument("--keep", type=Path, help="run folder to keep (default: a temp folder)")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="print the default run's choices (the time budget's epochs "
+                             "included) without training")
     args = parser.parse_args()
     if args.quick:
         args.items = 10
@@ -237,6 +258,8 @@ def main() -> int:
     train_rows, validation_rows, held_out = (
         build_demo_set() if args.set == "demo" else build_set(args.items))
     write_run_dir(run_dir, base, train_rows, validation_rows)
+    if args.plan_only:
+        return plan_only(run_dir)
     load_before = os.getloadavg()
     code, wall, peak_mib, events = train(run_dir)
     if code != 0:

@@ -430,7 +430,8 @@ class TrainConfig:
             if validation_tokens:
                 share = n_evals * eval_cost / max(1.0, total * step_tokens)
                 why["eval_steps"] = (
-                    f"every {eval_steps} steps: {n_evals} validation passes of "
+                    f"every {eval_steps} steps: {n_evals} validation "
+                    f"pass{'es' if n_evals > 1 else ''} of "
                     f"{validation_tokens:,} tokens ≈ {share:.0%} of the run's compute "
                     f"(at most {EVAL_SHARE:.0%})"
                 )
