@@ -48,10 +48,12 @@ speed per token; they cost memory (measured on SmolLM2-135M: 2 × 448 tokens pea
 RSS, 1 × 448 at 2.1 GiB) and, under a time budget, optimiser updates."""
 EVAL_SHARE = 0.10  # auto eval_steps: validation passes together at most this share of compute
 EVAL_TOKEN_COST = 1.0
-"""What a validation token costs relative to a trained one. Measured on the 2-core CPU: ~9 ms a
-token for both (a 10-example validation pass of ~4,000 tokens took 36 s; a ~680-token training
-step ~6 s): the pass is forward only but computes the full-vocabulary head, its loss and entropy
-on every position, where the training step's head runs on the answer positions only."""
+"""What a validation token costs relative to a trained one. Forward only, but the pass computes
+the full-vocabulary head, its loss and entropy on every position, where a training step's head
+runs on the answer positions only. Measured on the loaded 2-core CPU: 1.2× (a 10-example pass of
+3,195 tokens took 36 s, a ~680-token step ~6 s; eval batch 2) and 0.4× (411 tokens in 6.7 s
+against ~43 ms a trained token; batch 1, one thread); 1.0 errs towards fewer passes, where the
+old "a third" would have let them take about a third of the run."""
 DEFAULT_TIME_BUDGET_S = 420
 """Default ``time_budget_s``: 7 minutes of steps and validation passes, so that a default run on
 ~100 examples, with loading, retrieval and saving around it, ends within 10 minutes on a 2-core
