@@ -25,7 +25,16 @@ reference and the key-fact hit rate (share of the two facts present, verbatim, i
 Reports train wall time (the training process, loading included), steps, peak RSS of the
 training process (``ru_maxrss``), the choices the run made and why, and the scores. Target on
 the 2-core machine: ≥ +0.35 closed-book ROUGE-L over base in ≤ 600 s with peak RSS ≤ 2.5 GiB.
-The last line is one JSON object (``train_wall_s``, ``rouge_l_delta``, ...).
+The last line is one JSON object (``train_wall_s``, ``rouge_l_delta`` (closed-book),
+``grounded_rouge_l_delta``, ``peak_rss_mib``, ``steps``, ``seconds_per_step``,
+``candidate_key_fact_hit_rate``, ...). Grounded, the base already copies much of the answer from
+the retrieved neighbours (other phrasings of the same subject), so the closed-book delta is the
+headline.
+
+Measured (``--items 6``: 24 examples, OMP_NUM_THREADS=1, 2-core machine at load average 12-13):
+the budget chose 1 epoch = 19 steps of ~360 tokens at a median 15.5 s a step; 570 s wall, peak
+RSS 2,299 MiB; closed-book ROUGE-L 0.191 → 0.290 (key facts 0% → 0%), grounded 0.658 → 1.000
+(key facts 92% → 100%).
 """
 
 from __future__ import annotations
@@ -212,6 +221,27 @@ def evaluate(base: Path, run_dir: Path, train_rows: list[dict],
     return result
 
 
+def step_cost(run_dir: Path) -> tuple[float | None, float | None]:
+    """Median seconds between logged training steps and mean tokens a step (prompt included),
+    from the run's metrics.jsonl (evaluations excluded: the step after one is left out)."""
+    import statistics
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    gaps, tokens, last, evaluated = [], [], None, False
+    for row in rows:
+        if "eval_loss" in row:
+            evaluated = True
+        elif "loss" in row and "num_tokens" in row:
+            if last is not None and not evaluated:
+                gaps.append(row["time"] - last["time"])
+                tokens.append(row["num_tokens"] - last["num_tokens"])
+            last, evaluated = row, False
+    if not gaps:
+        return None, None
+    return round(statistics.median(gaps), 2), round(sum(tokens) / len(tokens))
+
+
 def plan_only(run_dir: Path) -> int:
     """The choices ``python -m engine.train`` would make for this run folder, here and now."""
     from engine.train.config import packed_sequences
@@ -270,6 +300,7 @@ def main() -> int:
     scores = evaluate(base, run_dir, train_rows, held_out)
     closed, grounded = scores["closed_book"], scores["grounded"]
     delta = closed["candidate"]["rouge_l"] - closed["base"]["rouge_l"]
+    step_s, step_tokens = step_cost(run_dir)
     figures: dict[str, Any] = {
         "set": args.set,
         "examples": len(train_rows) + len(validation_rows),
@@ -286,6 +317,10 @@ def main() -> int:
         "rouge_l_delta": round(delta, 3),
         "base_key_fact_hit_rate": round(closed["base"]["key_fact_hit_rate"], 3),
         "candidate_key_fact_hit_rate": round(closed["candidate"]["key_fact_hit_rate"], 3),
+        "seconds_per_step": step_s,
+        "tokens_per_step": step_tokens,
+        "grounded_rouge_l_delta": round(
+            grounded["candidate"]["rouge_l"] - grounded["base"]["rouge_l"], 3),
         "grounded_base_rouge_l": round(grounded["base"]["rouge_l"], 3),
         "grounded_candidate_rouge_l": round(grounded["candidate"]["rouge_l"], 3),
         "grounded_base_key_fact_hit_rate": round(grounded["base"]["key_fact_hit_rate"], 3),
@@ -317,7 +352,8 @@ def main() -> int:
                       f"    candidate: {sample['candidate']}")
     verdict = "met" if figures["target_met"] else "NOT met"
     console.print(
-        f"train {wall:.0f} s wall, {steps} steps, peak RSS {peak_mib:,.0f} MiB; ROUGE-L "
+        f"train {wall:.0f} s wall, {steps} steps (median {step_s} s a step of ~{step_tokens} "
+        f"tokens), peak RSS {peak_mib:,.0f} MiB; ROUGE-L "
         f"{delta:+.3f} over base (target ≥ +0.35 in ≤ 600 s, ≤ 2.5 GiB: {verdict}); "
         f"load average {figures['load_average_after']}; run folder {run_dir}"
     )
