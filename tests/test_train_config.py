@@ -89,16 +89,64 @@ def test_auto_learning_rate_scales_with_model_size_and_method():
 
 
 def test_auto_epochs_shrink_as_the_dataset_grows_but_keep_a_minimum_of_steps():
+    # the data's rule alone (time_budget_s=0; the budget has its own test below)
     epochs = {
-        n: TrainConfig(min_steps=1).resolve(n, SMOLLM2_PARAMS).epochs for n in (25, 100, 400, 5000)
+        n: TrainConfig(min_steps=1, time_budget_s=0).resolve(n, SMOLLM2_PARAMS).epochs
+        for n in (25, 100, 400, 5000)
     }
     assert epochs[100] == 6 and epochs[25] > epochs[100] > epochs[400] >= epochs[5000] >= 2
     # 100 examples packed into 15 sequences: 6 epochs alone would be 48 steps at batch 2; ask for 80
-    resolved = TrainConfig(min_steps=80).resolve(100, SMOLLM2_PARAMS, n_train_sequences=15)
+    resolved = TrainConfig(min_steps=80, time_budget_s=0).resolve(
+        100, SMOLLM2_PARAMS, n_train_sequences=15
+    )
     assert resolved.total_steps(15) >= 80 and resolved.epochs <= resolved.max_epochs
     # ...but never past max_epochs: early stopping, not endless epochs, guards a tiny set
-    capped = TrainConfig(min_steps=10_000).resolve(100, SMOLLM2_PARAMS, n_train_sequences=15)
+    capped = TrainConfig(min_steps=10_000, time_budget_s=0).resolve(
+        100, SMOLLM2_PARAMS, n_train_sequences=15
+    )
     assert capped.epochs == capped.max_epochs
+
+
+def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
+    """93 help-desk examples: ~60 tokens each closed-book, ~380 with retrieved context. At 200
+    tokens/s, 6 epochs of the short ones fit the 420 s budget; with context an epoch is six times
+    the tokens, so the run trains what the budget affords, in tenths of an epoch, and says so."""
+    short, grounded = [60] * 93, [380] * 93
+
+    def decide(lengths, speed, **settings):
+        return TrainConfig(**settings).decide(
+            93, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=10 * lengths[0],
+            tokens_per_second=speed, device="cpu",
+        )
+
+    plain, why = decide(short, 200)
+    assert plain.epochs == 6 and "within the 420 s time budget" in why["epochs"]
+    cut, why = decide(grounded, 200)
+    # an epoch: 93 × 380 = 35,340 tokens ≈ 177 s; 420 s / 1.1 (validation) ≈ 2.16 epochs
+    assert cut.epochs == 2.1, why
+    assert "35,340 tokens ≈ 177 s" in why["epochs"] and "time budget is 420 s" in why["epochs"]
+    seconds = cut.epochs * 93 * 380 / 200
+    assert seconds <= 420 / 1.1
+    # never below one epoch: every example is seen once, over the budget if it must (said so)
+    slow, why = decide(grounded, 20)
+    assert slow.epochs == 1 and "at least one epoch" in why["epochs"]
+    # a longer budget, no budget, or epochs set: the data's 6
+    assert decide(grounded, 200, time_budget_s=2000)[0].epochs == 6
+    assert decide(grounded, 200, time_budget_s=0)[0].epochs == 6
+    assert decide(grounded, 200, epochs=4)[0].epochs == 4
+    # the validation passes stay within 10% of the (shorter) run's compute
+    total = cut.total_steps(packed_sequences(grounded, cut.max_length))
+    n_evals = math.ceil(total / cut.eval_steps)
+    assert n_evals * 10 * 380 <= 0.10 * total * cut.batch_size * cut.max_length
+
+
+def test_training_speed_is_measured_from_a_matmul_probe():
+    from engine.train.plan import PROBE_EFFICIENCY, matmul_flops, training_tokens_per_second
+
+    assert training_tokens_per_second(SMOLLM2_PARAMS, flops=4 * SMOLLM2_PARAMS * 1000) == (
+        pytest.approx(1000 * PROBE_EFFICIENCY)
+    )
+    assert 1e8 < matmul_flops() < 1e16  # a real measurement on this machine
 
 
 def test_resolve_fills_a_consistent_schedule():
@@ -116,18 +164,25 @@ def test_sequence_length_batch_and_evaluation_follow_the_data_and_say_why():
     # 81 help-desk examples of ~120 tokens: no 1,024-token sequences for them
     lengths = [100 + (i * 7) % 60 for i in range(81)]
     resolved, why = TrainConfig().decide(
-        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=10 * 130
+        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=3 * 130,
+        tokens_per_second=500, device="cuda",
     )
     assert resolved.max_length == 192 and resolved.batch_size == 5  # ≈ 1,024 tokens a step
+    on_cpu, why_cpu = TrainConfig().decide(
+        81, SMOLLM2_PARAMS, train_lengths=lengths, tokens_per_second=500, device="cpu"
+    )
+    assert on_cpu.batch_size == 3 and "≈ 512 tokens a step (on a CPU" in why_cpu["batch_size"]
     assert "longest training example 159 tokens" in why["max_length"]
     total = resolved.total_steps(packed_sequences(lengths, 192))
     assert packed_sequences([100, 100, 60, 30], 128) == 3  # whole examples, never split
     n_evals = math.ceil(total / resolved.eval_steps)
-    assert n_evals <= 8 and n_evals * 1300 <= 0.10 * total * 5 * 192 * 3  # ≤ 10% of compute
+    # ≤ 10% of compute, a validation token costing as much as a trained one (measured on a CPU)
+    assert 1 < n_evals <= 8 and n_evals * 390 <= 0.10 * total * 5 * 192
     assert set(why) >= {"max_length", "batch_size", "eval_steps", "learning_rate", "epochs"}
     # a large validation split gets fewer passes; set values are kept and not explained
     few, why_few = TrainConfig().decide(
-        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=40_000
+        81, SMOLLM2_PARAMS, train_lengths=lengths, validation_tokens=40_000,
+        tokens_per_second=500, device="cuda",
     )
     assert few.eval_steps > resolved.eval_steps
     kept, why_kept = TrainConfig(max_length=512, batch_size=2).decide(

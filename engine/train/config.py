@@ -11,9 +11,14 @@ loss, packing). Learning rate, epochs and the evaluation/checkpoint cadence are 
 * **epochs** — ``round(6 × sqrt(100 / n_examples))`` clamped to [2, max_epochs]: 6 epochs at 100
   examples (measured to help where 3 barely moved the model), fewer as the set grows. Then, if
   that gives fewer than ``min_steps`` optimiser steps, epochs grow (up to ``max_epochs``) until it
-  does not: packing turns a small set into a handful of sequences per epoch.
-* **eval_steps** — about 8 evaluations per run; **save_steps** — the same (early stopping keeps
-  the best checkpoint, which must be a saved one).
+  does not: packing turns a small set into a handful of sequences per epoch. Then the **time
+  budget** (``time_budget_s``, default 420 s): what an epoch costs is its tokens — retrieved
+  context multiplies them several times over — at this machine's training speed, estimated from
+  a matmul probe (``engine.train.plan.training_tokens_per_second``); epochs are cut (in tenths,
+  never below one) so the steps and validation passes fit the budget.
+* **eval_steps** — up to 8 evaluations per run, the passes together at most 10% of the steps'
+  cost (a validation token costs about as much as a trained one on a CPU, measured);
+  **save_steps** — the same (early stopping keeps the best checkpoint, which must be a saved one).
 
 * **canaries** — :func:`resolve_canaries`: ``floor(5% × n_train / 3)`` canaries, at most 10 (each
   is planted 3 times), so from 60 training examples up; none below.
@@ -36,8 +41,23 @@ PRECISIONS = ("auto", "bf16", "fp32")
 CONTEXT_MODES = ("auto", "on", "off")  # what each means: engine.dataset.context
 AUTO_MAX_LENGTH = 1024  # the ceiling of auto max_length (and the length data is cut to before)
 MIN_AUTO_LENGTH = 128
-TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step
+TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step (on a GPU: the most)
+CPU_TOKENS_PER_STEP = 512
+"""Auto batch on a CPU: a 448-token sequence already keeps two cores busy, so larger steps buy no
+speed per token; they cost memory (measured on SmolLM2-135M: 2 × 448 tokens peaked at 3.2 GiB
+RSS, 1 × 448 at 2.1 GiB) and, under a time budget, optimiser updates."""
 EVAL_SHARE = 0.10  # auto eval_steps: validation passes together at most this share of compute
+EVAL_TOKEN_COST = 1.0
+"""What a validation token costs relative to a trained one. Forward only, but the pass computes
+the full-vocabulary head, its loss and entropy on every position, where a training step's head
+runs on the answer positions only. Measured on the loaded 2-core CPU: 1.2× (a 10-example pass of
+3,195 tokens took 36 s, a ~680-token step ~6 s; eval batch 2) and 0.4× (411 tokens in 6.7 s
+against ~43 ms a trained token; batch 1, one thread); 1.0 errs towards fewer passes, where the
+old "a third" would have let them take about a third of the run."""
+DEFAULT_TIME_BUDGET_S = 420
+"""Default ``time_budget_s``: 7 minutes of steps and validation passes, so that a default run on
+~100 examples, with loading, retrieval and saving around it, ends within 10 minutes on a 2-core
+CPU. A GPU rarely reaches it; set time_budget_s=0 to train the epochs the data asks for."""
 
 
 class TrainConfigError(ValueError):
@@ -95,6 +115,15 @@ class TrainConfig:
         default=None,
         metadata=_help(
             "Stop after this many optimiser steps (overrides epochs).", min=1, max=1_000_000
+        ),
+    )
+    time_budget_s: int = field(
+        default=DEFAULT_TIME_BUDGET_S,
+        metadata=_help(
+            "Auto epochs are cut (to no less than one) so the steps and validation passes take "
+            "about this many seconds on this machine, from a measured matmul speed; 0: no limit.",
+            min=0,
+            max=10_000_000,
         ),
     )
     batch_size: int | None = field(
@@ -303,13 +332,19 @@ class TrainConfig:
         *,
         train_lengths: list[int] | None = None,
         validation_tokens: int = 0,
+        tokens_per_second: float | None = None,
+        device: str | None = None,
     ) -> tuple[TrainConfig, dict[str, str]]:
         """A copy with every auto value the data decides filled, and a reason per choice.
 
         ``train_lengths`` are the tokenized training examples' lengths: with them, ``max_length``
         (auto) is the longest rounded up to 64 (at most AUTO_MAX_LENGTH) and ``batch_size`` (auto)
-        holds about TOKENS_PER_STEP tokens; one epoch iterates the packed sequences.
-        ``validation_tokens`` bounds the evaluation cadence by compute. Gradient checkpointing and
+        holds about TOKENS_PER_STEP tokens (CPU_TOKENS_PER_STEP on a CPU; ``device`` "cpu" or
+        "cuda", detected when not given); one epoch iterates the packed sequences.
+        ``validation_tokens`` bounds the evaluation cadence by compute. ``tokens_per_second`` is
+        this machine's training speed (measured by ``engine.train.plan`` when not given, and only
+        when the time budget applies): auto epochs are cut so the run fits ``time_budget_s``.
+        Gradient checkpointing and
         the compute dtype depend on the machine: ``engine.train.plan`` decides them.
         """
         if n_train_examples < 1:
@@ -332,10 +367,17 @@ class TrainConfig:
         )
         batch = self.batch_size
         if batch is None:
-            batch = int(min(64, max(1, round(TOKENS_PER_STEP / per_sequence))))
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            aim = CPU_TOKENS_PER_STEP if device == "cpu" else TOKENS_PER_STEP
+            batch = int(min(64, max(1, round(aim / per_sequence))))
             why["batch_size"] = (
                 f"{batch} × {'packed ' if self.packing else ''}{per_sequence:.0f}-token sequences "
-                f"≈ {TOKENS_PER_STEP:,} tokens a step"
+                f"≈ {aim:,} tokens a step"
+                + (" (on a CPU: more is no faster per token and costs memory)"
+                   if device == "cpu" else "")
             )
         if n_train_sequences is None:
             if self.packing and lengths:
@@ -361,21 +403,48 @@ class TrainConfig:
             why["epochs"] = (
                 f"{epochs:g} for {n_train_examples} examples ({steps_per_epoch} steps an epoch)"
             )
+            if self.time_budget_s and not self.max_steps:
+                # The data's rule counts passes; what a pass costs is its tokens (retrieved
+                # context multiplies them several times over) at this machine's speed.
+                epoch_tokens = sum(lengths) if lengths else sequences * per_sequence
+                if tokens_per_second is None:
+                    from .plan import training_tokens_per_second
+
+                    tokens_per_second = training_tokens_per_second(model_params)
+                epoch_s = epoch_tokens / max(tokens_per_second, 1e-9)
+                affordable = self.time_budget_s / (1 + EVAL_SHARE) / epoch_s
+                if affordable < epochs:
+                    wanted = epochs
+                    epochs = max(1.0, math.floor(affordable * 10) / 10)
+                    why["epochs"] = (
+                        f"{epochs:g} of the {wanted:g} that {n_train_examples} examples ask for: "
+                        f"an epoch is {epoch_tokens:,.0f} tokens ≈ {epoch_s:.0f} s at the "
+                        f"{tokens_per_second:.0f} tokens/s measured here, and the time budget "
+                        f"is {self.time_budget_s} s with validation"
+                        + (" (at least one epoch, over the budget)" if affordable < 1 else "")
+                    )
+                else:
+                    why["epochs"] += (
+                        f"; ≈ {epochs * epoch_s:.0f} s at {tokens_per_second:.0f} tokens/s, "
+                        f"within the {self.time_budget_s} s time budget"
+                    )
 
         total = self.max_steps or max(1, math.ceil(steps_per_epoch * epochs))
         eval_steps = self.eval_steps
         if eval_steps is None:
-            # A validation pass is forward only (~1 unit a token); a training step is forward and
-            # backward (~3 units a token). Evaluations together stay within EVAL_SHARE of that.
+            # A validation token costs EVAL_TOKEN_COST of a trained one (measured); evaluations
+            # together stay within EVAL_SHARE of the training steps' cost.
             step_tokens = batch * self.grad_accum * per_sequence
-            budget = EVAL_SHARE * total * step_tokens * 3
-            n_evals = int(min(8, budget // validation_tokens)) if validation_tokens else 8
+            budget = EVAL_SHARE * total * step_tokens
+            eval_cost = validation_tokens * EVAL_TOKEN_COST
+            n_evals = int(min(8, budget // eval_cost)) if validation_tokens else 8
             n_evals = max(1, min(n_evals, total))
             eval_steps = max(1, math.ceil(total / n_evals))
             if validation_tokens:
-                share = n_evals * validation_tokens / max(1.0, total * step_tokens * 3)
+                share = n_evals * eval_cost / max(1.0, total * step_tokens)
                 why["eval_steps"] = (
-                    f"every {eval_steps} steps: {n_evals} validation passes of "
+                    f"every {eval_steps} steps: {n_evals} validation "
+                    f"pass{'es' if n_evals > 1 else ''} of "
                     f"{validation_tokens:,} tokens ≈ {share:.0%} of the run's compute "
                     f"(at most {EVAL_SHARE:.0%})"
                 )
