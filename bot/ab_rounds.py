@@ -34,6 +34,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -236,8 +237,12 @@ class ABRoundService:
     def run(self, plan: RoundPlan) -> int:
         """Generate, store and post a round; returns its id."""
         conversations = [list(p.messages) for p in plan.prompts]
-        mine = self.answers.answers(plan.candidate, conversations)
-        theirs = self.answers.answers(plan.opponent, conversations)
+        # Both models' answers are asked for at once: a vLLM server batches the two sets together
+        # (the in-process backend takes them in turn on its compute thread).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ab-answers") as pool:
+            candidate = pool.submit(self.answers.answers, plan.candidate, conversations)
+            theirs = self.answers.answers(plan.opponent, conversations)
+            mine = candidate.result()
         rng = random.Random(plan.seed ^ 0x5EED)
         deadline = utcnow() + self.deadline
         with session_scope(self.db) as s:

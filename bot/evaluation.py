@@ -85,8 +85,12 @@ class EvaluationService:
     """Runs evaluations and posts their reports (see the module docstring).
 
     ``backend_factory`` gives the process's in-process backend (``bot.backends.Serving.inprocess``:
-    one copy of the base model, shared with /ask, A/B rounds and the deploy probe; in-process even
-    with VLLM_URL set, since evaluation scores test answers, which a vLLM server cannot).
+    one copy of the base model, shared with /ask, A/B rounds and the deploy probe), which scores
+    the test answers' loss and perplexity on this machine's device (a vLLM server cannot).
+    ``generator_factory`` (``Serving.serving`` when VLLM_URL is set, else None) gives the vLLM
+    client that generates the base's and the candidate's answers, all sent at once so the server
+    batches them; when the server is down or refuses the candidate the answers are generated
+    in-process and the report says why (``engine.evaluate.service``).
     ``rounds`` starts the A/B round a *needs A/B* verdict asks for (None: no round)."""
 
     db: Engine
@@ -94,6 +98,7 @@ class EvaluationService:
     home: Path
     backend_factory: Callable[[], Any]
     encryption_key: bytes | None = None
+    generator_factory: Callable[[], Any] | None = None
     rounds: ABRoundService | None = None
     work: Workers = field(default_factory=lambda: Workers(1, "eval"))
     config: EvalConfig = field(default_factory=EvalConfig)
@@ -181,6 +186,7 @@ class EvaluationService:
                 probes=self.probes,
                 inputs=inputs,
                 grounding=self.grounding,
+                generator_factory=self.generator_factory,
             )
         except Exception as exc:
             reason = _sentence(exc)

@@ -132,6 +132,8 @@ class Services:
             settings.home,
             serving.inprocess,
             serving.key,
+            # with VLLM_URL the server generates the answers; the losses are scored in-process
+            generator_factory=serving.serving if serving.uses_vllm else None,
             rounds=rounds,
             work=work,
             # the verdict judges the answers the way /ask gives them

@@ -182,6 +182,36 @@ def test_a_grounded_answer_through_vllm_cites_its_source_like_the_inprocess_one(
     assert missing.abstained and missing.model is None
 
 
+def test_an_evaluation_generates_through_vllm_and_scores_in_process(backend, inprocess, adapters):
+    """Evaluation with VLLM_URL set (issue 17): the server answers for the base and the runtime
+    adapter, sent together; the losses come from the in-process backend. Same greedy answers as an
+    all-in-process evaluation (float32 on both), the same losses, and the verdict."""
+    from engine.evaluate.run import EvalConfig, evaluate, load_probes
+    from engine.serving.adapters import load_once
+
+    load_once(backend, "helpdesk", adapters["helpdesk"], key=None, checksum=None)
+    rows = [
+        {"messages": [*q, {"role": "assistant", "content": "Open a ticket with the help desk."}]}
+        for q in QUESTIONS[:4]
+    ]
+    config = EvalConfig(max_new_tokens=24, probe_max_new_tokens=16, n_samples=4)
+    kwargs = dict(adapter_name="helpdesk", probes=load_probes()[:6], config=config)
+    started = time.monotonic()
+    served = evaluate(inprocess, rows, generator=backend, **kwargs)
+    took = time.monotonic() - started
+    local = evaluate(inprocess, rows, **kwargs)
+    print(f"\nevaluation through vLLM: {took:.1f} s ({local.elapsed_s:.1f} s all in-process)")
+    assert served.generated_by == f"vLLM at {backend.url}" and local.generated_by == "in-process"
+    assert served.candidate.loss == local.candidate.loss and served.base.loss is not None
+    both = list(zip(served.samples, local.samples, strict=True))
+    pairs = [(s.candidate_answer, t.candidate_answer) for s, t in both]
+    pairs += [(s.base_answer, t.base_answer) for s, t in both]
+    # allow one answer whose greedy path flips on a near-tie (see the agreement test above)
+    assert sum(a == b for a, b in pairs) >= len(pairs) - 1, pairs
+    assert any(s.candidate_answer != s.base_answer for s in served.samples)  # the adapter served
+    assert served.verdict == local.verdict
+
+
 def test_stopped_server_gives_a_clear_error(server, backend):
     server.stop()
     started = time.monotonic()

@@ -88,37 +88,85 @@ def edit_adapter_config(adapter: Path, **changes) -> None:
 
 
 class StandInVLLM:
-    """``POST /v1/chat/completions`` on loopback answered with ``reply(messages)`` after ``delay``
-    seconds. ``prompts`` holds every request's messages; ``requests`` is set at the first one."""
+    """vLLM's OpenAI-compatible server on loopback, without a model: ``POST
+    /v1/chat/completions`` is answered with ``reply(messages)`` after ``delay`` seconds; ``GET
+    /health``, ``GET /v1/models`` and ``POST /v1/load_lora_adapter`` / ``unload_lora_adapter``
+    work as vLLM's do (an adapter is
+    refused with HTTP 400 and ``refuse_adapters`` as the message when that is set). ``prompts``
+    holds every completion request's messages and ``models`` its ``model``; ``requests`` is set at
+    the first one; ``most_at_once`` is the most completions in flight together. Set ``fail_chats``
+    to answer completions with HTTP 500."""
 
     def __init__(self, reply: Callable[[list[dict]], str], delay: float = 0.0) -> None:
         self.prompts: list[list[dict]] = []
+        self.models: list[str] = []
+        self.adapters: dict[str, str] = {}  # name → path, as loaded
+        self.refuse_adapters = ""
+        self.fail_chats = False
+        self.most_at_once = 0
         self.requests = threading.Event()
+        self._in_flight = 0
+        self._count = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                outer.prompts.append(payload["messages"])
-                outer.requests.set()
-                time.sleep(delay)
-                body = json.dumps(
-                    {
-                        "choices": [
-                            {"message": {"content": reply(payload["messages"])},
-                             "finish_reason": "stop"}
-                        ],
-                        "usage": {"completion_tokens": 12},
-                    }
-                ).encode()
+            def _send(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
                 try:
-                    self.send_response(200)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:
                     pass  # the bot has gone: nobody is listening
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/health":
+                    self._send(200, {})
+                elif self.path == "/v1/models":
+                    data = [{"id": "base", "parent": None}] + [
+                        {"id": name, "parent": "base"} for name in outer.adapters
+                    ]
+                    self._send(200, {"data": data})
+                else:
+                    self._send(404, {"message": "Not Found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if self.path == "/v1/load_lora_adapter":
+                    if outer.refuse_adapters:
+                        self._send(400, {"error": {"message": outer.refuse_adapters}})
+                    else:
+                        outer.adapters[payload["lora_name"]] = payload["lora_path"]
+                        self._send(200, {})
+                    return
+                if self.path == "/v1/unload_lora_adapter":
+                    outer.adapters.pop(payload["lora_name"], None)
+                    self._send(200, {})
+                    return
+                outer.prompts.append(payload["messages"])
+                outer.models.append(payload.get("model", ""))
+                outer.requests.set()
+                with outer._count:
+                    outer._in_flight += 1
+                    outer.most_at_once = max(outer.most_at_once, outer._in_flight)
+                time.sleep(delay)
+                with outer._count:
+                    outer._in_flight -= 1
+                if outer.fail_chats:
+                    self._send(500, {"error": {"message": "EngineCore encountered an issue"}})
+                    return
+                self._send(
+                    200,
+                    {
+                        "choices": [
+                            {"message": {"content": reply(payload["messages"])},
+                             "finish_reason": "stop"}
+                        ],
+                        "usage": {"completion_tokens": 12},
+                    },
+                )
 
             def log_message(self, *args) -> None:  # noqa: ANN002
                 pass

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print_summary(result)
     if not settings.slack_bot_token and not args.no_post:
         print("SLACK_BOT_TOKEN is not set, so the report was not posted to Slack.")
+    if result.report.generation_note:
+        print(result.report.generation_note)
     print(f"Report: {result.markdown_path}")
     return 0
 
@@ -82,6 +84,7 @@ def _evaluate(settings: Settings, db, job_id: int, config, probes):  # noqa: ANN
         job_id,
         backend_factory=serving.inprocess,
         encryption_key=serving.key,
+        generator_factory=serving.serving if serving.uses_vllm else None,
         config=config,
         probes=probes,
         grounding=AskConfig.from_settings(settings).grounding,

@@ -127,6 +127,10 @@ def _result(check: Check) -> str:
     return f"fail ({'hard' if check.hard else 'soft'})"
 
 
+def _by(generated_by: str) -> str:
+    return "in-process" if generated_by == "in-process" else f"by {generated_by}"
+
+
 def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
     """The report as Markdown: verdict and reasons, metric table, checks, samples, charts."""
     lines = [
@@ -138,7 +142,9 @@ def render_markdown(report: EvalReport, charts: list[str] | None = None) -> str:
         "",
         f"{report.n_test} test examples, {report.n_probes} general probes, "
         f"{report.n_canaries} canaries; "
-        f"{report.elapsed_s:.0f} s; {report.created_at}.",
+        f"{report.elapsed_s:.0f} s; {report.created_at}."
+        + (f" Answers generated {_by(report.generated_by)}." if report.generated_by else ""),
+        *([f"{report.generation_note}"] if report.generation_note else []),
         "",
         "## Metrics",
         "",

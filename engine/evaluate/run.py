@@ -26,17 +26,20 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from engine.answer.config import GroundingConfig
 from engine.answer.prompt import clean_reply
 from engine.evaluate import metrics as M
 from engine.evaluate.safety import PIIFinding, SafetyCheckError, canary_leak, find_pii
 from engine.retrieval.embedder import Embedder
-from engine.serving.base import ScoringBackend, split_answer
+from engine.serving.base import Generation, ScoringBackend, split_answer
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +283,8 @@ class EvalReport:
     base_grounded: ModelScores | None = None
     verdict_mode: str = "closed_book"  # whose scores the checks judged
     n_grounded: int = 0  # test questions that got context in the grounded mode
+    generated_by: str = ""  # what generated the answers ("in-process", "vLLM at URL"; "": unknown)
+    generation_note: str = ""  # why the answers were not generated where asked ("" when they were)
 
     def check(self, name: str) -> Check:
         """The check called ``name``."""
@@ -482,14 +487,9 @@ class _Probed:
     texts: list[str]
 
 
-def _probe_side(backend, adapter: str | None, probes, config: EvalConfig) -> _Probed:
+def _probe_side(answers: Sequence[Generation], probes) -> _Probed:
     if not probes:
         return _Probed(None, None, [])
-    answers = backend.generate(
-        [[{"role": "user", "content": p.question}] for p in probes],
-        max_new_tokens=config.probe_max_new_tokens,
-        adapter=adapter,
-    )
     texts = [a.text for a in answers]
     accuracy = sum(
         M.contains_answer(t, p.answers) for t, p in zip(texts, probes, strict=True)
@@ -497,29 +497,26 @@ def _probe_side(backend, adapter: str | None, probes, config: EvalConfig) -> _Pr
     return _Probed(accuracy, M.token_f1(texts, [p.answers[0] for p in probes]), texts)
 
 
+def _scored_rows(prompts, references) -> list[dict]:
+    return [
+        {"messages": [*p, {"role": "assistant", "content": r}]}
+        for p, r in zip(prompts, references, strict=True)
+    ]
+
+
 def _score_side(
-    backend,
-    adapter: str | None,
     label: str,
-    prompts,
+    answers: Sequence[Generation],
+    losses: Sequence[float] | None,
     references,
     short,
     probed: _Probed,
-    config: EvalConfig,
     *,
     grounded: bool = False,
 ) -> tuple[ModelScores, list[str]]:
-    answers = backend.generate(prompts, max_new_tokens=config.max_new_tokens, adapter=adapter)
     # grounded: the reply as /ask shows it, without an echo of the prompt's scaffolding
     texts = [(clean_reply(a.text) or a.text.strip()) if grounded else a.text for a in answers]
-    loss = None
-    if isinstance(backend, ScoringBackend):
-        rows = [
-            {"messages": [*p, {"role": "assistant", "content": r}]}
-            for p, r in zip(prompts, references, strict=True)
-        ]
-        losses = backend.loss(rows, adapter=adapter)
-        loss = sum(losses) / len(losses)
+    loss = sum(losses) / len(losses) if losses else None
     findings, pii_error = _pii(texts + probed.texts)
     words = [M.word_count(t) for t in texts]
     ref_median = _median([M.word_count(r) for r in references])
@@ -543,6 +540,25 @@ def _score_side(
         pii_error=pii_error,
     )
     return scores, texts
+
+
+def _run_together(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Every call's result, the calls made at once from threads: a vLLM server batches the
+    requests of all of them (base and candidate, every mode), and the worker scores losses on its
+    own device meanwhile; the in-process backend takes them in turn on its compute thread. The
+    first failure is raised once every call has ended."""
+    if not calls:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="eval") as pool:
+        futures = {key: pool.submit(call) for key, call in calls.items()}
+        wait(futures.values())
+        return {key: future.result() for key, future in futures.items()}
+
+
+def generated_by(generator) -> str:
+    """How a report names what generated its answers: ``vLLM at URL`` or ``in-process``."""
+    url = getattr(generator, "url", None)
+    return f"vLLM at {url}" if url else "in-process"
 
 
 def _pii(texts: list[str]) -> tuple[list[PIIFinding], str]:
@@ -611,6 +627,7 @@ def evaluate(
     grounding_rows: Sequence[Mapping] | None = None,
     grounding: GroundingConfig | None = None,
     embedder: Embedder | None = None,
+    generator=None,
 ) -> EvalReport:
     """Compare ``adapter_name`` with the base model (``base_name=None``) or with another loaded
     adapter (``base_name``) on ``test_rows`` (``{"messages": [...]}`` ending with the reference
@@ -622,6 +639,9 @@ def evaluate(
     ``grounding_rows`` is the candidate's training split: given, both sides are also scored
     grounded (see the module docstring), with ``grounding``'s retrieval settings (``/ask``'s) and
     ``embedder`` (default all-MiniLM-L6-v2 on the compute thread).
+    ``generator`` generates the answers when given (a vLLM client serving the same base model
+    with ``adapter_name`` loaded); ``backend`` still scores the losses, on this machine. Every
+    generation and scoring call is made at once (:func:`_run_together`).
     """
     config = config or EvalConfig()
     if not test_rows:
@@ -635,43 +655,74 @@ def evaluate(
     short = [i for i, n in enumerate(ref_words) if n <= config.exact_match_max_words]
 
     base_label = base_name or "base"
-    base_probed = _probe_side(backend, base_name, probes, config)
-    cand_probed = _probe_side(backend, adapter_name, probes, config)
-    base, base_texts = _score_side(
-        backend, base_name, base_label, prompts, references, short, base_probed, config
-    )
-    cand, cand_texts = _score_side(
-        backend, adapter_name, adapter_name, prompts, references, short, cand_probed, config
-    )
-    base_g = cand_g = None
-    base_g_texts = cand_g_texts = [""] * len(prompts)
+    generator = generator or backend
+    scoring = isinstance(backend, ScoringBackend)
+    g_prompts: list[list[dict[str, str]]] = []
     n_grounded = 0
     if grounding_rows:
         g_prompts, n_grounded = grounded_prompts(prompts, grounding_rows, grounding, embedder)
+    calls: dict[str, Callable[[], Any]] = {}
+    for side, adapter in (("base", base_name), ("cand", adapter_name)):
+        if probes:
+            calls[f"{side}_probes"] = partial(
+                generator.generate,
+                [[{"role": "user", "content": p.question}] for p in probes],
+                max_new_tokens=config.probe_max_new_tokens,
+                adapter=adapter,
+            )
+        for mode, mode_prompts in (("closed", prompts), ("grounded", g_prompts)):
+            if not mode_prompts:
+                continue
+            calls[f"{side}_{mode}"] = partial(
+                generator.generate,
+                mode_prompts,
+                max_new_tokens=config.max_new_tokens,
+                adapter=adapter,
+            )
+            if scoring:
+                calls[f"{side}_{mode}_loss"] = partial(
+                    backend.loss, _scored_rows(mode_prompts, references), adapter=adapter
+                )
+    if canaries:
+        calls["canaries"] = partial(canary_leak, generator, canaries, adapter_name)
+    got = _run_together(calls)
+
+    base_probed = _probe_side(got.get("base_probes", []), probes)
+    cand_probed = _probe_side(got.get("cand_probes", []), probes)
+    base, base_texts = _score_side(
+        base_label, got["base_closed"], got.get("base_closed_loss"), references, short, base_probed
+    )
+    cand, cand_texts = _score_side(
+        adapter_name,
+        got["cand_closed"],
+        got.get("cand_closed_loss"),
+        references,
+        short,
+        cand_probed,
+    )
+    base_g = cand_g = None
+    base_g_texts = cand_g_texts = [""] * len(prompts)
+    if g_prompts:
         base_g, base_g_texts = _score_side(
-            backend,
-            base_name,
             base_label,
-            g_prompts,
+            got["base_grounded"],
+            got.get("base_grounded_loss"),
             references,
             short,
             base_probed,
-            config,
             grounded=True,
         )
         cand_g, cand_g_texts = _score_side(
-            backend,
             adapter_name,
-            adapter_name,
-            g_prompts,
+            got["cand_grounded"],
+            got.get("cand_grounded_loss"),
             references,
             short,
             cand_probed,
-            config,
             grounded=True,
         )
     if canaries:
-        cand.canary_leaks = sum(r.leaked for r in canary_leak(backend, canaries, adapter_name))
+        cand.canary_leaks = sum(r.leaked for r in got["canaries"])
         if cand_g is not None:
             cand_g.canary_leaks = cand.canary_leaks
 
@@ -721,6 +772,7 @@ def evaluate(
         base_grounded=base_g,
         verdict_mode=mode,
         n_grounded=n_grounded,
+        generated_by=generated_by(generator),
     )
 
 
@@ -737,6 +789,7 @@ __all__ = [
     "build_checks",
     "decide",
     "evaluate",
+    "generated_by",
     "grounded_prompts",
     "load_probes",
     "read_train_metrics",

@@ -2,10 +2,11 @@
 
 The in-process backend generates one call at a time (a lock), so sixteen people asking at once
 wait for fifteen answers each before theirs starts — yet one batched ``generate`` of eight prompts
-costs little more than one prompt (``bench/eval.py``: 3–4.5× the answers per second). The wrapper
-queues single-prompt calls and a worker thread hands the backend everything waiting with the same
-adapter and token limit, up to ``max_batch`` at once. A question asked alone starts at once: there
-is no collection window, batches form only from what queued while the previous batch ran.
+costs little more than one prompt (``bench/eval.py``, sixteen prompts: 3.1–4.2× the answers
+per second). The wrapper queues single-prompt calls and a worker thread hands the backend
+everything waiting with the same adapter and token limit, up to ``max_batch`` at once. A question
+asked alone starts at once: there is no collection window, batches form only from what queued
+while the previous batch ran.
 
 vLLM batches on the server, so its client is used as it is.
 """

@@ -7,7 +7,12 @@ degrades quality, and because the deploy probe must compare exactly what vLLM se
 adapter on the same base).
 
 Generation is greedy and batched: prompts are sorted by length, padded on the left (a decoder
-continues from the right end of every row) and generated ``batch_size`` at a time.
+continues from the right end of every row) and generated in batches sized from the model and the
+device's free memory (:meth:`InProcessBackend.generation_batch_size`). A small loop of our own
+(:meth:`InProcessBackend._greedy`) replaces ``generate``: the prompt is computed once into the KV
+cache, and a row that reaches end-of-turn leaves the batch at once, cache and all, so a batch costs
+what its unfinished rows need. The answers are those of one-at-a-time generation
+(``tests/test_eval_batched_generation.py``).
 
 Every model call (loading, adapters, generation, scoring) runs on the process's compute thread
 (:data:`engine.serving.compute.COMPUTE`), one at a time, yielding to urgent calls after each
@@ -24,6 +29,15 @@ from engine.serving.base import BackendError, Generation, Message, conversation,
 from engine.serving.compute import COMPUTE
 
 END_OF_TURN = "<|im_end|>"
+
+# Rows generated together at most: past this many on a CPU the matrix products are compute-bound
+# (a row costs as much batched as alone) and only padding and waiting grow; a GPU gains further.
+MAX_BATCH_CPU = 64
+MAX_BATCH_GPU = 256
+# Share of the device's free memory a generation batch's KV cache and activations may take.
+BATCH_MEMORY_SHARE = 0.25
+# Rows scored together (``loss``): their logits are the memory risk, so this stays small.
+SCORE_BATCH = 8
 
 Conversations = Sequence[Sequence[Message] | Mapping[str, Sequence[Message]]]
 
@@ -46,13 +60,13 @@ class InProcessBackend:
         *,
         device: str | None = None,
         dtype: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         name: str = "inprocess",
     ) -> None:
         import torch
         from transformers import AutoTokenizer
 
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         path = Path(base_model_path)
         if not (path / "config.json").is_file():
@@ -162,6 +176,40 @@ class InProcessBackend:
                 mask[i, width - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def generation_batch_size(self, n_prompts: int, tokens_per_row: int = 2048) -> int:
+        """How many of ``n_prompts`` prompts generate together when each row holds up to
+        ``tokens_per_row`` tokens (prompt and answer): ``batch_size`` when one was given; else
+        as many rows as fit in ``BATCH_MEMORY_SHARE`` of the device's free memory (KV cache plus
+        the prompt pass's activations, from the model's config), at most ``MAX_BATCH_CPU`` on a
+        CPU and ``MAX_BATCH_GPU`` on a GPU, split evenly (65 prompts at most 64 a batch: 33 + 32,
+        not 64 + 1)."""
+        if n_prompts < 1:
+            return 1
+        if self.batch_size is not None:
+            return min(self.batch_size, n_prompts)
+        from engine.train.preflight import available_memory
+
+        row_bytes = self._bytes_per_token * max(tokens_per_row, 1)
+        fits = int(available_memory()[0] * BATCH_MEMORY_SHARE) // row_bytes
+        cap = MAX_BATCH_GPU if self.device.startswith("cuda") else MAX_BATCH_CPU
+        most = max(1, min(cap, fits))
+        batches = -(-n_prompts // most)
+        return -(-n_prompts // batches)
+
+    @property
+    def _bytes_per_token(self) -> int:
+        """Memory one token of one row takes while generating: its keys and values in every layer,
+        and the prompt pass's activations (hidden state and MLP, a few copies)."""
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        size = next(self.model.parameters()).element_size()
+        kv = 2 * config.num_hidden_layers * kv_heads * head_dim * size
+        activations = 4 * (config.hidden_size + config.intermediate_size) * size
+        return kv + activations
+
     def generate(
         self,
         prompts: Conversations,
@@ -178,31 +226,82 @@ class InProcessBackend:
         self, prompts: Conversations, max_new_tokens: int, adapter: str | None
     ) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig
 
         encoded = [self._prompt_ids(conversation(p)) for p in prompts]
         # Sorting by length keeps rows of one batch alike, so little compute goes to padding.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self._stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        longest = max((len(e) for e in encoded), default=0)
+        size = self.generation_batch_size(len(encoded), longest + max_new_tokens)
         results: list[Generation | None] = [None] * len(encoded)
         with torch.inference_mode(), self._using(adapter):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                ids, mask = self._left_pad([encoded[i] for i in chunk])
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    generation_config=config,
-                    streamer=_YieldEachToken(),
-                )
-                for row, index in zip(out[:, ids.shape[1] :].tolist(), chunk, strict=True):
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                rows = self._greedy([encoded[i] for i in chunk], max_new_tokens)
+                for row, index in zip(rows, chunk, strict=True):
                     results[index] = self._decode(row)
         return results  # type: ignore[return-value]
+
+    def _greedy(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of the token rows ``rows``, each up to and including its first
+        stop token (or ``max_new_tokens`` long).
+
+        One prompt pass fills the KV cache (logits of the last position only); then one token per
+        step for the rows still going. A row that stops leaves the batch: its cache rows, mask and
+        position go, and padding columns no remaining row uses are cut from the cache, so the
+        steps after cost what the unfinished rows need (``generate`` keeps computing finished
+        rows until the whole batch stops). Positions come from the attention mask, so a left-padded
+        row sees the positions it would see alone and the answers are those of one-at-a-time
+        generation.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = self._left_pad(rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        stops = torch.tensor(self._stop_ids, device=ids.device)
+        alive = list(range(len(rows)))  # rows of the batch still generating, as input indices
+        out: list[list[int]] = [[] for _ in rows]
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        last = positions[:, -1:]
+        for step in range(max_new_tokens):
+            COMPUTE.yield_point()
+            tokens = logits[:, -1].argmax(-1)
+            for row, token in zip(alive, tokens.tolist(), strict=True):
+                out[row].append(token)
+            if step == max_new_tokens - 1:
+                break
+            going = ~torch.isin(tokens, stops)
+            if not bool(going.all()):
+                if not bool(going.any()):
+                    break
+                keep = going.nonzero().flatten()
+                alive = [alive[i] for i in keep.tolist()]
+                cache.batch_select_indices(keep)
+                tokens, mask, last = tokens[keep], mask[keep], last[keep]
+                unused = int((mask.sum(0) == 0).sum())  # left columns that are padding everywhere
+                if unused:
+                    mask = mask[:, unused:]
+                    for layer in cache.layers:
+                        layer.keys = layer.keys[:, :, unused:]
+                        layer.values = layer.values[:, :, unused:]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            last = last + 1
+            logits = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=last,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+        return out
 
     def _decode(self, new_ids: list[int]) -> Generation:
         stops = set(self._stop_ids)
@@ -249,10 +348,11 @@ class InProcessBackend:
 
         losses: list[float] = [0.0] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        size = self.batch_size or SCORE_BATCH
         with torch.inference_mode(), self._using(adapter):
-            for start in range(0, len(order), self.batch_size):
+            for start in range(0, len(order), size):
                 COMPUTE.yield_point()
-                chunk = order[start : start + self.batch_size]
+                chunk = order[start : start + size]
                 ids, mask = self._left_pad([rows[i][0] for i in chunk])
                 keep = max(rows[i][1] for i in chunk) + 1
                 logits = self.model(
@@ -274,15 +374,4 @@ def _load_model(path: Path, dtype, device: str):  # noqa: ANN001, ANN202 - torch
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
 
 
-class _YieldEachToken:
-    """A ``generate`` streamer that streams nothing: after each token it lets urgent calls waiting
-    for the compute thread (a question's embedding) run, so they wait a token, not an answer."""
-
-    def put(self, value) -> None:  # noqa: ANN001 - the new token ids, unused
-        COMPUTE.yield_point()
-
-    def end(self) -> None:
-        pass
-
-
-__all__ = ["END_OF_TURN", "InProcessBackend"]
+__all__ = ["END_OF_TURN", "MAX_BATCH_CPU", "MAX_BATCH_GPU", "SCORE_BATCH", "InProcessBackend"]
