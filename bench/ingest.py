@@ -93,7 +93,8 @@ def event_body(i: int, channel: str, ts: str) -> bytes:
 def inbox_write_cost(home: Path, bodies: list[bytes]) -> tuple[list[float], list[float]]:
     """Milliseconds per request of what the inbox adds: the write before the ack (the payload
     sealed, one autocommitted INSERT) and the mark after the listener (one UPDATE, commit), as
-    ``bot.inbox`` does them, on a fresh SQLite database with the bot's settings."""
+    ``bot.inbox`` does them (it batches the marks), on a fresh SQLite database with the bot's
+    settings."""
     from bot.inbox import Sealer, body_key
     from storage import inbox as q
     from storage.db import make_engine, upgrade
@@ -101,7 +102,7 @@ def inbox_write_cost(home: Path, bodies: list[bytes]) -> tuple[list[float], list
     sealer = Sealer(body_key(SECRET))
     url = f"sqlite:///{home / 'inbox-cost.db'}"
     upgrade(url)
-    engine = make_engine(url)
+    engine = q.inbox_engine(make_engine(url))  # where the bot keeps it: a file of its own
     writes: list[float] = []
     marks: list[float] = []
     for body in bodies:
