@@ -93,10 +93,11 @@ def test_kill_between_ack_and_commit_loses_nothing_and_applies_once(setup, tmp_p
         assert _examples(engine, a) == []  # lost, were it not for the inbox
         assert slack.reactions("CHELP", a).get(ACK) is None
 
-        with running_bot(slack, port, tmp_path / "second", url, socket_mode=socket_mode) as (
-            proc,
-            log,
-        ):
+        # killed at exit, not stopped: a stop would wait for the index's first sync to load its
+        # model, and nothing below depends on how this process ends
+        with running_bot(
+            slack, port, tmp_path / "second", url, socket_mode=socket_mode, kill_at_exit=True
+        ) as (proc, log):
             found = wait_until(lambda: _examples(engine, a), 30, "the replayed curation", log)
             assert [curators for _, curators in found] == [["UCUR1"]]
             wait_until(lambda: (_row(inbox, event_id) or row).done_at, 15, "the row done", log)
