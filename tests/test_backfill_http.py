@@ -109,7 +109,7 @@ def env(request, tmp_path_factory, base_model_path):
     tmp = tmp_path_factory.mktemp(f"backfill-{request.param}")
     url = f"sqlite:///{tmp / 'threadtune.db'}" if request.param == "sqlite" else _fresh_pg("")
     try:
-        with workspace_with_bot(tmp, url, BASE_MODEL=str(base_model_path)) as (
+        with workspace_with_bot(tmp, url, kill_at_exit=True, BASE_MODEL=str(base_model_path)) as (
             slack, proc, log, port,
         ):  # fmt: skip
             engine = make_engine(url)
@@ -295,11 +295,15 @@ def test_a_bot_killed_during_a_slash_backfill_goes_on_with_it_when_restarted(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         assert progress(env, CHANNEL).state == "running"
-        with running_bot(slack, port, tmp_path, url, BASE_MODEL=str(base_model_path)) as (
-            proc, log,
-        ):  # fmt: skip
+        with running_bot(slack, port, tmp_path, url, kill_at_exit=True,
+                         BASE_MODEL=str(base_model_path)) as (proc, log):
             wait_until(lambda: progress(env, CHANNEL).state == "done", 180,
                        "the restarted bot to finish the backfill", log)
+            # its summary, the last thing it does for the backfill; then it is killed, not
+            # stopped (a stop would wait for the index's first sync to load its model)
+            wait_until(lambda: any(f"Backfill of <#{CHANNEL}> finished" in m["text"]
+                                   for m in slack.bot_posts() if m["channel"] == "CHELP"),
+                       30, "the summary in #help", log)  # fmt: skip
         assert examples(env, CHANNEL) == expected
         posts = [m for m in slack.bot_posts() if m["channel"] == "CHELP"]
         assert len(posts) == 1 and f"Backfill of <#{CHANNEL}> finished" in posts[0]["text"]
