@@ -6,6 +6,9 @@ same HTTP stack and measured in the same run (the ratio is threadtune's overhead
 alternate in ``--rounds`` chunks (bare first in even rounds, threadtune first in odd ones), so the
 machine's drift cancels; before each bare chunk the bot has stored what it was sent, so the bare
 app is measured on a machine as quiet as before and threadtune under its own work, as in Slack.
+The requests are sent and timed from a process of their own (``--send``), one per chunk and arm:
+the emulator, which answers the bot's Slack API calls while it curates, runs in this process, and
+its threads would otherwise hold up the timing of the bot's arm only.
 Both arms get ``WARMUP`` events first, not measured (the bot's first redaction loads its models,
 and the index's first sync loads the embedding model).
 It also times what the durable inbox adds to the ack path: the one INSERT (+ commit) written
@@ -90,7 +93,8 @@ def event_body(i: int, channel: str, ts: str) -> bytes:
 def inbox_write_cost(home: Path, bodies: list[bytes]) -> tuple[list[float], list[float]]:
     """Milliseconds per request of what the inbox adds: the write before the ack (the payload
     sealed, one autocommitted INSERT) and the mark after the listener (one UPDATE, commit), as
-    ``bot.inbox`` does them, on a fresh SQLite database with the bot's settings."""
+    ``bot.inbox`` does them (it batches the marks), on a fresh SQLite database with the bot's
+    settings."""
     from bot.inbox import Sealer, body_key
     from storage import inbox as q
     from storage.db import make_engine, upgrade
@@ -98,7 +102,7 @@ def inbox_write_cost(home: Path, bodies: list[bytes]) -> tuple[list[float], list
     sealer = Sealer(body_key(SECRET))
     url = f"sqlite:///{home / 'inbox-cost.db'}"
     upgrade(url)
-    engine = make_engine(url)
+    engine = q.inbox_engine(make_engine(url))  # where the bot keeps it: a file of its own
     writes: list[float] = []
     marks: list[float] = []
     for body in bodies:
@@ -180,15 +184,43 @@ def send_at_rate(
     return latencies, errors
 
 
+def send_from_own_process(
+    port: int, bodies: list[bytes], rate: float, retry_every: int = 0
+) -> tuple[list[float], int, float]:
+    """:func:`send_at_rate` run in a child process (``--send``): (ack latencies in ms, errors,
+    the wall-clock time its sending started)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([b.decode() for b in bodies], f)
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--send", f.name, "--port", str(port),
+             "--rate", str(rate), "--retry-every", str(retry_every)],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        Path(f.name).unlink()
+    got = json.loads(out.strip().splitlines()[-1])
+    return got["latencies"], got["errors"], got["started"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0, help="events per second")
     parser.add_argument("--rounds", type=int, default=10, help="alternating chunks per arm")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--send", help=argparse.SUPPRESS)  # a JSON file of bodies to send
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--retry-every", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         bare_server(args.bare_server)
+        return 0
+    if args.send:
+        sent = [b.encode() for b in json.loads(Path(args.send).read_text())]
+        started = time.time()
+        latencies, errors = send_at_rate(args.port, sent, args.rate, retry_every=args.retry_every)
+        print(json.dumps({"latencies": latencies, "errors": errors, "started": started}))
         return 0
 
     from rich.console import Console
@@ -272,8 +304,8 @@ def main() -> int:
                 return stored
 
             warm = range(args.events, args.events + WARMUP)
-            send_at_rate(bare_port, [bare_bodies[i] for i in warm], args.rate)
-            send_at_rate(bot_port, [bodies[i] for i in warm], args.rate)
+            send_from_own_process(bare_port, [bare_bodies[i] for i in warm], args.rate)
+            send_from_own_process(bot_port, [bodies[i] for i in warm], args.rate)
             drain(WARMUP, time.monotonic() + 180)  # not measured
             # nor the index's first sync, which loads the embedding model into the bot
             deadline = time.monotonic() + 180
@@ -294,20 +326,19 @@ def main() -> int:
                 order = ("bare", "bot") if r % 2 == 0 else ("bot", "bare")
                 for arm in order:
                     if arm == "bare":
-                        got, errors = send_at_rate(
+                        got, errors, _ = send_from_own_process(
                             bare_port, [bare_bodies[i] for i in chunk], args.rate
                         )
                         bare_lat += got
                         bare_err += errors
                     else:
-                        start = time.monotonic()
-                        got, errors = send_at_rate(
+                        got, errors, started = send_from_own_process(
                             bot_port, [bodies[i] for i in chunk], args.rate, retry_every=10
                         )
                         lat += got
                         err += errors
                         drain(WARMUP + chunk.stop, time.monotonic() + 120)
-                        busy += time.monotonic() - start
+                        busy += time.time() - started
             elapsed = busy
             time.sleep(1.0)  # let retried duplicates land, if any would
             with session_scope(engine) as s:

@@ -25,11 +25,13 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot.inbox import ACK_SENT, AckGate
 from bot.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,20 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
             log.warning("rejected a signed but malformed request: %s", problem)
             return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
         # dispatch writes the request to the inbox and acks in milliseconds; a thread keeps the
-        # event loop free for other requests meanwhile
-        response = await run_in_threadpool(bolt.dispatch, bolt_request(payload, decoded, request))
+        # event loop free for other requests meanwhile. An acknowledged listener starts its work
+        # once the ack is sent (the gate), not while the ack is on its way back.
+        bolt_req = bolt_request(payload, decoded, request)
+        gate = bolt_req.context[ACK_SENT] = AckGate()
+        response = await run_in_threadpool(bolt.dispatch, bolt_req)
+
+        async def sent() -> None:
+            gate.open()
+
         return Response(
             status_code=response.status,
             content=response.body,
             headers=response.first_headers_without_set_cookie(),
+            background=BackgroundTask(sent),
         )
 
     async def healthz(_: Request) -> Response:

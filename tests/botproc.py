@@ -42,12 +42,15 @@ def running_bot(
     *,
     socket_mode: bool = False,
     log: Path | None = None,
+    kill_at_exit: bool = False,
     **env_extra: str,
 ):
     """``threadtune serve`` on ``port`` with the emulator as its Slack; yields (process, log
     path). With ``socket_mode`` the bot gets the emulator's app-level token, ``port`` serves only
     ``/healthz`` and ``/metrics``, and this returns once its WebSocket is open. The log goes to
-    ``home/serve.log`` unless ``log`` names another file."""
+    ``home/serve.log`` unless ``log`` names another file. At exit the bot is stopped with SIGTERM
+    (it finishes its work in progress, loading a model included, for up to 10 s), or killed at
+    once with ``kill_at_exit``, for a test that checks nothing about how it stops."""
     log = log or home / "serve.log"
     socket_env = {"SLACK_APP_TOKEN": emulator.app_token, "HEALTH_PORT": str(port)}
     env = {
@@ -81,7 +84,7 @@ def running_bot(
         yield proc, log
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGKILL if kill_at_exit else signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -96,11 +99,12 @@ def workspace_with_bot(
     home: Path | None = None,
     *,
     socket_mode: bool = False,
+    kill_at_exit: bool = False,
     **env_extra: str,
 ):
     """An emulated workspace with people and a channel, and the bot serving it (over HTTP, or
     in Socket Mode with ``socket_mode``); its data directory is ``home`` (default ``tmp``), its
-    log ``tmp/serve.log``."""
+    log ``tmp/serve.log``; ``kill_at_exit`` as for :func:`running_bot`."""
     port = free_port()
     with Emulator.start(
         events_url=None if socket_mode else f"http://127.0.0.1:{port}/slack/events",
@@ -117,6 +121,7 @@ def workspace_with_bot(
             db_url,
             socket_mode=socket_mode,
             log=tmp / "serve.log",
+            kill_at_exit=kill_at_exit,
             **env_extra,
         ) as (proc, log):
             yield slack, proc, log, port

@@ -85,3 +85,81 @@ def test_payloads_are_stored_sealed_and_bound_to_their_row():
         sealer.open("event:Ev2", sealed)  # another row's payload
     with pytest.raises(ValueError):
         Sealer(body_key("rotated-secret")).open("event:Ev1", sealed)
+
+
+def test_on_sqlite_the_inbox_has_a_file_of_its_own_and_takes_over_the_old_rows(db):
+    from bot.inbox import Inbox
+
+    # rows an earlier version left in the main database's inbox table
+    with db.begin() as conn:
+        q.receive(session=conn, key="event:Old1", kind="event:reaction_added", body="v1:x")
+        q.receive(session=conn, key="event:Old2", kind="event:reaction_added", body="v1:y")
+        q.finish(session=conn, key="event:Old2")
+    inbox = Inbox(db, secret="signing-secret")
+    if db.dialect.name == "sqlite":
+        assert inbox.db is not db and inbox.db.url.database.endswith("threadtune-inbox.db")
+        assert inbox.db.url.database != db.url.database
+    else:
+        assert inbox.db is db  # PostgreSQL: the main database
+    inbox.replay(app=None)  # type: ignore[arg-type] - Old1 is unreadable: given up, no dispatch
+    with session_scope(inbox.db) as s:
+        assert q.counts(session=s) == {"done": 2, "pending": 0}
+        assert "unreadable" in s.get(InboxItem, "event:Old1").error
+    if db.dialect.name == "sqlite":
+        with session_scope(db) as s:
+            assert q.counts(session=s) == {"done": 0, "pending": 0}  # moved, not copied
+    inbox.db.dispose()
+
+
+def test_done_marks_are_written_in_batches_by_the_flusher(db):
+    from bot.inbox import Inbox
+
+    inbox = Inbox(db, secret="signing-secret", flush_s=3600)
+    for key in ("a", "b", "c"):
+        with inbox.db.begin() as conn:
+            q.receive(session=conn, key=key, kind="x", body="v1:z")
+    inbox.finish("a")
+    inbox.finish("b", "the listener raised")
+    with session_scope(inbox.db) as s:
+        assert q.counts(session=s) == {"done": 0, "pending": 3}  # queued, not written yet
+    inbox.flush()
+    with session_scope(inbox.db) as s:
+        assert [r.key for r in q.unfinished(session=s)] == ["c"]
+        assert s.get(InboxItem, "b").error == "the listener raised"
+        assert s.get(InboxItem, "a").body == "" and s.get(InboxItem, "a").error == ""
+    inbox.db.dispose()
+
+
+def test_an_acknowledged_listener_starts_once_its_ack_is_sent(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from slack_bolt import BoltRequest, BoltResponse
+
+    import bot.inbox as inbox_module
+    from bot.inbox import ACK_SENT, AckGate, _Started
+
+    monkeypatch.setattr(inbox_module, "ACK_WAIT_S", 30.0)
+    started = _Started(SimpleNamespace(stall_after_ack_s=0))
+
+    def request(acked: bool) -> tuple[BoltRequest, AckGate]:
+        req = BoltRequest(body={"type": "event_callback"}, mode="socket_mode")
+        gate = req.context[ACK_SENT] = AckGate()
+        if acked:
+            req.context.ack.response = BoltResponse(status=200)  # an event: acked before it ran
+        return req, gate
+
+    event, gate = request(acked=True)
+    listener = threading.Thread(target=started.handle, args=(event, None))
+    listener.start()
+    listener.join(0.5)
+    assert listener.is_alive()  # waits: its ack is on its way back
+    gate.open()
+    listener.join(10)
+    assert not listener.is_alive()
+    # a command acks from its listener: it must not wait for a gate that opens after the ack
+    command, _ = request(acked=False)
+    command_listener = threading.Thread(target=started.handle, args=(command, None))
+    command_listener.start()
+    command_listener.join(10)
+    assert not command_listener.is_alive()
