@@ -46,6 +46,7 @@ from .data import (
 )
 from .errors import DataError, TrainingError
 from .events import emit
+from .kernels import choose_kernels
 from .patches import lean_training
 from .plan import RunPlan, checkpoint_step
 from .preflight import choose_checkpointing, preflight
@@ -325,12 +326,15 @@ def _resolved(
         n_examples, parameter_count(model_config), train_lengths=lengths,
         validation_tokens=validation_tokens,
     )
-    resolved, checkpointing = choose_checkpointing(model_config, resolved, compute)
+    # attention, Liger and optimiser for this device (kernels.py); liger is settled to on/off
+    resolved, device_kernels = choose_kernels(model_config, resolved, compute)
+    resolved, checkpointing = choose_checkpointing(model_config, resolved, compute,
+                                                   kernels=device_kernels)
     if checkpointing:
         why["gradient_checkpointing"] = checkpointing
     return resolved, {
         name: {"value": getattr(resolved, name), "reason": reason} for name, reason in why.items()
-    }
+    } | device_kernels.choices()
 
 
 def _run_info(
