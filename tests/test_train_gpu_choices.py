@@ -83,8 +83,11 @@ def test_the_cpu_path_keeps_sdpa_adamw_and_no_liger_on_the_real_probe():
     assert caps == CPU
     config, chosen = choose_kernels(LLAMA_8B, TrainConfig(method="lora"), "fp32")
     assert config.liger == "off"  # settled, so a resumed run keeps it
-    assert (chosen.attention, chosen.liger, chosen.optimizer) == ("sdpa", False, "adamw_torch")
+    assert (chosen.attention, chosen.liger, chosen.optimizer) == (
+        "sdpa_varlen", False, "adamw_torch")
     assert "need CUDA" in chosen.reasons["liger"]
+    _, unpacked = choose_kernels(LLAMA_8B, TrainConfig(method="lora", packing=False), "fp32")
+    assert unpacked.attention == "sdpa" and "needs CUDA" in unpacked.reasons["attention"]
 
 
 def test_liger_is_settled_on_the_config_so_a_resume_keeps_it():
@@ -142,9 +145,9 @@ def test_the_sft_config_carries_the_chosen_optimiser(tmp_path):
     assert paged.optim == "paged_adamw_8bit"
 
 
-def test_the_cpu_trainer_loads_the_library_default_attention_and_adamw(tmp_path):
-    """The trainer reads the same choices: on this CPU, sdpa (what transformers picks unasked,
-    so the CPU path is unchanged) and adamw_torch."""
+def test_the_cpu_trainer_loads_the_chosen_attention_and_adamw(tmp_path):
+    """The trainer reads the same choices: on this CPU, per-document SDPA for a packed run (the
+    library's own SDPA unpacked) and adamw_torch."""
     from train_support import tiny_base_dir
     from transformers import AutoModelForCausalLM
 
@@ -172,7 +175,7 @@ def test_the_cpu_trainer_loads_the_library_default_attention_and_adamw(tmp_path)
     )
     trainer = build_trainer(plan, RunState(config=config))
     assert unasked == "sdpa"
-    assert trainer.model.config._attn_implementation == "sdpa"
+    assert trainer.model.config._attn_implementation == "sdpa_varlen"
     assert trainer.args.optim == "adamw_torch"
 
 
@@ -190,3 +193,39 @@ def test_a_model_that_caps_attention_logits_gets_eager_attention_unless_flash_at
     # eager keeps the [heads, seq, seq] scores: the estimate says so
     assert estimate_memory(gemma2, QLORA, "bf16", bare) > estimate_memory(
         gemma2, QLORA, "bf16", dataclasses.replace(bare, attention="sdpa"))
+
+
+def test_per_document_sdpa_matches_sdpa_under_the_packed_mask():
+    """A padding-free packed row (position_ids restart per document): the loss and gradients of
+    SDPA per document equal transformers' SDPA with its block-diagonal mask, and no document sees
+    another (each matches the document run alone)."""
+    import torch
+    from train_support import tiny_base_dir
+    from transformers import AutoModelForCausalLM
+
+    name = kernels.register_varlen_sdpa()
+    torch.manual_seed(0)
+    lengths = [40, 25, 31]
+    ids = torch.randint(5, 1000, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    results = {}
+    for impl in ("sdpa", name):
+        model = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), attn_implementation=impl,
+                                                     dtype=torch.float32)  # fmt: skip
+        model.train()
+        out = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False,
+                    output_hidden_states=True)  # fmt: skip
+        out.loss.backward()
+        results[impl] = (out.loss.detach(), out.hidden_states[-1].detach(),
+                         model.model.layers[0].self_attn.q_proj.weight.grad.clone())  # fmt: skip
+        if impl == name:
+            model.eval()
+            start = lengths[0]
+            alone = model(input_ids=ids[:, start:start + lengths[1]], use_cache=False,
+                          output_hidden_states=True).hidden_states[-1].detach()  # fmt: skip
+            torch.testing.assert_close(alone, out.hidden_states[-1][:, start:start + lengths[1]],
+                                       rtol=1e-4, atol=1e-4)  # fmt: skip
+    (loss, hidden, grad), (v_loss, v_hidden, v_grad) = results["sdpa"], results[name]
+    torch.testing.assert_close(v_loss, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v_hidden, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(v_grad, grad, rtol=1e-4, atol=1e-9)

@@ -9,7 +9,10 @@ every branch is tested on a CPU with faked capabilities; the trainer, the memory
 * **attention** — ``flash_attention_2`` where ``flash_attn`` is installed, on CUDA, in bf16/fp16;
   else ``sdpa`` (PyTorch's fused attention, transformers' default; packed sequences stay apart
   through ``position_ids`` either way) — except ``eager`` for a model that caps its attention
-  logits (Gemma 2), whose capping SDPA would skip.
+  logits (Gemma 2), whose capping SDPA would skip. On the CPU a packed run uses ``sdpa_varlen``:
+  SDPA called once per packed document (:func:`varlen_sdpa_forward`), the same result for
+  the sum of the documents' squared lengths instead of the row's (measured on the CPU only; the
+  GPU keeps transformers' SDPA until a GPU run says otherwise).
 * **liger** (setting ``liger=auto|on|off``) — Liger's RMSNorm, RoPE and SwiGLU kernels on CUDA
   where ``liger_kernel`` is installed and patches the model's family. Liger's fused linear
   cross-entropy is *not* used: TRL's fused LM head already does that job (a Triton kernel on CUDA
@@ -34,6 +37,7 @@ from .config import TrainConfig, TrainConfigError
 FLASH_ATTENTION = "flash_attention_2"
 SDPA = "sdpa"
 EAGER = "eager"
+VARLEN_SDPA = "sdpa_varlen"  # SDPA per packed document (register_varlen_sdpa)
 PAGED_ADAMW_8BIT = "paged_adamw_8bit"
 ADAMW = "adamw_torch"
 # what Liger patches here: its layer kernels only (see the module docstring for the LM head)
@@ -106,6 +110,10 @@ def choose(config: TrainConfig, compute: str, model_type: str, caps: Capabilitie
         reasons["attention"] = ("the model caps its attention logits, which SDPA skips; eager "
                                 "attention computes them (flash-attention would too, where "
                                 "installed on CUDA)")
+    elif not caps.cuda and config.packing:
+        attention = VARLEN_SDPA
+        reasons["attention"] = ("SDPA over each packed document alone (varlen_sdpa_forward): "
+                                "the same attention without the block-diagonal mask's work")
     else:
         attention = SDPA
         reasons["attention"] = (
@@ -207,6 +215,7 @@ __all__ = [
     "LIGER_KERNELS",
     "PAGED_ADAMW_8BIT",
     "SDPA",
+    "VARLEN_SDPA",
     "Capabilities",
     "Kernels",
     "apply_liger",
@@ -214,5 +223,49 @@ __all__ = [
     "choose_kernels",
     "model_type",
     "probe",
+    "register_varlen_sdpa",
     "softcapping",
+    "varlen_sdpa_forward",
 ]
+
+
+def register_varlen_sdpa() -> str:
+    """Register :func:`varlen_sdpa_forward` with transformers (as ``VARLEN_SDPA``); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_forward)
+    # the mask the fallback (a padded batch) needs; the packed path ignores it
+    AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)
+    return VARLEN_SDPA
+
+
+def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                        scaling: float | None = None, position_ids=None, **kwargs):
+    """SDPA over each packed document alone: a padding-free batch (one row, ``position_ids``
+    restarting at 0 per document) costs the sum of the documents' squared lengths instead of the
+    row's squared length under a block-diagonal mask, and each call is a plain causal one (no mask,
+    no repeated key/value heads). Anything else goes to transformers' SDPA as it is."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if (position_ids is None or query.shape[0] != 1 or key.shape[2] != length
+            or length < 2 or kwargs.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, position_ids=position_ids, **kwargs)
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    bounds = [*starts, length]
+    gqa = query.shape[1] != key.shape[1]
+    p = dropout if module.training else 0.0
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=p, is_causal=True,
+            scale=scaling, enable_gqa=gqa,
+        )
+        for a, b in zip(bounds, bounds[1:], strict=False) if b > a
+    ]
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    return out.transpose(1, 2).contiguous(), None

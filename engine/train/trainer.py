@@ -33,6 +33,8 @@ def build_trainer(plan: RunPlan, state: RunState, plan_kernels: kernels.Kernels 
 
     config, compute, method = plan.config, plan.compute, plan.method
     quantization = libconfig.bnb_config(config, compute)
+    if plan_kernels.attention == kernels.VARLEN_SDPA:
+        kernels.register_varlen_sdpa()
     model = AutoModelForCausalLM.from_pretrained(
         plan.base,
         dtype=libconfig.model_dtype(config, compute),
