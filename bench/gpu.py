@@ -7,8 +7,10 @@
   downloaded); SmolLM2's tokenizer and chat template (its ids fit in the larger vocabulary).
 * **Training**: threadtune's own program (``engine.train.program.run``) with method=qlora,
   lora_r=16, max_length=2048, batch 1, packing, gradient checkpointing, in a child process per arm
-  so peaks do not mix — without Liger, and with Liger (``apply_liger_kernel_to_llama``: fused linear
-  cross-entropy, RMSNorm, RoPE, SwiGLU) when ``liger_kernel`` is installed. Per arm: peak GPU memory
+  so peaks do not mix — ``liger=off``, and ``liger=on`` when ``liger_kernel`` is installed. Every
+  other device choice (attention implementation, paged 8-bit AdamW, bf16) is the program's own,
+  made by ``engine.train.kernels`` exactly as for a real run, and printed from run_info.json's
+  ``choices``. Per arm: peak GPU memory
   (``torch.cuda.max_memory_allocated``) against the preflight's estimate (run_info.json), tokens/s
   over the steps after the first two (packed sequences: steps × 2048 tokens), and MFU = 6 × the
   8B parameters × tokens/s ÷ the GPU's dense bf16 peak (a table of known cards, else a timed
@@ -93,10 +95,6 @@ def train_child(model: Path, run_dir: Path, liger: bool, steps: int) -> dict:
 
     from engine.train import events, program
 
-    if liger:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
-
-        apply_liger_kernel_to_llama()  # patches LlamaForCausalLM before the program loads it
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 600), ("validation", 8)):
         lines = "".join(json.dumps(r) + "\n" for r in examples(n))
@@ -104,7 +102,8 @@ def train_child(model: Path, run_dir: Path, liger: bool, steps: int) -> dict:
     config = {"base_model": str(model), "method": "qlora", "lora_r": 16, "lora_alpha": 32,
               "max_length": 2048, "batch_size": 1, "grad_accum": 1, "packing": True,
               "gradient_checkpointing": True, "max_steps": steps, "eval_steps": steps,
-              "save_steps": steps, "canaries": 0, "context": "off"}  # fmt: skip
+              "save_steps": steps, "canaries": 0, "context": "off",
+              "liger": "on" if liger else "off"}  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(config))
 
     stamps: list[float] = []
@@ -131,6 +130,9 @@ def train_child(model: Path, run_dir: Path, liger: bool, steps: int) -> dict:
         "peak_gib": torch.cuda.max_memory_allocated() / GIB,
         "preflight_gib": info["memory_preflight"]["estimated_bytes"] / GIB,
         "tokens_s": tokens_s,
+        "choices": {name: info["choices"][name]["value"]
+                    for name in ("attention", "liger", "optimizer", "compute_dtype")
+                    if name in info["choices"]},  # fmt: skip
         "adapter": str(run_dir / "adapter"),
     }
 
@@ -231,6 +233,8 @@ def main() -> int:
     for arm, f in train.items():
         print(f"{arm:<7}{f['peak_gib']:>10.2f}{f['preflight_gib']:>15.2f}"
               f"{f['preflight_error']:>+8.0%}{f['tokens_s']:>10.0f}{f['mfu']:>7.1%}")  # fmt: skip
+    for arm, f in train.items():
+        print(f"{arm}: " + ", ".join(f"{k}={v}" for k, v in f["choices"].items()))
     if "liger" not in train:
         print("Liger: liger_kernel is not installed; only the plain arm ran.")
 

@@ -52,7 +52,12 @@ def preflight_lines(path: Path) -> list[str]:
 
     from engine.train.config import TrainConfig
     from engine.train.libconfig import compute_dtype_name
-    from engine.train.preflight import available_memory, estimate_memory, serving_memory
+    from engine.train.preflight import (
+        available_memory,
+        estimate_memory,
+        machine_kernels,
+        serving_memory,
+    )
 
     model_config = AutoConfig.from_pretrained(path)
     config = TrainConfig.from_dict(
@@ -68,7 +73,9 @@ def preflight_lines(path: Path) -> list[str]:
     )
     compute = compute_dtype_name(config)
     free, device = available_memory()
-    train = estimate_memory(model_config, config, compute)
+    # with the attention, Liger and optimiser choices a run on this device makes
+    train = estimate_memory(model_config, config, compute,
+                            machine_kernels(model_config, config, compute))
     serve = serving_memory(model_config, tokens=2048)
 
     def verdict(needed: int) -> str:

@@ -39,6 +39,7 @@ from .methods import BY_NAME, Method, method_named
 METHODS = tuple(BY_NAME)
 PRECISIONS = ("auto", "bf16", "fp32")
 CONTEXT_MODES = ("auto", "on", "off")  # what each means: engine.dataset.context
+LIGER_MODES = ("auto", "on", "off")  # what each means: engine.train.kernels
 AUTO_MAX_LENGTH = 1024  # the ceiling of auto max_length (and the length data is cut to before)
 MIN_AUTO_LENGTH = 128
 TOKENS_PER_STEP = 1024  # auto batch_size aims at this many tokens a step (on a GPU: the most)
@@ -217,6 +218,13 @@ class TrainConfig:
             "20 training examples)."
         ),
     )
+    liger: str = field(
+        default="auto",
+        metadata=_help(
+            "Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA: on, off, or auto (on where "
+            "liger_kernel is installed and supports the model's family)."
+        ),
+    )
     max_lora_rank: int = field(
         default=64,
         metadata=_help("Highest LoRA rank the serving side (vLLM --max-lora-rank) accepts.", min=1),
@@ -234,6 +242,10 @@ class TrainConfig:
         if self.context not in CONTEXT_MODES:
             raise TrainConfigError(
                 f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}."
+            )
+        if self.liger not in LIGER_MODES:
+            raise TrainConfigError(
+                f"liger must be one of {', '.join(LIGER_MODES)}, not {self.liger!r}."
             )
         for f in fields(self):
             value = getattr(self, f.name)
@@ -605,7 +617,7 @@ def _coerce(name: str, value: Any) -> Any:
             if math.isnan(result) or math.isinf(result):
                 raise ValueError
             return result
-        if name == "context" and isinstance(value, str):
+        if name in ("context", "liger") and isinstance(value, str):
             return value.strip().lower()
         return str(value)
     except (TypeError, ValueError):
@@ -621,6 +633,7 @@ def _coerce(name: str, value: Any) -> Any:
 __all__ = [
     "CANARY_REPEATS",
     "CONTEXT_MODES",
+    "LIGER_MODES",
     "METHODS",
     "TrainConfig",
     "TrainConfigError",

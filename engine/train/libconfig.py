@@ -131,8 +131,10 @@ def lora_config(config: TrainConfig, linear_names: list[str]):
     )
 
 
-def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validation: bool) -> Any:
-    """TRL SFTConfig for a resolved TrainConfig. Checkpoints go to ``run_dir/checkpoints``."""
+def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validation: bool,
+               optimizer: str = "adamw_torch") -> Any:
+    """TRL SFTConfig for a resolved TrainConfig. Checkpoints go to ``run_dir/checkpoints``;
+    ``optimizer``: ``kernels.choose``'s (paged_adamw_8bit for QLoRA on CUDA)."""
     from trl import SFTConfig
 
     evaluate = has_validation
@@ -165,7 +167,7 @@ def sft_config(config: TrainConfig, run_dir: Path, compute: str, *, has_validati
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps or 0,
         weight_decay=config.weight_decay,
-        optim="adamw_torch",
+        optim=optimizer,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
         logging_first_step=True,

@@ -29,7 +29,8 @@ def lean_training(model, *, lora: bool, compute: str) -> Iterator[None]:
       (``peft.helpers.disable_input_dtype_casting``); without autocast it would be needed.
 
     Both are undone on exit, so what runs after the trainer (the greedy probe) sees the libraries
-    as they were.
+    as they were. With Liger on (CUDA, ``kernels.choose``) only its layer kernels are applied; the
+    loss stays this head's answer-token loss on every device.
     """
     import torch
 

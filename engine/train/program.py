@@ -48,6 +48,7 @@ from .data import (
 )
 from .errors import DataError, TrainingError
 from .events import emit
+from .kernels import choose_kernels
 from .patches import lean_training
 from .plan import RunPlan, checkpoint_step
 from .preflight import choose_checkpointing, preflight
@@ -346,12 +347,15 @@ def _resolved(
             validation_tokens=validation_tokens,
         )
         why["batch_size"] = f"{batch}: the auto size rounded up so that {n} processes share it"
-    resolved, checkpointing = choose_checkpointing(model_config, resolved, compute)
+    # attention, Liger and optimiser for this device (kernels.py); liger is settled to on/off
+    resolved, device_kernels = choose_kernels(model_config, resolved, compute)
+    resolved, checkpointing = choose_checkpointing(model_config, resolved, compute,
+                                                   kernels=device_kernels)
     if checkpointing:
         why["gradient_checkpointing"] = checkpointing
     return resolved, {
         name: {"value": getattr(resolved, name), "reason": reason} for name, reason in why.items()
-    }
+    } | device_kernels.choices()
 
 
 def _run_info(

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import libconfig
+from . import kernels, libconfig
 from .callbacks import RunState, training_callbacks
 from .config import TrainConfig
 from .distributed import local_rank
@@ -17,14 +17,25 @@ from .methods import Method
 from .plan import RunPlan
 
 
-def build_trainer(plan: RunPlan, state: RunState):
-    """The base model (with its LoRA adapter unless full fine-tuning) in a TRL SFTTrainer."""
+def build_trainer(plan: RunPlan, state: RunState, plan_kernels: kernels.Kernels | None = None):
+    """The base model (with its LoRA adapter unless full fine-tuning) in a TRL SFTTrainer, with
+    the attention, Liger and optimiser choices of ``plan_kernels`` (this machine's when not
+    given: ``kernels.choose``)."""
     import torch
-    from transformers import AutoModelForCausalLM, EarlyStoppingCallback
+    from transformers import AutoConfig, AutoModelForCausalLM, EarlyStoppingCallback
     from trl import SFTTrainer
+
+    if plan_kernels is None:
+        architecture = AutoConfig.from_pretrained(plan.base)
+        plan_kernels = kernels.choose(
+            plan.config, plan.compute, kernels.model_type(architecture), kernels.probe(),
+            softcapping=kernels.softcapping(architecture),
+        )
 
     config, compute, method = plan.config, plan.compute, plan.method
     quantization = libconfig.bnb_config(config, compute)
+    if plan_kernels.attention == kernels.VARLEN_SDPA:
+        kernels.register_varlen_sdpa()
     model = AutoModelForCausalLM.from_pretrained(
         plan.base,
         dtype=libconfig.model_dtype(config, compute),
@@ -33,9 +44,12 @@ def build_trainer(plan: RunPlan, state: RunState):
         device_map={"": local_rank()}
         if torch.cuda.is_available() and quantization is not None
         else None,
+        attn_implementation=plan_kernels.attention,
     )
     # the cache is useless in training and clashes with checkpointing
     model.config.use_cache = False
+    if plan_kernels.liger:
+        kernels.apply_liger(model)  # on the base model, before the adapter wraps its layers
     if method.lora:
         model = _with_adapter(model, config, quantized=method.quantized)
 
@@ -46,7 +60,8 @@ def build_trainer(plan: RunPlan, state: RunState):
     trainer = SFTTrainer(
         model=model,
         args=libconfig.sft_config(config, plan.run_dir, compute,
-                                  has_validation=plan.validation_set is not None),
+                                  has_validation=plan.validation_set is not None,
+                                  optimizer=plan_kernels.optimizer),
         train_dataset=plan.train_set,
         eval_dataset=plan.validation_set,
         processing_class=plan.tokenizer,
