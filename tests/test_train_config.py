@@ -141,7 +141,7 @@ def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
 
 
 def test_training_speed_is_measured_from_a_matmul_probe():
-    from engine.train.plan import PROBE_EFFICIENCY, matmul_flops, training_tokens_per_second
+    from engine.train.speed import PROBE_EFFICIENCY, matmul_flops, training_tokens_per_second
 
     assert training_tokens_per_second(SMOLLM2_PARAMS, flops=4 * SMOLLM2_PARAMS * 1000) == (
         pytest.approx(1000 * PROBE_EFFICIENCY)

@@ -14,7 +14,7 @@ loss, packing). Learning rate, epochs and the evaluation/checkpoint cadence are 
   does not: packing turns a small set into a handful of sequences per epoch. Then the **time
   budget** (``time_budget_s``, default 420 s): what an epoch costs is its tokens — retrieved
   context multiplies them several times over — at this machine's training speed, estimated from
-  a matmul probe (``engine.train.plan.training_tokens_per_second``); epochs are cut (in tenths,
+  a matmul probe (``engine.train.speed.training_tokens_per_second``); epochs are cut (in tenths,
   never below one) so the steps and validation passes fit the budget.
 * **eval_steps** — up to 8 evaluations per run, the passes together at most 10% of the steps'
   cost (a validation token costs about as much as a trained one on a CPU, measured);
@@ -354,7 +354,7 @@ class TrainConfig:
         holds about TOKENS_PER_STEP tokens (CPU_TOKENS_PER_STEP on a CPU; ``device`` "cpu" or
         "cuda", detected when not given); one epoch iterates the packed sequences.
         ``validation_tokens`` bounds the evaluation cadence by compute. ``tokens_per_second`` is
-        this machine's training speed (measured by ``engine.train.plan`` when not given, and only
+        this machine's training speed (measured by ``engine.train.speed`` when not given, and only
         when the time budget applies): auto epochs are cut so the run fits ``time_budget_s``.
         Gradient checkpointing and
         the compute dtype depend on the machine: ``engine.train.plan`` decides them.
@@ -420,7 +420,7 @@ class TrainConfig:
                 # context multiplies them several times over) at this machine's speed.
                 epoch_tokens = sum(lengths) if lengths else sequences * per_sequence
                 if tokens_per_second is None:
-                    from .plan import training_tokens_per_second
+                    from .speed import training_tokens_per_second
 
                     tokens_per_second = training_tokens_per_second(model_params)
                 epoch_s = epoch_tokens / max(tokens_per_second, 1e-9)

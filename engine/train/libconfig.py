@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import TrainConfig, TrainConfigError
 from .distributed import split_batch, world_size
+from .speed import bf16_matmul_speedup
 
 # bf16 on a CPU is chosen only when the probe shows at least this speed-up over fp32
 BF16_MIN_SPEEDUP = 1.2
@@ -41,29 +42,6 @@ def compute_choice(config: TrainConfig) -> tuple[str, str]:
         return "bf16", f"native bf16 CPU; a matmul probe ran {speedup:.1f}× faster than fp32"
     return "fp32", (f"native bf16 CPU, but a matmul probe ran only {speedup:.1f}× faster than "
                     f"fp32 (bf16 needs ≥ {BF16_MIN_SPEEDUP:g}×)")
-
-
-def bf16_matmul_speedup(rows: int = 512, width: int = 576, out: int = 1536,
-                        repeats: int = 5) -> float:
-    """fp32 time ÷ bf16 time of a ``[rows, width] @ [width, out]`` product (SmolLM2's MLP
-    shapes), the best of ``repeats`` each, measured now (~0.1 s)."""
-    import time
-
-    import torch
-
-    def best(dtype) -> float:
-        a = torch.randn(rows, width, dtype=dtype)
-        b = torch.randn(width, out, dtype=dtype)
-        torch.mm(a, b)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(4):
-                torch.mm(a, b)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -201,7 +179,6 @@ def _cuda() -> bool:
 
 
 __all__ = [
-    "bf16_matmul_speedup",
     "bnb_config",
     "compute_choice",
     "compute_dtype_name",
