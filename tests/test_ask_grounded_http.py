@@ -170,7 +170,9 @@ def test_a_question_nothing_covers_is_not_guessed_and_goes_on_the_unanswered_lis
     assert NO_CURATED_ANSWER in text_of(msg) and "Unanswered list" in text_of(msg)
     assert not any(b["type"] == "actions" for b in msg["blocks"])  # no 👍/👎 on a refusal
     assert row.abstained and row.model_name == "" and not row.sources and not row.error
-    assert metric(env, "threadtune_ask_requests_total", outcome="abstained", surface="slash") >= 1
+    # counted just after the audit row is written, so the row can be seen first
+    wait(lambda: metric(env, "threadtune_ask_requests_total", outcome="abstained",
+                        surface="slash") >= 1, 30, "the abstention counted", env.log)
 
 
 def test_a_curator_answers_it_from_the_home_tab_and_the_next_ask_cites_that(env):
