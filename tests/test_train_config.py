@@ -150,7 +150,9 @@ def test_training_speed_is_measured_from_a_matmul_probe():
 
 
 def test_resolve_fills_a_consistent_schedule():
-    resolved = TrainConfig(batch_size=2, time_budget_s=0).resolve(200, SMOLLM2_PARAMS, n_train_sequences=30)
+    resolved = TrainConfig(batch_size=2, time_budget_s=0).resolve(
+        200, SMOLLM2_PARAMS, n_train_sequences=30
+    )
     total = resolved.total_steps(30)
     assert total == math.ceil(30 / 2) * resolved.epochs
     assert resolved.eval_steps >= 1 and resolved.save_steps % resolved.eval_steps == 0
