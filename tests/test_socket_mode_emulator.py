@@ -187,7 +187,13 @@ def test_disconnect_messages_and_the_old_connection_closing(slack):
         assert app.closed.wait(5)  # Slack closes a refreshed connection soon after
         kinds = [(f["type"], f.get("reason")) for f in app.frames[1:]]
         assert kinds == [("disconnect", "warning"), ("disconnect", "refresh_requested")]
-        history = [h["event"] for h in slack.socket_status()["history"]]
+        # the client can see the close before the emulator has written it down
+        deadline = time.monotonic() + 5
+        while True:
+            history = [h["event"] for h in slack.socket_status()["history"]]
+            if "closed" in history or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert history == [
             "opened",
             "disconnect:warning",
