@@ -15,6 +15,8 @@ import json
 import pytest
 from train_support import make_run_dir, run_program
 
+from engine.dataset.context import ORACLE_SHARE
+
 pytestmark = pytest.mark.slow
 
 SYSTEMS = ["Falcon", "Mistral", "Heron", "Otter", "Lynx", "Badger", "Kestrel", "Puffin",
@@ -80,7 +82,9 @@ def test_a_default_run_trains_with_context_and_answers_better_grounded(base_mode
     print("context", context)
     assert context["setting"] == "auto" and context["used"] is True
     assert "24 examples" in context["reason"] and info["config"]["context"] == "on"
-    assert context["train_mix"]["with_answer"] == round(0.7 * len(train))
+    assert context["train_mix"]["with_answer"] == round(ORACLE_SHARE * len(train))
+    assert info["choices"]["context"]["value"] == "on"
+    assert "closed-book" in info["choices"]["context"]["reason"]
 
     backend = InProcessBackend(base_model_path, {"cand": run_dir / "adapter"})
     report = evaluate(

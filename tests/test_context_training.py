@@ -13,9 +13,13 @@ from train_support import tiny_base_dir
 from engine.answer import GroundingConfig, answer, build_prompt
 from engine.dataset.context import (
     AUTO_MIN_EXAMPLES,
+    CLOSED_BOOK_SHARE,
+    DISTRACTOR_SHARE,
+    ORACLE_SHARE,
     InlineMiniLM,
     SplitRetriever,
     ask_prompt,
+    holds_answer,
     near_duplicates,
     resolve_context,
     with_context,
@@ -88,8 +92,8 @@ def test_neighbours_are_never_the_example_or_its_near_duplicates(embedder):
     retriever = SplitRetriever([r["messages"] for r in rows], embedder)
     out, stats = with_context(rows, seed=3, retriever=retriever)
     answers = [r["messages"][-1]["content"] for r in rows]
-    assert stats.with_answer == round(0.7 * len(rows))
-    assert stats.distractors_only == round(0.2 * len(rows))
+    assert stats.with_answer == round(ORACLE_SHARE * len(rows))
+    assert stats.distractors_only == round(DISTRACTOR_SHARE * len(rows))
     assert stats.closed_book == len(rows) - stats.with_answer - stats.distractors_only
     positions = set()
     for i, (row, grounded) in enumerate(zip(rows, out, strict=True)):
@@ -110,7 +114,7 @@ def test_neighbours_are_never_the_example_or_its_near_duplicates(embedder):
         g for g, r in zip(out, rows, strict=True)
         if any(a != r["messages"][-1]["content"] for _, a in items_of(g))
     ]  # fmt: skip
-    assert len(with_distractors) > len(rows) / 2
+    assert len(with_distractors) > (stats.with_answer + stats.distractors_only) / 2
     assert len(positions) >= 2
     # the nearest neighbour of the Otter cache is its broker (a near miss), not a random system
     hits = retriever.search("What port does the Otter cache use?", k=3,
@@ -118,10 +122,69 @@ def test_neighbours_are_never_the_example_or_its_near_duplicates(embedder):
     assert "Otter broker" in hits[0].question
 
 
+def test_the_mix_half_closed_book_and_raft_p_in_the_grounded_half():
+    assert CLOSED_BOOK_SHARE == 0.5
+    assert pytest.approx(1) == ORACLE_SHARE + DISTRACTOR_SHARE + CLOSED_BOOK_SHARE
+    assert pytest.approx(0.7) == ORACLE_SHARE / (ORACLE_SHARE + DISTRACTOR_SHARE)
+
+
+def test_holds_answer():
+    target = "The Falcon cache listens on port 4000."
+    assert holds_answer(target, target)
+    assert holds_answer("the falcon  cache listens on port 4000.", target)  # case, spaces
+    assert holds_answer("Hi! The Falcon cache listens on port 4000. Ask in #ops.", target)
+    assert holds_answer("The Falcon cache listens on port 4000. Thanks", target)  # near duplicate
+    assert not holds_answer("The Falcon broker listens on port 4500.", target)
+    assert not holds_answer("The Otter cache listens on port 4111.", target)
+
+
+def test_neighbours_that_hold_the_answer_are_never_distractors(embedder):
+    """Paraphrases (the same answer under four questions, as a help desk's set has them): the
+    nearest neighbours of a question are its other phrasings, which hold its answer. A
+    distractor-only example skips them, so the realised mix is the intended one: no more examples
+    with their answer in context than ORACLE_SHARE."""
+    phrasings = (  # short, so the system's name is most of the question; not near duplicates
+        "{} {} port?",
+        "Port of the {} {}, please",
+        "{} {}: which port again?",
+        "How do I reach the {} {}?",
+    )
+    rows = [
+        _row(p.format(name, kind), f"The {name} {kind} listens on port {4000 + 37 * i + 500 * j}.")
+        for i, name in enumerate(SYSTEMS[:8])
+        for j, kind in enumerate(("cache", "broker"))
+        for p in phrasings
+    ]  # fmt: skip
+    found = near_duplicates([r["messages"] for r in rows])
+    assert all(family == {i} for i, family in enumerate(found))
+    retriever = SplitRetriever([r["messages"] for r in rows], embedder)
+    out, stats = with_context(rows, seed=2, retriever=retriever)
+    # the other phrasings are found first, and skipped
+    assert stats.leaks_skipped >= stats.distractors_only
+    assert stats.with_answer == round(ORACLE_SHARE * len(rows))
+    assert stats.distractors_only == round(DISTRACTOR_SHARE * len(rows))
+    assert stats.closed_book == len(rows) - stats.with_answer - stats.distractors_only
+    held, without = 0, 0
+    for row, grounded in zip(rows, out, strict=True):
+        items = items_of(grounded)
+        target = row["messages"][-1]["content"]
+        if not items:
+            continue
+        if any(holds_answer(a, target) for _, a in items):
+            held += 1
+        else:
+            without += 1
+            assert all(target not in a for _, a in items)
+    assert (held, without) == (stats.with_answer, stats.distractors_only)
+    assert "closed-book" in stats.shares() and f"{CLOSED_BOOK_SHARE:.0%} closed-book" in (
+        stats.shares()
+    )
+
+
 def test_grounded_prompt_is_build_prompts_and_the_loss_is_on_the_answer_only(embedder, tokenizer):
     rows = port_rows()
     retriever = SplitRetriever([r["messages"] for r in rows], embedder)
-    out, _ = with_context(rows, seed=1, retriever=retriever, fits=answer_fits(tokenizer, 1024))
+    out, stats = with_context(rows, seed=1, retriever=retriever, fits=answer_fits(tokenizer, 1024))
     checked = 0
     for row, grounded in zip(rows, out, strict=True):
         question, target = row["messages"][0]["content"], row["messages"][-1]["content"]
@@ -135,7 +198,8 @@ def test_grounded_prompt_is_build_prompts_and_the_loss_is_on_the_answer_only(emb
             len(encoded["labels"]) - len(trained)
         )
         checked += bool(items)
-    assert checked >= 0.8 * len(rows)
+    grounded_share = round((1 - CLOSED_BOOK_SHARE) * len(rows))
+    assert checked == stats.with_answer + stats.distractors_only == grounded_share
 
 
 def test_long_context_is_dropped_before_the_answer_is_cut(embedder, tokenizer):

@@ -154,6 +154,11 @@ def prepare(run_dir: Path, resume: bool = False) -> Prepared:
                                   len(train_examples), compute)
     if compute_reason:
         choices["compute_dtype"] = {"value": compute, "reason": compute_reason}
+    choices["context"] = {
+        "value": "on" if context["used"] else "off",
+        "reason": context["reason"]
+        + (f"; training mix: {context['train_shares']}" if context["used"] else ""),
+    }
     choices.pop("gpus", None)  # this attempt's, not the one a resumed run started with
     if distributed.world_size() > 1:
         choices["gpus"] = {
@@ -307,6 +312,7 @@ def _context(
     retriever = SplitRetriever([e["messages"] for e in train], InlineMiniLM())
     grounded, stats = with_context(train, seed=config.seed, retriever=retriever, fits=fits)
     decided["train_mix"] = stats.to_dict()
+    decided["train_shares"] = stats.shares()
     if validation:
         validation, stats = with_context(
             validation, seed=config.seed + 1, retriever=retriever, pool=train, fits=fits
