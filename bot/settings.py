@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Slow tasks (/ask answers, A/B rounds, evaluations) run at once; more wait "
         "their turn. /ask questions running together share one batched generation.",
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Torch threads of serve, worker and the training program "
+        "(torch.set_num_threads); 0 = torch's default (one a core). On a small shared machine 1 "
+        "can be several times faster.",
+    )
     index_sync_s: float = Field(
         30.0,
         gt=0.0,

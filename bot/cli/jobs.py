@@ -21,6 +21,7 @@ from engine.jobs.submit import describe, parse_overrides, submit_training
 from engine.jobs.worker import Worker
 from engine.registry.crypto import parse_key
 from engine.retention import RetentionPolicy
+from engine.threads import apply_torch_threads
 from engine.train.config import TrainConfig
 from storage.db import session_scope
 from storage.jobs import TransitionError, get_job, list_events, list_jobs, request_cancel
@@ -81,6 +82,7 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    apply_torch_threads(settings.torch_threads)  # and TORCH_THREADS for the training program
     db = _db(settings)
     services = worker_services(settings, db)
     worker = Worker(

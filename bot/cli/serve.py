@@ -27,6 +27,7 @@ from bot.server import serve_http, serve_socket_mode
 from bot.services import Services
 from bot.settings import Settings
 from bot.slack_api import make_client
+from engine.threads import apply_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     install_redaction()
+    apply_torch_threads(settings.torch_threads)
     services, bolt = build_runtime(settings)
     stop = threading.Event()
 

@@ -38,6 +38,7 @@ from engine.jobs.placement import (
     requirements_for,
 )
 from engine.jobs.ray_entry import TOKEN_FILE
+from engine.threads import TORCH_THREADS_ENV
 from engine.train.distributed import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,8 @@ def _program_env() -> dict[str, str]:
         ),
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
+        # the worker's torch thread count (engine.threads), for a Ray job too
+        **{k: v for k, v in os.environ.items() if k == TORCH_THREADS_ENV},
     }
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from engine.basemodel import load_tokenizer
 from engine.evaluate.safety import make_canaries, plant_canaries
+from engine.threads import apply_torch_threads
 
 from . import distributed, events, libconfig
 from .callbacks import RunState
@@ -459,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
+    apply_torch_threads()  # TORCH_THREADS, as the worker that started this program has it
     if distributed.in_rank():
         # a rank torchrun started: dies with its agent; only rank 0 speaks
         distributed.die_with_parent()
