@@ -31,10 +31,18 @@ The last line is one JSON object (``train_wall_s``, ``rouge_l_delta`` (closed-bo
 the retrieved neighbours (other phrasings of the same subject), so the closed-book delta is the
 headline.
 
-Measured (``--items 6``: 24 examples, OMP_NUM_THREADS=1, 2-core machine at load average 12-13):
-the budget chose 1 epoch = 19 steps of ~360 tokens at a median 15.5 s a step; 570 s wall, peak
-RSS 2,299 MiB; closed-book ROUGE-L 0.191 → 0.290 (key facts 0% → 0%), grounded 0.658 → 1.000
-(key facts 92% → 100%).
+Measured (``--items 6``: 24 examples, OMP_NUM_THREADS=1, 2-core machine shared with other
+work), before and after issue 16's context mix (``engine/dataset/context.py``):
+
+* old mix (70 % own answer in context, 20 % "distractors" that were other phrasings holding the
+  answer, 10 % closed-book; an epoch 6,667 tokens): the budget chose 2.9 epochs = 56 steps, 897 s
+  wall at load 11 (13.2 s a step), peak RSS 2,371 MiB; closed-book ROUGE-L 0.191 → 0.292 (key
+  facts 0% → 0%), grounded 0.658 → 1.000 (key facts 92% → 100%).
+* new mix (50 % closed-book, 36 % own answer, 14 % distractors that do not hold the answer; an
+  epoch 4,595 tokens): 6.7 epochs = 81 steps, 535 s wall at load 7 (4.95 s a step), peak RSS
+  2,355 MiB; closed-book ROUGE-L 0.191 → 0.898 (key facts 0% → 42%), grounded 0.658 → 1.000
+  (key facts 92% → 100%). The epochs also follow the throughput measured at the start (51 and
+  81 tokens/s, the load differed): at 51 tokens/s the new mix would get ~4.2 epochs.
 """
 
 from __future__ import annotations

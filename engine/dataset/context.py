@@ -39,13 +39,14 @@ rest, target unchanged; P between 0.4 and 0.8 did best there) with P = 0.7:
 phrasings, follow-ups): then the nearest neighbours hold the answer verbatim, and an example
 meant to carry distractors only would in fact carry its answer. In a set of paraphrases (five
 questions a subject, ``bench/outcome.py``) that made ~90 % of the examples copyable under the old
-mix (70 % own answer, 20 % "distractors", 10 % closed-book) and left ~10 % that taught recall;
-closed-book ROUGE-L rose by only +0.10 in the time budget. So a neighbour that holds the answer
-(:func:`holds_answer`: the same answer after normalising, or containing it, or a near duplicate
-of it by the dedupe rule) is never a distractor: distractor-only examples skip it for the next
-neighbour (counted in ``ContextStats.leaks_skipped``). The realised shares — counted by what the
-context holds, not by what was drawn — are the intended ones (less the examples whose items all
-had to go for length, see below), and ``run_info.json`` records them
+mix (70 % own answer, 20 % "distractors", 10 % closed-book) and left ~10 % that taught recall:
+closed-book ROUGE-L rose by only +0.10 in the time budget (with this mix +0.71, key facts
+0 → 42 %, grounded still 1.00: ``bench/outcome.py --items 6``). So a neighbour that holds the
+answer (:func:`holds_answer`: the same answer after normalising, or containing it, or a near
+duplicate of it by the dedupe rule) is never a distractor: distractor-only examples skip it for
+the next neighbour (counted in ``ContextStats.leaks_skipped``). The realised shares — counted by
+what the context holds, not by what was drawn — are the intended ones (less the examples whose
+items all had to go for length, see below), and ``run_info.json`` records them
 (``context.train_mix``, and the ``context`` choice).
 
 The number of items (1 to ``top_k``, :class:`engine.answer.GroundingConfig`) varies because the
