@@ -14,7 +14,7 @@ from bench.outcome import answers, build_set, score
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(3000)  # ~20 steps of ~512 tokens: minutes on a quiet CPU, more when loaded
+@pytest.mark.timeout(3000)  # 20 steps of ≤512 tokens: minutes on a quiet CPU, more when loaded
 def test_default_run_learns_what_the_held_out_questions_ask(base_model_path, tmp_path):
     import torch
     from peft import PeftModel
@@ -23,9 +23,9 @@ def test_default_run_learns_what_the_held_out_questions_ask(base_model_path, tmp
     from engine.basemodel import load_tokenizer
 
     # 2 subjects × 4 phrasings: 7 train, 1 validation (under 20: no retrieved context, cheaper);
-    # the fifth phrasing of each subject is held out. Still 10 epochs of 2 steps (the max_epochs
-    # ceiling), but the second step of each holds 1 packed sequence, not 3 as with 3 subjects
-    # (11 train): ~30% fewer trained tokens, and a third fewer held-out answers to generate
+    # the fifth phrasing of each subject is held out. Still 10 auto epochs (the max_epochs
+    # ceiling), of 5 packed 128-token sequences (2 steps) where 3 subjects (11 train) made 9
+    # (3 steps): 20 steps, not 30, ~45% fewer trained tokens, a third fewer answers to generate
     train, validation, held_out = build_set(2)
     run_dir = make_run_dir(tmp_path / "run", base_model_path, train, validation)
     assert json.loads((run_dir / "config.json").read_text()) == {
