@@ -88,3 +88,15 @@ def base_model_path():
         )
     )
     return ensure_base_model(home)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the Ray cluster the job modules share (tests/jobs_support.shared_ray_cluster) once the
+    next test is in none of them, so that it does not idle on the CPU through the rest."""
+    import sys
+
+    support = sys.modules.get("tests.jobs_support")
+    if support is not None and (
+        nextitem is None or nextitem.path.name not in support.SHARED_RAY_MODULES
+    ):
+        support.stop_shared_ray_cluster()

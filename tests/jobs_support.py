@@ -3,6 +3,7 @@ training program (tests/jobs_standin.py)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -137,6 +138,34 @@ def ray_cluster(
     finally:
         for proc in reversed(nodes):
             _stop_node(proc)
+
+
+SHARED_RAY_MODULES = ("test_jobs_ray.py", "test_jobs_ray_placement.py", "test_jobs_runners.py")
+"""The modules the shared cluster stays up through (adjacent in the suite's order; the middle one
+needs none but is quick): conftest's ``pytest_runtest_teardown`` stops it before any other."""
+_SHARED: dict[str, object] = {}
+
+
+def shared_ray_cluster(temp_factory: pytest.TempPathFactory) -> str:
+    """The address of one two-node cluster (``ray_cluster``: a head with ``trainer_a``, a worker
+    with ``trainer_b``) for every Ray test of SHARED_RAY_MODULES: started on first use, not once
+    a module — a cluster costs tens of seconds of CPU to start and stop."""
+    if "address" not in _SHARED:
+        cluster = ray_cluster(
+            temp_factory.mktemp("ray"), head_resources={"trainer_a": 1},
+            workers=({"trainer_b": 1},),
+        )  # fmt: skip
+        _SHARED["address"] = cluster.__enter__()
+        _SHARED["cluster"] = cluster
+        atexit.register(stop_shared_ray_cluster)  # a session stopped early (-x, ^C) stops it too
+    return str(_SHARED["address"])
+
+
+def stop_shared_ray_cluster() -> None:
+    cluster = _SHARED.pop("cluster", None)
+    _SHARED.pop("address", None)
+    if cluster is not None:
+        cluster.__exit__(None, None, None)  # type: ignore[attr-defined]
 
 
 def write_config(run_dir: Path, **config: object) -> Path:

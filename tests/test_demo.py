@@ -31,13 +31,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, base_model_path):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("SLACK_", "DATABASE_URL", "THREADTUNE_"))
     }
+    # the suite's converted SmolLM2 (the same GGUF, converted once per machine): the demo's fresh
+    # home would convert it again, a minute of CPU that test_train_slow's conversion test covers
+    env["BASE_MODEL"] = str(base_model_path)
     proc = subprocess.run(
         [sys.executable, "-m", "bot", "demo", "--quick", "--out", str(out)],
         cwd=ROOT,

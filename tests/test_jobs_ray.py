@@ -13,17 +13,15 @@ from engine.jobs.placement import PlacementError, PlacementSettings, cluster_nod
 from engine.jobs.runners import LocalRunner, RayRunner
 from engine.train.config import TrainConfig
 from engine.train.preflight import estimate_for_device
-from tests.jobs_support import STANDIN, make_standin_run_dir, ray_cluster
+from tests.jobs_support import STANDIN, make_standin_run_dir, shared_ray_cluster
 from tests.train_support import make_run_dir, pattern_examples, tiny_base_dir
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_address(tmp_path_factory):
-    temp = tmp_path_factory.mktemp("ray")
-    with ray_cluster(temp, head_resources={"trainer_a": 1}, workers=({"trainer_b": 1},)) as address:
-        yield address
+    return shared_ray_cluster(tmp_path_factory)  # the same cluster as test_jobs_runners
 
 
 def node_ids_with(address: str, resource: str) -> set[str]:

@@ -9,15 +9,20 @@ import time
 import pytest
 
 from engine.jobs.runners import LocalRunner, RayRunner, parse_line, runner_for
-from tests.jobs_support import STANDIN, invocations, make_standin_run_dir, ray_cluster, write_config
+from tests.jobs_support import (
+    STANDIN,
+    invocations,
+    make_standin_run_dir,
+    shared_ray_cluster,
+    write_config,
+)
 
 RUNNERS = ["local", pytest.param("ray", marks=pytest.mark.slow)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_address(tmp_path_factory):
-    with ray_cluster(tmp_path_factory.mktemp("ray")) as address:
-        yield address
+    return shared_ray_cluster(tmp_path_factory)  # test_jobs_ray's two-node cluster, still up
 
 
 @pytest.fixture(params=RUNNERS)
