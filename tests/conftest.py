@@ -15,6 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 from engine.net import free_port  # noqa: E402, F401 - tests import it from here
+from tests.vllm_support import vllm_server  # noqa: E402, F401 - one vLLM server for the session
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The tests on the session's vLLM server (``vllm_server``, tests/vllm_support.py) run last,
+    together and in their order: the server starts once, is not kept idle (~3 GB) through the rest
+    of the suite, and test_vllm_server's last test may stop it."""
+    on_vllm = [item for item in items if "vllm_server" in getattr(item, "fixturenames", ())]
+    if on_vllm:
+        moved = set(map(id, on_vllm))
+        items[:] = [item for item in items if id(item) not in moved] + on_vllm
 
 
 def _admin_connect():
