@@ -463,14 +463,18 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(
         pattern_rows(4, start=50),
         method="lora",
         lora_r=8,
-        max_steps=16,
+        # the pattern is learnt by then (measured: token accuracy 1.0 from step 7 of 16), and the
+        # test needs an adapter whose answers differ from the base model's, not a converged one
+        max_steps=8,
         eval_steps=8,
         max_length=128,
         batch_size=4,
         early_stopping_patience=0,
     )
+    started = time.monotonic()
     code, _, stderr = run_program(run_dir, timeout=900)
     assert code == 0, stderr[-3000:]
+    print(f"\ntrained in {time.monotonic() - started:.1f} s")
     url = f"sqlite:///{tmp / 'threadtune.db'}"
     model = seed(url, tmp, base_model_path, run_dir / "adapter")
     foreign = _add_model(
