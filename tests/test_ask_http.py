@@ -450,7 +450,7 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(
     through vLLM; adapters for another base model or above the server's rank are refused before any
     traffic; rollback brings the base model's answers back; a stopped server gives the asker a
     sentence, not a hang (the bot reaches vLLM through a relay, which is taken away: to the bot the
-    server has stopped, and the server goes on for test_vllm_server)."""
+    server has stopped, and the session's server goes on)."""
     from bot.emulator import Emulator
     from tests.train_support import make_run_dir, run_program
     from tests.vllm_support import Relay, make_lora_adapter, ready, tiny_llama

@@ -2,7 +2,7 @@
 adapters loaded at run time, against the in-process backend running the same adapter.
 
 The session's one server (``vllm_server``, tests/vllm_support.py: start-up takes 30-60 s here),
-serving the adapter ``starter`` from the start; the last test stops it (a later user restarts it).
+serving the adapter ``starter`` from the start; the /ask vLLM test runs on it after these.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from engine.serving.vllm import ServingError, VLLMBackend, check_adapter
 from tests.backend_contract import PROMPTS, check_backend_contract
 from tests.vllm_support import (
     SHARED_MAX_LORA_RANK,
+    Relay,
     make_lora_adapter,
     needs_vllm,
     ready,
@@ -207,9 +208,14 @@ def test_an_evaluation_generates_through_vllm_and_scores_in_process(backend, inp
     assert served.verdict == local.verdict
 
 
-def test_stopped_server_gives_a_clear_error(server, backend):
-    server.stop()
+def test_stopped_server_gives_a_clear_error(server):
+    # through a relay that goes away (its open connection shut, nothing listening): to the client
+    # the server has stopped, and the session's server goes on for the /ask test
+    relay = Relay(server.url)
+    client = VLLMBackend(relay.url, timeout=300)
+    client.health()
+    relay.close()
     started = time.monotonic()
-    with pytest.raises(ServingError, match=f"vLLM at {server.url} is not answering"):
-        backend.generate(PROMPTS[:1], max_new_tokens=4)
+    with pytest.raises(ServingError, match=f"vLLM at {relay.url} is not answering"):
+        client.generate(PROMPTS[:1], max_new_tokens=4)
     assert time.monotonic() - started < 5
