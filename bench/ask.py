@@ -73,10 +73,12 @@ COMPARABLE = 0.25  # the most the model's own time may differ between the arms (
 
 
 def questions(n: int) -> list[str]:
-    """``n`` different questions: the demo workspace's thread openers (duplicates left out)."""
+    """``n`` different questions: the openers of the demo workspace's curated threads (the ones
+    :func:`curate_threads` saves, so each is grounded; duplicates left out)."""
     from bot.demo.content import load_workspace
 
-    openers = [t.messages[0].text for t in load_workspace().threads if not t.duplicate_of]
+    threads = load_workspace().threads
+    openers = [t.messages[0].text for t in threads if not t.duplicate_of and t.curate]
     if len(openers) < n:
         raise SystemExit(f"only {len(openers)} distinct questions; ask for fewer users")
     return openers[:n]
