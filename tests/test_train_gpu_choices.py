@@ -131,9 +131,22 @@ def test_the_cpu_estimate_is_unchanged_by_the_gpu_path():
     lora_params = 32 * 16 * (2 * 4096 + 2 * (4096 + 1024) + 2 * 4096 + 3 * (4096 + 14336))
     per_layer = tokens * (10 * h + 4 * inter) * 4 + 32 * tokens**2 * 4
     activations = layers * tokens * h * 4 + per_layer
-    expected = (weights + lora_params * 16 + activations + tokens * vocab * 8) * 1.2 + 2**29
+    expected = ((weights + lora_params * 16 + activations + tokens * vocab * 8) * 1.2
+                + 0.85 * 2**30)
     assert estimate_memory(LLAMA_8B, QLORA, "fp32") == int(expected)
 
+
+
+def test_the_cpu_estimate_covers_the_measured_default_run():
+    """Issue 16's default run on a 2-core CPU (SmolLM2-135M, QLoRA, one packed 448-token sequence
+    a step, no checkpointing, bf16, context on, oneDNN caches capped) peaked at ~2.24 GiB RSS
+    (ru_maxrss); the estimate said 1.9 GiB before the framework term was measured."""
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                          tie_word_embeddings=True)  # fmt: skip
+    config = TrainConfig(method="qlora", batch_size=1, max_length=448, gradient_checkpointing=False)
+    estimate = estimate_memory(smollm2, config, "bf16", choose(config, "bf16", "llama", CPU))
+    assert 2.24 * 2**30 <= estimate <= 2.5 * 2**30
 
 def test_the_sft_config_carries_the_chosen_optimiser(tmp_path):
     from engine.train.libconfig import sft_config
