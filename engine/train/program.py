@@ -49,7 +49,7 @@ from .data import (
 )
 from .errors import DataError, TrainingError
 from .events import emit
-from .kernels import choose_kernels
+from .kernels import choose_kernels, limit_kernel_caches
 from .patches import lean_training
 from .plan import RunPlan, checkpoint_step
 from .preflight import choose_checkpointing, preflight
@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
+    limit_kernel_caches()  # before torch is imported: oneDNN reads its cache sizes once
     apply_torch_threads()  # TORCH_THREADS, as the worker that started this program has it
     if distributed.in_rank():
         # a rank torchrun started: dies with its agent; only rank 0 speaks
