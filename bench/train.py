@@ -278,6 +278,10 @@ def held_out_loss(model, tokenizer, held_out: list[dict], max_length: int) -> fl
 
 def arm_child(arm: str, run_dir: Path, out: Path, profile: bool) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if arm == "threadtune":  # as ``python -m engine.train`` does before torch runs a kernel
+        from engine.train.kernels import limit_kernel_caches
+
+        limit_kernel_caches()
     import torch
 
     from engine.train.callbacks import RunState
