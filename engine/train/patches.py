@@ -5,7 +5,7 @@ and must be revisited when TRL or PEFT is upgraded."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 # Vocabulary tile width of TRL's fused LM head on the CPU (TRL's own: 32,768). TRL (pinned
 # 1.16.0) reads it and `_use_triton` from trl.trainer.utils at call time, which is what
@@ -28,20 +28,29 @@ def lean_training(model, *, lora: bool, compute: str) -> Iterator[None]:
       nothing. Autocast is on exactly when compute is bf16, so the cast is skipped then
       (``peft.helpers.disable_input_dtype_casting``); without autocast it would be needed.
 
-    Both are undone on exit, so what runs after the trainer (the greedy probe) sees the libraries
+    * **LoRA dropout, one mask per input** (``dropout.shared_lora_dropout``). PEFT draws a mask
+      for each adapted layer, three over the same input for q/k/v and two for gate/up; the draws
+      were 20 % of a CPU step (issue 16's profile). Layers that read the same tensor share one
+      dropped copy, as LoRA over a fused qkv or gate_up projection (Phi-3's) does, and a CPU mask
+      takes a quarter of the generator's draws.
+
+    All are undone on exit, so what runs after the trainer (the greedy probe) sees the libraries
     as they were. With Liger on (CUDA, ``kernels.choose``) only its layer kernels are applied; the
     loss stays this head's answer-token loss on every device.
     """
     import torch
 
-    with cpu_lm_head(enabled=not torch.cuda.is_available()):
+    from .dropout import shared_lora_dropout
+
+    with ExitStack() as stack:
+        stack.enter_context(cpu_lm_head(enabled=not torch.cuda.is_available()))
+        if lora:
+            stack.enter_context(shared_lora_dropout(model))
         if compute == "bf16" and lora:
             from peft.helpers import disable_input_dtype_casting
 
-            with disable_input_dtype_casting(model):
-                yield
-        else:
-            yield
+            stack.enter_context(disable_input_dtype_casting(model))
+        yield
 
 
 @contextmanager
