@@ -4,6 +4,8 @@ default) leaves torch alone."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ import engine.train.program
 from bot.cli import main
 from engine.jobs.runners import _program_env
 from engine.threads import TORCH_THREADS_ENV, apply_torch_threads
+from engine.train.kernels import CPU_KERNEL_CACHE_ENTRIES, KERNEL_CACHE_ENV
 
 
 class Started(Exception):
@@ -26,6 +29,8 @@ def set_threads(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env of the developer's
     monkeypatch.setenv("THREADTUNE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(TORCH_THREADS_ENV, raising=False)
+    for name in KERNEL_CACHE_ENV:  # set again by the entry point, removed afterwards
+        monkeypatch.delenv(name, raising=False)
     return calls
 
 
@@ -45,6 +50,8 @@ def test_serve_and_worker_apply_the_setting_first(set_threads, monkeypatch, comm
     assert set_threads == [1]
     # the training program the worker starts gets the same count
     assert _program_env()[TORCH_THREADS_ENV] == "1"
+    # and the process caps oneDNN's shape caches, as the training program does
+    assert all(os.environ[name] == str(CPU_KERNEL_CACHE_ENTRIES) for name in KERNEL_CACHE_ENV)
 
 
 def test_zero_leaves_torch_its_default(set_threads, monkeypatch):

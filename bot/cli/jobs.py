@@ -23,6 +23,7 @@ from engine.registry.crypto import parse_key
 from engine.retention import RetentionPolicy
 from engine.threads import apply_torch_threads
 from engine.train.config import TrainConfig
+from engine.train.kernels import limit_kernel_caches
 from storage.db import session_scope
 from storage.jobs import TransitionError, get_job, list_events, list_jobs, request_cancel
 from storage.models import DatasetSnapshot
@@ -82,6 +83,7 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    limit_kernel_caches()  # evaluation generates in-process; the program inherits the caps
     apply_torch_threads(settings.torch_threads)  # and TORCH_THREADS for the training program
     db = _db(settings)
     services = worker_services(settings, db)

@@ -28,6 +28,7 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.slack_api import make_client
 from engine.threads import apply_torch_threads
+from engine.train.kernels import limit_kernel_caches
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     install_redaction()
+    limit_kernel_caches()  # a long-running process generates in ever-new shapes
     apply_torch_threads(settings.torch_threads)
     services, bolt = build_runtime(settings)
     stop = threading.Event()
