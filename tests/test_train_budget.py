@@ -134,10 +134,15 @@ def test_the_guard_never_trims_below_one_epoch_nor_extends_the_run(tmp_path, str
     slow.train(10)
     assert slow.trainer_state.global_step == 30  # one epoch, over the budget (said so)
     assert "at least one epoch" in slow.state.info["budget"]["reason"]
+    # a run already over its budget after an epoch's worth of steps takes one more and stops
+    over = Run(tmp_path, budget_s=22, planned=60, per_epoch=4)
+    over.train(10)
+    assert over.trainer_state.global_step == DECIDES_AT + 1
+    assert "(already over it)" in over.state.info["budget"]["reason"]
     fast = Run(tmp_path, budget_s=10_000, planned=40, per_epoch=8)
     fast.train(10)
     assert fast.trainer_state.global_step == 40 and "budget" not in fast.state.info
-    assert len(emitted(stream, "budget")) == 1  # the slow run's
+    assert len(emitted(stream, "budget")) == 2  # the slow and the over-budget run's
 
 
 def test_an_unknown_schedule_still_stops_at_the_new_total_and_says_so(tmp_path, stream):

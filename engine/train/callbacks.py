@@ -231,7 +231,8 @@ def budget_guard(
             reason = (
                 f"trimmed from {planned} to {steps} steps after measuring {step_s:.2f} s a step, "
                 f"to fit the {state.config.time_budget_s} s time budget with validation"
-                + (" (at least one epoch, over the budget)" if fit < self.steps_per_epoch else "")
+                + (" (at least one epoch, over the budget)" if fit < self.steps_per_epoch
+                   else " (already over it)" if not more else "")
                 + ("" if rescaled else "; the learning-rate schedule was not rescaled")
             )
             state.total_steps = steps
