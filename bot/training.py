@@ -67,11 +67,14 @@ class SlackJobObserver:
                 p.eta_s = eta
         elif kind == "eval":
             p.eval_loss = event.get("eval_loss", p.eval_loss)
+        elif kind == "budget":  # the run trimmed its steps to the time budget: say so at once
+            p.total_steps = int(event.get("total_steps") or p.total_steps)
+            p.choices = dict(event.get("choices") or p.choices)
         elif kind == "error":
             p.error = str(event.get("message", ""))
         else:
             return
-        self._update(job, force=kind in ("start", "error"))
+        self._update(job, force=kind in ("start", "budget", "error"))
 
     def on_state(self, job: Any) -> None:
         self.progress(job)

@@ -54,3 +54,23 @@ def test_the_run_s_own_choices_are_shown_with_their_reasons():
     assert "Chosen for this run:" in text
     assert "gradient checkpointing `off` — off: without it the run needs about 1.2 GiB" in text
     assert "sequence length `192` — longest training example 159 tokens → 192" in text
+
+
+def test_a_budget_trim_updates_the_job_s_total_and_its_epochs_reason():
+    from types import SimpleNamespace
+
+    from bot.training import SlackJobObserver
+
+    # no channel yet: the observer keeps the progress without calling Slack
+    job = SimpleNamespace(id=4, state="running", method="qlora", snapshot_id=2, requested_by="U1",
+                          channel=None, status_ts=None)
+    observer = SlackJobObserver(client=None)
+    planned = {"epochs": {"value": 4.8, "reason": "4.8 of the 6 that 93 examples ask for"}}
+    observer.on_event(job, {"event": "start", "total_steps": 226, "choices": planned})
+    trimmed = {"epochs": {"value": 3.4, "reason": "trimmed from 226 to 160 steps after measuring "
+                                                  "2.39 s a step"}}
+    observer.on_event(job, {"event": "budget", "step": 8, "planned_steps": 226,
+                            "total_steps": 160, "choices": trimmed})
+    observer.on_event(job, {"event": "step", "step": 9, "total_steps": 160, "loss": 2.0})
+    text = render(observer.progress(job))
+    assert "step 9/160" in text and "epochs `3.4` — trimmed from 226 to 160 steps" in text

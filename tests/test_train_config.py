@@ -110,7 +110,8 @@ def test_auto_epochs_shrink_as_the_dataset_grows_but_keep_a_minimum_of_steps():
 def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
     """93 help-desk examples: ~60 tokens each closed-book, ~380 with retrieved context. At 200
     tokens/s, 6 epochs of the short ones fit the 420 s budget; with context an epoch is six times
-    the tokens, so the run trains what the budget affords, in tenths of an epoch, and says so."""
+    the tokens, so the run plans what the budget affords, with the probe's headroom, in tenths of
+    an epoch, and says so (the run trims itself to the budget once it has timed its steps)."""
     short, grounded = [60] * 93, [380] * 93
 
     def decide(lengths, speed, **settings):
@@ -122,11 +123,11 @@ def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
     plain, why = decide(short, 200)
     assert plain.epochs == 6 and "within the 420 s time budget" in why["epochs"]
     cut, why = decide(grounded, 200)
-    # an epoch: 93 × 380 = 35,340 tokens ≈ 177 s; 420 s / 1.1 (validation) ≈ 2.16 epochs
-    assert cut.epochs == 2.1, why
-    assert "35,340 tokens ≈ 177 s" in why["epochs"] and "time budget is 420 s" in why["epochs"]
-    seconds = cut.epochs * 93 * 380 / 200
-    assert seconds <= 420 / 1.1
+    # an epoch: 93 × 380 = 35,340 tokens ≈ 177 s; 420 s / 1.1 (validation) ≈ 2.16 epochs, planned
+    # with PROBE_HEADROOM: 3.2
+    assert cut.epochs == 3.2, why
+    assert "35,340 tokens ≈ 177 s" in why["epochs"] and "420 s time budget" in why["epochs"]
+    assert "2.2 would fit" in why["epochs"] and "trims to the budget" in why["epochs"]
     # never below one epoch: every example is seen once, over the budget if it must (said so)
     slow, why = decide(grounded, 20)
     assert slow.epochs == 1 and "at least one epoch" in why["epochs"]
@@ -138,6 +139,36 @@ def test_the_time_budget_counts_tokens_so_retrieved_context_costs_epochs():
     total = cut.total_steps(packed_sequences(grounded, cut.max_length))
     n_evals = math.ceil(total / cut.eval_steps)
     assert n_evals * 10 * 380 <= 0.10 * total * cut.batch_size * cut.max_length
+
+
+def test_the_budget_plans_with_headroom_for_the_probes_spread():
+    """Two identical runs' probes read 243 and 134 tokens/s (both trained at ~165): planned from
+    the probe alone, one got 4.8 epochs, the other 2.6. With PROBE_HEADROOM the low reading
+    still plans at least what the real speed affords, so the measured steps, not the probe,
+    decide the epochs; never more than the data asks for."""
+    from engine.train.config import PROBE_HEADROOM
+
+    grounded = [380] * 93
+
+    def epochs(speed):
+        resolved, why = TrainConfig().decide(
+            93, SMOLLM2_PARAMS, train_lengths=grounded, tokens_per_second=speed, device="cpu"
+        )
+        return resolved.epochs, why["epochs"]
+
+    def affordable(speed):
+        return 420 / 1.1 / (93 * 380 / speed)
+
+    low, why = epochs(134)
+    assert affordable(134) < affordable(165) <= low, why  # the real speed's epochs fit the plan
+    assert low == math.floor(affordable(134) * PROBE_HEADROOM * 10) / 10
+    assert low > math.floor(affordable(134) * 10) / 10  # more than the probe alone allowed
+    high, why = epochs(243)
+    assert high == math.floor(affordable(243) * PROBE_HEADROOM * 10) / 10 < 6, why
+    # 4.3 epochs fit at 400 tokens/s; with headroom 6.4, capped at the 6 the data asks for
+    capped, why = epochs(400)
+    assert capped == 6 and "6 for 93 examples" in why and "4.3 would fit" in why, why
+    assert epochs(5)[0] == 1  # and never below one epoch
 
 
 def test_training_speed_is_measured_from_a_matmul_probe():

@@ -179,21 +179,28 @@ def round_batch(batch: int, n: int) -> int:
 def any_rank(flag: bool) -> bool:
     """True when ``flag`` is true in any process of the run (a collective: every rank must call
     it at the same point). One process: ``flag``."""
+    return bool(largest(1.0 if flag else 0.0)[0])
+
+
+def largest(*values: float) -> list[float]:
+    """Each value's maximum over the processes of the run, so that every rank takes the same
+    decision from numbers it measured itself (a collective, as :func:`any_rank`). One process:
+    the values."""
     if world_size() <= 1:
-        return flag
+        return list(values)
     import torch
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        return flag
+        return list(values)
     device = (
         torch.device("cuda", torch.cuda.current_device())
         if dist.get_backend() == "nccl"
         else torch.device("cpu")
     )
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [float(v) for v in tensor.tolist()]
 
 
 def die_with_parent() -> None:
@@ -320,6 +327,7 @@ __all__ = [
     "failure_sentence",
     "in_rank",
     "is_main",
+    "largest",
     "launch",
     "orphaned",
     "local_rank",

@@ -1,6 +1,9 @@
 """The program's event stream: one JSON object per line on the real stdout, nothing else.
 
-    start · step · eval · checkpoint · done | error
+    start · step · eval · checkpoint · budget · done | error
+
+``budget``: the run lowered its total steps to fit the time budget (``callbacks.BudgetGuard``);
+it carries the new ``total_steps`` and the updated ``choices``.
 """
 
 from __future__ import annotations
@@ -60,4 +63,12 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["EVENT_STREAM", "RANK", "claim_stdout", "emit", "jsonable"]
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path``, replaced at once (a reader never sees half a file):
+    run_info.json, which the program and BudgetGuard update while a run goes on."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=jsonable), encoding="utf-8")
+    tmp.replace(path)
+
+
+__all__ = ["EVENT_STREAM", "RANK", "claim_stdout", "emit", "jsonable", "write_json"]

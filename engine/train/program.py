@@ -9,7 +9,7 @@ stopping; ``model/`` for ``method=full``), ``metrics.jsonl`` and ``run_info.json
 one JSON event per line and nothing else (library chatter goes to stderr), so a runner can run this
 anywhere and stream the events back:
 
-    start · step · eval · checkpoint · done | error
+    start · step · eval · checkpoint · budget · done | error
 
 Exit codes: 0 done, 1 failed (or cancelled by SIGTERM/SIGINT, with the last checkpoint kept),
 2 bad config or data. On a node with several GPUs the program starts itself once per GPU under
@@ -118,6 +118,7 @@ class Prepared:
     previous: dict[str, Any] | None  # run_info.json of the run being resumed
     context: dict[str, Any]  # whether examples carry retrieved context, and why
     choices: dict[str, dict[str, Any]]  # each auto setting: its value and the reason
+    auto_epochs: bool  # epochs left to the run: the time budget may trim them while it trains
 
 
 def prepare(run_dir: Path, resume: bool = False) -> Prepared:
@@ -179,7 +180,8 @@ def prepare(run_dir: Path, resume: bool = False) -> Prepared:
         checkpoint=checkpoint,
         canaries=canaries,
     )
-    return Prepared(plan, model_config, previous, context, choices)
+    auto_epochs = config.epochs is None and not config.max_steps
+    return Prepared(plan, model_config, previous, context, choices, auto_epochs)
 
 
 def _run(run_dir: Path, resume: bool) -> int:
@@ -195,13 +197,16 @@ def _run(run_dir: Path, resume: bool) -> int:
         n_train=len(train_examples),
         n_validation=len(validation_examples),
         resumed_from=plan.resumed_from,
+        auto_epochs=prepared.auto_epochs,
     )
     state.info = _run_info(plan, state, memory, previous)
     state.info["context"] = prepared.context
     state.info["choices"] = prepared.choices
+    if previous is not None and previous.get("budget"):
+        state.info["budget"] = previous["budget"]  # the total BudgetGuard set, applied again
     main = distributed.is_main()  # the one process that writes and emits (rank 0)
     if main:
-        _write_json(info_path, state.info)
+        events.write_json(info_path, state.info)
 
     # ---- fit ----
     trainer = build_trainer(plan, state)
@@ -237,7 +242,7 @@ def _run(run_dir: Path, resume: bool) -> int:
             "finished_at": _now(),
         }
     )
-    _write_json(info_path, state.info)
+    events.write_json(info_path, state.info)
     emit("done", adapter_dir=out_name, best_step=best_step, metrics=metrics)
     return 0
 
@@ -421,12 +426,6 @@ def _library_versions() -> dict[str, str]:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=events.jsonable), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _install_signal_handlers(state: RunState) -> dict[int, Any]:
