@@ -52,6 +52,15 @@ The measurement itself (no arguments, 100 examples, quiet 2-core machine, load 0
 MiB; with oneDNN's shape caches capped (``engine.train.kernels.limit_kernel_caches``) the rerun
 peaked at 2,350 MiB, 344 s, 0.179 → 0.827 (key facts 14%): its start-up probe read 134 tokens/s
 instead of 243, so the budget gave it 2.6 epochs (123 steps).
+
+Since the run trims itself to the budget on measured steps (``callbacks.budget_guard``), on
+another 2-core machine (AMD EPYC, no native bf16, so fp32 compute; quiet, load 1.6–2.1): the probe
+read 235 tokens/s, the plan was 6 epochs (282 steps), the run measured 2.96 s a step (~137 tokens/s)
+and trimmed to 128 steps: 410 s, peak RSS 2,039 MiB, closed-book 0.179 → 0.836 (key facts 0% →
+20%). ``--set demo`` (the demo workspace's threads, not tuned on: 87 examples, 10 held-out): the
+probe read 266 tokens/s against ~157 measured, 186 planned steps trimmed to 72 (451 s; untrimmed
+~970 s), closed-book 0.087 → 0.162, grounded 0.122 → 0.273, peak RSS 3,116 MiB (832-token
+sequences) — the demo's threads are few and varied, not a set built to be learnable.
 """
 
 from __future__ import annotations
