@@ -335,7 +335,10 @@ def main() -> int:
         "n_held_out": len(held_out),
         "train_wall_s": round(wall, 1),
         "steps": steps,
-        "total_steps": next((e["total_steps"] for e in events if e["event"] == "start"), None),
+        # planned at the start; the total the run held to after measuring its steps (a trim)
+        "planned_steps": next((e["total_steps"] for e in events if e["event"] == "start"), None),
+        "total_steps": next((e["total_steps"] for e in reversed(events)
+                             if e["event"] in ("start", "budget")), None),
         "best_step": info.get("best_step"),
         "peak_rss_mib": round(peak_mib),
         "base_rouge_l": round(closed["base"]["rouge_l"], 3),
