@@ -5,7 +5,6 @@ default) leaves torch alone."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
@@ -32,9 +31,7 @@ def set_threads(monkeypatch, tmp_path):
     monkeypatch.delenv(TORCH_THREADS_ENV, raising=False)
     for name in KERNEL_CACHE_ENV:  # set again by the entry point, removed afterwards
         monkeypatch.delenv(name, raising=False)
-    switch = sys.getswitchinterval()  # serve shortens it for the whole process
-    yield calls
-    sys.setswitchinterval(switch)
+    return calls
 
 
 def _stop(*_args, **_kwargs):
@@ -80,13 +77,3 @@ def test_the_training_program_applies_it_from_its_environment(set_threads, monke
     with pytest.raises(Started):
         engine.train.program.main([str(tmp_path / "run")])
     assert set_threads == [3]
-
-
-def test_serve_shortens_the_gil_switch_interval(set_threads, monkeypatch):
-    """The ack path re-takes the GIL at each hop; serve lets a waiting thread in after 1 ms."""
-    monkeypatch.setattr(bot.cli.serve, "build_runtime", _stop)
-    sys.setswitchinterval(0.005)  # Python's default
-    with pytest.raises(Started):
-        main(["serve"])
-    assert sys.getswitchinterval() == pytest.approx(bot.cli.serve.GIL_SWITCH_INTERVAL_S)
-    assert bot.cli.serve.GIL_SWITCH_INTERVAL_S < 0.005

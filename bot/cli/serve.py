@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 
 from slack_bolt import App
@@ -32,11 +31,6 @@ from engine.threads import apply_torch_threads
 from engine.train.kernels import limit_kernel_caches
 
 log = logging.getLogger(__name__)
-GIL_SWITCH_INTERVAL_S = 0.001
-"""How long a thread may hold the GIL while another waits for it (Python's default is 5 ms). The
-ack path hops between the event loop, a dispatch thread and SQLite, and re-takes the GIL at each
-hop; while listener threads curate in Python (SQLAlchemy, redaction), each hop could wait the
-whole interval, which put the ack's p99 at ~3× a bare Bolt app's (issue 16 part 5)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +90,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     install_redaction()
     limit_kernel_caches()  # a long-running process generates in ever-new shapes
     apply_torch_threads(settings.torch_threads)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     services, bolt = build_runtime(settings)
     stop = threading.Event()
 
