@@ -17,6 +17,10 @@ before the ack, on the same SQLite database settings, measured alone.
     .venv/bin/python bench/ingest.py [--events 1000] [--rate 100] [--rounds 10]
 
 Target: p99 ack under 50 ms at 100 events/s on a 2-core machine, none lost, none duplicated.
+Tried and dropped (2026-12-07, AMD EPYC 2 cores, quiet): ``sys.setswitchinterval(0.001)`` in
+``threadtune serve`` (Python's default is 5 ms), meant to let the ack path's threads take the GIL
+sooner from curating threads: ack p99 373 and 449 ms against 67 and 20 ms without it, arms
+alternated run by run (the p99 ratio 57× and 62× against 11× and 2.7×).
 The last line is one JSON object with the same figures.
 """
 
