@@ -19,8 +19,10 @@ before the ack, on the same SQLite database settings, measured alone.
 Target: p99 ack under 50 ms at 100 events/s on a 2-core machine, none lost, none duplicated.
 Tried and dropped (2026-12-07, AMD EPYC 2 cores, quiet): ``sys.setswitchinterval(0.001)`` in
 ``threadtune serve`` (Python's default is 5 ms), meant to let the ack path's threads take the GIL
-sooner from curating threads: ack p99 373 and 449 ms against 67 and 20 ms without it, arms
-alternated run by run (the p99 ratio 57× and 62× against 11× and 2.7×).
+sooner from curating threads: ack p99 373 and 449 ms against 67 and 20 ms without it, builds
+alternated run by run (the p99 ratio 57× and 62× against 11× and 2.7×). Not shown to help, but not
+shown to hurt either: a later run without it (py-spy attached) also had a 372 ms p99, so this
+bench's p99 has occasional ~400 ms stalls in either build.
 The last line is one JSON object with the same figures.
 """
 
