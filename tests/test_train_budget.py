@@ -60,6 +60,7 @@ class Run:
     def __init__(self, tmp_path, *, budget_s: int, planned: int, per_epoch: int, scheduler=None,
                  info=None, global_step: int = 0):
         from transformers import TrainerControl, TrainerState
+        from transformers.trainer_callback import DefaultFlowCallback
 
         self.clock = Clock()
         self.state = RunState(config=TrainConfig(time_budget_s=budget_s), auto_epochs=True,
@@ -69,7 +70,10 @@ class Run:
         self.trainer_state = TrainerState(max_steps=planned, global_step=global_step)
         self.control = TrainerControl()
         self.scheduler = cosine(planned) if scheduler is None else scheduler
-        self.args = SimpleNamespace(gradient_accumulation_steps=1)
+        self.args = SimpleNamespace(gradient_accumulation_steps=1, logging_first_step=False,
+                                    logging_strategy="no", eval_strategy="no",
+                                    save_strategy="no")
+        self.flow = DefaultFlowCallback()
         self.guard.on_train_begin(self.args, self.trainer_state, self.control,
                                   train_dataloader=range(per_epoch), lr_scheduler=self.scheduler)
 
@@ -80,6 +84,8 @@ class Run:
             self.scheduler.optimizer.step()
             self.scheduler.step()
         self.trainer_state.global_step += 1
+        # as the Trainer does: its DefaultFlowCallback first (it stops the run at max_steps)
+        self.flow.on_step_end(self.args, self.trainer_state, self.control)
         self.guard.on_step_end(self.args, self.trainer_state, self.control,
                                lr_scheduler=self.scheduler)
         if then_evaluate_for:

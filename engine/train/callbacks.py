@@ -212,8 +212,6 @@ def budget_guard(
             if not self.decided and len(self.timed) >= TIMED_STEPS:
                 self.decided = True
                 self._replan(trainer_state, lr_scheduler)
-            if trainer_state.global_step >= trainer_state.max_steps:
-                control.should_training_stop = True
 
         def _replan(self, trainer_state, lr_scheduler) -> None:
             # every rank decides on the same (slowest) figures, so all stop at the same step
