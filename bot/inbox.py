@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 FLUSH_S = 0.5  # how often the flusher writes the done marks gathered meanwhile
 KEY = "inbox_key"  # Bolt context: the row this request was written to
-REPLAY = "inbox_replay"  # Bolt context: set only by :meth:`Inbox.replay`
+REPLAY = "inbox_replay"  # Bolt context: set only by :meth:`Inbox.replay` and :meth:`Inbox.take`
 ACK_SENT = "inbox_ack_sent"  # Bolt context: an :class:`AckGate` the HTTP route opens
 ACK_WAIT_S = 0.1  # the longest a listener waits for its ack to be sent before it starts
 
@@ -159,6 +159,7 @@ class Inbox:
         self.flush_s = flush_s
         self._done: list[tuple[str, str]] = []  # (key, error) marks not yet written
         self._lock = threading.Lock()
+        self._live: set[str] = set()  # rows this process has dispatched and not yet finished
         self._flusher: threading.Thread | None = None
 
     # -- wiring ------------------------------------------------------------------------------
@@ -185,17 +186,30 @@ class Inbox:
         if found is None:
             return next()
         key, kind = found
+        with self._lock:  # live before the row exists: a catch-up never takes it twice
+            added = key not in self._live
+            self._live.add(key)
+        if not self.write(key, kind, body):
+            if added:
+                with self._lock:
+                    self._live.discard(key)
+            return BoltResponse(status=200, body="")
+        context[KEY] = key
+        return next()
+
+    def write(self, key: str, kind: str, body: dict[str, Any]) -> bool:
+        """Seal ``body`` and write it as row ``key``; False (and logged) when the row was there
+        already: a retry or a duplicate, acknowledged and not applied again. The ack path's one
+        write, here and in the ack front (:mod:`bot.front`)."""
         sealed = self.sealer.seal(key, body)
         # One autocommitted statement: no BEGIN and COMMIT round trips. Each blocking call on
-        # the ack path hands the GIL to the listeners' threads and waits to get it back.
+        # the ack path hands the GIL to other threads and waits to get it back.
         with self.db.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             fresh = q.receive(session=conn, key=key, kind=kind, body=sealed)
         if not fresh:
             log.info("%s was received before: acknowledged, not applied again", key)
-            return BoltResponse(status=200, body="")
-        context[KEY] = key
-        return next()
+        return fresh
 
     def unmatched(self, request: BoltRequest, response: BoltResponse) -> None:
         """No listener took the request (``App.dispatch`` answered 404): nothing will finish it."""
@@ -209,6 +223,7 @@ class Inbox:
         """Mark ``key`` done: queued for the flusher (written at once by :meth:`flush`)."""
         with self._lock:
             self._done.append((key, error))
+            self._live.discard(key)
 
     def flush(self) -> None:
         """Write the done marks gathered so far, in one transaction."""
@@ -238,30 +253,60 @@ class Inbox:
             moved = q.adopt(source=self.main, target=self.db)
             if moved:
                 log.info("inbox: moved %d row(s) to its own database file", moved)
+        return self.catch_up(app, "acknowledged by an earlier process but not finished")
+
+    def catch_up(self, app: App, why: str) -> int:
+        """Dispatch every unfinished row that this process is not already working on (``why``
+        goes in the log); returns how many. At start that is what an earlier process left; after
+        the ack front died, the events it acknowledged but whose keys never reached us."""
+        self.flush()  # a listener that finished since the last batch is not taken again
         with session_scope(self.db) as session:
-            rows = q.unfinished(session=session)
+            rows = [(row.key, row.body) for row in q.unfinished(session=session)]
+        with self._lock:
+            rows = [(key, body) for key, body in rows if key not in self._live]
         replayed = 0
-        for row in rows:
+        for key, body in rows:
             with session_scope(self.db) as session:
-                attempts = q.start_attempt(session=session, key=row.key)
+                attempts = q.start_attempt(session=session, key=key)
             if attempts > MAX_ATTEMPTS:
-                log.error("giving up %s after %d replays (it never finished)", row.key,
-                          attempts - 1)
-                self.finish(row.key, f"given up after {attempts - 1} replays")
+                log.error("giving up %s after %d replays (it never finished)", key, attempts - 1)
+                self.finish(key, f"given up after {attempts - 1} replays")
                 continue
-            try:
-                payload = self.sealer.open(row.key, row.body)
-            except ValueError as exc:
-                log.error("cannot replay %s: its payload is unreadable (%s)", row.key, exc)
-                self.finish(row.key, f"unreadable: {exc}")
-                continue
-            log.warning("replaying %s, acknowledged by an earlier process but not finished",
-                        row.key)
-            request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: row.key})
-            self.unmatched(request, app.dispatch(request))
-            replayed += 1
+            log.warning("replaying %s, %s", key, why)
+            replayed += self._dispatch(app, key, body)
         self.flush()
         return replayed
+
+    def take(self, app: App, key: str) -> bool:
+        """Dispatch row ``key``, which the ack front wrote and acknowledged: the live path of an
+        event in HTTP mode (:mod:`bot.front`). False when there is nothing to do (done already,
+        or taken)."""
+        with self._lock:
+            if key in self._live:
+                return False
+            self._live.add(key)
+        with self.db.connect() as conn:
+            row = q.pending_body(session=conn, key=key)
+        if row is None:
+            with self._lock:
+                self._live.discard(key)
+            return False
+        return self._dispatch(app, key, row)
+
+    def _dispatch(self, app: App, key: str, body: str) -> bool:
+        """Open a row's payload and dispatch it through Bolt, as Slack sent it (the row is
+        already written, so the middleware writes nothing); an unreadable one is given up."""
+        with self._lock:
+            self._live.add(key)
+        try:
+            payload = self.sealer.open(key, body)
+        except ValueError as exc:
+            log.error("cannot dispatch %s: its payload is unreadable (%s)", key, exc)
+            self.finish(key, f"unreadable: {exc}")
+            return False
+        request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: key})
+        self.unmatched(request, app.dispatch(request))
+        return True
 
     def prune(self) -> int:
         """Delete requests done more than the retention period ago."""

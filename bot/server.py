@@ -139,7 +139,8 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
     )
 
 
-def _uvicorn(app: Starlette, host: str, port: int) -> uvicorn.Server:
+def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> uvicorn.Server:
+    """A quiet uvicorn server for ``app`` (``run(sockets=...)`` serves sockets bound already)."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )
@@ -156,7 +157,7 @@ def serve_http(
     stop: threading.Event | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or forever without one); returns once the server has closed."""
-    server = _uvicorn(http_app(bolt, db, signing_secret), host, port)
+    server = uvicorn_server(http_app(bolt, db, signing_secret), host, port)
     log.info("threadtune listening on http://%s:%d/slack/events", host, port)
     if stop is None:
         server.run()
@@ -278,7 +279,7 @@ def serve_socket_mode(
     link = SocketLink(handler.client.is_connected, grace_s)
     server, thread = None, None
     if db is not None and health_port:
-        server = _uvicorn(health_app(bolt, db, link), host, health_port)
+        server = uvicorn_server(health_app(bolt, db, link), host, health_port)
         thread = threading.Thread(target=server.run, name="health", daemon=True)
         thread.start()
         log.info("threadtune health and metrics on http://%s:%d/healthz", host, health_port)

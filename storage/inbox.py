@@ -66,6 +66,13 @@ def finish_many(*, session: Executor, done: list[tuple[str, str]]) -> None:
     session.execute(stmt, [{"k": key, "at": now, "err": error[:2000]} for key, error in done])
 
 
+def pending_body(*, session: Executor, key: str) -> str | None:
+    """The sealed payload of ``key`` while it is not done; None once done (or not there)."""
+    table = InboxItem.__table__  # type: ignore[attr-defined]
+    stmt = select(table.c.body).where(table.c.key == key, table.c.done_at.is_(None))
+    return session.execute(stmt).scalar_one_or_none()
+
+
 def unfinished(*, session: Session) -> list[InboxItem]:
     """Requests acknowledged but not done, oldest first (what a crashed process left)."""
     stmt = (

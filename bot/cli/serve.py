@@ -19,11 +19,12 @@ from slack_bolt import App
 from bot.app import create_app
 from bot.backfill import resume_unfinished
 from bot.cli.common import open_db
+from bot.front import serve_with_front
 from bot.home import JobWatch, load_viewers, refresh_all
 from bot.inbox import Inbox
 from bot.logs import install_redaction
 from bot.scheduler import BotScheduler, start_ab_deadlines
-from bot.server import serve_http, serve_socket_mode
+from bot.server import serve_socket_mode
 from bot.services import Services
 from bot.settings import Settings
 from bot.slack_api import make_client
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
-def build_runtime(settings: Settings) -> tuple[Services, App]:
+def build_runtime(settings: Settings) -> tuple[Services, App, Inbox]:
     """Everything ``serve`` needs, built from settings: database, Slack client, services (with the
     scheduler started and open A/B deadlines re-armed), app."""
     settings.require_slack()
@@ -83,14 +84,14 @@ def build_runtime(settings: Settings) -> tuple[Services, App]:
         log.warning("replayed %d request(s) an earlier process had not finished", replayed)
     inbox.prune()
     services.scheduler.every("inbox-prune", 3600, inbox.prune)
-    return services, bolt
+    return services, bolt, inbox
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     install_redaction()
     limit_kernel_caches()  # a long-running process generates in ever-new shapes
     apply_torch_threads(settings.torch_threads)
-    services, bolt = build_runtime(settings)
+    services, bolt, inbox = build_runtime(settings)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -112,8 +113,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             grace_s=settings.socket_mode_grace_s,
         )
     else:
-        serve_http(
+        # events are acknowledged by a process of its own (bot.front), the rest passed on here
+        serve_with_front(
             bolt,
+            inbox,
             services.db,
             signing_secret=settings.slack_signing_secret,
             host=args.host,
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             stop=stop,
         )
     if not stop.is_set():
-        return 1  # the server ended by itself (the port was taken, say): uvicorn logged why
+        return 1  # the server ended by itself (the port was taken, say): the log says why
     services.shutdown()
     log.info("threadtune stopped")
     return 0

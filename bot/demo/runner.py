@@ -109,7 +109,7 @@ class Demo:
             )
 
             install_redaction()
-            services, bolt = build_runtime(settings)
+            services, bolt, _ = build_runtime(settings)
             stop = threading.Event()
             if self.socket_mode:
                 server = threading.Thread(

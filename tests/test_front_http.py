@@ -1,0 +1,163 @@
+"""The ack front (``bot.front``): in HTTP mode a real ``threadtune serve`` acknowledges events from
+a child process of its own, and the app process applies them; a front that dies is replaced and
+what it acknowledged is still applied; a front outlives no app process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from slack_sdk.signature import SignatureVerifier
+from sqlmodel import select
+
+from bot.front import Wakeups
+from bot.inbox import Inbox
+from storage.db import make_engine, session_scope
+from storage.inbox import inbox_engine
+from storage.models import Example, InboxItem
+from tests.botproc import SIGNING_SECRET, wait_until, workspace_with_bot
+
+CURATE = "white_check_mark"
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _front_pid(pid: int) -> int | None:
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"bot.front" in cmdline:
+            return child
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _reaction(event_id: str, channel: str, ts: str) -> dict:
+    """A ``reaction_added`` envelope as Slack sends it."""
+    return {
+        "token": "t",
+        "team_id": "T111",
+        "api_app_id": "A111",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "event": {
+            "type": "reaction_added",
+            "user": "UCUR1",
+            "reaction": CURATE,
+            "item": {"type": "message", "channel": channel, "ts": ts},
+            "item_user": "UEXP",
+            "event_ts": f"{time.time():.6f}",
+        },
+        "authorizations": [{"team_id": "T111", "user_id": "U0BOT", "is_bot": True}],
+    }
+
+
+def _post(port: int, body: bytes, secret: str) -> tuple[int, bytes]:
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body.decode())
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/slack/events", body=body, headers={
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature,
+        })  # fmt: skip
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def _stored(engine, ts: str) -> list[int]:
+    with session_scope(engine) as s:
+        return list(s.exec(select(Example.id).where(Example.message_ts == ts)).all())
+
+
+def test_the_front_acks_events_the_app_process_applies_them_and_a_dead_front_is_replaced(tmp_path):
+    url = f"sqlite:///{tmp_path / 'threadtune.db'}"
+    engine = make_engine(url)
+    with workspace_with_bot(tmp_path, url, kill_at_exit=True) as (slack, proc, log, port):
+        front = _front_pid(proc.pid)
+        assert front is not None, log.read_text()[-2000:]
+
+        # an event through the front: acknowledged there, applied by the app process
+        q = slack.post("UASK", "CHELP", "Where do I request a new laptop?")
+        a = slack.post("UEXP", "CHELP", "File it in #it-requests with the asset form.", thread_ts=q)
+        assert slack.react("UCUR1", "CHELP", a, CURATE).status == 200
+        wait_until(lambda: _stored(engine, a), 30, "the curated example", log)
+
+        # a forged request stops at the front: 401, nothing written
+        forged = json.dumps(_reaction("EvForged01", "CHELP", a)).encode()
+        assert _post(port, forged, "not-the-signing-secret")[0] == 401
+        with session_scope(inbox_engine(engine)) as s:
+            assert s.get(InboxItem, "event:EvForged01") is None
+
+        # an event the front wrote and acknowledged, then died before passing its key on
+        q2 = slack.post("UASK", "CHELP", "Who approves VPN access?")
+        a2 = slack.post("UEXP", "CHELP", "Your manager, in the access portal.", thread_ts=q2)
+        secret = os.environ.get("THREADTUNE_ENCRYPTION_KEY") or SIGNING_SECRET
+        orphan = Inbox(engine, secret=secret)
+        assert orphan.write("event:EvOrphan01", "event:reaction_added",
+                            _reaction("EvOrphan01", "CHELP", a2))  # fmt: skip
+        os.kill(front, signal.SIGKILL)
+        replaced = wait_until(
+            lambda: (pid := _front_pid(proc.pid)) not in (None, front) and pid, 30,
+            "another front", log,
+        )  # fmt: skip
+        found = wait_until(lambda: _stored(engine, a2), 30, "the orphaned event applied", log)
+        assert len(found) == 1
+        assert "the ack front exited" in log.read_text()
+
+        # the new front serves the same port; a retry of an applied event changes nothing
+        event_id = slack.last_event("reaction_added")["event_id"]
+        assert slack.deliver(event_id, retry_num=1).status == 200
+        slack.wait_idle()
+        assert len(_stored(engine, a)) == 1
+
+        # the app process killed alone: its front ends with it
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_until(lambda: not _alive(replaced), 15, "the front ending with the app process")
+
+
+def test_wakeups_never_block_the_ack_and_arrive_in_order():
+    import fcntl
+
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, 1031, 4096)  # F_SETPIPE_SZ: one page, full after a few dozen keys
+    wakeups = Wakeups(write_fd)
+    keys = [f"event:Ev{i:06d}" for i in range(400)]
+    started = time.monotonic()
+    for key in keys:
+        wakeups.send(key)  # would block on a full pipe; must not
+    assert time.monotonic() - started < 5
+    assert wakeups.pending, "the pipe should have filled"
+    got: list[str] = []
+    buffer = b""
+    while len(got) < len(keys):
+        buffer += os.read(read_fd, 65536)
+        *lines, buffer = buffer.split(b"\n")
+        got += [json.loads(line) for line in lines]
+        wakeups.flush()
+    assert got == keys and not wakeups.pending
+    os.close(read_fd)
+    wakeups.send("event:EvAfter")  # the reader is gone: noted, not raised
+    assert wakeups.broken.is_set()
+    os.close(write_fd)
