@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -161,3 +162,27 @@ def test_wakeups_never_block_the_ack_and_arrive_in_order():
     wakeups.send("event:EvAfter")  # the reader is gone: noted, not raised
     assert wakeups.broken.is_set()
     os.close(write_fd)
+
+
+def test_run_nicer_lowers_only_the_threads_it_is_given_and_their_children():
+    from bot.front import BACKGROUND_NICE, run_nicer
+
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    seen: dict[str, int] = {}
+
+    def child() -> None:
+        seen["child"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def worker() -> None:
+        run_nicer()
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        inner = threading.Thread(target=child)  # started after: inherits the worker's
+        inner.start()
+        inner.join()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    nicer = min(19, base + BACKGROUND_NICE)
+    assert seen == {"worker": nicer, "child": nicer}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # this one untouched
