@@ -275,7 +275,9 @@ def listen(host: str, port: int) -> socket.socket:
     """The bound, listening socket the front serves (held by the app process across restarts of
     the front). OSError when the address is taken or not ours."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
+    # "::" takes IPv4 too where the system can, as uvicorn's own bind does on Linux
+    dual = host == "::" and socket.has_dualstack_ipv6()
+    sock = socket.create_server((host, port), family=family, backlog=2048, dualstack_ipv6=dual)
     sock.set_inheritable(True)
     return sock
 
