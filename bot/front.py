@@ -372,7 +372,11 @@ def serve_with_front(
     try:
         public = listen(host, port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        log.error(
+            "cannot listen on %s:%d (%s): another process holds the port, or the address is not "
+            "this machine's; choose another --port or --host",
+            host, port, os.strerror(exc.errno) if exc.errno else exc,
+        )  # fmt: skip
         return
     inner = listen("127.0.0.1", 0)
     server = uvicorn_server(http_app(bolt, db, signing_secret))

@@ -186,3 +186,32 @@ def test_run_nicer_lowers_only_the_threads_it_is_given_and_their_children():
     nicer = min(19, base + BACKGROUND_NICE)
     assert seen == {"worker": nicer, "child": nicer}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # this one untouched
+
+
+def test_a_port_that_is_taken_stops_serve_with_a_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    from bot.emulator import Emulator
+    from bot.front import listen
+
+    taken = listen("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    with Emulator.start(events_url=None, signing_secret=SIGNING_SECRET) as slack:
+        env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "SLACK_APP_TOKEN": "",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'threadtune.db'}",
+            "THREADTUNE_HOME": str(tmp_path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "bot", "serve", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    taken.close()
+    assert done.returncode == 1
+    assert "cannot listen on" in done.stderr  # the address itself is redacted in the log
+    assert f":{port} (Address already in use): another process holds the port" in done.stderr
