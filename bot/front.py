@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 PASS_TIMEOUT_S = 30.0  # a slash command's listener acks within Slack's 3 s; /metrics may be slow
 RESTART_S = 1.0  # the least time between two starts of the front
 BACKGROUND_NICE = 5  # the app process's threads run this much nicer than the front
+QUICK_DEATH_S = 10.0  # a front that exits sooner than this after its start died "at once"
+MAX_QUICK_DEATHS = 5
 STOP_S = 10.0  # how long the front gets to answer the requests it holds when the bot stops
 # hop-by-hop headers, and those the responding server sets itself, are not passed on
 _NOT_PASSED = frozenset(
@@ -298,6 +300,7 @@ class Front:
         self.take, self.catch_up = take, catch_up
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
+        self.quick_deaths = 0
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -332,16 +335,27 @@ class Front:
                 except Exception:  # noqa: BLE001 - its row stays unfinished: replayed at start
                     log.exception("could not dispatch %s", key)
 
-    def check(self) -> None:
+    def check(self) -> bool:
         """Start another front if this one died (its requests in flight were not answered, so
-        Slack retries them; the rows it wrote are caught up)."""
+        Slack retries them), once the rows it wrote are dispatched. False when fronts keep dying
+        at once (``MAX_QUICK_DEATHS`` in a row): serving has failed, and the caller stops."""
         if self.proc is None or self.proc.poll() is None:
-            return
-        if time.monotonic() - self.started < RESTART_S:
-            return
+            return True
+        lived = time.monotonic() - self.started
+        if lived < RESTART_S:
+            return True
+        self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
+        if self.quick_deaths >= MAX_QUICK_DEATHS:
+            log.error(
+                "the ack front exited %d times in a row within %g s of its start (status %s): "
+                "giving up; its log lines above say why", self.quick_deaths, QUICK_DEATH_S,
+                self.proc.returncode,
+            )  # fmt: skip
+            return False
         log.error("the ack front exited (status %s): starting another", self.proc.returncode)
+        self.catch_up()  # before the next front writes anything: no row is taken twice
         self.start()
-        self.catch_up()
+        return True
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -395,8 +409,8 @@ def serve_with_front(
     # so do the threads they start: the acks come first on a busy machine.
     run_nicer(other_threads())
     log.info("threadtune listening on http://%s:%d/slack/events", host, port)
-    while thread.is_alive() and not stop.wait(0.5):
-        front.check()
+    while thread.is_alive() and not stop.wait(0.5) and front.check():
+        pass
     front.stop()  # first: nothing new is acknowledged while the app drains
     server.should_exit = True
     thread.join()

@@ -215,3 +215,28 @@ def test_a_port_that_is_taken_stops_serve_with_a_sentence(tmp_path):
     assert done.returncode == 1
     assert "cannot listen on" in done.stderr  # the address itself is redacted in the log
     assert f":{port} (Address already in use): another process holds the port" in done.stderr
+
+
+def test_a_front_that_keeps_dying_at_once_is_given_up_after_catching_up_each_time(monkeypatch):
+    import subprocess
+    import sys
+
+    import bot.front as front_mod
+    from bot.front import MAX_QUICK_DEATHS, Front, listen
+
+    caught_up: list[int] = []
+    front = Front(listen("127.0.0.1", 0), 1, take=lambda key: None,
+                  catch_up=lambda: caught_up.append(1))  # fmt: skip
+
+    def start() -> None:  # a front that fails at its start, as a broken install's would
+        front.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        front.proc.wait()
+        front.started = time.monotonic() - 2  # past RESTART_S, well within QUICK_DEATH_S
+
+    monkeypatch.setattr(front, "start", start)
+    monkeypatch.setattr(front_mod, "RESTART_S", 1.0)
+    start()
+    results = [front.check() for _ in range(MAX_QUICK_DEATHS)]
+    assert results == [True] * (MAX_QUICK_DEATHS - 1) + [False]
+    assert len(caught_up) == MAX_QUICK_DEATHS - 1  # each restart dispatched what was left first
+    front.sock.close()
