@@ -177,7 +177,9 @@ def front_app(
         try:
             fresh = await run_in_threadpool(write, key, kind, payload)
         except Exception as exc:  # noqa: BLE001 - the database: Slack retries an unanswered event
-            log.error("could not write %s to the inbox: %s", key, exc)
+            # the driver's own message: SQLAlchemy's would carry the statement's parameters
+            log.error("could not write %s to the inbox: %s: %s", key, type(exc).__name__,
+                      getattr(exc, "orig", None) or exc)  # fmt: skip
             return JSONResponse(
                 {"error": f"could not store the event ({type(exc).__name__}); Slack will retry"},
                 status_code=503,
@@ -210,12 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s"
     )
-    import uvicorn
     from slack_sdk.signature import SignatureVerifier
 
     from bot.inbox import Inbox
+    from bot.server import uvicorn_server
     from bot.settings import load_settings
     from storage.db import make_engine
+
+    # No redacting log filter here (the app process's takes seconds to build, and a front must
+    # start at once): the front logs row keys, exception types and its own sentences, never a
+    # payload.
 
     settings = load_settings()
     inbox = Inbox.from_settings(make_engine(settings.db_url), settings)
@@ -227,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         wakeups=wakeups,
         upstream_port=args.upstream_port,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    )
+    server = uvicorn_server(app)
 
     def watch() -> None:
         """The app process's end: stdin reaches its end, or the pipe breaks. Keys left

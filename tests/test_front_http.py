@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from slack_sdk.signature import SignatureVerifier
@@ -86,6 +87,14 @@ def _post(port: int, body: bytes, secret: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def _stored(engine, ts: str) -> list[int]:
     with session_scope(engine) as s:
         return list(s.exec(select(Example.id).where(Example.message_ts == ts)).all())
@@ -127,6 +136,7 @@ def test_the_front_acks_events_the_app_process_applies_them_and_a_dead_front_is_
         assert "the ack front exited" in log.read_text()
 
         # the new front serves the same port; a retry of an applied event changes nothing
+        wait_until(lambda: _healthy(port), 30, "the new front answering", log)
         event_id = slack.last_event("reaction_added")["event_id"]
         assert slack.deliver(event_id, retry_num=1).status == 200
         slack.wait_idle()
@@ -240,3 +250,66 @@ def test_a_front_that_keeps_dying_at_once_is_given_up_after_catching_up_each_tim
     assert results == [True] * (MAX_QUICK_DEATHS - 1) + [False]
     assert len(caught_up) == MAX_QUICK_DEATHS - 1  # each restart dispatched what was left first
     front.sock.close()
+
+
+def test_the_front_says_what_went_wrong_and_stores_nothing_it_cannot(tmp_path):
+    """The front's routes on their own (Starlette's test client, no app process behind them):
+    an inbox that cannot be written is a 503 Slack retries, an app process not answering yet a
+    503, a malformed JSON body a 400; a form body (a command) is never written, only passed on."""
+    from starlette.testclient import TestClient
+
+    from bot.front import front_app
+    from bot.server import MAX_BODY
+    from tests.conftest import free_port
+
+    read_fd, write_fd = os.pipe()
+    written: list[str] = []
+
+    def write(key: str, kind: str, payload: dict) -> bool:
+        if payload["event_id"] == "EvDbDown01":
+            raise OSError("disk I/O error")
+        written.append(key)
+        return True
+
+    def signed(body: bytes, content_type: str = "application/json") -> dict[str, str]:
+        stamp = str(int(time.time()))
+        sig = SignatureVerifier(SIGNING_SECRET).generate_signature(
+            timestamp=stamp, body=body.decode()
+        )
+        return {"Content-Type": content_type, "X-Slack-Request-Timestamp": stamp,
+                "X-Slack-Signature": sig}  # fmt: skip
+
+    verifier = SignatureVerifier(SIGNING_SECRET)
+    app = front_app(
+        verify=lambda body, headers: verifier.is_valid_request(body, headers),
+        write=write,
+        wakeups=Wakeups(write_fd),
+        upstream_port=free_port(),  # nothing listens there
+    )
+    client = TestClient(app)
+    down = json.dumps(_reaction("EvDbDown01", "CHELP", "1.1")).encode()
+    answer = client.post("/slack/events", content=down, headers=signed(down))
+    assert answer.status_code == 503 and "Slack will retry" in answer.json()["error"]
+
+    fine = json.dumps(_reaction("EvFine0001", "CHELP", "1.2")).encode()
+    assert client.post("/slack/events", content=fine, headers=signed(fine)).status_code == 200
+    assert written == ["event:EvFine0001"]
+    assert json.loads(os.read(read_fd, 4096)) == "event:EvFine0001"  # the wake-up
+
+    broken = b'{"type": "event_callback", "event_id": '
+    answer = client.post("/slack/events", content=broken, headers=signed(broken))
+    assert answer.status_code == 400 and "malformed Slack payload" in answer.json()["error"]
+
+    command = b"command=%2Fask&text=hello&trigger_id=T1"
+    answer = client.post(
+        "/slack/events", content=command,
+        headers=signed(command, "application/x-www-form-urlencoded"),
+    )  # fmt: skip
+    assert answer.status_code == 503 and "not answering yet" in answer.json()["error"]
+    assert client.get("/healthz").status_code == 503
+    assert written == ["event:EvFine0001"]  # the command was never written by the front
+
+    huge = b" " * (MAX_BODY + 1)
+    assert client.post("/slack/events", content=huge, headers=signed(huge)).status_code == 413
+    os.close(read_fd)
+    os.close(write_fd)
