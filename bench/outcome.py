@@ -62,7 +62,7 @@ probe read 266 tokens/s against ~157 measured, 186 planned steps trimmed to 72 (
 ~970 s), closed-book 0.087 → 0.162, grounded 0.122 → 0.273, peak RSS 3,116 MiB (832-token
 sequences) — the demo's threads are few and varied, not a set built to be learnable.
 On an Intel Xeon 2-core machine with native bf16 (quiet, load 1.7–2.0; 2026-12-07): bf16 compute,
-the plan 282 steps (5.6 epochs after the trim's first reading), 1.54 s a step, trimmed to 263:
+planned 282 steps (6 epochs), measured 1.54 s a step, trimmed to 263 (5.6 epochs):
 444 s, peak RSS 2,335 MiB, closed-book 0.179 → 0.924 (+0.745, key facts 0% → 52%).
 """
 
