@@ -305,7 +305,13 @@ class Inbox:
             self.finish(key, f"unreadable: {exc}")
             return False
         request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: key})
-        self.unmatched(request, app.dispatch(request))
+        response = app.dispatch(request)
+        if request.context.get(KEY) is None:
+            # Bolt's own middleware, which runs before ours, dropped it: the bot's own event
+            # (the ack front writes every event it is sent), or one it could not authorize
+            self.finish(key, f"dropped before the listeners ({response.status})")
+        else:
+            self.unmatched(request, response)
         return True
 
     def prune(self) -> int:

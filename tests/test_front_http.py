@@ -87,6 +87,11 @@ def _post(port: int, body: bytes, secret: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def _unfinished(engine) -> list[str]:
+    with session_scope(inbox_engine(engine)) as s:
+        return list(s.exec(select(InboxItem.key).where(InboxItem.done_at.is_(None))).all())
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
@@ -112,6 +117,10 @@ def test_the_front_acks_events_the_app_process_applies_them_and_a_dead_front_is_
         a = slack.post("UEXP", "CHELP", "File it in #it-requests with the asset form.", thread_ts=q)
         assert slack.react("UCUR1", "CHELP", a, CURATE).status == 200
         wait_until(lambda: _stored(engine, a), 30, "the curated example", log)
+        # every row is finished, the bot's own :inbox_tray: reaction event included (Slack sends
+        # it; Bolt drops it before the listeners)
+        assert slack.events("reaction_added")[-1]["event"]["user"] != "UCUR1"
+        wait_until(lambda: _unfinished(engine) == [], 15, "every inbox row finished", log)
 
         # a forged request stops at the front: 401, nothing written
         forged = json.dumps(_reaction("EvForged01", "CHELP", a)).encode()
