@@ -306,7 +306,14 @@ class Inbox:
             return False
         request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: key})
         response = app.dispatch(request)
-        if request.context.get(KEY) is None:
+        if request.context.get(KEY) is None and response.status >= 500:
+            # Bolt failed before the listeners (auth.test unreachable, say): over HTTP Slack
+            # would have retried; the row stays, for the next start
+            with self._lock:
+                self._live.discard(key)
+            log.error("%s failed before its listener ran (%d): kept for the next start's replay",
+                      key, response.status)  # fmt: skip
+        elif request.context.get(KEY) is None:
             # Bolt's own middleware, which runs before ours, dropped it: the bot's own event
             # (the ack front writes every event it is sent), or one it could not authorize
             self.finish(key, f"dropped before the listeners ({response.status})")

@@ -163,3 +163,69 @@ def test_an_acknowledged_listener_starts_once_its_ack_is_sent(monkeypatch):
     command_listener.start()
     command_listener.join(10)
     assert not command_listener.is_alive()
+
+
+def test_a_taken_event_is_finished_by_its_listener_or_by_bolt_dropping_it_or_kept_when_bolt_fails(
+    db,
+):
+    """``Inbox.take`` (the ack front's rows): a listener's run finishes the row; the bot's own
+    event, which Bolt drops before the listeners, is finished at once; an error before the
+    listeners (auth.test unreachable) keeps the row for the next start, as Slack's retry would."""
+    import threading
+
+    from slack_bolt import App
+    from slack_sdk import WebClient
+
+    from bot.inbox import Inbox
+
+    def app(auth_url: str) -> tuple[App, Inbox, threading.Event]:
+        inbox = Inbox(db, secret="signing-secret", flush_s=3600)
+        bolt = App(
+            client=WebClient(token="xoxb-t", base_url=auth_url, timeout=2),
+            signing_secret="signing-secret",
+            token_verification_enabled=False,
+            request_verification_enabled=False,
+            process_before_response=True,  # the listener runs inside dispatch: no waiting here
+        )
+        inbox.install(bolt)
+        ran = threading.Event()
+        bolt.event("reaction_added")(lambda: ran.set())
+        return bolt, inbox, ran
+
+    def event(event_id: str, user: str) -> dict:
+        return {"type": "event_callback", "event_id": event_id, "team_id": "T1",
+                "authorizations": [{"team_id": "T1", "user_id": "UBOT", "is_bot": True}],
+                "event": {"type": "reaction_added", "user": user, "reaction": "x",
+                          "item": {"type": "message", "channel": "C1", "ts": "1.1"}}}  # fmt: skip
+
+    from tests.conftest import free_port
+
+    bolt, inbox, ran = app(f"http://127.0.0.1:{free_port()}/api/")  # nothing listens there
+    assert inbox.write("event:EvDown", "event:reaction_added", event("EvDown", "UCUR"))
+    assert inbox.take(bolt, "event:EvDown")
+    inbox.flush()
+    with session_scope(inbox.db) as s:
+        assert [r.key for r in q.unfinished(session=s)] == ["event:EvDown"]  # kept
+    assert not ran.is_set()
+
+    bolt, inbox, ran = app("http://127.0.0.1:1/api/")
+    from slack_bolt.middleware.authorization import SingleTeamAuthorization
+    from slack_sdk.web import SlackResponse
+
+    (authorization,) = [m for m in bolt._middleware_list if isinstance(m, SingleTeamAuthorization)]
+    authorization.auth_test_result = SlackResponse(  # auth.test answered once, as in service
+        client=None, http_verb="POST", api_url="auth.test", req_args={}, headers={},
+        status_code=200,
+        data={"ok": True, "team_id": "T1", "user_id": "UBOT", "bot_id": "BBOT", "url": "x"},
+    )  # fmt: skip
+    assert inbox.write("event:EvSelf", "event:reaction_added", event("EvSelf", "UBOT"))
+    assert inbox.write("event:EvCurator", "event:reaction_added", event("EvCurator", "UCUR"))
+    assert inbox.take(bolt, "event:EvSelf") and inbox.take(bolt, "event:EvCurator")
+    assert ran.is_set()
+    inbox.flush()
+    with session_scope(inbox.db) as s:
+        assert [r.key for r in q.unfinished(session=s)] == ["event:EvDown"]
+        assert "dropped before the listeners" in s.get(InboxItem, "event:EvSelf").error
+        assert s.get(InboxItem, "event:EvCurator").error == ""
+    assert not inbox.take(bolt, "event:EvCurator")  # done: nothing to do
+    inbox.db.dispose()
