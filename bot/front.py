@@ -106,20 +106,6 @@ class Wakeups:
                 self.pending.popleft()
 
 
-def parse_event(body: bytes, content_type: str) -> tuple[dict | None, str | None]:
-    """``(payload, None)`` for a JSON body, ``(None, problem)`` for a malformed one, and
-    ``(None, None)`` for a body the front passes on unread (a form: commands, interactions)."""
-    from bot.server import parse_payload
-
-    if "application/x-www-form-urlencoded" in content_type:
-        return None, None
-    try:
-        decoded = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "the body is not UTF-8"
-    return parse_payload(decoded, content_type)
-
-
 def front_app(
     *,
     verify: Callable[[bytes, dict[str, str]], bool],
@@ -131,7 +117,7 @@ def front_app(
     kind, payload)`` writes the inbox row (False: it was there); ``upstream_port`` is the app
     process's HTTP server on loopback."""
     from bot.inbox import request_key
-    from bot.server import MAX_BODY
+    from bot.server import screen
 
     async def passthrough(request: Request, body: bytes | None = None) -> Response:
         if body is None:
@@ -161,17 +147,13 @@ def front_app(
 
     async def events(request: Request) -> Response:
         body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": "request body too large"}, status_code=413)
-        if not verify(body, dict(request.headers)):
-            return JSONResponse({"error": "invalid or stale request signature"}, status_code=401)
-        payload, problem = parse_event(body, request.headers.get("content-type", ""))
-        if problem is not None:
-            log.warning("rejected a signed but malformed request: %s", problem)
-            return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
+        screened = screen(body, request.headers, verify, forms=False)
+        if isinstance(screened, Response):
+            return screened
+        payload = screened[0]
         is_event = payload is not None and payload.get("type") == "event_callback"
-        found = request_key(payload) if payload is not None and is_event else None
-        if payload is None or found is None:
+        found = request_key(payload) if is_event else None
+        if found is None:
             return await passthrough(request, body)  # its ack carries the listener's answer
         key, kind = found
         try:
@@ -385,7 +367,7 @@ def serve_with_front(
 ) -> None:
     """HTTP mode with the ack front on ``host:port`` and the app's own server on a loopback port
     of its own; returns once ``stop`` is set, or at once (logged) when the port cannot be had."""
-    from bot.server import http_app, uvicorn_server
+    from bot.server import http_app, running, uvicorn_server
 
     try:
         public = listen(host, port)
@@ -398,28 +380,24 @@ def serve_with_front(
         return
     inner = listen("127.0.0.1", 0)
     server = uvicorn_server(http_app(bolt, db, signing_secret))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [inner]}, name="http", daemon=True
-    )
-    thread.start()
-    front = Front(
-        public,
-        inner.getsockname()[1],
-        take=lambda key: inbox.take(bolt, key),
-        catch_up=lambda: inbox.catch_up(bolt, "acknowledged by an ack front that then died"),
-    )
-    front.start()
-    # Every thread but this one (which starts fronts) runs nicer than the front from now on, and
-    # so do the threads they start: the acks come first on a busy machine.
-    run_nicer(other_threads())
-    log.info("threadtune listening on http://%s:%d/slack/events", host, port)
-    while thread.is_alive() and not stop.wait(0.5) and front.check():
-        pass
-    front.stop()  # first: nothing new is acknowledged while the app drains
-    server.should_exit = True
-    thread.join()
+    with running(server, [inner]) as thread:
+        front = Front(
+            public,
+            inner.getsockname()[1],
+            take=lambda key: inbox.take(bolt, key),
+            catch_up=lambda: inbox.catch_up(bolt, "acknowledged by an ack front that then died"),
+        )
+        front.start()
+        # Every thread but this one (which starts fronts) runs nicer than the front from now on,
+        # and so do the threads they start: the acks come first on a busy machine.
+        run_nicer(other_threads())
+        log.info("threadtune listening on http://%s:%d/slack/events", host, port)
+        try:
+            while thread.is_alive() and not stop.wait(0.5) and front.check():
+                pass
+        finally:
+            front.stop()  # first: nothing new is acknowledged while the app drains
     public.close()
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -262,10 +262,10 @@ class Inbox:
         self.flush()  # a listener that finished since the last batch is not taken again
         with session_scope(self.db) as session:
             rows = [(row.key, row.body) for row in q.unfinished(session=session)]
-        with self._lock:
-            rows = [(key, body) for key, body in rows if key not in self._live]
         replayed = 0
         for key, body in rows:
+            if not self._claim(key):
+                continue  # dispatched by this process already, or being dispatched
             with session_scope(self.db) as session:
                 attempts = q.start_attempt(session=session, key=key)
             if attempts > MAX_ATTEMPTS:
@@ -281,10 +281,8 @@ class Inbox:
         """Dispatch row ``key``, which the ack front wrote and acknowledged: the live path of an
         event in HTTP mode (:mod:`bot.front`). False when there is nothing to do (done already,
         or taken)."""
-        with self._lock:
-            if key in self._live:
-                return False
-            self._live.add(key)
+        if not self._claim(key):
+            return False
         with self.db.connect() as conn:
             row = q.pending_body(session=conn, key=key)
         if row is None:
@@ -293,11 +291,18 @@ class Inbox:
             return False
         return self._dispatch(app, key, row)
 
+    def _claim(self, key: str) -> bool:
+        """Make ``key`` live in this process; False when it was already (one dispatch only)."""
+        with self._lock:
+            if key in self._live:
+                return False
+            self._live.add(key)
+            return True
+
     def _dispatch(self, app: App, key: str, body: str) -> bool:
         """Open a row's payload and dispatch it through Bolt, as Slack sent it (the row is
-        already written, so the middleware writes nothing); an unreadable one is given up."""
-        with self._lock:
-            self._live.add(key)
+        already written, so the middleware writes nothing); an unreadable one is given up. The
+        caller has made ``key`` live."""
         try:
             payload = self.sealer.open(key, body)
         except ValueError as exc:
@@ -306,14 +311,15 @@ class Inbox:
             return False
         request = BoltRequest(body=payload, mode="socket_mode", context={REPLAY: key})
         response = app.dispatch(request)
-        if request.context.get(KEY) is None and response.status >= 500:
+        reached = request.context.get(KEY) is not None  # our middleware saw it
+        if not reached and response.status >= 500:
             # Bolt failed before the listeners (auth.test unreachable, say): over HTTP Slack
             # would have retried; the row stays, for the next start
             with self._lock:
                 self._live.discard(key)
             log.error("%s failed before its listener ran (%d): kept for the next start's replay",
                       key, response.status)  # fmt: skip
-        elif request.context.get(KEY) is None:
+        elif not reached:
             # Bolt's own middleware, which runs before ours, dropped it: the bot's own event
             # (the ack front writes every event it is sent), or one it could not authorize
             self.finish(key, f"dropped before the listeners ({response.status})")

@@ -14,7 +14,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -62,6 +63,37 @@ def parse_payload(body: str, content_type: str) -> tuple[dict[str, Any] | None, 
     return parsed, None
 
 
+def screen(
+    body: bytes,
+    headers: Mapping[str, str],
+    verify: Callable[[bytes, dict[str, str]], bool],
+    *,
+    forms: bool = True,
+) -> tuple[dict[str, Any] | None, str] | Response:
+    """The checks a request to ``/slack/events`` passes before anything reads it, in this order:
+    its size (413), its signature (401: an unsigned request learns nothing about what we
+    accept), UTF-8 and the payload's shape (400). ``(payload, decoded body)``, or the answer to
+    send. With ``forms=False`` a form body (commands, interactions) is checked but not parsed:
+    ``(None, decoded body)``. The app's route and the ack front (:mod:`bot.front`) both screen
+    with it, each request once."""
+    if len(body) > MAX_BODY:
+        return JSONResponse({"error": "request body too large"}, status_code=413)
+    if not verify(body, dict(headers)):
+        return JSONResponse({"error": "invalid or stale request signature"}, status_code=401)
+    try:
+        decoded = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return JSONResponse({"error": "request body is not UTF-8"}, status_code=400)
+    content_type = headers.get("content-type", "")
+    if not forms and "application/x-www-form-urlencoded" in content_type:
+        return None, decoded
+    payload, problem = parse_payload(decoded, content_type)
+    if payload is None:
+        log.warning("rejected a signed but malformed request: %s", problem)
+        return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
+    return payload, decoded
+
+
 def bolt_request(payload: dict[str, Any], raw_body: str, request: Request) -> BoltRequest:
     """A Bolt request from a payload the route has verified and parsed: Bolt accepts a parsed body
     only in its Socket Mode form, so it is built that way (nothing parses it again) and then
@@ -79,20 +111,12 @@ def http_app(bolt: App, db: Engine, signing_secret: str) -> Starlette:
 
     async def events(request: Request) -> Response:
         body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": "request body too large"}, status_code=413)
-        # The signature is checked here, once (Bolt's own check is off, see bot.app), and first:
-        # an unsigned request learns nothing about what we accept.
-        if not verifier.is_valid_request(body, dict(request.headers)):
-            return JSONResponse({"error": "invalid or stale request signature"}, status_code=401)
-        try:
-            decoded = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return JSONResponse({"error": "request body is not UTF-8"}, status_code=400)
-        payload, problem = parse_payload(decoded, request.headers.get("content-type", ""))
-        if payload is None:
-            log.warning("rejected a signed but malformed request: %s", problem)
-            return JSONResponse({"error": f"malformed Slack payload: {problem}"}, status_code=400)
+        # checked here, once: Bolt's own signature check is off (bot.app)
+        screened = screen(body, request.headers, verifier.is_valid_request)
+        if isinstance(screened, Response):
+            return screened
+        payload, decoded = screened
+        assert payload is not None  # forms are parsed here
         # dispatch writes the request to the inbox and acks in milliseconds; a thread keeps the
         # event loop free for other requests meanwhile. An acknowledged listener starts its work
         # once the ack is sent (the gate), not while the ack is on its way back.
@@ -162,15 +186,26 @@ def serve_http(
     if stop is None:
         server.run()
         return
-    # In the main thread uvicorn takes SIGTERM over and raises it again once it has closed, which
-    # would kill the process before the work in progress is drained; on its own thread it leaves
-    # signals to the entry point, which sets ``stop``.
-    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    with running(server) as thread:
+        while thread.is_alive() and not stop.wait(0.5):
+            pass
+
+
+@contextmanager
+def running(server: uvicorn.Server, sockets: list | None = None) -> Iterator[threading.Thread]:
+    """``server`` on a thread of its own (on ``sockets`` bound already, if given) for the
+    ``with`` block; then told to exit, and joined. In the main thread uvicorn takes SIGTERM over
+    and raises it again once it has closed, which would kill the process before the work in
+    progress is drained; on its own thread it leaves signals to the entry point."""
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": sockets}, name="http", daemon=True
+    )
     thread.start()
-    while thread.is_alive() and not stop.wait(0.5):
-        pass
-    server.should_exit = True
-    thread.join()
+    try:
+        yield thread
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 class SocketLink:
