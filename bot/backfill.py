@@ -176,8 +176,7 @@ class Backfill:
         except BaseException:
             # stopping (Ctrl-C, SIGTERM) or a bug: let go, so that the next run resumes at once
             with session_scope(self.db) as session:
-                bq.release_backfill(session=session, channel=channel, owner=self.owner,
-                                    counts=run.tally.to_dict())
+                bq.release_backfill(session=session, channel=channel, owner=self.owner)
             raise
         self._show(run, summary_text(channel, run.tally))
         return BackfillResult(channel, run.tally, run.resumed, run.report_ts)

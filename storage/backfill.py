@@ -126,14 +126,16 @@ def finish_backfill(
         raise LeaseLost(channel)
 
 
-def release_backfill(*, session: Session, channel: str, owner: str, counts: dict) -> None:
-    """Let go of an unfinished run (the process is stopping): the next run resumes it at once."""
+def release_backfill(*, session: Session, channel: str, owner: str) -> None:
+    """Let go of an unfinished run (the process is stopping): the next run resumes it at once.
+    Its counts stay those saved with the last thread applied, so that the resumed run counts
+    on from where it resumes (a thread stopped half-way is read, and counted, once)."""
     session.exec(
         update(BackfillProgress)
         .where(
             col(BackfillProgress.channel) == channel, col(BackfillProgress.lease_owner) == owner
         )
-        .values(counts=counts, lease_owner="", lease_expires_at=None, updated_at=utcnow())
+        .values(lease_owner="", lease_expires_at=None, updated_at=utcnow())
     )
 
 

@@ -41,6 +41,18 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        @event.listens_for(engine, "savepoint")
+        def _begin_before_savepoint(conn, _name):  # noqa: ANN001
+            # Python's sqlite3 (before 3.12's autocommit=False) begins a transaction only before
+            # an INSERT, UPDATE or DELETE. A SAVEPOINT issued first then opens a transaction of
+            # its own, and its RELEASE commits it: the example or the claimed event id written in
+            # a nested block would be committed at once, not with the rest of the unit of work,
+            # and a process killed in between would leave half of it. Begin first, as
+            # PostgreSQL always has.
+            dbapi = conn.connection.dbapi_connection
+            if not dbapi.in_transaction:
+                dbapi.execute("BEGIN")
+
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

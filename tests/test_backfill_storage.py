@@ -47,6 +47,7 @@ def test_one_runner_at_a_time_and_a_dead_ones_run_is_resumed(db):
 def test_an_expired_lease_is_taken_over_and_a_released_run_resumes_at_once(db):
     assert claim(db, "host:1", lease_s=-1) is not None  # a lease already expired
     assert claim(db, "host:2") is not None and claim(db, "host:2")[3] is True
+    save(db, "host:2", counts={"threads": 3})
     with session_scope(db) as session:
-        bq.release_backfill(session=session, channel="CH", owner="host:2", counts={"threads": 3})
-    assert claim(db, "host:3") == ("", {"threads": 3}, "", True)
+        bq.release_backfill(session=session, channel="CH", owner="host:2")
+    assert claim(db, "host:3") == ("", {"threads": 3}, "", True)  # the counts saved last

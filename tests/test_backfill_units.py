@@ -124,3 +124,54 @@ def test_channel_and_days_as_people_give_them():
     assert parse([], "CHERE") == ("CHERE", None)
     assert "must be a number" in parse(["days=soon"], "CHERE")
     assert "pick the channel" in parse(["#help"], "CHERE")
+
+
+def test_a_run_stopped_inside_a_thread_resumes_and_counts_that_thread_once(slack, db, monkeypatch):
+    """Ctrl-C or SIGTERM while a thread's examples are being written: that thread's transaction
+    rolls back, the run lets go, and the next run reads the thread again; the counts go on from
+    those saved with the last thread applied, so nothing is counted twice."""
+    from bot.backfill import Backfill
+    from bot.curation import CurationRules, CurationService
+    from sqlmodel import func, select
+
+    from storage import backfill as bq
+    from storage.db import session_scope
+    from engine.redact import Redacted
+    from storage.models import Example
+
+    ws = slack.server.workspace
+    channel = f"CSTOP{db.dialect.name.upper()}"  # the emulator is shared by both databases
+    ws.add_channel(channel, f"stopped-{db.dialect.name}")
+    for user in ("UASK", "UEXP"):
+        ws.add_user(user)
+    for i in range(6):
+        q = ws.post(channel, "UASK", f"How do I reset cache shard {i}?").ts
+        a = ws.post(channel, "UEXP", f"Run `cache reset {i}` from the ops box, then watch the "
+                    "hit rate recover on the dashboard.", thread_ts=q).ts  # fmt: skip
+        ws.react(channel, a, "UCUR1", "white_check_mark")
+    client = slack.web_client()
+    rules = CurationRules(CURATORS, "white_check_mark", "x", "inbox_tray", 20)
+    curation = CurationService(db, client, rules, redact=lambda text: Redacted(text, {}))
+
+    def stored() -> int:
+        with session_scope(db) as s:
+            return s.exec(select(func.count()).select_from(Example)
+                          .where(Example.channel == channel)).one()
+
+    save_progress, saves = bq.save_progress, []
+
+    def stopped_at_the_third_thread(**fields):  # noqa: ANN003, ANN202
+        save_progress(**fields)
+        if fields.get("page_done_ts"):
+            saves.append(fields["page_done_ts"])
+            if len(saves) == 3:  # its example is written, its transaction not yet committed
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(bq, "save_progress", stopped_at_the_third_thread)
+    with pytest.raises(KeyboardInterrupt):
+        Backfill(db, client, curation, owner="host:1").run(channel)
+    assert stored() == 2
+    monkeypatch.setattr(bq, "save_progress", save_progress)
+    result = Backfill(db, client, curation, owner="host:2").run(channel)
+    assert result.resumed and stored() == 6
+    assert (result.tally.threads, result.tally.curated, result.tally.already) == (6, 6, 0)

@@ -72,3 +72,40 @@ def test_deleting_an_example_cascades_to_its_curators(db_url):
             assert conn.execute(text("SELECT count(*) FROM example_curator")).scalar() == 0
     finally:
         engine.dispose()
+
+
+class Killed(BaseException):
+    """Stands for the process dying in the middle of a unit of work (nothing after it runs)."""
+
+
+def test_a_nested_write_commits_with_its_unit_of_work_or_not_at_all(db_url):
+    """The first write of a unit of work inside a nested block (a claimed event id, a new
+    example) must not be committed on its own: on SQLite, Python's driver once let the
+    SAVEPOINT's RELEASE commit it, so a process killed before the end of the unit of work left
+    the event claimed and its curation never applied, or an example without its progress row."""
+    from storage import curation as q
+    from storage.db import session_scope
+
+    engine = make_engine(db_url)
+    fields = dict(
+        channel="C1", thread_ts="100.0", message_ts="101.0", answer_user="U9",
+        messages=[{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a"}],
+        redactions={}, content_hash="h1",
+    )  # fmt: skip
+    try:
+        with pytest.raises(Killed), session_scope(engine) as s:
+            assert q.claim_event(session=s, event_id="Ev1", kind="reaction_added")
+            q.save_example(session=s, fields=fields, curator="UCUR1")
+            raise Killed
+        with engine.connect() as conn:
+            for table in ("processed_event", "example", "example_curator"):
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+        # and a unit of work that ends commits all of it
+        with session_scope(engine) as s:
+            assert q.claim_event(session=s, event_id="Ev1", kind="reaction_added")
+            q.save_example(session=s, fields=fields, curator="UCUR1")
+        with session_scope(engine) as s:
+            assert not q.claim_event(session=s, event_id="Ev1", kind="reaction_added")
+            assert q.get_example(session=s, channel="C1", message_ts="101.0") is not None
+    finally:
+        engine.dispose()
