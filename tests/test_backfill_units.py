@@ -130,13 +130,13 @@ def test_a_run_stopped_inside_a_thread_resumes_and_counts_that_thread_once(slack
     """Ctrl-C or SIGTERM while a thread's examples are being written: that thread's transaction
     rolls back, the run lets go, and the next run reads the thread again; the counts go on from
     those saved with the last thread applied, so nothing is counted twice."""
-    from bot.backfill import Backfill
-    from bot.curation import CurationRules, CurationService
     from sqlmodel import func, select
 
+    from bot.backfill import Backfill
+    from bot.curation import CurationRules, CurationService
+    from engine.redact import Redacted
     from storage import backfill as bq
     from storage.db import session_scope
-    from engine.redact import Redacted
     from storage.models import Example
 
     ws = slack.server.workspace
