@@ -399,5 +399,6 @@ def serve_with_front(
             front.stop()  # first: nothing new is acknowledged while the app drains
     public.close()
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -186,13 +186,10 @@ class Inbox:
         if found is None:
             return next()
         key, kind = found
-        with self._lock:  # live before the row exists: a catch-up never takes it twice
-            added = key not in self._live
-            self._live.add(key)
+        added = self._claim(key)  # live before the row exists: a catch-up never takes it twice
         if not self.write(key, kind, body):
             if added:
-                with self._lock:
-                    self._live.discard(key)
+                self._release(key)
             return BoltResponse(status=200, body="")
         context[KEY] = key
         return next()
@@ -286,8 +283,7 @@ class Inbox:
         with self.db.connect() as conn:
             row = q.pending_body(session=conn, key=key)
         if row is None:
-            with self._lock:
-                self._live.discard(key)
+            self._release(key)
             return False
         return self._dispatch(app, key, row)
 
@@ -298,6 +294,11 @@ class Inbox:
                 return False
             self._live.add(key)
             return True
+
+    def _release(self, key: str) -> None:
+        """``key`` is no longer live here, and not finished: a later catch-up may take it."""
+        with self._lock:
+            self._live.discard(key)
 
     def _dispatch(self, app: App, key: str, body: str) -> bool:
         """Open a row's payload and dispatch it through Bolt, as Slack sent it (the row is
@@ -315,8 +316,7 @@ class Inbox:
         if not reached and response.status >= 500:
             # Bolt failed before the listeners (auth.test unreachable, say): over HTTP Slack
             # would have retried; the row stays, for the next start
-            with self._lock:
-                self._live.discard(key)
+            self._release(key)
             log.error("%s failed before its listener ran (%d): kept for the next start's replay",
                       key, response.status)  # fmt: skip
         elif not reached:
